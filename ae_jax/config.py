@@ -1,0 +1,101 @@
+"""Config keys every experiment shares, and the check that catches typos before any compute is spent.
+
+Experiment files (`experiments/configs/*.py`) start from `default_config()` and override fields. A config
+may not add keys the trainer would silently ignore: `check_config` rejects them with the closest valid key.
+Free-form sections (`model`, `loss`, `data.*` options of a dataset) are checked by their consumers
+(`get_model` checks model options against the model's fields, `make_objective` checks loss names).
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import ml_collections
+
+
+def did_you_mean(name: str, choices, prefix: str = "") -> str:
+  """ "did you mean 'x'? " for the closest of `choices` to a misspelled `name`, or "" if none is close."""
+  close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+  return f"did you mean '{prefix}{close[0]}'? " if close else ""
+
+
+# Sections whose keys are owned by a registry or a dataset and validated there.
+_FREE_FORM = ("model", "loss", "loss_schedules", "data")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The shared experiment schema with its defaults."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 1000
+  c.batch_size = 128  # global: split over processes, then over each process's local devices
+  c.log_every = 50
+  c.eval_every = 500  # 0 disables evaluation during training; the final evaluation always runs
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3
+  c.async_checkpoints = True
+  c.eval_batch_size = 1000
+
+  c.model = ml_collections.ConfigDict({"name": "mlp_ae"})
+  c.loss = ml_collections.ConfigDict({"mse": 1.0})
+  # Optional warm-up of loss weights: {term: steps}; the term's weight ramps linearly from 0 to its value.
+  c.loss_schedules = ml_collections.ConfigDict()
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adam"  # adam | adamw | sgd
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.schedule = "constant"  # constant | cosine | warmup_cosine
+  c.optimizer.warmup_steps = 0
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.momentum = 0.9
+  c.optimizer.nesterov = False
+  c.optimizer.grad_clip_norm = 0.0  # 0 disables clipping
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "fashion_mnist"
+  c.data.scale = "symmetric"  # symmetric: pixels in [-1, 1] (Tanh outputs); unit: [0, 1]
+  c.data.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir; None: tfds' default
+  c.data.download = False  # let tfds download (needs TensorFlow: pip install 'ae-jax[tfds-download]')
+  c.data.num_threads = (
+    1  # grain read threads; records are cheap numpy views, so more threads only add GIL contention
+  )
+  c.data.cache_in_memory = True  # read the dataset into RAM once (fast random access for small datasets)
+
+  c.visualize = ml_collections.ConfigDict()
+  c.visualize.num_images = 16
+  return c
+
+
+def _check_keys(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict, prefix: str) -> None:
+  for key in config.keys():
+    path = f"{prefix}{key}"
+    if key not in schema:
+      hint = did_you_mean(key, schema.keys(), prefix)
+      raise ValueError(f"unknown config key '{path}'; {hint}valid keys here: {sorted(schema.keys())}")
+    if isinstance(schema[key], ml_collections.ConfigDict) and key not in _FREE_FORM:
+      if not isinstance(config[key], ml_collections.ConfigDict):
+        raise ValueError(f"config key '{path}' must be a section (ConfigDict), got {config[key]!r}")
+      _check_keys(config[key], schema[key], path + ".")
+
+
+def check_config(config: ml_collections.ConfigDict, *, num_processes: int, local_devices: int) -> None:
+  """Raises ValueError with one line naming the bad key or value and how to fix it."""
+  _check_keys(config, default_config(), "")
+  for key in ("total_steps", "batch_size", "log_every", "eval_batch_size", "keep_checkpoints"):
+    if int(config[key]) <= 0:
+      raise ValueError(f"config.{key} must be positive, got {config[key]}")
+  for key in ("eval_every", "checkpoint_every"):
+    if int(config[key]) < 0:
+      raise ValueError(f"config.{key} must be >= 0 (0 disables it), got {config[key]}")
+  devices = num_processes * local_devices
+  for key in ("batch_size", "eval_batch_size"):
+    if config[key] % devices:
+      raise ValueError(
+        f"config.{key}={config[key]} does not split over {devices} devices "
+        f"({num_processes} process(es) x {local_devices} local); use a multiple of {devices}"
+      )
+  if "name" not in config.model:
+    raise ValueError("config.model.name is missing; set it to a registered model, e.g. 'conv_ae'")
