@@ -1,0 +1,129 @@
+"""Datasets by name: each loader returns (train source, test source, DatasetInfo) for the trainer.
+
+A source is any random-access sequence of record dicts (a tfds data source, ArrayRecord, a list);
+`DatasetInfo.preprocess(record, index)` turns a record into model-ready arrays ({"x": float32, "label"}).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from ae_jax.config import did_you_mean
+from ae_jax.data import fashion_mnist
+
+Record = Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the model and trainer need to know about a dataset.
+
+  shape: per-example model input shape; preprocess(record, stream_index) -> {"x", "label", ...};
+  class_names: label names or None; to_image(x) maps model inputs [..., H, W, C] back to [0, 1] for display.
+  """
+
+  shape: tuple[int, ...]
+  preprocess: Callable[[Record, int], dict[str, np.ndarray]]
+  class_names: tuple[str, ...] | None = None
+  to_image: Callable[[np.ndarray], np.ndarray] = lambda x: x
+
+
+_SCALES = {
+  # name: (uint8 -> model range, model range -> [0, 1])
+  "symmetric": (lambda u: u.astype(np.float32) / 127.5 - 1.0, lambda x: (x + 1.0) / 2.0),
+  "unit": (lambda u: u.astype(np.float32) / 255.0, lambda x: x),
+}
+
+
+def _image_info(shape: tuple[int, ...], data: ml_collections.ConfigDict, class_names=None) -> DatasetInfo:
+  if data.scale not in _SCALES:
+    raise ValueError(f"unknown config.data.scale '{data.scale}'; choose one of {sorted(_SCALES)}")
+  to_model, to_unit = _SCALES[data.scale]
+
+  def preprocess(record: Record, index: int) -> dict[str, np.ndarray]:
+    return {"x": to_model(np.asarray(record["image"])), "label": np.int32(record["label"])}
+
+  return DatasetInfo(shape, preprocess, class_names, lambda x: np.clip(to_unit(np.asarray(x)), 0.0, 1.0))
+
+
+def _fashion_mnist(data: ml_collections.ConfigDict) -> tuple[Sequence, Sequence, DatasetInfo]:
+  idx_dir = data.get("idx_dir") or fashion_mnist.DEFAULT_IDX_DIR
+  kwargs = dict(data_dir=data.data_dir, idx_dir=idx_dir, download=data.download)
+  train = fashion_mnist.load_fashion_mnist("train", **kwargs)
+  test = fashion_mnist.load_fashion_mnist("test", **kwargs)
+  return train, test, _image_info((28, 28, 1), data, fashion_mnist.CLASS_NAMES)
+
+
+def synthetic_images(num: int, shape: Sequence[int], seed: int) -> list[dict[str, Any]]:
+  """Deterministic uint8 images [*shape] built from a few smooth random patterns, with 10 labels."""
+  rng = np.random.default_rng(seed)
+  h, w, c = shape
+  yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
+  basis = np.stack([np.sin(np.pi * (a * yy + b * xx)) for a, b in rng.uniform(0.5, 3, (4, 2))], -1)
+  labels = rng.integers(0, 10, num)
+  coef = rng.normal(size=(num, 4)) + labels[:, None] / 5.0
+  images = np.tanh(np.einsum("hwk,nk->nhw", basis, coef))[..., None].repeat(c, -1)
+  images = ((images + 1) * 127.5).round().astype(np.uint8)
+  return [{"image": images[i], "label": int(labels[i])} for i in range(num)]
+
+
+def _synthetic(data: ml_collections.ConfigDict) -> tuple[Sequence, Sequence, DatasetInfo]:
+  shape = tuple(data.get("shape", (28, 28, 1)))
+  train = synthetic_images(data.get("num_train", 512), shape, seed=1)
+  test = synthetic_images(data.get("num_test", 128), shape, seed=2)
+  return train, test, _image_info(shape, data)
+
+
+class ArraySource:
+  """A random-access source held in memory as one stacked numpy array per record field.
+
+  Reading a tfds ArrayRecord source record by record costs about 0.3 ms each on a 2-core CPU, which
+  starves a small model; read once in bulk (`__getitems__`, ~40 us a record) and serve from memory.
+  """
+
+  def __init__(self, arrays: Mapping[str, np.ndarray]):
+    self.arrays = dict(arrays)
+    self._len = len(next(iter(self.arrays.values())))
+
+  @classmethod
+  def from_source(cls, source: Sequence[Record], chunk: int = 10_000) -> ArraySource:
+    fields: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(source), chunk):
+      keys = list(range(start, min(start + chunk, len(source))))
+      getitems = getattr(source, "__getitems__", None)
+      records = getitems(keys) if getitems else [source[i] for i in keys]
+      for k in records[0]:
+        fields.setdefault(k, []).append(np.stack([np.asarray(r[k]) for r in records]))
+    return cls({k: np.concatenate(v) for k, v in fields.items()})
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    return {k: v[i] for k, v in self.arrays.items()}
+
+
+def _maybe_cache(sources: tuple[Sequence, Sequence, DatasetInfo], data: ml_collections.ConfigDict):
+  train, test, info = sources
+  if not data.cache_in_memory or isinstance(train, (list, ArraySource)):
+    return train, test, info
+  return ArraySource.from_source(train), ArraySource.from_source(test), info
+
+
+DATASETS: dict[str, Callable[[ml_collections.ConfigDict], tuple[Sequence, Sequence, DatasetInfo]]] = {
+  "fashion_mnist": _fashion_mnist,
+  "synthetic": _synthetic,
+}
+
+
+def get_dataset(data: ml_collections.ConfigDict) -> tuple[Sequence, Sequence, DatasetInfo]:
+  """(train source, test source, info) for `config.data`."""
+  if data.name not in DATASETS:
+    hint = did_you_mean(data.name, DATASETS)
+    raise ValueError(f"unknown config.data.name '{data.name}'; {hint}registered datasets: {sorted(DATASETS)}")
+  return _maybe_cache(DATASETS[data.name](data), data)
