@@ -1,0 +1,105 @@
+"""Orbax checkpoints of the full train state plus the config; the only module that imports orbax.
+
+Layout: `WORKDIR/checkpoints/<step>/{state,config}`. Orbax writes each step into a temporary directory and
+renames it when complete, so a run killed mid-save leaves the previous checkpoint as the latest one.
+The state is saved unreplicated (one copy) and restores on any number of devices.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+# Config entries that decide the shape of the state: a checkpoint can only resume a run that agrees on them.
+_STRUCTURAL_KEYS = ("model", "optimizer.name", "data.name", "freeze")
+
+
+class CheckpointMismatchError(ValueError):
+  """The checkpoint in a workdir belongs to a different experiment than the config being run."""
+
+
+def _lookup(config: dict, dotted: str) -> Any:
+  node: Any = config
+  for part in dotted.split("."):
+    if not isinstance(node, dict) or part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+class Checkpointer:
+  """Saves and restores `TrainState` pytrees with the run's config (a JSON dict) beside them.
+
+  Args:
+    directory: where step directories go (created if missing).
+    keep: how many of the latest checkpoints to keep (an Orbax LatestN preservation policy).
+    async_save: write in a background thread; `wait()` blocks until every save is on disk.
+  """
+
+  def __init__(self, directory: str, *, keep: int, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(
+      preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
+      enable_async_checkpointing=async_save,
+      create=True,
+    )
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "config"))
+
+  def latest_step(self) -> int | None:
+    """The newest complete checkpoint's step, or None."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, config: dict) -> None:
+    """Saves `state` (unreplicated pytree) and `config` (JSON-able dict) as checkpoint `step`."""
+    if step in self._manager.all_steps():
+      return  # already on disk (e.g. the final step coincides with a periodic save)
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config)),
+      force=True,
+    )
+
+  def restore_config(self, step: int) -> dict:
+    """The config saved with checkpoint `step`."""
+    return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+  def restore(self, step: int, target: Any, config: dict) -> Any:
+    """Restores checkpoint `step` into the structure, dtypes and shardings of `target` (e.g. a fresh state).
+
+    Raises CheckpointMismatchError (without touching the checkpoint) when the saved run's model, optimizer
+    or dataset differ from `config`, or when the saved state does not fit `target`.
+    """
+    saved = self.restore_config(step)
+    config = json.loads(json.dumps(config))  # compare as saved: tuples become lists
+    for key in _STRUCTURAL_KEYS:
+      if _lookup(saved, key) != _lookup(config, key):
+        raise CheckpointMismatchError(
+          f"{self.directory} holds step {step} of a run with {key}={_lookup(saved, key)!r}, but this config "
+          f"has {key}={_lookup(config, key)!r}; use a new --workdir (the existing checkpoint is kept)"
+        )
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    except (ValueError, KeyError, TypeError) as e:
+      raise CheckpointMismatchError(
+        f"checkpoint {self.directory}/{step} does not fit this model's state ({type(e).__name__}: "
+        f"{str(e).splitlines()[0][:200]}); use a new --workdir (the existing checkpoint is kept)"
+      ) from e
+    log.info("restored step %d from %s", step, self.directory)
+    return restored["state"]
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are complete."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

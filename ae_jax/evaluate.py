@@ -1,0 +1,53 @@
+"""Post-training reports: reconstruction grids and the mean-image baseline a reconstruction must beat."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import linen as nn
+
+from ae_jax import visualize
+from ae_jax.data import DatasetInfo
+from ae_jax.train import TrainState, apply_model
+
+
+def stack_examples(source: Sequence, info: DatasetInfo, indices: Sequence[int]) -> dict[str, np.ndarray]:
+  """Preprocesses source[i] for i in `indices` into one batch {"x": [n, ...], "label": [n]}."""
+  examples = [info.preprocess(source[int(i)], int(i)) for i in indices]
+  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def reconstruct(model: nn.Module, state: TrainState, x: np.ndarray) -> dict[str, np.ndarray]:
+  """The model's outputs for inputs x [n, ...] in evaluation mode (one device, no pmap)."""
+  fn = jax.jit(lambda s, x: apply_model(model, s.params, s.model_state, x, train=False, rng=s.rng)[0])
+  return jax.device_get(fn(state, x))
+
+
+def save_reconstruction_grid(
+  path: str, model: nn.Module, state: TrainState, source: Sequence, info: DatasetInfo, num: int = 16
+) -> str:
+  """PNG of the first `num` examples of `source` above their reconstructions; returns the path."""
+  x = stack_examples(source, info, range(min(num, len(source))))["x"]
+  recon = reconstruct(model, state, x)["recon"]
+  return visualize.save_reconstructions(path, info.to_image(x), info.to_image(recon))
+
+
+def mean_image_mse(train: Sequence, test: Sequence, info: DatasetInfo, batch: int = 5000) -> float:
+  """Test MSE (model input space, per element) of always predicting the training set's mean example."""
+  total = None
+  for start in range(0, len(train), batch):
+    x = stack_examples(train, info, range(start, min(start + batch, len(train))))["x"].astype(np.float64)
+    total = x.sum(0) if total is None else total + x.sum(0)
+  mean = total / len(train)
+  sq = 0.0
+  for start in range(0, len(test), batch):
+    x = stack_examples(test, info, range(start, min(start + batch, len(test))))["x"].astype(np.float64)
+    sq += float(np.square(x - mean).sum())
+  return sq / (len(test) * mean.size)
+
+
+def summary_line(metrics: dict[str, Any]) -> str:
+  return ", ".join(f"{k} {v:.5g}" for k, v in sorted(metrics.items()))

@@ -1,0 +1,70 @@
+"""Where metrics go: `WORKDIR/metrics.jsonl`, TensorBoard event files, and the console progress bar.
+
+Only process 0 writes. Each call to `write(step, metrics)` appends one JSON object with "step" and the
+metric names; evaluation metrics carry the "test/" prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping
+
+import jax
+import tqdm
+
+log = logging.getLogger(__name__)
+
+
+class MetricWriter:
+  """Writes scalar metrics to metrics.jsonl and TensorBoard, and drives a tqdm progress bar."""
+
+  def __init__(self, workdir: str, *, total_steps: int, start_step: int, show_progress: bool = True):
+    self.enabled = jax.process_index() == 0
+    self._jsonl = self._tb = self._bar = None
+    if not self.enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    try:
+      from tensorboardX import SummaryWriter
+
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    except ImportError:  # optional: the run goes on without event files
+      log.warning("tensorboardX is not installed: no TensorBoard event files are written")
+    if show_progress:
+      self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+  def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    """Records scalar `metrics` at `step` (non-finite values are written as null in JSON)."""
+    if not self.enabled:
+      return
+    row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+    self._jsonl.write(json.dumps({k: (v if math.isfinite(v) else None) for k, v in row.items()}) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in metrics.items():
+        self._tb.add_scalar(k, float(v), int(step))
+    if self._bar is not None:
+      shown = {k: v for k, v in row.items() if k in ("loss", "test/loss", "examples_per_sec")}
+      self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+
+  def advance(self, steps: int = 1) -> None:
+    if self._bar is not None:
+      self._bar.update(steps)
+
+  def message(self, text: str) -> None:
+    """Prints a line above the progress bar (process 0 only)."""
+    if self.enabled:
+      (self._bar.write if self._bar is not None else print)(text)
+
+  def close(self) -> None:
+    if not self.enabled:
+      return
+    if self._bar is not None:
+      self._bar.close()
+    if self._tb is not None:
+      self._tb.close()
+    self._jsonl.close()

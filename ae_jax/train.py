@@ -1,0 +1,375 @@
+"""The pure train and eval steps (written per device, run under `jax.pmap`) and the train state.
+
+Both steps take their dependencies (model, objective, optimizer) as keyword-only arguments, so a trainer
+binds them once with `functools.partial` and pmaps the result; see `ae_jax.trainer` for the loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import linen as nn
+from jax.experimental import multihost_utils
+
+from ae_jax import checkpoint, data, losses, metrics_log, models, optim, parallel
+from ae_jax import config as config_checks
+from ae_jax.data import pipeline
+from ae_jax.losses import Weight
+
+Objective = Callable[[Mapping[str, jax.Array], Mapping[str, jax.Array], jax.Array], tuple[jax.Array, dict]]
+RNG_STREAMS = ("sample", "dropout")  # the rng names a model may ask for with self.make_rng(...)
+_EVAL_STREAM = 0x7FFFFFFF  # folded into the state's key for evaluation, so eval never reuses a train key
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a run needs to continue bit-exactly: a plain pytree, checkpointed whole.
+
+  step: int32 []; params: trainable variables; model_state: the model's other collections (e.g. batch_stats,
+  EMA codebooks); opt_state: optax state; rng: raw uint32 [2] key from which each step's key is folded.
+  """
+
+  step: jax.Array
+  params: Any
+  model_state: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def _compile_once_quickly(fn: Callable, *args: Any) -> Any:
+  """Runs `fn(*args)` jitted with XLA's backend optimisation off: for code that runs once.
+
+  On CPU, optimising the threefry random-number kernels of a model's init takes ~1 s per parameter
+  (12 s for conv_ae); unoptimised it takes 2 s. Results differ from an optimised compile by float32
+  rounding (~1e-7) and are deterministic. Backends that reject the option compile normally.
+  """
+  lowered = jax.jit(fn).lower(*args)
+  try:
+    compiled = lowered.compile(compiler_options={"xla_backend_optimization_level": 0})
+  except Exception:  # noqa: BLE001 - the option is a CPU/GPU XLA flag; fall back to the default compile
+    compiled = lowered.compile()
+  return compiled(*args)
+
+
+def create_train_state(
+  model: nn.Module, tx: optax.GradientTransformation, example_x: jax.Array, seed: int
+) -> TrainState:
+  """Initialises parameters from `seed` with an example input [batch, ...]; not pmapped (one copy)."""
+  root = jax.random.PRNGKey(seed)
+  init_key, state_key = jax.random.split(root)
+  keys = jax.random.split(init_key, 1 + len(RNG_STREAMS))
+  rngs = {"params": keys[0], **dict(zip(RNG_STREAMS, keys[1:], strict=True))}
+  variables = dict(_compile_once_quickly(lambda r, x: model.init(r, x, train=False), rngs, example_x))
+  params = variables.pop("params")
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    model_state=variables,
+    opt_state=tx.init(params),
+    rng=state_key,
+  )
+
+
+def apply_model(
+  model: nn.Module, params: Any, model_state: Any, x: jax.Array, *, train: bool, rng: jax.Array
+) -> tuple[dict[str, jax.Array], Any]:
+  """Runs the model; returns (outputs dict, updated model_state). Only training updates the state."""
+  rngs = {name: jax.random.fold_in(rng, i) for i, name in enumerate(RNG_STREAMS)}
+  variables = {"params": params, **model_state}
+  if train and model_state:
+    outputs, new_state = model.apply(variables, x, train=True, rngs=rngs, mutable=list(model_state))
+    return outputs, dict(new_state)
+  return model.apply(variables, x, train=train, rngs=rngs), model_state
+
+
+def step_rng(state: TrainState, axis_name: str) -> jax.Array:
+  """The key for this step on this device: fold_in(fold_in(rng, step), device index)."""
+  return jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(axis_name))
+
+
+def train_step(
+  state: TrainState,
+  batch: Mapping[str, jax.Array],
+  *,
+  model: nn.Module,
+  objective: Objective,
+  tx: optax.GradientTransformation,
+  learning_rate: optax.Schedule,
+  axis_name: str = parallel.AXIS,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimisation step on this device's share of the global batch.
+
+  Gradients, loss terms and the new model state are averaged over `axis_name`, so every device applies
+  the same update: the result equals one step on the whole global batch. A step whose loss or gradient is
+  not finite leaves the state untouched and reports `nonfinite` = 1, so no bad state is ever saved.
+
+  Args:
+    state: this device's copy of the train state.
+    batch: {"x": [per_device_batch, ...], optional "mask", "label", ...}.
+  Returns:
+    (new state, metrics: "loss", one entry per loss term, "grad_norm", "learning_rate", "nonfinite").
+  """
+  rng = step_rng(state, axis_name)
+
+  def loss_fn(params):
+    outputs, model_state = apply_model(model, params, state.model_state, batch["x"], train=True, rng=rng)
+    total, terms = objective(outputs, batch, state.step)
+    return total.mean(), ({k: v.mean() for k, v in terms.items()}, model_state)
+
+  (loss, (terms, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads, loss, terms = jax.lax.pmean((grads, loss, terms), axis_name)
+  # Models that keep statistics sync them across devices themselves (named axis); averaging here makes
+  # the copies agree for any that do not.
+  model_state = jax.lax.pmean(model_state, axis_name)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(
+    step=state.step + 1,
+    params=optax.apply_updates(state.params, updates),
+    model_state=model_state,
+    opt_state=opt_state,
+  )
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+  metrics = {
+    "loss": loss,
+    **terms,
+    "grad_norm": grad_norm,
+    "learning_rate": learning_rate(state.step),
+    "nonfinite": 1.0 - finite.astype(jnp.float32),
+  }
+  return new_state, metrics
+
+
+def eval_step(
+  state: TrainState,
+  batch: Mapping[str, jax.Array],
+  *,
+  model: nn.Module,
+  objective: Objective,
+  axis_name: str = parallel.AXIS,
+) -> dict[str, jax.Array]:
+  """Sums of every loss term (and the weighted total "loss") over the valid examples of the global batch.
+
+  `batch["valid"]` [per_device_batch] marks real examples (0 for padding of a last partial batch), so the
+  caller divides the accumulated sums by the accumulated "count" for exact dataset means.
+  """
+  rng = jax.random.fold_in(jax.random.fold_in(state.rng, _EVAL_STREAM), batch["index"][0])
+  rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  outputs, _ = apply_model(model, state.params, state.model_state, batch["x"], train=False, rng=rng)
+  total, terms = objective(outputs, batch, state.step)
+  valid = batch["valid"].astype(jnp.float32)
+  sums = {"loss": jnp.sum(total * valid), **{k: jnp.sum(v * valid) for k, v in terms.items()}}
+  sums["count"] = jnp.sum(valid)
+  return jax.lax.psum(sums, axis_name)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or gradient became NaN/inf; the run stopped and kept its last good checkpoint."""
+
+
+def loss_weights(config: ml_collections.ConfigDict) -> dict[str, Weight]:
+  """config.loss weights, with a linear warm-up from 0 for terms named in config.loss_schedules."""
+  weights: dict[str, Weight] = {}
+  for name, w in config.loss.items():
+    warmup = int(config.loss_schedules.get(name, 0))
+    weights[name] = optax.linear_schedule(0.0, float(w), warmup) if warmup else float(w)
+  unknown = set(config.loss_schedules) - set(config.loss)
+  if unknown:
+    raise ValueError(f"config.loss_schedules names {sorted(unknown)}, which are not in config.loss")
+  return weights
+
+
+def build(
+  config: ml_collections.ConfigDict, input_shape: tuple[int, ...]
+) -> tuple[nn.Module, Objective, Any, Any]:
+  """(model, objective, optimizer, learning-rate schedule) from a config and the data's example shape."""
+  kwargs = {k: v for k, v in config.model.items() if k != "name"}
+  if "input_shape" in models.model_fields(config.model.name):
+    kwargs.setdefault("input_shape", tuple(input_shape))
+  model = models.get_model(config.model.name, **kwargs)
+  tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
+  return model, losses.make_objective(loss_weights(config)), tx, schedule
+
+
+def _mean_metrics(pending: list[dict[str, jax.Array]]) -> dict[str, float]:
+  """Host means over steps of pmapped metrics (device 0's copy; they are equal after pmean)."""
+  rows = [{k: float(v[0]) for k, v in m.items()} for m in jax.device_get(pending)]
+  out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+  out["learning_rate"] = rows[-1]["learning_rate"]
+  out["nonfinite"] = float(np.sum([r["nonfinite"] for r in rows]))
+  return out
+
+
+def evaluate(p_eval_step: Callable, state: TrainState, batches: Iterator[dict]) -> dict[str, float]:
+  """Exact means of every term over all examples yielded by `batches` (padding excluded)."""
+  sums: dict[str, float] = {}
+  for batch in batches:
+    out = jax.device_get(p_eval_step(state, parallel.shard(parallel.split_for_devices(batch))))
+    for k, v in out.items():
+      sums[k] = sums.get(k, 0.0) + float(v[0])
+  count = sums.pop("count")
+  return {k: v / count for k, v in sums.items()}
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop polls, so the run saves a checkpoint and exits cleanly."""
+
+  def __init__(self) -> None:
+    self.requested = False
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame) -> None:
+    self.requested = True
+
+  def agreed(self, step: int, every: int) -> bool:
+    """True when any process was signalled; processes compare flags every `every` steps."""
+    if jax.process_count() == 1:
+      return self.requested
+    if step % every:
+      return False
+    return bool(multihost_utils.process_allgather(np.int32(self.requested)).max())
+
+  def restore(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (resuming from WORKDIR/checkpoints if present), evaluates, and returns a summary.
+
+  Returns {"step", "state" (unreplicated), "model", "info", "train_source", "test_source", "metrics" (final
+  test metrics, empty when preempted), "preempted"}.
+  """
+  config_checks.check_config(
+    config, num_processes=jax.process_count(), local_devices=jax.local_device_count()
+  )
+  train_src, test_src, info = data.get_dataset(config.data)
+  model, objective, tx, schedule = build(config, info.shape)
+  example = info.preprocess(train_src[0], 0)["x"][None]
+  state = create_train_state(model, tx, example, config.seed)
+  ckpt = checkpoint.Checkpointer(
+    os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints, async_save=config.async_checkpoints
+  )
+  config_dict = config.to_dict()
+  start = ckpt.latest_step() or 0
+  if start:
+    state = ckpt.restore(start, state, config_dict)
+  p_train = jax.pmap(
+    functools.partial(train_step, model=model, objective=objective, tx=tx, learning_rate=schedule),
+    axis_name=parallel.AXIS,
+    donate_argnums=(0,),
+  )
+  p_eval = jax.pmap(functools.partial(eval_step, model=model, objective=objective), axis_name=parallel.AXIS)
+
+  def run_eval(rstate) -> dict[str, float]:
+    batches = pipeline.eval_batches(
+      test_src, info.preprocess, global_batch=config.eval_batch_size, num_threads=config.data.num_threads
+    )
+    return {f"test/{k}": v for k, v in evaluate(p_eval, rstate, batches).items()}
+
+  rstate = parallel.replicate(state)
+  batches = pipeline.train_batches(
+    train_src,
+    info.preprocess,
+    global_batch=config.batch_size,
+    seed=config.seed,
+    start_step=start,
+    num_threads=config.data.num_threads,
+  )
+  writer = metrics_log.MetricWriter(workdir, total_steps=config.total_steps, start_step=start)
+  preemption = _Preemption()
+  pending: list[dict[str, jax.Array]] = []  # metrics since the last log line
+  pending_check: list[dict[str, jax.Array]] = []  # metrics not yet checked for non-finite losses
+  timer_start, timed_steps = time.perf_counter(), 0
+  step, preempted = start, False
+
+  def check_finite() -> None:
+    """Raises if any step since the last check was non-finite (those steps did not change the state)."""
+    flags = [float(f[0]) for f in jax.device_get([m["nonfinite"] for m in pending_check])]
+    if any(flags):
+      bad = step - len(flags) + 1 + int(np.argmax(flags))
+      writer.close()
+      ckpt.close()
+      raise NonFiniteLossError(
+        f"loss became non-finite at step {bad}; training stopped and the last good checkpoint "
+        f"(step {ckpt.latest_step()}) is kept in {ckpt.directory}. Lower config.optimizer.learning_rate "
+        "or set config.optimizer.grad_clip_norm, then rerun the same command to resume from it."
+      )
+    pending_check.clear()
+
+  def log_train_metrics() -> None:
+    nonlocal timer_start, timed_steps
+    check_finite()
+    metrics = _mean_metrics(pending)
+    metrics.pop("nonfinite")
+    metrics["examples_per_sec"] = (
+      timed_steps * config.batch_size / max(time.perf_counter() - timer_start, 1e-9)
+    )
+    writer.write(step, metrics)
+    pending.clear()
+    timer_start, timed_steps = time.perf_counter(), 0
+
+  try:
+    for step in range(start + 1, config.total_steps + 1):
+      batch = parallel.shard(parallel.split_for_devices(next(batches)))
+      rstate, metrics = p_train(rstate, batch)
+      pending.append(metrics)
+      pending_check.append(metrics)
+      if step == start + 1:  # keep compilation out of examples/sec
+        jax.block_until_ready(metrics)
+        timer_start, timed_steps = time.perf_counter(), 0
+      else:
+        timed_steps += 1
+      writer.advance()
+      preempted = preemption.agreed(step, config.log_every)
+      last = step == config.total_steps
+      if step % config.log_every == 0 or last or preempted:
+        log_train_metrics()
+      if config.eval_every and step % config.eval_every == 0 and not last:
+        eval_start = time.perf_counter()
+        writer.write(step, run_eval(rstate))
+        timer_start += time.perf_counter() - eval_start  # keep evaluation out of examples/sec
+      if (config.checkpoint_every and step % config.checkpoint_every == 0) or last or preempted:
+        check_finite()  # never save a state after an unchecked step
+        ckpt.save(step, parallel.unreplicate(rstate), config_dict)
+      if preempted:
+        writer.message(
+          f"SIGTERM received: saved step {step} to {ckpt.directory}; rerun the command to resume"
+        )
+        break
+    ckpt.wait()
+    final = {} if preempted else run_eval(rstate)
+    if final:
+      writer.write(step, final)
+  finally:
+    preemption.restore()
+  writer.close()
+  ckpt.close()
+  return {
+    "step": step,
+    "state": parallel.unreplicate(rstate),
+    "model": model,
+    "info": info,
+    "train_source": train_src,
+    "test_source": test_src,
+    "metrics": final,
+    "preempted": preempted,
+  }

@@ -1,0 +1,50 @@
+"""Image grids written as PNG with Pillow."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def image_grid(images: np.ndarray, ncols: int, pad: int = 2) -> np.ndarray:
+  """Tiles images [N, H, W, C] with values in [0, 1] into one uint8 image [rows*(H+pad)+pad, ..., C]."""
+  images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+  n, h, w, c = images.shape
+  nrows = -(-n // ncols)
+  grid = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), np.float32)
+  for i, img in enumerate(images):
+    r, col = divmod(i, ncols)
+    grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = (
+      img
+    )
+  return (grid * 255).round().astype(np.uint8)
+
+
+def save_png(path: str, grid: np.ndarray, scale: int = 3) -> str:
+  """Writes a uint8 image [H, W, C] (C = 1 or 3) as PNG, enlarged `scale` times; returns the path.
+
+  Writes to a temporary name then renames, so an interrupted run never leaves a truncated PNG.
+  """
+  img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+  img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  img.save(tmp, format="PNG")
+  os.replace(tmp, path)
+  return path
+
+
+def save_reconstructions(path: str, originals: np.ndarray, recons: np.ndarray, ncols: int = 8) -> str:
+  """PNG of originals [N, H, W, C] in [0, 1] with their reconstructions below them, row pair by row pair."""
+  n = len(originals)
+  rows = []
+  for start in range(0, n, ncols):
+    block = slice(start, min(start + ncols, n))
+    rows += [originals[block], recons[block]]
+    missing = ncols - len(originals[block])
+    if missing:  # pad a short last row pair with blank tiles
+      blank = np.ones((missing, *originals.shape[1:]), np.float32)
+      rows[-2], rows[-1] = np.concatenate([rows[-2], blank]), np.concatenate([rows[-1], blank])
+  return save_png(path, image_grid(np.concatenate(rows), ncols))

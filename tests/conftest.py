@@ -1,0 +1,46 @@
+"""Test setup: 8 simulated CPU devices (set before JAX is imported) and small shared fixtures."""
+
+import os
+
+os.environ["XLA_FLAGS"] = " ".join(
+  f for f in (os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8") if f
+)
+
+import chex  # noqa: E402
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from ae_jax.config import default_config  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _clear_trace_counter():
+  chex.clear_trace_counter()
+  yield
+
+
+@pytest.fixture
+def tiny_config():
+  """A fast experiment: small MLP autoencoder on synthetic 8x8 images, 8 devices, global batch 16."""
+  c = default_config()
+  c.model.name = "mlp_ae"
+  c.model.hidden = (32, 16)
+  c.model.code_dim = 4
+  c.data.name = "synthetic"
+  c.data.shape = (8, 8, 1)
+  c.data.num_train = 96
+  c.data.num_test = 40
+  c.data.num_threads = 1
+  c.batch_size = 16
+  c.eval_batch_size = 16
+  c.total_steps = 12
+  c.log_every = 3
+  c.eval_every = 0
+  c.checkpoint_every = 4
+  c.async_checkpoints = False
+  c.optimizer.learning_rate = 3e-3
+  return c
+
+
+def pytest_report_header(config):
+  return f"jax {jax.__version__}, {jax.local_device_count()} local devices ({jax.default_backend()})"

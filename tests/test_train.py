@@ -1,0 +1,215 @@
+"""The pmapped train step and the loop: device-count invariance, compile-once, resume, failure modes."""
+
+import functools
+import json
+import os
+import signal
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ae_jax import checkpoint, parallel, train
+from ae_jax.config import check_config
+from ae_jax.data import get_dataset
+from ae_jax.data.pipeline import train_batches
+
+
+def _setup(config):
+  train_src, _, info = get_dataset(config.data)
+  model, objective, tx, schedule = train.build(config, info.shape)
+  state = train.create_train_state(model, tx, info.preprocess(train_src[0], 0)["x"][None], config.seed)
+  step = functools.partial(train.train_step, model=model, objective=objective, tx=tx, learning_rate=schedule)
+  batches = train_batches(train_src, info.preprocess, global_batch=config.batch_size, seed=0, num_threads=1)
+  return state, step, batches
+
+
+def _run_steps(step_fn, state, host_batches, devices):
+  """Runs the pmapped step over `devices` on each global batch; returns the unreplicated state and metrics."""
+  p_step = jax.pmap(step_fn, axis_name=parallel.AXIS, devices=devices)
+  rstate = parallel.replicate(state, devices)
+  metrics = []
+  for batch in host_batches:
+    rstate, m = p_step(rstate, parallel.shard(parallel.split_for_devices(batch, len(devices)), devices))
+    metrics.append(m)
+  return jax.device_get(parallel.unreplicate(rstate)), jax.device_get(metrics)
+
+
+def test_eight_devices_match_one_device(tiny_config):
+  """pmean over 8 devices of 2 examples each gives the same update as 1 device with all 16."""
+  assert jax.local_device_count() == 8
+  state, step_fn, batches = _setup(tiny_config)
+  host_batches = [next(batches) for _ in range(3)]
+  s8, m8 = _run_steps(step_fn, state, host_batches, jax.local_devices())
+  s1, m1 = _run_steps(step_fn, state, host_batches, jax.local_devices()[:1])
+  chex.assert_trees_all_close(s8.params, s1.params, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(s8.opt_state, s1.opt_state, rtol=1e-5, atol=1e-6)
+  for a, b in zip(m8, m1, strict=True):
+    np.testing.assert_allclose(a["loss"][0], b["loss"][0], rtol=1e-5)
+    np.testing.assert_allclose(a["grad_norm"][0], b["grad_norm"][0], rtol=1e-4)
+  assert int(s8.step) == int(s1.step) == 3
+  # and training moved the parameters
+  assert not np.allclose(s8.params["encoder"]["code"]["kernel"], state.params["encoder"]["code"]["kernel"])
+
+
+def test_train_step_compiles_once(tiny_config):
+  """Feeding the step's own output state back in never retraces."""
+  state, step_fn, batches = _setup(tiny_config)
+  traced_step = chex.assert_max_traces(lambda state, batch: step_fn(state, batch), n=1)
+  p_step = jax.pmap(traced_step, axis_name=parallel.AXIS)
+  rstate = parallel.replicate(state)
+  for _ in range(4):
+    rstate, _ = p_step(rstate, parallel.shard(parallel.split_for_devices(next(batches))))
+  assert int(parallel.unreplicate(rstate).step) == 4
+
+
+def test_step_metrics_and_learning_rate(tiny_config):
+  tiny_config.optimizer.schedule = "warmup_cosine"
+  tiny_config.optimizer.warmup_steps = 4
+  state, step_fn, batches = _setup(tiny_config)
+  _, metrics = _run_steps(step_fn, state, [next(batches) for _ in range(3)], jax.local_devices())
+  assert set(metrics[0]) == {"loss", "mse", "grad_norm", "learning_rate", "nonfinite"}
+  lrs = [float(m["learning_rate"][0]) for m in metrics]
+  np.testing.assert_allclose(lrs, [0.0, 3e-3 / 4, 2 * 3e-3 / 4], rtol=1e-6)
+  assert all(float(m["nonfinite"][0]) == 0.0 for m in metrics)
+
+
+def test_nonfinite_step_leaves_state_untouched(tiny_config, monkeypatch):
+  """A NaN loss is reported and the state (params, optimizer, step) stays the last good one."""
+  monkeypatch.setattr(train, "loss_weights", lambda c: {"mse": lambda s: jnp.where(s >= 1, jnp.nan, 1.0)})
+  state, step_fn, batches = _setup(tiny_config)
+  s, metrics = _run_steps(step_fn, state, [next(batches) for _ in range(3)], jax.local_devices())
+  assert [float(m["nonfinite"][0]) for m in metrics] == [0.0, 1.0, 1.0]
+  assert int(s.step) == 1
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(s.params))
+
+
+def _params(summary):
+  return jax.device_get(summary["state"].params)
+
+
+def test_resume_equals_uninterrupted_run(tiny_config, tmp_path):
+  """12 steps in one go == 6 steps, stop, rerun to 12 (same data order and randomness)."""
+  full = train.train_and_evaluate(tiny_config, str(tmp_path / "full"))
+  half = tiny_config.copy_and_resolve_references()
+  half.total_steps = 6
+  first = train.train_and_evaluate(half, str(tmp_path / "split"))
+  assert first["step"] == 6
+  resumed = train.train_and_evaluate(tiny_config, str(tmp_path / "split"))
+  assert resumed["step"] == 12
+  chex.assert_trees_all_equal(_params(full), _params(resumed))
+  chex.assert_trees_all_equal(
+    jax.device_get(full["state"].opt_state), jax.device_get(resumed["state"].opt_state)
+  )
+  assert full["metrics"] == resumed["metrics"]
+  # Periodic saves every 4 steps plus the final step, the oldest pruned beyond keep_checkpoints=3.
+  assert checkpoint.Checkpointer(str(tmp_path / "full" / "checkpoints"), keep=3).all_steps() == [4, 8, 12]
+
+
+def test_same_seed_same_numbers_other_seed_differs(tiny_config, tmp_path):
+  a = train.train_and_evaluate(tiny_config, str(tmp_path / "a"))
+  b = train.train_and_evaluate(tiny_config, str(tmp_path / "b"))
+  assert a["metrics"] == b["metrics"]
+  tiny_config.seed = 1
+  c = train.train_and_evaluate(tiny_config, str(tmp_path / "c"))
+  assert a["metrics"] != c["metrics"]
+
+
+def test_metrics_jsonl_and_tensorboard(tiny_config, tmp_path):
+  tiny_config.eval_every = 6
+  summary = train.train_and_evaluate(tiny_config, str(tmp_path))
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  train_rows = [r for r in rows if "loss" in r]
+  assert [r["step"] for r in train_rows] == [3, 6, 9, 12]
+  assert {"mse", "grad_norm", "learning_rate", "examples_per_sec"} <= set(train_rows[0])
+  test_rows = [r for r in rows if "test/mse" in r]
+  assert [r["step"] for r in test_rows] == [6, 12]
+  assert test_rows[-1]["test/mse"] == pytest.approx(summary["metrics"]["test/mse"])
+  assert train_rows[-1]["loss"] < train_rows[0]["loss"]
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
+
+
+def test_eval_is_exact_mean_over_test_set(tiny_config, tmp_path):
+  """The pmapped, padded evaluation equals a plain per-example mean over all 40 test examples."""
+  summary = train.train_and_evaluate(tiny_config, str(tmp_path))
+  _, test_src, info = get_dataset(tiny_config.data)
+  x = np.stack([info.preprocess(r, 0)["x"] for r in test_src])
+  recon = summary["model"].apply({"params": summary["state"].params}, x)["recon"]
+  expected = float(np.mean(np.square(np.asarray(recon) - x)))
+  assert summary["metrics"]["test/mse"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
+  monkeypatch.setattr(train, "loss_weights", lambda c: {"mse": lambda s: jnp.where(s >= 6, jnp.nan, 1.0)})
+  with pytest.raises(
+    train.NonFiniteLossError, match="non-finite at step 7; .*last good checkpoint \\(step 4\\)"
+  ):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), keep=3)
+  assert ckpt.all_steps() == [4]
+
+
+def test_preemption_saves_and_resumes(tiny_config, tmp_path, monkeypatch):
+  """A SIGTERM at step 5 saves step 5 and returns; rerunning finishes with the uninterrupted result."""
+  full = train.train_and_evaluate(tiny_config, str(tmp_path / "full"))
+  monkeypatch.setattr(train._Preemption, "agreed", lambda self, step, every: step == 5)
+  stopped = train.train_and_evaluate(tiny_config, str(tmp_path / "stopped"))
+  assert stopped["preempted"] and stopped["step"] == 5
+  assert checkpoint.Checkpointer(str(tmp_path / "stopped" / "checkpoints"), keep=3).latest_step() == 5
+  monkeypatch.undo()
+  resumed = train.train_and_evaluate(tiny_config, str(tmp_path / "stopped"))
+  chex.assert_trees_all_equal(_params(full), _params(resumed))
+
+
+def test_sigterm_sets_the_preemption_flag():
+  handler = train._Preemption()
+  try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert handler.requested and handler.agreed(1, 10)
+  finally:
+    handler.restore()
+
+
+def test_other_model_in_same_workdir_is_refused_and_checkpoint_kept(tiny_config, tmp_path):
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  before = sorted(os.listdir(tmp_path / "checkpoints"))
+  tiny_config.model.code_dim = 8
+  tiny_config.total_steps = 20
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="use a new --workdir"):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+
+
+@pytest.mark.parametrize(
+  "key, value, match",
+  [
+    ("batchsize", 8, "did you mean 'batch_size'"),
+    ("optimizer.learning_rte", 1e-3, "did you mean 'optimizer.learning_rate'"),
+    ("batch_size", 12, "does not split over 8 devices"),
+    ("total_steps", 0, "must be positive"),
+  ],
+)
+def test_bad_config_gives_clear_error(tiny_config, key, value, match):
+  section, _, leaf = key.rpartition(".")
+  target = tiny_config[section] if section else tiny_config
+  target[leaf] = value
+  with pytest.raises(ValueError, match=match):
+    check_config(tiny_config, num_processes=1, local_devices=8)
+
+
+@pytest.mark.parametrize(
+  "section, key, value, match",
+  [
+    ("model", "code_dims", 3, "did you mean 'code_dim'"),
+    ("loss", "mes", 1.0, "did you mean 'mse'"),
+    ("optimizer", "name", "adamm", "choose adam, adamw or sgd"),
+    ("data", "name", "fashion_mnst", "did you mean 'fashion_mnist'"),
+  ],
+)
+def test_bad_registry_names_fail_before_training(tiny_config, tmp_path, section, key, value, match):
+  tiny_config[section][key] = value
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints") or not os.listdir(tmp_path / "checkpoints")
