@@ -1,0 +1,45 @@
+# ae-jax: `make demo` trains the conv autoencoder on Fashion-MNIST; `make test` runs the test suite.
+# Both set up what they need: a virtual environment with the package, and Debian's Fashion-MNIST files.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+DEMO_WORKDIR ?= runs/demo_conv_ae
+DEMO_STEPS ?= 2000
+export FASHION_MNIST_DIR
+
+.PHONY: demo test venv data clean
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=python3 ...'"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Debian's dataset-fashion-mnist package, when the files are missing and apt is usable (root, or sudo).
+data:
+	@if [ -f "$(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz" ] || [ -f "$(FASHION_MNIST_DIR)/train-images-idx3-ubyte" ]; then \
+	  echo "Fashion-MNIST idx files: $(FASHION_MNIST_DIR)"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null || echo "warning: apt-get install dataset-fashion-mnist failed"; \
+	elif command -v apt-get >/dev/null && command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist) >/dev/null || echo "warning: apt-get install dataset-fashion-mnist failed"; \
+	else \
+	  echo "note: Fashion-MNIST idx files not in $(FASHION_MNIST_DIR) and apt is not usable here:"; \
+	  echo "      'apt-get install dataset-fashion-mnist', or set FASHION_MNIST_DIR=<folder with the 4 idx files>,"; \
+	  echo "      or install ae-jax[tfds-download] and pass --config.data.download=True"; \
+	fi
+
+demo: venv data
+	$(PY) -m experiments.main --config experiments/configs/conv_ae_fashion_mnist.py \
+	  --workdir $(DEMO_WORKDIR) --config.total_steps=$(DEMO_STEPS)
+
+test: venv data
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,27 @@
+r"""Fully connected autoencoder on Fashion-MNIST: 784-128-64-32-16-32-64-128-784, ReLU, Tanh output.
+
+Run:
+    python -m experiments.main --config experiments/configs/mlp_ae_fashion_mnist.py --workdir runs/mlp_ae
+
+Result (README "Results"; 2 CPU cores): see the README table for the test MSE after the default run.
+"""
+
+from ae_jax.config import default_config
+
+
+def get_config():
+  config = default_config()
+  config.model.name = "mlp_ae"
+  config.model.hidden = (128, 64, 32)
+  config.model.code_dim = 16
+  config.loss.mse = 1.0
+  config.data.name = "fashion_mnist"
+  config.data.scale = "symmetric"
+  config.batch_size = 128
+  config.total_steps = 4690  # 10 epochs of 469 steps
+  config.optimizer.name = "adam"
+  config.optimizer.learning_rate = 1e-3
+  config.log_every = 100
+  config.eval_every = 1000
+  config.checkpoint_every = 1000
+  return config
