@@ -41,6 +41,10 @@ def default_config() -> ml_collections.ConfigDict:
   # Optional warm-up of loss weights: {term: steps}; the term's weight ramps linearly from 0 to its value.
   c.loss_schedules = ml_collections.ConfigDict()
 
+  # Regexes over '/'-joined parameter paths (e.g. "decoder/.*"): matching parameters are frozen, i.e. never
+  # updated and given no optimizer state.
+  c.freeze = ()
+
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"  # adam | adamw | sgd
   c.optimizer.learning_rate = 1e-3

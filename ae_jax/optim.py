@@ -23,9 +23,11 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
 
 
 def make_optimizer(
-  cfg: ml_collections.ConfigDict, total_steps: int
+  cfg: ml_collections.ConfigDict, total_steps: int, freeze: tuple[str, ...] = ()
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """(optimizer, learning-rate schedule) for adam / adamw / sgd, with optional global-norm clipping."""
+  if freeze:
+    raise NotImplementedError("config.freeze is not implemented yet")
   schedule = make_schedule(cfg, total_steps)
   if cfg.name == "adam":
     tx = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)

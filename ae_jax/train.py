@@ -203,7 +203,7 @@ def build(
   if "input_shape" in models.model_fields(config.model.name):
     kwargs.setdefault("input_shape", tuple(input_shape))
   model = models.get_model(config.model.name, **kwargs)
-  tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
+  tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps, freeze=tuple(config.freeze))
   return model, losses.make_objective(loss_weights(config)), tx, schedule
 
 

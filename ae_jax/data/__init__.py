@@ -121,6 +121,20 @@ DATASETS: dict[str, Callable[[ml_collections.ConfigDict], tuple[Sequence, Sequen
 }
 
 
+# Per-example model input shape of each dataset, known without reading it (for the inspector and tests).
+EXAMPLE_SHAPES: dict[str, Callable[[ml_collections.ConfigDict], tuple[int, ...]]] = {
+  "fashion_mnist": lambda data: (28, 28, 1),
+  "synthetic": lambda data: tuple(data.get("shape", (28, 28, 1))),
+}
+
+
+def example_shape(data: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The per-example input shape of dataset `data.name`, without loading it."""
+  if data.name not in EXAMPLE_SHAPES:
+    raise ValueError(f"unknown config.data.name '{data.name}'; {did_you_mean(data.name, EXAMPLE_SHAPES)}")
+  return EXAMPLE_SHAPES[data.name](data)
+
+
 def get_dataset(data: ml_collections.ConfigDict) -> tuple[Sequence, Sequence, DatasetInfo]:
   """(train source, test source, info) for `config.data`."""
   if data.name not in DATASETS:
