@@ -3,8 +3,8 @@ r"""Convolutional autoencoder on Fashion-MNIST (the seed's architecture: 16-dim 
 Run (also what `make demo` runs, with --config.total_steps=2000):
     python -m experiments.main --config experiments/configs/conv_ae_fashion_mnist.py --workdir runs/conv_ae
 
-Result (README "Results"; 2 CPU cores): test MSE 0.0356 after 2,000 steps (about 4 epochs), against 0.178
-for predicting the training mean image.
+Result (README "Results"): test MSE 0.0621 after the default 4,690 steps (0.0740 after the demo's 2,000),
+against 0.3466 for predicting the training mean image (pixels in [-1, 1]).
 """
 
 from ae_jax.config import default_config

@@ -3,7 +3,8 @@ r"""Fully connected autoencoder on Fashion-MNIST: 784-128-64-32-16-32-64-128-784
 Run:
     python -m experiments.main --config experiments/configs/mlp_ae_fashion_mnist.py --workdir runs/mlp_ae
 
-Result (README "Results"; 2 CPU cores): see the README table for the test MSE after the default run.
+Result (README "Results"): test MSE 0.0581 after the default 4,690 steps, against 0.3466 for predicting the
+training mean image (pixels in [-1, 1]).
 """
 
 from ae_jax.config import default_config
