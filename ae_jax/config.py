@@ -9,8 +9,29 @@ Free-form sections (`model`, `loss`, `data.*` options of a dataset) are checked 
 from __future__ import annotations
 
 import difflib
+import re
+import sys
+from typing import Any
 
 import ml_collections
+
+
+def parse_flags_or_exit(
+  argv: list[str], flag_values: Any, usage: str, config_flag: str = "config"
+) -> list[str]:
+  """Parses absl flags (a config file with --config.KEY=VALUE overrides); a bad command line or config file
+  exits with one line naming the problem, instead of a traceback."""
+  try:
+    rest = flag_values(argv)
+    config = getattr(flag_values, config_flag)
+    if config is not None:
+      config.keys()  # config files load lazily: surface a missing or broken file now
+    return rest
+  except Exception as e:  # noqa: BLE001 - absl / ml_collections raise several types for bad flags
+    text = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split())
+    if m := re.match(r"^'*([\w.]+)'*\s+Did you mean \"([\w.]+)\"", text):  # ml_collections' unknown key
+      text = f"unknown config key '{m.group(1)}'; did you mean '{m.group(2)}'?"
+    sys.exit(f"error: {text} (usage: {usage})")
 
 
 def did_you_mean(name: str, choices, prefix: str = "") -> str:
@@ -50,6 +71,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.learning_rate = 1e-3
   c.optimizer.schedule = "constant"  # constant | cosine | warmup_cosine
   c.optimizer.warmup_steps = 0
+  c.optimizer.boundaries = ()  # piecewise: steps where the next scale starts
+  c.optimizer.scales = (1.0,)  # piecewise: learning_rate multipliers, one more than boundaries
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.999
   c.optimizer.eps = 1e-8
@@ -61,6 +84,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = "fashion_mnist"
   c.data.scale = "symmetric"  # symmetric: pixels in [-1, 1] (Tanh outputs); unit: [0, 1]
+  c.data.binarize = "none"  # dynamic: pixels resampled in {0, 1} with probability p/255 (Bernoulli VAEs)
   c.data.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir; None: tfds' default
   c.data.download = False  # let tfds download (needs TensorFlow: pip install 'ae-jax[tfds-download]')
   c.data.num_threads = (
@@ -70,6 +94,15 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.visualize = ml_collections.ConfigDict()
   c.visualize.num_images = 16
+  c.visualize.num_latents = 2000  # examples in the latent scatter plot; 0 disables it
+
+  # Importance-sampled log-likelihood of the test set after training (models with importance weights,
+  # i.e. VAEs); num_samples = 0 disables it.
+  c.likelihood_eval = ml_collections.ConfigDict()
+  c.likelihood_eval.num_samples = 0
+  c.likelihood_eval.chunk_size = 100
+  c.likelihood_eval.batch_size = 100
+  c.likelihood_eval.max_examples = ml_collections.config_dict.placeholder(int)  # None: the whole test set
   return c
 
 

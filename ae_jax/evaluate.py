@@ -35,6 +35,39 @@ def save_reconstruction_grid(
   return visualize.save_reconstructions(path, info.to_image(x), info.to_image(recon))
 
 
+def save_prior_samples(
+  path: str, model: nn.Module, state: TrainState, info: DatasetInfo, num: int = 64
+) -> str:
+  """PNG grid of E[x|z] for z ~ N(0, I) drawn from the state's key (models with a `generate` method)."""
+  variables = {"params": state.params, **state.model_state}
+  z = jax.random.normal(jax.random.fold_in(state.rng, 0x5A), (num, model.latent_dim))
+  images = jax.device_get(jax.jit(lambda v, z: model.apply(v, z, method="generate"))(variables, z))
+  return visualize.save_png(path, visualize.image_grid(info.to_image(images), ncols=8))
+
+
+def latent_points(codes: np.ndarray) -> tuple[np.ndarray, str]:
+  """2-D view of codes [N, D]: the codes themselves when D == 2, else their first two principal components."""
+  codes = np.asarray(codes, np.float64).reshape(len(codes), -1)
+  if codes.shape[1] == 2:
+    return codes, "latent code"
+  centred = codes - codes.mean(0)
+  _, s, vt = np.linalg.svd(centred, full_matrices=False)
+  explained = s[:2] ** 2 / np.sum(s**2)
+  return centred @ vt[:2].T, f"first two principal components of the code ({explained.sum():.0%} of variance)"
+
+
+def save_latent_scatter(
+  path: str, model: nn.Module, state: TrainState, source: Sequence, info: DatasetInfo, num: int = 2000
+) -> str:
+  """Scatter PNG of the codes of the first `num` examples of `source`, coloured by label."""
+  batch = stack_examples(source, info, range(min(num, len(source))))
+  codes = np.concatenate(
+    [reconstruct(model, state, batch["x"][i : i + 500])["code"] for i in range(0, len(batch["x"]), 500)]
+  )
+  points, title = latent_points(codes)
+  return visualize.save_scatter(path, points, batch["label"], info.class_names, title)
+
+
 def mean_image_mse(train: Sequence, test: Sequence, info: DatasetInfo, batch: int = 5000) -> float:
   """Test MSE (model input space, per element) of always predicting the training set's mean example."""
   total = None

@@ -163,6 +163,16 @@ def _kl_term(outputs: Outputs, batch: Batch) -> jax.Array:
   return gaussian_kl(mean, logvar, outputs.get("latent_mask"))
 
 
+@register("iwae")
+def _iwae_term(outputs: Outputs, batch: Batch) -> jax.Array:
+  """Negative importance-weighted bound (Burda et al. 2015) over the model's k draws of z, in nats:
+  -log (1/k) sum_k p(x|z_k) p(z_k) / q(z_k|x). With k = 1 it is the negative ELBO with a sampled KL."""
+  log_w = (
+    _require(outputs, "log_px_z", "iwae") + _require(outputs, "log_pz", "iwae") - outputs["log_qz_x"]
+  )  # [k, batch]
+  return -(jax.nn.logsumexp(log_w, axis=0) - math.log(log_w.shape[0]))
+
+
 # ----------------------------------------------------------------------------- objective
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jax
 import ml_collections
 import optax
 
@@ -17,17 +22,62 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
     return optax.cosine_decay_schedule(lr, max(total_steps, 1))
   if cfg.schedule == "warmup_cosine":
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1))
+  if cfg.schedule == "piecewise":
+    # lr * scales[i] from step boundaries[i - 1] on (scales are absolute multipliers of learning_rate).
+    boundaries, scales = list(cfg.boundaries), list(cfg.scales)
+    if len(scales) != len(boundaries) + 1:
+      raise ValueError(
+        f"config.optimizer.scales needs one entry more than boundaries: {len(scales)} vs {len(boundaries)}"
+      )
+    values = [lr * s for s in scales]
+    return optax.join_schedules([optax.constant_schedule(v) for v in values], boundaries)
   raise ValueError(
-    f"unknown config.optimizer.schedule '{cfg.schedule}'; choose constant, cosine or warmup_cosine"
+    f"unknown config.optimizer.schedule '{cfg.schedule}'; choose constant, cosine, warmup_cosine or piecewise"
   )
+
+
+def param_path(path: tuple) -> str:
+  """'/'-joined names of a pytree key path, e.g. 'encoder/layer_0/kernel'."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def freeze_labels(patterns: tuple[str, ...]) -> Callable[[Any], Any]:
+  """optax.multi_transform labels: "frozen" where a pattern fullmatches the path, else "trainable".
+
+  Raises ValueError for an invalid regex right away and, when applied to the params (at `tx.init`), for a
+  pattern that matches no parameter, naming the pattern and some real parameter paths.
+  """
+  compiled = []
+  for pattern in patterns:
+    try:
+      compiled.append(re.compile(pattern))
+    except re.error as e:
+      raise ValueError(f"config.freeze pattern {pattern!r} is not a valid regex: {e}") from None
+
+  def label_fn(params: Any) -> Any:
+    paths = jax.tree_util.tree_map_with_path(lambda path, _: param_path(path), params)
+    names = jax.tree.leaves(paths)
+    for regex in compiled:
+      if not any(regex.fullmatch(name) for name in names):
+        raise ValueError(
+          f"config.freeze pattern {regex.pattern!r} matches no parameter path (it must match a whole path); "
+          f"the paths look like: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''}"
+        )
+    return jax.tree.map(
+      lambda name: "frozen" if any(r.fullmatch(name) for r in compiled) else "trainable", paths
+    )
+
+  return label_fn
 
 
 def make_optimizer(
   cfg: ml_collections.ConfigDict, total_steps: int, freeze: tuple[str, ...] = ()
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """(optimizer, learning-rate schedule) for adam / adamw / sgd, with optional global-norm clipping."""
-  if freeze:
-    raise NotImplementedError("config.freeze is not implemented yet")
+  """(optimizer, learning-rate schedule) for adam / adamw / sgd, with optional global-norm clipping.
+
+  Parameters whose '/'-joined path fullmatches a regex in `freeze` get zero updates and no optimizer state;
+  clipping and weight decay see only the trainable ones.
+  """
   schedule = make_schedule(cfg, total_steps)
   if cfg.name == "adam":
     tx = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
@@ -39,4 +89,6 @@ def make_optimizer(
     raise ValueError(f"unknown config.optimizer.name '{cfg.name}'; choose adam, adamw or sgd")
   if cfg.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
+  if freeze:
+    tx = optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()}, freeze_labels(tuple(freeze)))
   return tx, schedule

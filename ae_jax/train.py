@@ -1,7 +1,7 @@
 """The pure train and eval steps (written per device, run under `jax.pmap`) and the train state.
 
 Both steps take their dependencies (model, objective, optimizer) as keyword-only arguments, so a trainer
-binds them once with `functools.partial` and pmaps the result; see `ae_jax.trainer` for the loop.
+binds them once with `functools.partial` and pmaps the result; `train_and_evaluate` below is the loop.
 """
 
 from __future__ import annotations
@@ -203,7 +203,8 @@ def build(
   if "input_shape" in models.model_fields(config.model.name):
     kwargs.setdefault("input_shape", tuple(input_shape))
   model = models.get_model(config.model.name, **kwargs)
-  tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps, freeze=tuple(config.freeze))
+  freeze = (config.freeze,) if isinstance(config.freeze, str) else tuple(config.freeze)  # one pattern or many
+  tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps, freeze=freeze)
   return model, losses.make_objective(loss_weights(config)), tx, schedule
 
 

@@ -48,3 +48,27 @@ def save_reconstructions(path: str, originals: np.ndarray, recons: np.ndarray, n
       blank = np.ones((missing, *originals.shape[1:]), np.float32)
       rows[-2], rows[-1] = np.concatenate([rows[-2], blank]), np.concatenate([rows[-1], blank])
   return save_png(path, image_grid(np.concatenate(rows), ncols))
+
+
+def save_scatter(
+  path: str, points: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...] | None, title: str
+) -> str:
+  """Scatter plot PNG of points [N, 2] coloured by integer labels [N] (matplotlib, no display needed)."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
+  for label in np.unique(labels):
+    sel = labels == label
+    name = class_names[label] if class_names is not None and 0 <= label < len(class_names) else str(label)
+    ax.scatter(points[sel, 0], points[sel, 1], s=4, alpha=0.6, label=name)
+  ax.set_title(title)
+  ax.legend(markerscale=3, fontsize=7, loc="best")
+  fig.tight_layout()
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp)
+  plt.close(fig)
+  os.replace(tmp, path)
+  return path

@@ -4,7 +4,9 @@ r"""Trains and evaluates one experiment; rerunning the same command resumes from
         [--config.total_steps=2000 --config.optimizer.learning_rate=3e-4 ...]
 
 Writes WORKDIR/checkpoints (Orbax), WORKDIR/metrics.jsonl, WORKDIR/tensorboard, WORKDIR/reconstructions.png
-and WORKDIR/results.json (final test metrics and the mean-image baseline).
+(plus samples.png from the prior for VAEs and latents.png, a scatter of the codes coloured by label) and
+WORKDIR/results.json (final test metrics, the mean-image baseline and, for VAEs with
+config.likelihood_eval.num_samples > 0, the importance-sampled test NLL in nats and bits/dim).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def main(argv: list[str]) -> None:
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save at INFO
   import jax
 
-  from ae_jax import evaluate, train
+  from ae_jax import evaluate, likelihood, train
 
   config, workdir = FLAGS.config, os.path.abspath(FLAGS.workdir)
   print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, processes: {jax.process_count()}")
@@ -53,7 +55,33 @@ def main(argv: list[str]) -> None:
     info,
     config.visualize.num_images,
   )
-  results = {"step": summary["step"], **summary["metrics"]}
+  model, state, results = summary["model"], summary["state"], {"step": summary["step"], **summary["metrics"]}
+  images = [image]
+  if hasattr(model, "generate"):
+    images.append(evaluate.save_prior_samples(os.path.join(workdir, "samples.png"), model, state, info))
+  if config.visualize.num_latents and info.class_names is not None:
+    path = os.path.join(workdir, "latents.png")
+    images.append(
+      evaluate.save_latent_scatter(path, model, state, source, info, config.visualize.num_latents)
+    )
+  lik = config.likelihood_eval
+  if lik.num_samples and hasattr(model, "importance_terms"):
+    print(f"estimating log p(x) with {lik.num_samples} importance samples per test example ...")
+    estimate = likelihood.evaluate_likelihood(
+      model,
+      state,
+      source,
+      info,
+      num_samples=lik.num_samples,
+      chunk_size=lik.chunk_size,
+      batch_size=lik.batch_size,
+      max_examples=lik.max_examples,
+    )
+    results.update({f"test/is_{k}": v for k, v in estimate.items()})
+    print(
+      f"test NLL {estimate['nll']:.3f} +- {estimate['nll_stderr']:.3f} nats ({estimate['bits_per_dim']:.4f} "
+      f"bits/dim), negative ELBO {estimate['neg_elbo']:.3f} nats, {int(estimate['num_examples'])} examples"
+    )
   if "test/mse" in results:
     results["test/mse_of_mean_image"] = evaluate.mean_image_mse(summary["train_source"], source, info)
   with open(os.path.join(workdir, "results.json"), "w") as f:
@@ -65,8 +93,12 @@ def main(argv: list[str]) -> None:
     f"checkpoints: {workdir}/checkpoints\n"
     f"metrics:     {workdir}/metrics.jsonl (TensorBoard: {workdir}/tensorboard)"
   )
-  print(f"images:      {image}")
+  print(f"images:      {', '.join(images)}")
 
+
+USAGE = "python -m experiments.main --config FILE.py[:ARG] [--config.KEY=VALUE ...] --workdir DIR"
 
 if __name__ == "__main__":
-  app.run(main)
+  from ae_jax.config import parse_flags_or_exit
+
+  app.run(main, flags_parser=lambda argv: parse_flags_or_exit(argv, FLAGS, USAGE))

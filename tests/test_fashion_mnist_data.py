@@ -67,7 +67,7 @@ def test_read_idx_round_trip(tmp_path, compress, shape):
     b"\x00\x00\x08\x01" + np.asarray([2], ">u4").tobytes() + b"abc",  # trailing data
     gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x01x", mtime=0)[:-6],  # truncated gzip
   ],
-  ids=["empty", "bad-magic", "bad-dtype", "truncated-header", "short-data", "trailing-data", "truncated-gzip"],
+  ids=["empty", "bad-magic", "bad-dtype", "short-header", "short-data", "trailing-data", "short-gzip"],
 )
 def test_read_idx_malformed_raises(tmp_path, content):
   path = tmp_path / "bad.idx"

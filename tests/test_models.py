@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from ae_jax.models import MODELS, get_model, model_fields
+from ae_jax.models import MODELS, get_model, model_config, model_fields
 from ae_jax.models.conv_ae import _torch_conv_transpose_padding
 
 B = 3
@@ -296,11 +296,16 @@ def test_unknown_model_kwarg_names_valid_option():
 
 
 def test_model_fields_exclude_flax_internals():
-  """model_fields lists the configurable options without Flax's parent/name."""
+  """model_fields lists the configurable options without Flax's parent/name; every model takes its input
+  shape from the data, and model_config lists every option except that one and the dtype."""
   for name in MODELS:
     fields = model_fields(name)
     assert "parent" not in fields and "name" not in fields
-    assert {"input_shape", "code_dim"} <= set(fields)
+    assert "input_shape" in fields
+    config = model_config(name)
+    assert set(config) == {"name", *fields} - {"input_shape", "dtype"}
+  with pytest.raises(ValueError, match="did you mean 'code_dim'"):
+    model_config("conv_ae", code_dims=3)
 
 
 # ----------------------------------------------------------------------------- encode / decode

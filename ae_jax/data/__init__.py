@@ -37,16 +37,35 @@ _SCALES = {
   # name: (uint8 -> model range, model range -> [0, 1])
   "symmetric": (lambda u: u.astype(np.float32) / 127.5 - 1.0, lambda x: (x + 1.0) / 2.0),
   "unit": (lambda u: u.astype(np.float32) / 255.0, lambda x: x),
+  # already binary images stored as 0/1 (tfds binarized_mnist)
+  "binary": (lambda u: u.astype(np.float32), lambda x: x),
 }
+
+
+def binarize(image: np.ndarray, index: int) -> np.ndarray:
+  """Dynamic binarisation: pixel p/255 becomes 1 with probability p/255, as float32 {0, 1}.
+
+  The uniform draws come from a counter-based generator keyed by the example's stream position, so a
+  training image gets a fresh binarisation every epoch, evaluation images a fixed one, and resumed runs
+  the same draws as uninterrupted ones.
+  """
+  u = np.random.Generator(np.random.Philox(key=index)).random(image.shape, dtype=np.float32)
+  return (u * 255.0 < image).astype(np.float32)
 
 
 def _image_info(shape: tuple[int, ...], data: ml_collections.ConfigDict, class_names=None) -> DatasetInfo:
   if data.scale not in _SCALES:
     raise ValueError(f"unknown config.data.scale '{data.scale}'; choose one of {sorted(_SCALES)}")
+  if data.binarize not in ("none", "dynamic"):
+    raise ValueError(f"unknown config.data.binarize '{data.binarize}'; choose 'none' or 'dynamic'")
   to_model, to_unit = _SCALES[data.scale]
+  if data.binarize == "dynamic":
+    to_model, to_unit = None, lambda x: x
 
   def preprocess(record: Record, index: int) -> dict[str, np.ndarray]:
-    return {"x": to_model(np.asarray(record["image"])), "label": np.int32(record["label"])}
+    image = np.asarray(record["image"])
+    x = binarize(image, index) if to_model is None else to_model(image)
+    return {"x": x, "label": np.int32(record.get("label", -1))}
 
   return DatasetInfo(shape, preprocess, class_names, lambda x: np.clip(to_unit(np.asarray(x)), 0.0, 1.0))
 
@@ -57,6 +76,42 @@ def _fashion_mnist(data: ml_collections.ConfigDict) -> tuple[Sequence, Sequence,
   train = fashion_mnist.load_fashion_mnist("train", **kwargs)
   test = fashion_mnist.load_fashion_mnist("test", **kwargs)
   return train, test, _image_info((28, 28, 1), data, fashion_mnist.CLASS_NAMES)
+
+
+def _tfds_source(name: str, split: str, data: ml_collections.ConfigDict) -> Sequence:
+  """tfds.data_source(name) if prepared (or downloadable with config.data.download); else one clear error."""
+  import tensorflow_datasets as tfds
+
+  try:
+    return tfds.data_source(name, split=split, data_dir=data.data_dir, download=bool(data.download))
+  except Exception as e:  # noqa: BLE001 - tfds raises assorted errors for a missing or unpreparable dataset
+    raise FileNotFoundError(
+      f"tfds dataset '{name}' ({split}) is not prepared in data_dir={data.data_dir!r} ({type(e).__name__}); "
+      f"prepare it online with `pip install 'ae-jax[tfds-download]'` and --config.data.download=True, "
+      f"or point --config.data.data_dir at a tfds directory that has it"
+    ) from e
+
+
+def _mnist(data: ml_collections.ConfigDict) -> tuple[Sequence, Sequence, DatasetInfo]:
+  digits = tuple(str(i) for i in range(10))
+  return (
+    _tfds_source("mnist", "train", data),
+    _tfds_source("mnist", "test", data),
+    _image_info((28, 28, 1), data, digits),
+  )
+
+
+def _binarized_mnist(data: ml_collections.ConfigDict) -> tuple[Sequence, Sequence, DatasetInfo]:
+  """Larochelle's statically binarised MNIST (tfds binarized_mnist: images in {0, 1}, no labels)."""
+  if data.scale != "binary" or data.binarize != "none":
+    raise ValueError(
+      "binarized_mnist is already binary: set config.data.scale='binary' and data.binarize='none'"
+    )
+  return (
+    _tfds_source("binarized_mnist", "train", data),
+    _tfds_source("binarized_mnist", "test", data),
+    (_image_info((28, 28, 1), data)),
+  )
 
 
 def synthetic_images(num: int, shape: Sequence[int], seed: int) -> list[dict[str, Any]]:
@@ -117,6 +172,8 @@ def _maybe_cache(sources: tuple[Sequence, Sequence, DatasetInfo], data: ml_colle
 
 DATASETS: dict[str, Callable[[ml_collections.ConfigDict], tuple[Sequence, Sequence, DatasetInfo]]] = {
   "fashion_mnist": _fashion_mnist,
+  "mnist": _mnist,
+  "binarized_mnist": _binarized_mnist,
   "synthetic": _synthetic,
 }
 
@@ -124,6 +181,8 @@ DATASETS: dict[str, Callable[[ml_collections.ConfigDict], tuple[Sequence, Sequen
 # Per-example model input shape of each dataset, known without reading it (for the inspector and tests).
 EXAMPLE_SHAPES: dict[str, Callable[[ml_collections.ConfigDict], tuple[int, ...]]] = {
   "fashion_mnist": lambda data: (28, 28, 1),
+  "mnist": lambda data: (28, 28, 1),
+  "binarized_mnist": lambda data: (28, 28, 1),
   "synthetic": lambda data: tuple(data.get("shape", (28, 28, 1))),
 }
 

@@ -5,21 +5,47 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import ml_collections
 from flax import linen as nn
 
 from ae_jax.config import did_you_mean
 from ae_jax.models.conv_ae import ConvAutoencoder
 from ae_jax.models.mlp_ae import MLPAutoencoder
+from ae_jax.models.tied_ae import TiedAutoencoder
+from ae_jax.models.vae import VAEMLP, VAEConv
 
 MODELS: dict[str, type[nn.Module]] = {
   "mlp_ae": MLPAutoencoder,
   "conv_ae": ConvAutoencoder,
+  "tied_ae": TiedAutoencoder,
+  "vae_mlp": VAEMLP,
+  "vae_conv": VAEConv,
 }
 
 
 def model_fields(name: str) -> list[str]:
   """The configurable attributes of model `name` (its dataclass fields, without Flax's own)."""
   return [f.name for f in dataclasses.fields(MODELS[name]) if f.name not in ("parent", "name")]
+
+
+# Fields a config never sets: the input shape comes from the dataset, the dtype from the trainer.
+_NOT_CONFIGURED = ("parent", "name", "input_shape", "dtype")
+
+
+def model_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
+  """`config.model` for model `name`: every option with its default, so each can be overridden with
+  `--config.model.KEY=VALUE` (typed) and a misspelled key fails at parse time."""
+  if name not in MODELS:
+    raise ValueError(
+      f"unknown model '{name}'; {did_you_mean(name, MODELS)}registered models: {sorted(MODELS)}"
+    )
+  fields = {f.name: f.default for f in dataclasses.fields(MODELS[name]) if f.name not in _NOT_CONFIGURED}
+  for key in overrides:
+    if key not in fields:
+      raise ValueError(
+        f"'{key}' is not an option of model '{name}'; {did_you_mean(key, fields)}options: {list(fields)}"
+      )
+  return ml_collections.ConfigDict({"name": name, **fields, **overrides})
 
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:

@@ -8,12 +8,12 @@ against 0.3466 for predicting the training mean image (pixels in [-1, 1]).
 """
 
 from ae_jax.config import default_config
+from ae_jax.models import model_config
 
 
 def get_config():
   config = default_config()
-  config.model.name = "conv_ae"
-  config.model.code_dim = 16
+  config.model = model_config("conv_ae", code_dim=16)
   config.loss.mse = 1.0
   config.data.name = "fashion_mnist"
   config.data.scale = "symmetric"  # pixels in [-1, 1] for the Tanh output

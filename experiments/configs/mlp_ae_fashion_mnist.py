@@ -8,13 +8,12 @@ training mean image (pixels in [-1, 1]).
 """
 
 from ae_jax.config import default_config
+from ae_jax.models import model_config
 
 
 def get_config():
   config = default_config()
-  config.model.name = "mlp_ae"
-  config.model.hidden = (128, 64, 32)
-  config.model.code_dim = 16
+  config.model = model_config("mlp_ae", hidden=(128, 64, 32), code_dim=16)
   config.loss.mse = 1.0
   config.data.name = "fashion_mnist"
   config.data.scale = "symmetric"

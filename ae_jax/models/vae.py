@@ -1,0 +1,167 @@
+"""Variational autoencoders (Kingma and Welling 2014) with importance weights for IWAE and likelihoods.
+
+The encoder gives a diagonal Gaussian q(z|x) = N(mean, exp(logvar)); z = mean + exp(logvar / 2) * eps with
+eps ~ N(0, I) drawn from the "sample" rng (the reparameterisation trick); the prior is N(0, I). Likelihoods
+p(x|z): "bernoulli" (logits; data in {0, 1} or [0, 1]), "gaussian" (fixed log-variance
+`gaussian_logvar`), "gaussian_learned" (the decoder also outputs a per-element log-variance).
+
+Outputs of `__call__(x)` with `num_samples` = k draws of z:
+  mean, logvar [B, D]; code = mean; z [B, D] (the first draw); decoder outputs of the first draw:
+  logits (bernoulli) and recon = E[x|z] [B, *input_shape], recon_logvar (gaussian);
+  log_px_z, log_pz, log_qz_x [k, B]: the log-densities that make up the importance weights
+  log w = log p(x|z) + log p(z) - log q(z|x), used by the "iwae" loss term and the likelihood evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from ae_jax import losses
+from ae_jax.models.conv_ae import INPUT_HW, ConvDecoder, ConvEncoder
+from ae_jax.models.layers import check_input_shape
+from ae_jax.models.mlp_ae import MLPDecoder, MLPEncoder
+
+LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def standard_normal_logpdf(z: jax.Array) -> jax.Array:
+  """log N(z; 0, I) summed over the last axis: [..., D] -> [...]."""
+  return -0.5 * jnp.sum(jnp.square(z) + _LOG_2PI, axis=-1)
+
+
+def diagonal_normal_logpdf(eps: jax.Array, logvar: jax.Array) -> jax.Array:
+  """log N(z; mean, exp(logvar)) summed over the last axis, for z = mean + exp(logvar / 2) * eps."""
+  return -0.5 * jnp.sum(jnp.square(eps) + logvar + _LOG_2PI, axis=-1)
+
+
+class _VAEBase(nn.Module):
+  """Sampling, likelihoods and importance weights; subclasses define `encode` and `_decoder_out`."""
+
+  def _check_likelihood(self) -> None:
+    if self.likelihood not in LIKELIHOODS:
+      raise ValueError(
+        f"unknown likelihood '{self.likelihood}' for {type(self).__name__}; choose {LIKELIHOODS}"
+      )
+
+  def _decoder_channels(self) -> int:
+    return self.input_shape[-1] * (2 if self.likelihood == "gaussian_learned" else 1)
+
+  def decode(self, z: jax.Array) -> dict[str, jax.Array]:
+    """z [N, D] -> {"logits", "recon"} or {"recon", "recon_logvar"}, each [N, *input_shape]."""
+    out = self._decoder_out(z)
+    if self.likelihood == "bernoulli":
+      return {"logits": out, "recon": nn.sigmoid(out)}
+    if self.likelihood == "gaussian":
+      return {"recon": out, "recon_logvar": jnp.full_like(out, self.gaussian_logvar)}
+    mean, logvar = jnp.split(out, 2, axis=-1)
+    return {"recon": mean, "recon_logvar": logvar}
+
+  def log_px_given_z(self, x: jax.Array, decoded: dict[str, jax.Array]) -> jax.Array:
+    """log p(x|z) in nats, summed over elements: x [N, ...] and decoder outputs [N, ...] -> [N]."""
+    if self.likelihood == "bernoulli":
+      return -losses.bernoulli_nll(decoded["logits"], x)
+    return -losses.gaussian_nll(decoded["recon"], x, decoded["recon_logvar"])
+
+  def importance_terms(self, x: jax.Array, eps: jax.Array) -> dict[str, jax.Array]:
+    """Encodes x [B, ...] and decodes z = mean + std * eps for eps [k, B, D].
+
+    Returns mean, logvar [B, D]; z [k, B, D]; decoder outputs [k, B, ...]; log_px_z, log_pz, log_qz_x [k, B].
+    """
+    mean, logvar = self.encode(x)
+    k, b, d = eps.shape
+    z = mean + jnp.exp(0.5 * logvar) * eps
+    decoded = self.decode(z.reshape(k * b, d))
+    x_rep = jnp.broadcast_to(x, (k, *x.shape)).reshape(k * b, *x.shape[1:])
+    log_px_z = self.log_px_given_z(x_rep, decoded).reshape(k, b)
+    decoded = {name: v.reshape(k, b, *v.shape[1:]) for name, v in decoded.items()}
+    return {
+      "mean": mean,
+      "logvar": logvar,
+      "z": z,
+      **decoded,
+      "log_px_z": log_px_z,
+      "log_pz": standard_normal_logpdf(z),
+      "log_qz_x": diagonal_normal_logpdf(eps, jnp.broadcast_to(logvar, eps.shape)),
+    }
+
+  def generate(self, z: jax.Array) -> jax.Array:
+    """Mean image E[x|z] for latents z [N, D] (e.g. drawn from the prior): [N, *input_shape]."""
+    return self.decode(z)["recon"]
+
+  def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+    eps = jax.random.normal(self.make_rng("sample"), (self.num_samples, x.shape[0], self.latent_dim), x.dtype)
+    terms = self.importance_terms(x, eps)
+    first = {name: terms[name][0] for name in ("z", "logits", "recon", "recon_logvar") if name in terms}
+    out = {k: v for k, v in terms.items() if k in ("mean", "logvar", "log_px_z", "log_pz", "log_qz_x")}
+    return {**out, **first, "code": terms["mean"]}
+
+
+class VAEMLP(_VAEBase):
+  """Fully connected VAE: x [B, *input_shape] -> hidden -> (mean, logvar) [B, latent_dim] -> hidden -> x.
+
+  Kingma and Welling's Fashion-MNIST/MNIST setting is hidden=(500,), latent_dim=20, Bernoulli likelihood;
+  the IWAE paper's is hidden=(200, 200), tanh, latent_dim=50.
+  """
+
+  input_shape: Sequence[int] = (28, 28, 1)
+  hidden: Sequence[int] = (500,)
+  latent_dim: int = 20
+  act: str = "relu"
+  likelihood: str = "bernoulli"
+  gaussian_logvar: float = 0.0
+  num_samples: int = 1
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self) -> None:
+    self._check_likelihood()
+    self.encoder = MLPEncoder(self.hidden, 2 * self.latent_dim, self.act, self.dtype)
+    out_shape = (*self.input_shape[:-1], self._decoder_channels())
+    self.decoder = MLPDecoder(out_shape, tuple(reversed(self.hidden)), self.act, "identity", self.dtype)
+
+  def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """x [B, *input_shape] -> (mean, logvar), each [B, latent_dim]."""
+    check_input_shape("vae_mlp", x, self.input_shape)
+    return tuple(jnp.split(self.encoder(x), 2, axis=-1))
+
+  def _decoder_out(self, z: jax.Array) -> jax.Array:
+    return self.decoder(z)
+
+
+class VAEConv(_VAEBase):
+  """The conv autoencoder's encoder and decoder (28x28 images) around a Gaussian latent [B, latent_dim]."""
+
+  input_shape: Sequence[int] = (28, 28, 1)
+  channels: Sequence[int] = (8, 16, 32, 64)
+  dense: Sequence[int] = (32,)
+  latent_dim: int = 16
+  act: str = "relu"
+  likelihood: str = "bernoulli"
+  gaussian_logvar: float = 0.0
+  num_samples: int = 1
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self) -> None:
+    self._check_likelihood()
+    if tuple(self.input_shape[:2]) != INPUT_HW:
+      raise ValueError(f"vae_conv is built for [28, 28, C] images, got input_shape {list(self.input_shape)}")
+    self.encoder = ConvEncoder(self.channels, self.dense, self.act, self.dtype)
+    self.posterior = nn.Dense(2 * self.latent_dim, dtype=self.dtype)
+    self.decoder = ConvDecoder(
+      self._decoder_channels(), self.channels, self.dense, self.act, "identity", self.dtype
+    )
+
+  def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """x [B, 28, 28, C] -> (mean, logvar), each [B, latent_dim]."""
+    check_input_shape(
+      "vae_conv", x, self.input_shape, "vae_conv takes 28x28 images with channels last (NHWC)"
+    )
+    return tuple(jnp.split(self.posterior(self.encoder(x)), 2, axis=-1))
+
+  def _decoder_out(self, z: jax.Array) -> jax.Array:
+    return self.decoder(z)
