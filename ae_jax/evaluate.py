@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from flax import linen as nn
 
-from ae_jax import visualize
+from ae_jax import parallel, visualize
 from ae_jax.data import DatasetInfo
 from ae_jax.train import TrainState, apply_model
 
@@ -22,8 +22,13 @@ def stack_examples(source: Sequence, info: DatasetInfo, indices: Sequence[int]) 
 
 def reconstruct(model: nn.Module, state: TrainState, x: np.ndarray) -> dict[str, np.ndarray]:
   """The model's outputs for inputs x [n, ...] in evaluation mode (one device, no pmap)."""
-  fn = jax.jit(lambda s, x: apply_model(model, s.params, s.model_state, x, train=False, rng=s.rng)[0])
-  return jax.device_get(fn(state, x))
+
+  def fn(s: TrainState, x: jax.Array) -> dict[str, jax.Array]:
+    outputs = apply_model(model, s.params, s.model_state, {"x": x}, train=False, rng=s.rng)[0]
+    outputs.pop("metrics", None)
+    return outputs
+
+  return jax.device_get(jax.jit(parallel.with_named_axis(fn))(state, x))
 
 
 def save_reconstruction_grid(
@@ -41,7 +46,8 @@ def save_prior_samples(
   """PNG grid of E[x|z] for z ~ N(0, I) drawn from the state's key (models with a `generate` method)."""
   variables = {"params": state.params, **state.model_state}
   z = jax.random.normal(jax.random.fold_in(state.rng, 0x5A), (num, model.latent_dim))
-  images = jax.device_get(jax.jit(lambda v, z: model.apply(v, z, method="generate"))(variables, z))
+  generate = parallel.with_named_axis(lambda v, z: model.apply(v, z, method="generate"))
+  images = jax.device_get(jax.jit(generate)(variables, z))
   return visualize.save_png(path, visualize.image_grid(info.to_image(images), ncols=8))
 
 

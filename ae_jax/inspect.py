@@ -36,6 +36,7 @@ from flax import linen as nn
 from ml_collections import config_flags
 
 from ae_jax import config as config_checks
+from ae_jax import parallel
 
 CODE_KEYS = ("code", "mean", "z")  # the bottleneck output, in order of preference
 RECON_KEY = "recon"
@@ -116,6 +117,8 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...], batch: int) -> tuple[
     with nn.intercept_methods(interceptor):
       return model.init_with_output(rngs, x, train=False)
 
+  # with_named_axis: models with cross-device statistics (psum over the device axis) trace outside pmap too
+  init = parallel.with_named_axis(init)
   outputs, variables = jax.eval_shape(init, jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32))
   return [tuple(c) for c in calls], outputs, variables
 

@@ -6,7 +6,7 @@ the local devices; placing inputs the same way up front means pmap never re-tran
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -35,6 +35,21 @@ def replicate(tree: Any, devices: Sequence[jax.Device] | None = None) -> Any:
 def unreplicate(tree: Any) -> Any:
   """Takes device 0's copy of a replicated pytree: [local_devices, ...] -> [...]."""
   return jax.tree.map(lambda x: x[0], tree)
+
+
+def with_named_axis(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """`fn` with the device axis name bound (size 1), for running pmap-style code on one device.
+
+  Models with cross-device statistics call collectives (`lax.psum(..., AXIS)`) that need the axis to be
+  bound; this runs `fn(*args)` under `jax.vmap(axis_name=AXIS, axis_size=1)`, which binds it, and drops
+  the added leading axis from the result.
+  """
+
+  def wrapped(*args: Any) -> Any:
+    out = jax.vmap(fn, in_axes=None, axis_name=AXIS, axis_size=1)(*args)
+    return jax.tree.map(lambda x: x[0], out)
+
+  return wrapped
 
 
 def split_for_devices(batch: dict[str, np.ndarray], devices: int | None = None) -> dict[str, np.ndarray]:

@@ -7,6 +7,7 @@ binds them once with `functools.partial` and pmaps the result; `train_and_evalua
 from __future__ import annotations
 
 import functools
+import inspect as pyinspect
 import os
 import signal
 import threading
@@ -71,7 +72,8 @@ def create_train_state(
   init_key, state_key = jax.random.split(root)
   keys = jax.random.split(init_key, 1 + len(RNG_STREAMS))
   rngs = {"params": keys[0], **dict(zip(RNG_STREAMS, keys[1:], strict=True))}
-  variables = dict(_compile_once_quickly(lambda r, x: model.init(r, x, train=False), rngs, example_x))
+  init = parallel.with_named_axis(lambda r, x: model.init(r, x, train=False))  # models may psum over devices
+  variables = dict(_compile_once_quickly(init, rngs, example_x))
   params = variables.pop("params")
   return TrainState(
     step=jnp.zeros((), jnp.int32),
@@ -82,16 +84,33 @@ def create_train_state(
   )
 
 
+def _takes_mask(model: nn.Module) -> bool:
+  return "mask" in pyinspect.signature(type(model).__call__).parameters
+
+
 def apply_model(
-  model: nn.Module, params: Any, model_state: Any, x: jax.Array, *, train: bool, rng: jax.Array
+  model: nn.Module,
+  params: Any,
+  model_state: Any,
+  batch: Mapping[str, jax.Array],
+  *,
+  train: bool,
+  rng: jax.Array,
 ) -> tuple[dict[str, jax.Array], Any]:
-  """Runs the model; returns (outputs dict, updated model_state). Only training updates the state."""
+  """Runs the model on batch["x"] (and batch["mask"] for models whose `__call__` takes `mask`).
+
+  Returns (outputs dict, updated model_state); only training updates the state. Outputs may hold
+  "metrics": a dict of batch-level scalars (e.g. codebook perplexity) that the steps report as they are.
+  """
   rngs = {name: jax.random.fold_in(rng, i) for i, name in enumerate(RNG_STREAMS)}
   variables = {"params": params, **model_state}
+  kwargs = {"mask": batch.get("mask")} if _takes_mask(model) else {}
   if train and model_state:
-    outputs, new_state = model.apply(variables, x, train=True, rngs=rngs, mutable=list(model_state))
+    outputs, new_state = model.apply(
+      variables, batch["x"], train=True, rngs=rngs, mutable=list(model_state), **kwargs
+    )
     return outputs, dict(new_state)
-  return model.apply(variables, x, train=train, rngs=rngs), model_state
+  return model.apply(variables, batch["x"], train=train, rngs=rngs, **kwargs), model_state
 
 
 def step_rng(state: TrainState, axis_name: str) -> jax.Array:
@@ -124,15 +143,18 @@ def train_step(
   rng = step_rng(state, axis_name)
 
   def loss_fn(params):
-    outputs, model_state = apply_model(model, params, state.model_state, batch["x"], train=True, rng=rng)
+    outputs, model_state = apply_model(model, params, state.model_state, batch, train=True, rng=rng)
+    model_metrics = outputs.pop("metrics", {})
     total, terms = objective(outputs, batch, state.step)
-    return total.mean(), ({k: v.mean() for k, v in terms.items()}, model_state)
+    return total.mean(), ({k: v.mean() for k, v in terms.items()}, model_metrics, model_state)
 
-  (loss, (terms, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grads, loss, terms = jax.lax.pmean((grads, loss, terms), axis_name)
-  # Models that keep statistics sync them across devices themselves (named axis); averaging here makes
-  # the copies agree for any that do not.
-  model_state = jax.lax.pmean(model_state, axis_name)
+  (loss, (terms, model_metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads, loss, terms, model_metrics = jax.lax.pmean((grads, loss, terms, model_metrics), axis_name)
+  # Models that keep statistics sync them across devices themselves (named axis: BatchNorm, EMA codebooks);
+  # averaging the float statistics here makes the copies agree for any that do not.
+  model_state = jax.tree.map(
+    lambda v: jax.lax.pmean(v, axis_name) if jnp.issubdtype(v.dtype, jnp.floating) else v, model_state
+  )
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(
     step=state.step + 1,
@@ -146,6 +168,7 @@ def train_step(
   metrics = {
     "loss": loss,
     **terms,
+    **model_metrics,
     "grad_norm": grad_norm,
     "learning_rate": learning_rate(state.step),
     "nonfinite": 1.0 - finite.astype(jnp.float32),
@@ -168,10 +191,13 @@ def eval_step(
   """
   rng = jax.random.fold_in(jax.random.fold_in(state.rng, _EVAL_STREAM), batch["index"][0])
   rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-  outputs, _ = apply_model(model, state.params, state.model_state, batch["x"], train=False, rng=rng)
+  outputs, _ = apply_model(model, state.params, state.model_state, batch, train=False, rng=rng)
+  model_metrics = outputs.pop("metrics", {})
   total, terms = objective(outputs, batch, state.step)
   valid = batch["valid"].astype(jnp.float32)
   sums = {"loss": jnp.sum(total * valid), **{k: jnp.sum(v * valid) for k, v in terms.items()}}
+  # batch-level model metrics, weighted by the batch's valid examples (a per-batch average)
+  sums.update({k: v * jnp.sum(valid) for k, v in model_metrics.items()})
   sums["count"] = jnp.sum(valid)
   return jax.lax.psum(sums, axis_name)
 
@@ -200,8 +226,11 @@ def build(
 ) -> tuple[nn.Module, Objective, Any, Any]:
   """(model, objective, optimizer, learning-rate schedule) from a config and the data's example shape."""
   kwargs = {k: v for k, v in config.model.items() if k != "name"}
-  if "input_shape" in models.model_fields(config.model.name):
+  fields = models.model_fields(config.model.name)
+  if "input_shape" in fields:
     kwargs.setdefault("input_shape", tuple(input_shape))
+  if "axis_name" in fields:  # models with cross-device statistics (BatchNorm, EMA codebooks)
+    kwargs.setdefault("axis_name", parallel.AXIS)
   model = models.get_model(config.model.name, **kwargs)
   freeze = (config.freeze,) if isinstance(config.freeze, str) else tuple(config.freeze)  # one pattern or many
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps, freeze=freeze)
