@@ -47,16 +47,13 @@ def main(argv: list[str]) -> None:
   if summary["preempted"] or jax.process_index() != 0:
     return
   source, info = summary["test_source"], summary["info"]
-  image = evaluate.save_reconstruction_grid(
-    os.path.join(workdir, "reconstructions.png"),
-    summary["model"],
-    summary["state"],
-    source,
-    info,
-    config.visualize.num_images,
-  )
   model, state, results = summary["model"], summary["state"], {"step": summary["step"], **summary["metrics"]}
-  images = [image]
+  images = []
+  if info.to_image is not None:  # datasets that are not images (time series) set to_image = None
+    path = os.path.join(workdir, "reconstructions.png")
+    images.append(
+      evaluate.save_reconstruction_grid(path, model, state, source, info, config.visualize.num_images)
+    )
   if hasattr(model, "generate"):
     images.append(evaluate.save_prior_samples(os.path.join(workdir, "samples.png"), model, state, info))
   if config.visualize.num_latents and info.class_names is not None:

@@ -24,13 +24,14 @@ class DatasetInfo:
   """What the model and trainer need to know about a dataset.
 
   shape: per-example model input shape; preprocess(record, stream_index) -> {"x", "label", ...};
-  class_names: label names or None; to_image(x) maps model inputs [..., H, W, C] back to [0, 1] for display.
+  class_names: label names or None; to_image(x [N, ...]) -> images [N, H, W, C] in [0, 1] for display
+  (e.g. a spectrogram drawn as an image), or None when the data has no picture (the grid is skipped).
   """
 
   shape: tuple[int, ...]
   preprocess: Callable[[Record, int], dict[str, np.ndarray]]
   class_names: tuple[str, ...] | None = None
-  to_image: Callable[[np.ndarray], np.ndarray] = lambda x: x
+  to_image: Callable[[np.ndarray], np.ndarray] | None = lambda x: x
 
 
 _SCALES = {
