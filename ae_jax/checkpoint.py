@@ -2,7 +2,8 @@
 
 Layout: `WORKDIR/checkpoints/<step>/{state,config}`. Orbax writes each step into a temporary directory and
 renames it when complete, so a run killed mid-save leaves the previous checkpoint as the latest one.
-The state is saved unreplicated (one copy) and restores on any number of devices.
+The state is saved unreplicated (one copy) and restores on any number of devices; with several processes
+(multi-host), each process's copy becomes a global replicated array for Orbax, which writes it once.
 """
 
 from __future__ import annotations
@@ -12,12 +13,36 @@ import logging
 import os
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 log = logging.getLogger(__name__)
 
 # Config entries that decide the shape of the state: a checkpoint can only resume a run that agrees on them.
 _STRUCTURAL_KEYS = ("model", "optimizer.name", "data.name", "freeze")
+
+
+def _global_replicated(tree: Any) -> Any:
+  """With several processes, turns each process's replicated copy into one global array replicated over
+  all devices: Orbax writes global arrays (once), not host-local ones. A no-op in a single process."""
+  if jax.process_count() == 1:
+    return tree
+  sharding = NamedSharding(Mesh(np.array(jax.devices()), ("replica",)), PartitionSpec())
+
+  def to_global(x: Any) -> Any:
+    local = x.addressable_data(0) if isinstance(x, jax.Array) else x
+    return jax.make_array_from_process_local_data(sharding, np.asarray(local))
+
+  return jax.tree.map(to_global, tree)
+
+
+def _host_local(tree: Any) -> Any:
+  """The inverse of `_global_replicated`: this process's copy of each replicated array."""
+  if jax.process_count() == 1:
+    return tree
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
 
 
 class CheckpointMismatchError(ValueError):
@@ -64,7 +89,9 @@ class Checkpointer:
       return  # already on disk (e.g. the final step coincides with a periodic save)
     self._manager.save(
       step,
-      args=ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config)),
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_global_replicated(state)), config=ocp.args.JsonSave(config)
+      ),
       force=True,
     )
 
@@ -87,14 +114,16 @@ class Checkpointer:
           f"has {key}={_lookup(config, key)!r}; use a new --workdir (the existing checkpoint is kept)"
         )
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+      restored = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_global_replicated(target)))
+      )
     except (ValueError, KeyError, TypeError) as e:
       raise CheckpointMismatchError(
         f"checkpoint {self.directory}/{step} does not fit this model's state ({type(e).__name__}: "
         f"{str(e).splitlines()[0][:200]}); use a new --workdir (the existing checkpoint is kept)"
       ) from e
     log.info("restored step %d from %s", step, self.directory)
-    return restored["state"]
+    return _host_local(restored["state"])
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are complete."""
