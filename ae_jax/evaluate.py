@@ -74,18 +74,28 @@ def save_latent_scatter(
   return visualize.save_scatter(path, points, batch["label"], info.class_names, title)
 
 
+def _chunks(source: Sequence, info: DatasetInfo, batch: int):
+  """(x, weights) per chunk of `source`: weights broadcast a padding mask [n, T] (if any) over x's shape."""
+  for start in range(0, len(source), batch):
+    examples = stack_examples(source, info, range(start, min(start + batch, len(source))))
+    x = examples["x"].astype(np.float64)
+    mask = examples.get("mask", np.ones(x.shape[:1], np.float64)).astype(np.float64)
+    yield x, np.broadcast_to(mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim)), x.shape)
+
+
 def mean_image_mse(train: Sequence, test: Sequence, info: DatasetInfo, batch: int = 5000) -> float:
-  """Test MSE (model input space, per element) of always predicting the training set's mean example."""
-  total = None
-  for start in range(0, len(train), batch):
-    x = stack_examples(train, info, range(start, min(start + batch, len(train))))["x"].astype(np.float64)
-    total = x.sum(0) if total is None else total + x.sum(0)
-  mean = total / len(train)
-  sq = 0.0
-  for start in range(0, len(test), batch):
-    x = stack_examples(test, info, range(start, min(start + batch, len(test))))["x"].astype(np.float64)
-    sq += float(np.square(x - mean).sum())
-  return sq / (len(test) * mean.size)
+  """Test MSE (model input space, per element) of always predicting the training set's mean example.
+
+  With a padding mask, the mean and the error count real positions only, like the masked `mse` term.
+  """
+  sums = counts = 0.0
+  for x, w in _chunks(train, info, batch):
+    sums, counts = sums + (x * w).sum(0), counts + w.sum(0)
+  mean = sums / np.maximum(counts, 1.0)
+  sq = n = 0.0
+  for x, w in _chunks(test, info, batch):
+    sq, n = sq + float((np.square(x - mean) * w).sum()), n + float(w.sum())
+  return sq / n
 
 
 def summary_line(metrics: dict[str, Any]) -> str:

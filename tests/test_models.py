@@ -303,7 +303,7 @@ def test_model_fields_exclude_flax_internals():
     assert "parent" not in fields and "name" not in fields
     assert "input_shape" in fields
     config = model_config(name)
-    assert set(config) == {"name", *fields} - {"input_shape", "dtype"}
+    assert set(config) == {"name", *fields} - {"input_shape", "dtype", "axis_name"}
   with pytest.raises(ValueError, match="did you mean 'code_dim'"):
     model_config("conv_ae", code_dims=3)
 

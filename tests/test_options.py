@@ -139,3 +139,17 @@ def test_kl_warmup_ramps_the_weight_linearly_from_zero():
   c.loss_schedules = ml_collections.ConfigDict({"kll": 100})
   with pytest.raises(ValueError, match="not in config.loss"):
     train.loss_weights(c)
+
+
+def test_mean_image_baseline_ignores_padded_positions():
+  """The baseline predicts the per-position mean of real training frames and scores real test frames only."""
+  info = data.DatasetInfo((3, 2), lambda r, i: dict(r))
+  train = [
+    {"x": np.array([[1.0, 1.0], [3.0, 3.0], [9.0, 9.0]]), "mask": np.array([1.0, 1.0, 0.0])},
+    {"x": np.array([[3.0, 3.0], [5.0, 5.0], [7.0, 7.0]]), "mask": np.array([1.0, 1.0, 1.0])},
+  ]
+  test = [{"x": np.array([[2.0, 2.0], [4.0, 4.0], [-99.0, -99.0]]), "mask": np.array([1.0, 0.0, 0.0])}]
+  # means per position: [2, 4, 7]; the one real test frame [2, 2] matches its mean exactly
+  assert evaluate.mean_image_mse(train, test, info) == 0.0
+  test[0]["x"][0] = [4.0, 4.0]
+  assert evaluate.mean_image_mse(train, test, info) == pytest.approx(4.0)

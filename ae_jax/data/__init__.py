@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 
 from ae_jax.config import did_you_mean
-from ae_jax.data import fashion_mnist
+from ae_jax.data import fashion_mnist, spoken_digit
 
 Record = Mapping[str, Any]
 
@@ -176,6 +176,7 @@ DATASETS: dict[str, Callable[[ml_collections.ConfigDict], tuple[Sequence, Sequen
   "mnist": _mnist,
   "binarized_mnist": _binarized_mnist,
   "synthetic": _synthetic,
+  "spoken_digit": spoken_digit.load_dataset,
 }
 
 
@@ -185,6 +186,7 @@ EXAMPLE_SHAPES: dict[str, Callable[[ml_collections.ConfigDict], tuple[int, ...]]
   "mnist": lambda data: (28, 28, 1),
   "binarized_mnist": lambda data: (28, 28, 1),
   "synthetic": lambda data: tuple(data.get("shape", (28, 28, 1))),
+  "spoken_digit": spoken_digit.example_shape,
 }
 
 

@@ -11,6 +11,7 @@ from flax import linen as nn
 from ae_jax.config import did_you_mean
 from ae_jax.models.conv_ae import ConvAutoencoder
 from ae_jax.models.mlp_ae import MLPAutoencoder
+from ae_jax.models.seq_vae import SeqVAEConv
 from ae_jax.models.tied_ae import TiedAutoencoder
 from ae_jax.models.vae import VAEMLP, VAEConv
 
@@ -20,6 +21,7 @@ MODELS: dict[str, type[nn.Module]] = {
   "tied_ae": TiedAutoencoder,
   "vae_mlp": VAEMLP,
   "vae_conv": VAEConv,
+  "seq_vae_conv": SeqVAEConv,
 }
 
 
@@ -28,8 +30,9 @@ def model_fields(name: str) -> list[str]:
   return [f.name for f in dataclasses.fields(MODELS[name]) if f.name not in ("parent", "name")]
 
 
-# Fields a config never sets: the input shape comes from the dataset, the dtype from the trainer.
-_NOT_CONFIGURED = ("parent", "name", "input_shape", "dtype")
+# Fields a config never sets: the input shape comes from the dataset, the dtype and the device axis (for
+# cross-device statistics) from the trainer.
+_NOT_CONFIGURED = ("parent", "name", "input_shape", "dtype", "axis_name")
 
 
 def model_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:

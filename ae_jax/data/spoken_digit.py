@@ -1,0 +1,317 @@
+"""Free Spoken Digit Dataset (FSDD) as log-magnitude spectrogram sequences, offline and without TensorFlow.
+
+Recordings: mono 8 kHz int16 wavs named `{digit}_{speaker}_{index}.wav` (v1.0.9: 2,500 = 10 digits x 5
+speakers x 50). Official split: index 0-4 is the test set (250), the rest the training set (2,250).
+
+Sources, in order of preference (see `load_split`):
+  (a) tfds' own `spoken_digit` when TensorFlow is installed (its Audio feature needs TensorFlow even to
+      read): if already prepared (array_record) in `data_dir`, or with `download=True` (prepared from the
+      local archive as a manual download when it exists). It has one `train` split with every recording;
+      the official split is rebuilt from its `audio/filename` field.
+  (b) the local `spoken_digit_wav` builder below, prepared once from the archive (`config.data.archive`,
+      env `FSDD_ARCHIVE`, else `../shared/data/fsdd/free-spoken-digit-dataset-1.0.9.tar.gz` next to the
+      repository). It stores the raw int16 audio (variable length), label, speaker and index.
+
+Features (`spectrogram_features`): periodic-Hann STFT with n_fft = 400 (201 bins, 50 ms) and hop 160
+(20 ms), magnitude in dB relative to full scale, mapped from the fixed range DB_RANGE = [-80, 20] dB to
+[0, 1] (the same for every split and speaker; 99.9% of training bins lie inside it), then cropped or
+zero-padded to `num_frames` frames with a mask [T] (1 = real frame).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import logging
+import os
+import re
+import tarfile
+import wave
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 8000
+N_FFT = 400  # 201 frequency bins
+HOP = 160
+NUM_FRAMES = 32  # 96% of the recordings are at most 32 frames (0.66 s) long; longer ones are cropped
+DB_RANGE = (-80.0, 20.0)  # dB re full scale mapped to [0, 1]; the floor also bounds log(0)
+TEST_INDICES = range(5)  # the dataset's official rule: recordings numbered 0-4 are the test set
+CLASS_NAMES = tuple(str(d) for d in range(10))
+ARCHIVE_NAME = "free-spoken-digit-dataset-1.0.9.tar.gz"
+ARCHIVE_URL = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/v1.0.9.tar.gz"
+_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
+
+
+def default_archive() -> str:
+  """$FSDD_ARCHIVE, else ../shared/data/fsdd/<archive> relative to the repository root."""
+  repo_root = Path(__file__).resolve().parents[2]
+  return os.environ.get("FSDD_ARCHIVE") or str(repo_root.parent / "shared" / "data" / "fsdd" / ARCHIVE_NAME)
+
+
+def parse_name(filename: str | bytes) -> tuple[int, str, int]:
+  """'7_jackson_32.wav' (any directory prefix) -> (digit 7, speaker 'jackson', index 32)."""
+  name = os.path.basename(filename.decode() if isinstance(filename, bytes) else filename)
+  m = _NAME.match(name)
+  if m is None:
+    raise ValueError(f"not an FSDD recording name (digit_speaker_index.wav): {name!r}")
+  return int(m.group(1)), m.group(2), int(m.group(3))
+
+
+def split_of(index: int) -> str:
+  """'test' for recordings numbered 0-4, else 'train'."""
+  return "test" if index in TEST_INDICES else "train"
+
+
+def read_wav(data: bytes) -> np.ndarray:
+  """Mono 16-bit PCM wav bytes -> int16 samples [N]; raises ValueError for any other format."""
+  with wave.open(io.BytesIO(data)) as w:
+    if w.getnchannels() != 1 or w.getsampwidth() != 2 or w.getframerate() != SAMPLE_RATE:
+      raise ValueError(
+        f"expected mono 16-bit {SAMPLE_RATE} Hz audio, got {w.getnchannels()} channel(s), "
+        f"{8 * w.getsampwidth()}-bit, {w.getframerate()} Hz"
+      )
+    return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.int16)
+
+
+def read_archive(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
+  """(file name, int16 audio) for every `recordings/*.wav` of the FSDD tar.gz, sorted by name."""
+  with tarfile.open(path, "r:*") as tar:
+    members = [m for m in tar.getmembers() if m.isfile() and "/recordings/" in f"/{m.name}"]
+    for m in sorted((m for m in members if _NAME.match(os.path.basename(m.name))), key=lambda m: m.name):
+      yield os.path.basename(m.name), read_wav(tar.extractfile(m).read())
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def num_stft_frames(num_samples: int, n_fft: int = N_FFT, hop: int = HOP) -> int:
+  """Frames of `stft_magnitude`: windows at 0, hop, ... until one reaches the end (zero-padded)."""
+  return 1 + -(-max(num_samples - n_fft, 0) // hop)
+
+
+def stft_magnitude(audio: np.ndarray, n_fft: int = N_FFT, hop: int = HOP) -> np.ndarray:
+  """|STFT| of float audio [N]: frame t is samples [t*hop, t*hop + n_fft) (end zero-padded), times a
+  periodic Hann window (torch.hann_window's default). Returns float32 [num_stft_frames(N), n_fft//2 + 1]."""
+  frames = num_stft_frames(len(audio), n_fft, hop)
+  audio = np.pad(np.asarray(audio, np.float32), (0, (frames - 1) * hop + n_fft - len(audio)))
+  windows = np.lib.stride_tricks.sliding_window_view(audio, n_fft)[::hop]
+  hann = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
+  return np.abs(np.fft.rfft(windows * hann, axis=-1)).astype(np.float32)
+
+
+def log_spectrogram(audio: np.ndarray, n_fft: int = N_FFT, hop: int = HOP) -> np.ndarray:
+  """int16-valued audio [N] -> dB magnitude mapped from DB_RANGE to [0, 1]: [frames, n_fft//2 + 1]."""
+  mag = stft_magnitude(np.asarray(audio, np.float32) / 32768.0, n_fft, hop)
+  lo, hi = DB_RANGE
+  db = 20.0 * np.log10(np.maximum(mag, 10.0 ** (lo / 20.0)))
+  return np.clip((db - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def spectrogram_features(
+  audio: np.ndarray, *, num_frames: int = NUM_FRAMES, n_fft: int = N_FFT, hop: int = HOP
+) -> dict[str, np.ndarray]:
+  """Audio [N] -> {"x": float32 [num_frames, n_fft//2 + 1] in [0, 1], "mask": float32 [num_frames]}.
+
+  The first `num_frames` frames are kept; shorter recordings are padded with zero frames, mask 0.
+  """
+  audio = np.asarray(audio)[: (num_frames - 1) * hop + n_fft]  # only what the kept frames read
+  spec = log_spectrogram(audio, n_fft, hop)[:num_frames]
+  x = np.zeros((num_frames, spec.shape[1]), np.float32)
+  x[: len(spec)] = spec
+  mask = (np.arange(num_frames) < len(spec)).astype(np.float32)
+  return {"x": x, "mask": mask}
+
+
+def to_image(x: np.ndarray) -> np.ndarray:
+  """Spectrograms [N, T, F] in [0, 1] -> images [N, F, T, 1], low frequencies at the bottom."""
+  return np.clip(np.asarray(x, np.float32).transpose(0, 2, 1)[:, ::-1, :, None], 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+class SpokenDigitWav(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """FSDD read from the release archive's wavs, stored as array_record without TensorFlow.
+
+  Not in tfds' registry (`skip_registration=True`); use the class. Features: audio int16 [None] (raw
+  samples), label ClassLabel (10 digits), speaker and filename text, index int32 (the recording's number).
+  Splits `train` (index >= 5) and `test` (index 0-4), records sorted by file name.
+  """
+
+  name = "spoken_digit_wav"
+  VERSION = tfds.core.Version("1.0.9")
+  RELEASE_NOTES = {"1.0.9": "FSDD v1.0.9 wavs with the official split (recordings 0-4 are the test set)."}
+
+  def __init__(self, *, archive: str | os.PathLike | None = None, **kwargs: Any):
+    """`archive` (the FSDD tar.gz) is only read by `download_and_prepare`; other kwargs go to tfds."""
+    self._archive = None if archive is None else os.fspath(archive)
+    kwargs.setdefault("file_format", "array_record")
+    super().__init__(**kwargs)
+    self._original_state = dict(self._original_state, archive=self._archive)  # for unpickling
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description="Free Spoken Digit Dataset: 8 kHz recordings of spoken digits, raw int16 samples.",
+      features=tfds.features.FeaturesDict(
+        {
+          "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16),
+          "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
+          "speaker": tfds.features.Text(),
+          "index": tfds.features.Scalar(dtype=np.int32),
+          "filename": tfds.features.Text(),
+        }
+      ),
+      supervised_keys=("audio", "label"),
+      homepage="https://github.com/Jakobovski/free-spoken-digit-dataset",
+      disable_shuffling=True,
+    )
+
+  def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
+    del dl_manager  # everything is local
+    if not self._archive or not os.path.isfile(self._archive):
+      raise FileNotFoundError(f"FSDD archive not found: {self._archive!r}")
+    splits: dict[str, list[tuple[str, np.ndarray]]] = {"train": [], "test": []}
+    for filename, audio in read_archive(self._archive):
+      splits[split_of(parse_name(filename)[2])].append((filename, audio))
+    return {split: self._generate_examples(items) for split, items in splits.items()}
+
+  def _generate_examples(self, items: list[tuple[str, np.ndarray]]) -> Iterator[tuple[str, dict]]:
+    for filename, audio in items:
+      digit, speaker, index = parse_name(filename)
+      record = {"audio": audio, "label": digit, "speaker": speaker, "index": index, "filename": filename}
+      yield filename, record
+
+
+class SplitView:
+  """Random-access view of the records `indices` of `source` (e.g. one split of tfds' spoken_digit)."""
+
+  def __init__(self, source: Sequence, indices: Sequence[int]):
+    self._source, self._indices = source, np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, i: int) -> Any:
+    return self._source[int(self._indices[i])]
+
+
+def _tfds_spoken_digit(split: str, data_dir: str | None, archive: str, download: bool) -> Sequence | None:
+  """Source (a): tfds' own spoken_digit (its single split filtered by file name), or None."""
+  root = data_dir or os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+  present = os.path.isdir(os.path.join(root, "spoken_digit"))
+  if not download and not present:
+    return None  # nothing to read; asking tfds would only log a warning about the missing folder
+  if importlib.util.find_spec("tensorflow") is None:
+    # Its Audio feature builds a TensorFlow dtype when constructed, so even reading it needs TensorFlow.
+    log.warning("tfds' spoken_digit needs TensorFlow (also to read it); using the local wav builder instead.")
+    return None
+  builder = tfds.builder("spoken_digit", data_dir=data_dir)
+  if not builder.is_prepared():
+    if not download:
+      return None
+    manual = os.path.dirname(archive) if os.path.isfile(archive) else None
+    config = tfds.download.DownloadConfig(manual_dir=manual, try_download_gcs=False)
+    builder.download_and_prepare(file_format="array_record", download_config=config)
+  try:
+    source = builder.as_data_source(split="train")
+  except NotImplementedError:  # prepared, but not random access (tfrecord)
+    log.warning("tfds spoken_digit in %s is not array_record; skipping it.", builder.data_dir)
+    return None
+  keep = [i for i in range(len(source)) if split_of(parse_name(source[i]["audio/filename"])[2]) == split]
+  log.info("FSDD %s: tfds spoken_digit from %s (%d records)", split, builder.data_dir, len(keep))
+  return SplitView(source, keep)
+
+
+def load_split(
+  split: str, *, data_dir: str | None, archive: str | None = None, download: bool = False
+) -> Sequence[dict[str, Any]]:
+  """A random-access FSDD split ("train" or "test"): records {"audio": int [N], "label", ...}.
+
+  Tries (a) tfds' `spoken_digit` in `data_dir`, then (b) the local `spoken_digit_wav` builder, prepared
+  from `archive` (default `default_archive()`) on first use. Raises FileNotFoundError (saying how to get
+  the data) when neither is available.
+  """
+  if split not in ("train", "test"):
+    raise ValueError(f"unknown FSDD split {split!r}; choose 'train' or 'test' (recordings 0-4 are 'test')")
+  archive = archive or default_archive()
+  source = _tfds_spoken_digit(split, data_dir, archive, download)
+  if source is not None:
+    return source
+  builder = SpokenDigitWav(archive=archive, data_dir=data_dir)
+  if not builder.is_prepared():
+    if not os.path.isfile(archive):
+      raise FileNotFoundError(
+        f"FSDD not found (nothing prepared in data_dir={data_dir!r}, no archive at {archive!r}): download "
+        f"{ARCHIVE_URL} and point config.data.archive or env FSDD_ARCHIVE at it, or install "
+        "ae-jax[tfds-download] (TensorFlow) and set config.data.download=True to use tfds' spoken_digit"
+      )
+    log.info("Preparing spoken_digit_wav from %s into %s", archive, builder.data_dir)
+    builder.download_and_prepare()
+  source = builder.as_data_source(split=split)
+  log.info("FSDD %s: spoken_digit_wav from %s (%d records)", split, builder.data_dir, len(source))
+  return source
+
+
+def _options(data: ml_collections.ConfigDict) -> dict[str, int]:
+  return {
+    "num_frames": int(data.get("num_frames", NUM_FRAMES)),
+    "n_fft": int(data.get("n_fft", N_FFT)),
+    "hop": int(data.get("hop", HOP)),
+  }
+
+
+def example_shape(data: ml_collections.ConfigDict) -> tuple[int, int]:
+  """(num_frames, n_fft // 2 + 1): the per-example model input shape."""
+  opts = _options(data)
+  return opts["num_frames"], opts["n_fft"] // 2 + 1
+
+
+def _cached(source: Sequence, opts: dict[str, int]) -> Any:
+  """Every record's spectrogram and mask computed once, held in memory (0.2 ms a recording)."""
+  from ae_jax.data import ArraySource
+
+  feats = [spectrogram_features(np.asarray(source[i]["audio"]), **opts) for i in range(len(source))]
+  labels = np.asarray([int(source[i]["label"]) for i in range(len(source))], np.int32)
+  return ArraySource(
+    {
+      "spectrogram": np.stack([f["x"] for f in feats]),
+      "mask": np.stack([f["mask"] for f in feats]),
+      "label": labels,
+    }
+  )
+
+
+def load_dataset(data: ml_collections.ConfigDict) -> tuple[Sequence, Sequence, Any]:
+  """(train, test, DatasetInfo) for config.data (name "spoken_digit"): x [num_frames, F], mask, label.
+
+  Options (all optional): archive, num_frames, n_fft, hop, data_dir, download, cache_in_memory. With
+  cache_in_memory (default) the spectrograms are computed once at load time and the records are plain
+  arrays; otherwise `preprocess` computes each one from the raw audio as it is read.
+  """
+  from ae_jax.data import DatasetInfo
+
+  opts = _options(data)
+  kwargs = dict(
+    data_dir=data.get("data_dir"), archive=data.get("archive"), download=bool(data.get("download"))
+  )
+  train, test = load_split("train", **kwargs), load_split("test", **kwargs)
+  if data.get("cache_in_memory", True):
+    train, test = _cached(train, opts), _cached(test, opts)
+
+  def preprocess(record: dict[str, Any], index: int) -> dict[str, np.ndarray]:
+    del index  # deterministic features
+    if "spectrogram" in record:
+      feats = {"x": record["spectrogram"], "mask": record["mask"]}
+    else:
+      feats = spectrogram_features(np.asarray(record["audio"]), **opts)
+    return {**feats, "label": np.int32(record["label"])}
+
+  return train, test, DatasetInfo(example_shape(data), preprocess, CLASS_NAMES, to_image)
