@@ -38,8 +38,10 @@ demo: venv data
 	$(PY) -m experiments.main --config experiments/configs/conv_ae_fashion_mnist.py \
 	  --workdir $(DEMO_WORKDIR) --config.total_steps=$(DEMO_STEPS)
 
+# Two workers, one test file each at a time. A worker that crashes ends the run (xdist otherwise waits for it
+# forever), and the whole suite is bounded in time.
 test: venv data
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	timeout 1500 $(PY) -m pytest -q -n 2 --dist loadfile --max-worker-restart=0 tests
 
 clean:
 	rm -rf $(VENV) runs

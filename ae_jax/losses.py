@@ -173,6 +173,30 @@ def _iwae_term(outputs: Outputs, batch: Batch) -> jax.Array:
   return -(jax.nn.logsumexp(log_w, axis=0) - math.log(log_w.shape[0]))
 
 
+@register("nmse")
+def _nmse_term(outputs: Outputs, batch: Batch) -> jax.Array:
+  """mse divided by the training data's per-element variance (`batch["data_variance"]`, put in every example
+  by datasets built with `data.with_training_variance`, e.g. cifar10): 1.0 = predicting the mean pixel."""
+  if "data_variance" not in batch:
+    raise KeyError(
+      "loss term 'nmse' needs batch['data_variance'], which this dataset does not provide; use 'mse', or a "
+      "dataset wrapped with ae_jax.data.with_training_variance (e.g. cifar10)"
+    )
+  return _mse_term(outputs, batch) / batch["data_variance"]
+
+
+@register("codebook")
+def _codebook_term(outputs: Outputs, batch: Batch) -> jax.Array:
+  """VQ codebook loss |sg(z_e) - z_q|^2 per example (moves the codes; zero with EMA codebooks)."""
+  return _require(outputs, "codebook_loss", "codebook")
+
+
+@register("commitment")
+def _commitment_term(outputs: Outputs, batch: Batch) -> jax.Array:
+  """VQ commitment loss beta * |z_e - sg(z_q)|^2 per example (moves the encoder; beta is the model's)."""
+  return _require(outputs, "commitment_loss", "commitment")
+
+
 # ----------------------------------------------------------------------------- objective
 
 

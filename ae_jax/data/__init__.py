@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 
 from ae_jax.config import did_you_mean
-from ae_jax.data import fashion_mnist, spoken_digit
+from ae_jax.data import cifar10, fashion_mnist, spoken_digit
 
 Record = Mapping[str, Any]
 
@@ -26,18 +26,24 @@ class DatasetInfo:
   shape: per-example model input shape; preprocess(record, stream_index) -> {"x", "label", ...};
   class_names: label names or None; to_image(x [N, ...]) -> images [N, H, W, C] in [0, 1] for display
   (e.g. a spectrogram drawn as an image), or None when the data has no picture (the grid is skipped).
+  variance: per-element variance of the training inputs in model units, computed once from the whole
+  training split (`with_training_variance`), or None; such datasets also put it in every example as
+  "data_variance", which the `nmse` loss term divides by.
   """
 
   shape: tuple[int, ...]
   preprocess: Callable[[Record, int], dict[str, np.ndarray]]
   class_names: tuple[str, ...] | None = None
   to_image: Callable[[np.ndarray], np.ndarray] | None = lambda x: x
+  variance: float | None = None
 
 
 _SCALES = {
   # name: (uint8 -> model range, model range -> [0, 1])
   "symmetric": (lambda u: u.astype(np.float32) / 127.5 - 1.0, lambda x: (x + 1.0) / 2.0),
   "unit": (lambda u: u.astype(np.float32) / 255.0, lambda x: x),
+  # [-0.5, 0.5], as the VQ-VAE references (Sonnet, PyTorch) feed CIFAR-10
+  "centered": (lambda u: u.astype(np.float32) / 255.0 - 0.5, lambda x: x + 0.5),
   # already binary images stored as 0/1 (tfds binarized_mnist)
   "binary": (lambda u: u.astype(np.float32), lambda x: x),
 }
@@ -171,12 +177,54 @@ def _maybe_cache(sources: tuple[Sequence, Sequence, DatasetInfo], data: ml_colle
   return ArraySource.from_source(train), ArraySource.from_source(test), info
 
 
+def training_variance(train: Sequence[Record], info: DatasetInfo, chunk: int = 5000) -> float:
+  """Per-element variance of `preprocess(record)["x"]` over a split of uint8 "image" records, in float64.
+
+  Counts the 256 pixel values (exact integers) and maps them through the elementwise preprocessing, so the
+  same data always gives the same number, on resume too. For scales "unit" and "centered" it is the
+  reference's np.var(train_images / 255) (to float32 rounding of the 256 levels, ~1e-7 relative).
+  """
+  images = (train if isinstance(train, ArraySource) else ArraySource.from_source(train)).arrays["image"]
+  counts = np.zeros(256, np.int64)
+  for start in range(0, len(images), chunk):
+    counts += np.bincount(np.asarray(images[start : start + chunk], np.uint8).reshape(-1), minlength=256)
+  levels = np.asarray(info.preprocess({"image": np.arange(256, dtype=np.uint8)}, 0)["x"], np.float64)
+  p = counts / counts.sum()
+  mean = p @ levels
+  return float(p @ np.square(levels - mean))
+
+
+def with_training_variance(
+  sources: tuple[Sequence, Sequence, DatasetInfo], data: ml_collections.ConfigDict
+) -> tuple[Sequence, Sequence, DatasetInfo]:
+  """Sets `info.variance` from the training split and adds it to every example as "data_variance" (float32
+  scalar) for the `nmse` loss term. Reads the training split once (into memory if data.cache_in_memory)."""
+  if data.binarize != "none":
+    raise ValueError("the training variance needs deterministic pixels; set config.data.binarize='none'")
+  train, test, info = _maybe_cache(sources, data)
+  variance = training_variance(train, info)
+  preprocess = info.preprocess
+
+  def preprocess_with_variance(record: Record, index: int) -> dict[str, np.ndarray]:
+    return {**preprocess(record, index), "data_variance": np.float32(variance)}
+
+  return train, test, dataclasses.replace(info, preprocess=preprocess_with_variance, variance=variance)
+
+
+def _cifar10(data: ml_collections.ConfigDict) -> tuple[Sequence, Sequence, DatasetInfo]:
+  """tfds cifar10 if prepared, else the JPEG archive (config.data.archive, $CIFAR10_JPEG, ../shared/data)."""
+  kwargs = dict(data_dir=data.data_dir, archive=data.get("archive"), download=data.download)
+  train, test = cifar10.load_cifar10("train", **kwargs), cifar10.load_cifar10("test", **kwargs)
+  return with_training_variance((train, test, _image_info(cifar10.SHAPE, data, cifar10.CLASS_NAMES)), data)
+
+
 DATASETS: dict[str, Callable[[ml_collections.ConfigDict], tuple[Sequence, Sequence, DatasetInfo]]] = {
   "fashion_mnist": _fashion_mnist,
   "mnist": _mnist,
   "binarized_mnist": _binarized_mnist,
   "synthetic": _synthetic,
   "spoken_digit": spoken_digit.load_dataset,
+  "cifar10": _cifar10,
 }
 
 
@@ -187,6 +235,7 @@ EXAMPLE_SHAPES: dict[str, Callable[[ml_collections.ConfigDict], tuple[int, ...]]
   "binarized_mnist": lambda data: (28, 28, 1),
   "synthetic": lambda data: tuple(data.get("shape", (28, 28, 1))),
   "spoken_digit": spoken_digit.example_shape,
+  "cifar10": lambda data: cifar10.SHAPE,
 }
 
 

@@ -14,6 +14,7 @@ from ae_jax.models.mlp_ae import MLPAutoencoder
 from ae_jax.models.seq_vae import SeqVAEConv
 from ae_jax.models.tied_ae import TiedAutoencoder
 from ae_jax.models.vae import VAEMLP, VAEConv
+from ae_jax.models.vqvae import VQVAE
 
 MODELS: dict[str, type[nn.Module]] = {
   "mlp_ae": MLPAutoencoder,
@@ -22,6 +23,7 @@ MODELS: dict[str, type[nn.Module]] = {
   "vae_mlp": VAEMLP,
   "vae_conv": VAEConv,
   "seq_vae_conv": SeqVAEConv,
+  "vqvae": VQVAE,
 }
 
 
