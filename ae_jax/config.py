@@ -103,6 +103,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.likelihood_eval.chunk_size = 100
   c.likelihood_eval.batch_size = 100
   c.likelihood_eval.max_examples = ml_collections.config_dict.placeholder(int)  # None: the whole test set
+
+  # Anomaly detection after training (ae_jax/anomaly.py): time-series data sets with labelled anomalies.
+  c.anomaly = ml_collections.ConfigDict()
+  c.anomaly.enabled = False
+  c.anomaly.beta = 0.1  # the threshold maximises F-beta on the validation split (0.1: the paper's)
+  c.anomaly.score = "mahalanobis"  # mahalanobis | neg_log_density, of the Gaussian of normal errors
+  c.anomaly.shrinkage = 0.0  # covariance blended towards its diagonal (1.0: diagonal)
+  c.anomaly.stride = 1  # between the windows whose errors are averaged into each point's error vector
+  c.anomaly.normalise_positions = True  # divide errors by their mean at each window position first
+  c.anomaly.batch_size = 512
   return c
 
 

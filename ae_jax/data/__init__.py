@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 
 from ae_jax.config import did_you_mean
-from ae_jax.data import cifar10, fashion_mnist, spoken_digit
+from ae_jax.data import cifar10, fashion_mnist, spoken_digit, timeseries
 
 Record = Mapping[str, Any]
 
@@ -224,6 +224,8 @@ DATASETS: dict[str, Callable[[ml_collections.ConfigDict], tuple[Sequence, Sequen
   "binarized_mnist": _binarized_mnist,
   "synthetic": _synthetic,
   "spoken_digit": spoken_digit.load_dataset,
+  **dict.fromkeys(timeseries.ANOMALY_DATASETS, timeseries.load_anomaly_dataset),  # time series, anomalies
+  "synthetic_sequences": timeseries.load_synthetic_sequences,
   "cifar10": _cifar10,
 }
 
@@ -235,6 +237,8 @@ EXAMPLE_SHAPES: dict[str, Callable[[ml_collections.ConfigDict], tuple[int, ...]]
   "binarized_mnist": lambda data: (28, 28, 1),
   "synthetic": lambda data: tuple(data.get("shape", (28, 28, 1))),
   "spoken_digit": spoken_digit.example_shape,
+  **dict.fromkeys(timeseries.ANOMALY_DATASETS, timeseries.anomaly_example_shape),
+  "synthetic_sequences": timeseries.synthetic_shape,
   "cifar10": lambda data: cifar10.SHAPE,
 }
 

@@ -10,6 +10,7 @@ from flax import linen as nn
 
 from ae_jax.config import did_you_mean
 from ae_jax.models.conv_ae import ConvAutoencoder
+from ae_jax.models.lstm_ae import LSTMEncDecAD, LSTMRepeatAE, LSTMSequenceAE, LSTMStackedAE
 from ae_jax.models.mlp_ae import MLPAutoencoder
 from ae_jax.models.seq_vae import SeqVAEConv
 from ae_jax.models.tied_ae import TiedAutoencoder
@@ -22,6 +23,10 @@ MODELS: dict[str, type[nn.Module]] = {
   "tied_ae": TiedAutoencoder,
   "vae_mlp": VAEMLP,
   "vae_conv": VAEConv,
+  "lstm_ae_repeat": LSTMRepeatAE,
+  "lstm_ae_stacked": LSTMStackedAE,
+  "lstm_encdec_ad": LSTMEncDecAD,
+  "lstm_ae_seq": LSTMSequenceAE,
   "seq_vae_conv": SeqVAEConv,
   "vqvae": VQVAE,
 }

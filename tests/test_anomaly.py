@@ -1,0 +1,161 @@
+"""Anomaly scoring against numpy and brute-force references, and the whole procedure on synthetic series."""
+
+import itertools
+import math
+import os
+
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+
+from ae_jax import anomaly
+from ae_jax.config import default_config
+from ae_jax.data import timeseries
+from ae_jax.train import create_train_state
+
+
+def _correlated_errors(n, d, seed):
+  rng = np.random.default_rng(seed)
+  return np.abs(rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) + rng.normal(size=d))
+
+
+def test_gaussian_fit_and_mahalanobis_match_numpy():
+  fit, new = _correlated_errors(200, 3, 0), _correlated_errors(7, 3, 1)
+  g = anomaly.fit_gaussian(fit)
+  mean, cov = fit.mean(axis=0), np.cov(fit.T)
+  np.testing.assert_allclose(g.mean, mean, rtol=1e-12)
+  np.testing.assert_allclose(g.cov, cov, rtol=1e-12)
+  diff = new - mean
+  expected = np.einsum("nd,de,ne->n", diff, np.linalg.inv(cov), diff)
+  np.testing.assert_allclose(anomaly.mahalanobis(new, g), expected, rtol=1e-8)
+  _, logdet = np.linalg.slogdet(cov)
+  nll = 0.5 * (expected + logdet + 3 * math.log(2 * math.pi))
+  np.testing.assert_allclose(anomaly.neg_log_density(new, g), nll, rtol=1e-8)
+  # Full shrinkage: a diagonal covariance, i.e. a sum of squared z-scores.
+  diagonal = anomaly.fit_gaussian(fit, shrinkage=1.0)
+  np.testing.assert_allclose(anomaly.mahalanobis(new, diagonal), np.sum(diff**2 / fit.var(0, ddof=1), 1))
+  # One dimension: the squared z-score.
+  one = anomaly.fit_gaussian(fit[:, :1])
+  np.testing.assert_allclose(anomaly.mahalanobis(new[:, :1], one), diff[:, 0] ** 2 / fit[:, 0].var(ddof=1))
+
+
+def test_a_singular_covariance_still_scores():
+  fit = np.repeat(_correlated_errors(50, 1, 2), 2, axis=1)  # two identical dimensions: singular
+  scores = anomaly.mahalanobis(np.array([[1.0, 1.0], [5.0, 5.0]]), anomaly.fit_gaussian(fit))
+  assert np.all(np.isfinite(scores)) and scores[1] > scores[0]
+
+
+def _brute_force_best_fbeta(scores, labels, beta):
+  best = 0.0
+  for tau in [-np.inf, *np.unique(scores)]:  # predict scores > tau
+    best = max(best, anomaly.precision_recall_fbeta(scores > tau, labels, beta)["fbeta"])
+  return best
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5, 1.0, 2.0])
+@pytest.mark.parametrize("seed", range(4))
+def test_best_threshold_matches_brute_force(beta, seed):
+  rng = np.random.default_rng(seed)
+  labels = rng.random(60) < 0.3
+  scores = np.round(rng.normal(size=60) + 1.5 * labels, 1)  # rounded: many ties
+  labels[0] = True
+  tau, f = anomaly.best_threshold(scores, labels, beta)
+  assert f == pytest.approx(_brute_force_best_fbeta(scores, labels, beta), rel=1e-12)
+  assert anomaly.precision_recall_fbeta(scores > tau, labels, beta)["fbeta"] == pytest.approx(f, rel=1e-12)
+
+
+def test_best_threshold_prefers_the_higher_threshold_on_ties_and_needs_an_anomaly():
+  tau, f = anomaly.best_threshold(np.array([3.0, 2.0, 1.0]), np.array([True, False, False]), 1.0)
+  assert f == 1.0 and 2.0 < tau < 3.0
+  with pytest.raises(ValueError, match="at least one anomalous"):
+    anomaly.best_threshold(np.array([1.0, 2.0]), np.array([False, False]), 0.1)
+
+
+def test_precision_recall_fbeta_by_hand():
+  pred = np.array([1, 1, 1, 0, 0, 0], bool)
+  labels = np.array([1, 1, 0, 1, 0, 0], bool)
+  m = anomaly.precision_recall_fbeta(pred, labels, beta=0.1)
+  assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (2, 1, 1, 2)
+  p, r = 2 / 3, 2 / 3
+  assert m["fbeta"] == pytest.approx((1 + 0.01) * p * r / (0.01 * p + r))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_roc_auc_matches_pairwise_count(seed):
+  rng = np.random.default_rng(seed)
+  labels = rng.random(40) < 0.4
+  scores = np.round(rng.normal(size=40) + labels, 1)
+  pairs = [
+    1.0 if s > t else 0.5 if s == t else 0.0 for s, t in itertools.product(scores[labels], scores[~labels])
+  ]
+  assert anomaly.roc_auc(scores, labels) == pytest.approx(np.mean(pairs), rel=1e-12)
+  assert math.isnan(anomaly.roc_auc(scores, np.zeros(40, bool)))
+
+
+def test_point_errors_average_the_covering_windows():
+  values = np.arange(6, dtype=np.float64)[:, None]  # [6, 1]
+  windows, starts = timeseries.windows(values, 3, 2)  # starts 0, 2, 3
+  errors = np.ones_like(windows) * np.array([1.0, 2.0, 4.0])[:, None, None]  # window w is off by 1, 2, 4
+  expected = [1, 1, (1 + 2) / 2, (2 + 4) / 2, (2 + 4) / 2, 4]
+  np.testing.assert_allclose(anomaly.point_errors(6, errors, starts)[:, 0], expected)
+  assert np.isnan(anomaly.point_errors(8, errors, starts)[6:]).all()  # points no window covers
+  segment = timeseries.Segment("s", "test", values, np.zeros(6, bool), 1, 5)
+  scale = np.array([[1.0], [2.0], [4.0]])  # mean error at each window position
+  units = anomaly.unit_errors([anomaly.WindowErrors(segment, starts, errors)], "point", scale)
+  # points 1-4; errors / scale: window 0 gives 1, .5, .25; window 1: 2, 1, .5; window 2: 4, 2, 1
+  np.testing.assert_allclose(units.errors[:, 0], [0.5, (0.25 + 2) / 2, (1 + 4) / 2, (0.5 + 2) / 2])
+  assert units.parts[0][1] == slice(0, 4)
+
+
+class _Shrink(nn.Module):
+  """A stand-in autoencoder: recon = a * x (a learned scalar), so errors grow with |x|."""
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    a = self.param("a", nn.initializers.constant(0.5), ())
+    return {"recon": a * x, "code": x[:, 0]}
+
+
+def _synthetic_splits():
+  """A sine with spikes: val and test each hold one anomalous interval (points 60-69 of their series)."""
+  rng = np.random.default_rng(0)
+
+  def series(name, role, spike):
+    values = np.sin(np.arange(200) / 5.0)[:, None] + 0.05 * rng.normal(size=(200, 1))
+    labels = np.zeros(200, bool)
+    if spike:
+      values[60:70] += 4.0
+      labels[60:70] = True
+    return timeseries.Segment(name, role, values.astype(np.float32), labels, 10, 190)
+
+  segments = {"train": [], "fit": [series("f", "fit", False)], "val": [series("v", "val", True)]}
+  segments["test"] = [series("t", "test", True)]
+  return timeseries.AnomalySplits(segments, window=20, stride=5, unit="point")
+
+
+def test_detect_finds_the_spikes_and_writes_the_plot(tmp_path, monkeypatch):
+  monkeypatch.setattr(timeseries, "anomaly_splits", lambda data: _synthetic_splits())
+  config = default_config()
+  config.data.name = "power_demand"  # any anomaly data set: the splits are replaced above
+  config.model = {"name": "stand_in"}
+  config.anomaly.update({"enabled": True, "stride": 2, "batch_size": 32})
+  model = _Shrink()
+  state = create_train_state(model, optax.sgd(0.1), np.zeros((1, 20, 1), np.float32), 0)
+  report = anomaly.detect(model, state, config, str(tmp_path))
+  m = report.metrics
+  assert m["anomaly/test_precision"] == 1.0 and m["anomaly/test_recall"] > 0.5
+  assert m["anomaly/test_roc_auc"] > 0.95 and m["anomaly/val_fbeta"] > 0.9
+  assert m["anomaly/test_tp"] + m["anomaly/test_fn"] == 10 and m["anomaly/num_fit_units"] == 180
+  assert os.path.getsize(report.plot) > 10_000 and "F0.1" in report.summary
+
+
+def test_check_config_rejects_datasets_without_labels():
+  config = default_config()
+  config.anomaly.enabled = True
+  with pytest.raises(ValueError, match="labelled anomalies"):
+    anomaly.check_config(config)  # fashion_mnist
+  config.data.name = "ecg5000"
+  config.anomaly.score = "likelihood"
+  with pytest.raises(ValueError, match="unknown config.anomaly.score"):
+    anomaly.check_config(config)
