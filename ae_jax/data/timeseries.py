@@ -289,18 +289,20 @@ def _source(arrays: dict[str, np.ndarray]) -> Any:
   return ArraySource(arrays)
 
 
+def _windows_source(w: np.ndarray) -> Any:
+  return _source({"x": w, "label": np.zeros(len(w), np.int32)})
+
+
 def load_anomaly_dataset(data: ml_collections.ConfigDict) -> tuple[Any, Any, Any]:
   """(train windows (sN), fit windows (vN1, the monitored "test" source), DatasetInfo): {"x" [L, d], "label"}.
 
   The trainer's test loss is thus the reconstruction error of normal held-out windows (the paper's early
-  stopping set); anomaly metrics come from `ae_jax.anomaly` after training.
+  stopping set; windows a quarter window apart); anomaly metrics come from `ae_jax.anomaly` after training.
   """
   splits = anomaly_splits(data)
   train = normal_windows(splits.segments["train"], splits.window, splits.stride)
-  fit = normal_windows(splits.segments["fit"], splits.window, splits.window // 4 or 1)
-  label = lambda w: np.zeros(len(w), np.int32)  # noqa: E731
-  info = _info(train.shape[1:])
-  return _source({"x": train, "label": label(train)}), _source({"x": fit, "label": label(fit)}), info
+  fit = normal_windows(splits.segments["fit"], splits.window, max(splits.window // 4, 1))
+  return _windows_source(train), _windows_source(fit), _info(train.shape[1:])
 
 
 def anomaly_example_shape(data: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -341,14 +343,7 @@ def synthetic_shape(data: ml_collections.ConfigDict) -> tuple[int, ...]:
 
 def load_synthetic_sequences(data: ml_collections.ConfigDict) -> tuple[Any, Any, Any]:
   """Synthetic variable-length sequences (config.data: time, features or vocab_size, num_train, num_test)."""
-  time, features, vocab = (
-    int(data.get("time", 32)),
-    int(data.get("features", 2)),
-    int(data.get("vocab_size", 0)),
-  )
-  make = lambda n, seed: synthetic_sequences(n, time, features, seed, vocab)  # noqa: E731
-  return (
-    _source(make(int(data.get("num_train", 512)), 1)),
-    _source(make(int(data.get("num_test", 128)), 2)),
-    _info(synthetic_shape(data)),
-  )
+  shape = synthetic_shape(data)
+  features, vocab = int(data.get("features", 2)), int(data.get("vocab_size", 0))
+  make = lambda n, seed: _source(synthetic_sequences(n, shape[0], features, seed, vocab))  # noqa: E731
+  return make(int(data.get("num_train", 512)), 1), make(int(data.get("num_test", 128)), 2), _info(shape)

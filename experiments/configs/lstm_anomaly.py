@@ -52,8 +52,9 @@ def get_config(arg: str = "power_demand"):
   config = default_config()
   config.model = model_config(model, **{WIDTH[model]: width})
   if model == "lstm_encdec_ad":
-    # Free-running training: the paper's teacher forcing (--config.model.teacher_forcing=True) leaves the
-    # decoder unable to run on its own outputs at inference here (test MSE above the mean baseline; README).
+    # Free-running training: after the paper's teacher forcing (--config.model.teacher_forcing=True) the
+    # decoder reconstructs far worse from its own outputs at inference (power demand: test MSE 1.24 vs
+    # 0.107, space shuttle 1.92 vs 0.042; README).
     config.model.teacher_forcing = False
   config.loss.mse = 1.0
   config.data.name = name
