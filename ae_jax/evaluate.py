@@ -20,15 +20,31 @@ def stack_examples(source: Sequence, info: DatasetInfo, indices: Sequence[int]) 
   return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
-def reconstruct(model: nn.Module, state: TrainState, x: np.ndarray) -> dict[str, np.ndarray]:
-  """The model's outputs for inputs x [n, ...] in evaluation mode (one device, no pmap)."""
+def reconstruct(
+  model: nn.Module, state: TrainState, x: np.ndarray, batch_size: int = 500
+) -> dict[str, np.ndarray]:
+  """The model's batch-first outputs for inputs x [n, ...] in evaluation mode (one device, no pmap),
+  computed `batch_size` examples at a time with one jitted function (compiled once per batch shape).
+
+  Outputs that are not batch-first (a VAE's sample-first [k, B] log-densities) are kept only when x fits
+  in one batch.
+  """
 
   def fn(s: TrainState, x: jax.Array) -> dict[str, jax.Array]:
     outputs = apply_model(model, s.params, s.model_state, {"x": x}, train=False, rng=s.rng)[0]
     outputs.pop("metrics", None)
     return outputs
 
-  return jax.device_get(jax.jit(parallel.with_named_axis(fn))(state, x))
+  run = jax.jit(parallel.with_named_axis(fn))
+  starts = range(0, len(x), batch_size)
+  chunks = [jax.device_get(run(state, x[i : i + batch_size])) for i in starts]
+  if len(chunks) == 1:
+    return chunks[0]
+  sizes = [len(x[i : i + batch_size]) for i in starts]
+  batch_first = [
+    k for k in chunks[0] if all(np.shape(c[k])[:1] == (n,) for c, n in zip(chunks, sizes, strict=True))
+  ]
+  return {k: np.concatenate([c[k] for c in chunks]) for k in batch_first}
 
 
 def save_reconstruction_grid(
@@ -67,9 +83,7 @@ def save_latent_scatter(
 ) -> str:
   """Scatter PNG of the codes of the first `num` examples of `source`, coloured by label."""
   batch = stack_examples(source, info, range(min(num, len(source))))
-  codes = np.concatenate(
-    [reconstruct(model, state, batch["x"][i : i + 500])["code"] for i in range(0, len(batch["x"]), 500)]
-  )
+  codes = reconstruct(model, state, batch["x"])["code"]
   points, title = latent_points(codes)
   return visualize.save_scatter(path, points, batch["label"], info.class_names, title)
 

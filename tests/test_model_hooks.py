@@ -79,5 +79,7 @@ def test_models_with_a_device_axis_run_outside_pmap(monkeypatch, tiny_config):
   model, state, _, _, x = _setup(monkeypatch, tiny_config)
   out = evaluate.reconstruct(model, state, x)
   assert out["recon"].shape == (16, 4) and "metrics" not in out
+  chunked = evaluate.reconstruct(model, state, x, batch_size=5)  # 5 + 5 + 5 + 1, one jitted function
+  np.testing.assert_allclose(chunked["recon"], out["recon"], rtol=1e-6, atol=1e-6)
   report = inspect_model(model, (4,))
   assert report.total_params == sum(p.size for p in jax.tree.leaves(state.params))
