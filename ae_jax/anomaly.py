@@ -19,6 +19,10 @@ After a sequence autoencoder has been trained on normal windows (`ae_jax.data.ti
 5. Precision, recall and F-beta of the "test" split's units against the labels (per point for the
    series: a point is a true positive when it is labelled anomalous and scores above tau), ROC-AUC of the
    scores, and a plot of the series with scores, threshold and labelled intervals.
+6. The series are also counted as the paper counts them, per sequence: consecutive windows of the model's
+   length (a week of power demand, a valve cycle, a beat) with the largest point score as the sequence's
+   score, a threshold of their own chosen on the validation sequences, and sequence-level precision,
+   recall and F-beta ("anomaly/seq_..." metrics).
 
 Everything but the reconstruction is numpy; `detect` runs the whole procedure for a trained model.
 """
@@ -30,14 +34,13 @@ import math
 import os
 from collections.abc import Callable
 
-import jax
 import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from ae_jax import parallel
+from ae_jax import evaluate
 from ae_jax.data import timeseries
-from ae_jax.train import TrainState, apply_model
+from ae_jax.train import TrainState
 
 # ----------------------------------------------------------------------------- Gaussian scores
 
@@ -156,27 +159,6 @@ def point_errors(num_points: int, errors: np.ndarray, starts: np.ndarray) -> np.
     return sums / counts[:, None]
 
 
-def make_reconstructor(
-  model: nn.Module, state: TrainState, batch_size: int = 512
-) -> Callable[[np.ndarray], np.ndarray]:
-  """`reconstruct(windows [W, L, d]) -> recon [W, L, d]` in evaluation mode, batched (one compile)."""
-
-  def fn(s: TrainState, x: jax.Array) -> jax.Array:
-    return apply_model(model, s.params, s.model_state, {"x": x}, train=False, rng=s.rng)[0]["recon"]
-
-  run = jax.jit(parallel.with_named_axis(fn))
-
-  def reconstruct(windows: np.ndarray) -> np.ndarray:
-    out = []
-    for i in range(0, len(windows), batch_size):
-      chunk = windows[i : i + batch_size]
-      padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-      out.append(np.asarray(run(state, padded))[: len(chunk)])
-    return np.concatenate(out) if out else np.zeros_like(windows)
-
-  return reconstruct
-
-
 @dataclasses.dataclass(frozen=True)
 class WindowErrors:
   """|x - x'| [W, L, d] of the windows (starting at `starts` [W]) that overlap a segment's points."""
@@ -239,6 +221,19 @@ def unit_errors(errors: list[WindowErrors], unit: str, scale: np.ndarray | None 
 # ----------------------------------------------------------------------------- the procedure
 
 
+def sequence_scores(units: UnitErrors, scores: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+  """The paper's sequences: each segment's points cut into consecutive runs of `length` from its start
+  (a shorter last run kept). A sequence scores the largest score of its points, so it is flagged when any
+  of its points is, and it is anomalous when any of its points is. Returns (scores [S], labels [S])."""
+  out_scores, out_labels = [], []
+  for _, part in units.parts:
+    s, y = scores[part], units.labels[part]
+    for i in range(0, len(s), length):
+      out_scores.append(s[i : i + length].max())
+      out_labels.append(y[i : i + length].any())
+  return np.asarray(out_scores, np.float64), np.asarray(out_labels, bool)
+
+
 @dataclasses.dataclass(frozen=True)
 class AnomalyReport:
   """Metrics ("anomaly/..." keys, for results.json), the plot's path, and a one-line summary."""
@@ -264,14 +259,49 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError("anomaly detection scores real-valued reconstructions: set config.model.vocab_size=0")
 
 
+def threshold_and_test(
+  val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], beta: float, prefix: str
+) -> tuple[float, dict[str, float], str]:
+  """Steps 4-5 for (scores [n], labels [n]) of the val and test units: (tau, metrics under `prefix`, and
+  a summary phrase). Without a validation anomaly, tau is the largest validation score."""
+  (val_scores, val_labels), (test_scores, test_labels) = val, test
+  if val_labels.any():
+    tau, val_f = best_threshold(val_scores, val_labels, beta)
+    rule = f"max F{beta:g} on validation ({val_f:.3f})"
+  else:
+    tau, val_f = float(val_scores.max()), float("nan")
+    rule = "largest validation score (validation has no anomaly)"
+  counts = precision_recall_fbeta(test_scores > tau, test_labels, beta)
+  metrics = {f"{prefix}test_{k}": float(v) for k, v in counts.items()}
+  metrics.update(
+    {
+      f"{prefix}test_roc_auc": roc_auc(test_scores, test_labels),
+      f"{prefix}val_roc_auc": roc_auc(val_scores, val_labels),
+      f"{prefix}val_fbeta": val_f,
+      f"{prefix}threshold": tau,
+    }
+  )
+  metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}  # no ROC-AUC without both classes
+  phrase = (
+    f"precision {counts['precision']:.3f} recall {counts['recall']:.3f} F{beta:g} {counts['fbeta']:.3f} "
+    f"ROC-AUC {metrics.get(f'{prefix}test_roc_auc', float('nan')):.3f}; normal right "
+    f"{counts['tn']}/{counts['tn'] + counts['fp']}, anomalous found "
+    f"{counts['tp']}/{counts['tp'] + counts['fn']}; threshold {tau:.4g} = {rule}"
+  )
+  return tau, metrics, phrase
+
+
 def detect(
   model: nn.Module, state: TrainState, config: ml_collections.ConfigDict, workdir: str | None = None
 ) -> AnomalyReport:
-  """Runs steps 1-5 of the module docstring for a trained model; writes WORKDIR/anomalies.png."""
+  """Runs steps 1-6 of the module docstring for a trained model; writes WORKDIR/anomalies.png."""
   check_config(config)
   a = config.anomaly
   splits = timeseries.anomaly_splits(config.data)
-  reconstruct = make_reconstructor(model, state, a.batch_size)
+
+  def reconstruct(windows: np.ndarray) -> np.ndarray:
+    return evaluate.reconstruct(model, state, windows, a.batch_size)["recon"]
+
   stride = splits.window if splits.unit == "window" else a.stride
   errors = {
     r: window_errors(splits.segments[r], reconstruct, splits.window, stride) for r in ("fit", "val", "test")
@@ -280,33 +310,17 @@ def detect(
   units = {r: unit_errors(e, splits.unit, scale) for r, e in errors.items()}
   gaussian = fit_gaussian(units["fit"].errors, a.shrinkage)
   scores = {r: SCORES[a.score](u.errors, gaussian) for r, u in units.items()}
-  val_labels, test_labels = units["val"].labels, units["test"].labels
-  if val_labels.any():
-    tau, val_f = best_threshold(scores["val"], val_labels, a.beta)
-    rule = f"max F{a.beta:g} on validation ({val_f:.3f})"
-  else:
-    tau, val_f = float(scores["val"].max()), float("nan")
-    rule = "largest validation score (validation has no anomaly)"
-  test = precision_recall_fbeta(scores["test"] > tau, test_labels, a.beta)
-  metrics = {f"anomaly/test_{k}": float(v) for k, v in test.items()}
-  metrics.update(
-    {
-      "anomaly/test_roc_auc": roc_auc(scores["test"], test_labels),
-      "anomaly/val_roc_auc": roc_auc(scores["val"], val_labels),
-      "anomaly/val_fbeta": val_f,
-      "anomaly/threshold": tau,
-      "anomaly/beta": float(a.beta),
-      "anomaly/num_fit_units": float(len(units["fit"].errors)),
-    }
+  tau, metrics, phrase = threshold_and_test(
+    (scores["val"], units["val"].labels), (scores["test"], units["test"].labels), a.beta, "anomaly/"
   )
-  metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}  # no ROC-AUC without both classes
-  what = "beats" if splits.unit == "window" else "points"
-  summary = (
-    f"anomaly detection ({config.data.name}, per {splits.unit}, {a.score}): test precision "
-    f"{test['precision']:.3f} recall {test['recall']:.3f} F{a.beta:g} {test['fbeta']:.3f} ROC-AUC "
-    f"{metrics['anomaly/test_roc_auc']:.3f}; normal {what} right {test['tn']}/{test['tn'] + test['fp']}, "
-    f"anomalous {what} found {test['tp']}/{test['tp'] + test['fn']}; threshold {tau:.4g} = {rule}"
-  )
+  metrics.update({"anomaly/beta": float(a.beta), "anomaly/num_fit_units": float(len(units["fit"].errors))})
+  what = "beat" if splits.unit == "window" else "point"
+  summary = f"anomaly detection ({config.data.name}, {a.score}): per {what}: {phrase}"
+  if splits.unit == "point":
+    val, test = (sequence_scores(units[r], scores[r], splits.window) for r in ("val", "test"))
+    _, seq_metrics, seq_phrase = threshold_and_test(val, test, a.beta, "anomaly/seq_")
+    metrics.update(seq_metrics)
+    summary += f"\n  per sequence of {splits.window} points: {seq_phrase}"
   plot = None
   if workdir is not None:
     path = os.path.join(workdir, "anomalies.png")

@@ -24,7 +24,8 @@ def reconstruct(
   model: nn.Module, state: TrainState, x: np.ndarray, batch_size: int = 500
 ) -> dict[str, np.ndarray]:
   """The model's batch-first outputs for inputs x [n, ...] in evaluation mode (one device, no pmap),
-  computed `batch_size` examples at a time with one jitted function (compiled once per batch shape).
+  computed `batch_size` examples at a time with one jitted function (one compile: a short last chunk is
+  padded with zeros, and its padding's outputs dropped).
 
   Outputs that are not batch-first (a VAE's sample-first [k, B] log-densities) are kept only when x fits
   in one batch.
@@ -36,15 +37,16 @@ def reconstruct(
     return outputs
 
   run = jax.jit(parallel.with_named_axis(fn))
-  starts = range(0, len(x), batch_size)
-  chunks = [jax.device_get(run(state, x[i : i + batch_size])) for i in starts]
-  if len(chunks) == 1:
-    return chunks[0]
-  sizes = [len(x[i : i + batch_size]) for i in starts]
-  batch_first = [
-    k for k in chunks[0] if all(np.shape(c[k])[:1] == (n,) for c, n in zip(chunks, sizes, strict=True))
-  ]
-  return {k: np.concatenate([c[k] for c in chunks]) for k in batch_first}
+  if len(x) <= batch_size:
+    return jax.device_get(run(state, x))
+  chunks, sizes = [], []
+  for i in range(0, len(x), batch_size):
+    chunk = np.asarray(x[i : i + batch_size])
+    sizes.append(len(chunk))
+    padding = np.zeros((batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)
+    chunks.append(jax.device_get(run(state, np.concatenate([chunk, padding]))))
+  batch_first = [k for k in chunks[0] if np.shape(chunks[0][k])[:1] == (batch_size,)]
+  return {k: np.concatenate([c[k][:n] for c, n in zip(chunks, sizes, strict=True)]) for k in batch_first}
 
 
 def save_reconstruction_grid(

@@ -108,6 +108,19 @@ def test_point_errors_average_the_covering_windows():
   assert units.parts[0][1] == slice(0, 4)
 
 
+def test_sequence_scores_take_the_largest_point_score_of_consecutive_runs():
+  labels = np.zeros(7, bool)
+  labels[4] = True
+  segment = timeseries.Segment("s", "test", np.zeros((9, 1), np.float32), np.r_[False, labels, False], 1, 8)
+  units = anomaly.UnitErrors(np.zeros((7 + 3, 1)), np.r_[labels, False, True, False], [])
+  units.parts.extend([(segment, slice(0, 7)), (segment, slice(7, 10))])
+  scores = np.array([1.0, 5.0, 2.0, 0.0, 3.0, 1.0, 9.0, 4.0, 0.5, 2.0])
+  s, y = anomaly.sequence_scores(units, scores, 3)
+  # runs of 3 from each part's start, the last one shorter: [1 5 2] [0 3 1] [9] | [4 .5 2]
+  np.testing.assert_array_equal(s, [5.0, 3.0, 9.0, 4.0])
+  np.testing.assert_array_equal(y, [False, True, False, True])
+
+
 class _Shrink(nn.Module):
   """A stand-in autoencoder: recon = a * x (a learned scalar), so errors grow with |x|."""
 
@@ -148,6 +161,9 @@ def test_detect_finds_the_spikes_and_writes_the_plot(tmp_path, monkeypatch):
   assert m["anomaly/test_roc_auc"] > 0.95 and m["anomaly/val_fbeta"] > 0.9
   assert m["anomaly/test_tp"] + m["anomaly/test_fn"] == 10 and m["anomaly/num_fit_units"] == 180
   assert os.path.getsize(report.plot) > 10_000 and "F0.1" in report.summary
+  # per sequence of 20 points: points 10-189 make 9 sequences a split; the spike (60-69) lies in one
+  assert m["anomaly/seq_test_tp"] + m["anomaly/seq_test_fn"] == 1 and m["anomaly/seq_test_tn"] == 8
+  assert m["anomaly/seq_test_fbeta"] == 1.0 and "per sequence of 20 points" in report.summary
 
 
 def test_check_config_rejects_datasets_without_labels():
