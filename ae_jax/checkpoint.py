@@ -132,3 +132,37 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+class BestCheckpoint:
+  """The state with the lowest value of one evaluation metric so far, in its own directory (one step kept).
+
+  The value is saved with the checkpoint, so a resumed run keeps comparing against the same best.
+  """
+
+  def __init__(self, directory: str, metric: str, *, async_save: bool = True):
+    self.metric = metric
+    self._ckpt = Checkpointer(directory, keep=1, async_save=async_save)
+    self.step = self._ckpt.latest_step()
+    self.value = float("inf") if self.step is None else self._ckpt.restore_config(self.step)["best"]["value"]
+
+  def update(self, step: int, metrics: dict[str, float], state: Any, config: dict) -> bool:
+    """Saves `state` as step `step` when metrics[self.metric] is below the best so far; True if saved."""
+    if self.metric not in metrics:
+      raise ValueError(
+        f"config.keep_best='{self.metric}' is not an evaluation metric; use one of {sorted(metrics)}"
+      )
+    value = float(metrics[self.metric])
+    if not value < self.value or step == self.step:
+      return False
+    self._ckpt.save(step, state, {**config, "best": {"metric": self.metric, "value": value}})
+    self.step, self.value = step, value
+    return True
+
+  def restore(self, target: Any, config: dict) -> Any:
+    """The best state, restored into the structure of `target`."""
+    self._ckpt.wait()
+    return self._ckpt.restore(self.step, target, config)
+
+  def close(self) -> None:
+    self._ckpt.close()

@@ -54,6 +54,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_every = 500  # 0 disables evaluation during training; the final evaluation always runs
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
+  # An evaluation metric (e.g. "test/loss"; lower is better): the state with its lowest value is kept in
+  # WORKDIR/best and is the one reported after training (early stopping's model selection). "": the last.
+  c.keep_best = ""
   c.async_checkpoints = True
   c.eval_batch_size = 1000
 
@@ -137,6 +140,9 @@ def check_config(config: ml_collections.ConfigDict, *, num_processes: int, local
   for key in ("eval_every", "checkpoint_every"):
     if int(config[key]) < 0:
       raise ValueError(f"config.{key} must be >= 0 (0 disables it), got {config[key]}")
+  choices = ["test/loss", *(f"test/{name}" for name in config.loss)]
+  if config.keep_best and config.keep_best not in choices:
+    raise ValueError(f"config.keep_best='{config.keep_best}' is not an evaluation loss; use one of {choices}")
   devices = num_processes * local_devices
   for key in ("batch_size", "eval_batch_size"):
     if config[key] % devices:

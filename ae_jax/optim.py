@@ -70,6 +70,14 @@ def freeze_labels(patterns: tuple[str, ...]) -> Callable[[Any], Any]:
   return label_fn
 
 
+def trainable_mask(patterns: tuple[str, ...]) -> Callable[[Any], Any] | None:
+  """params -> pytree of bools (False where a freeze pattern fullmatches the path); None without patterns."""
+  if not patterns:
+    return None
+  labels = freeze_labels(tuple(patterns))
+  return lambda params: jax.tree.map(lambda label: label == "trainable", labels(params))
+
+
 def make_optimizer(
   cfg: ml_collections.ConfigDict, total_steps: int, freeze: tuple[str, ...] = ()
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:

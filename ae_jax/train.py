@@ -9,8 +9,6 @@ from __future__ import annotations
 import functools
 import inspect as pyinspect
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -22,12 +20,12 @@ import ml_collections
 import numpy as np
 import optax
 from flax import linen as nn
-from jax.experimental import multihost_utils
 
 from ae_jax import checkpoint, data, losses, metrics_log, models, optim, parallel
 from ae_jax import config as config_checks
 from ae_jax.data import pipeline
 from ae_jax.losses import Weight
+from ae_jax.preemption import Preemption
 
 Objective = Callable[[Mapping[str, jax.Array], Mapping[str, jax.Array], jax.Array], tuple[jax.Array, dict]]
 RNG_STREAMS = ("sample", "dropout")  # the rng names a model may ask for with self.make_rng(...)
@@ -126,6 +124,7 @@ def train_step(
   objective: Objective,
   tx: optax.GradientTransformation,
   learning_rate: optax.Schedule,
+  trainable: Callable[[Any], Any] | None = None,
   axis_name: str = parallel.AXIS,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step on this device's share of the global batch.
@@ -137,6 +136,8 @@ def train_step(
   Args:
     state: this device's copy of the train state.
     batch: {"x": [per_device_batch, ...], optional "mask", "label", ...}.
+    trainable: params -> pytree of bools (`optim.trainable_mask`): "grad_norm" then covers only the
+      trainable parameters, the ones the optimizer updates and clips.
   Returns:
     (new state, metrics: "loss", one entry per loss term, "grad_norm", "learning_rate", "nonfinite").
   """
@@ -162,6 +163,8 @@ def train_step(
     model_state=model_state,
     opt_state=opt_state,
   )
+  if trainable is not None:
+    grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable(state.params))
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
@@ -221,6 +224,11 @@ def loss_weights(config: ml_collections.ConfigDict) -> dict[str, Weight]:
   return weights
 
 
+def freeze_patterns(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """config.freeze as a tuple of regexes (it may be one pattern or several)."""
+  return (config.freeze,) if isinstance(config.freeze, str) else tuple(config.freeze)
+
+
 def build(
   config: ml_collections.ConfigDict, input_shape: tuple[int, ...]
 ) -> tuple[nn.Module, Objective, Any, Any]:
@@ -232,8 +240,7 @@ def build(
   if "axis_name" in fields:  # models with cross-device statistics (BatchNorm, EMA codebooks)
     kwargs.setdefault("axis_name", parallel.AXIS)
   model = models.get_model(config.model.name, **kwargs)
-  freeze = (config.freeze,) if isinstance(config.freeze, str) else tuple(config.freeze)  # one pattern or many
-  tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps, freeze=freeze)
+  tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps, freeze=freeze_patterns(config))
   return model, losses.make_objective(loss_weights(config)), tx, schedule
 
 
@@ -257,34 +264,10 @@ def evaluate(p_eval_step: Callable, state: TrainState, batches: Iterator[dict]) 
   return {k: v / count for k, v in sums.items()}
 
 
-class _Preemption:
-  """Turns SIGTERM into a flag the loop polls, so the run saves a checkpoint and exits cleanly."""
-
-  def __init__(self) -> None:
-    self.requested = False
-    self._previous = None
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame) -> None:
-    self.requested = True
-
-  def agreed(self, step: int, every: int) -> bool:
-    """True when any process was signalled; processes compare flags every `every` steps."""
-    if jax.process_count() == 1:
-      return self.requested
-    if step % every:
-      return False
-    return bool(multihost_utils.process_allgather(np.int32(self.requested)).max())
-
-  def restore(self) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from WORKDIR/checkpoints if present), evaluates, and returns a summary.
 
+  With config.keep_best, the returned state, step and metrics are those of the best evaluated state.
   Returns {"step", "state" (unreplicated), "model", "info", "train_source", "test_source", "metrics" (final
   test metrics, empty when preempted), "preempted"}.
   """
@@ -302,8 +285,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   start = ckpt.latest_step() or 0
   if start:
     state = ckpt.restore(start, state, config_dict)
+  best = None
+  if config.keep_best:
+    best = checkpoint.BestCheckpoint(
+      os.path.join(workdir, "best"), config.keep_best, async_save=config.async_checkpoints
+    )
   p_train = jax.pmap(
-    functools.partial(train_step, model=model, objective=objective, tx=tx, learning_rate=schedule),
+    functools.partial(
+      train_step,
+      model=model,
+      objective=objective,
+      tx=tx,
+      learning_rate=schedule,
+      trainable=optim.trainable_mask(freeze_patterns(config)),
+    ),
     axis_name=parallel.AXIS,
     donate_argnums=(0,),
   )
@@ -325,7 +320,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     num_threads=config.data.num_threads,
   )
   writer = metrics_log.MetricWriter(workdir, total_steps=config.total_steps, start_step=start)
-  preemption = _Preemption()
+  preemption = Preemption()
   pending: list[dict[str, jax.Array]] = []  # metrics since the last log line
   pending_check: list[dict[str, jax.Array]] = []  # metrics not yet checked for non-finite losses
   timer_start, timed_steps = time.perf_counter(), 0
@@ -375,7 +370,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         log_train_metrics()
       if config.eval_every and step % config.eval_every == 0 and not last:
         eval_start = time.perf_counter()
-        writer.write(step, run_eval(rstate))
+        evals = run_eval(rstate)
+        writer.write(step, evals)
+        if best is not None:
+          best.update(step, evals, parallel.unreplicate(rstate), config_dict)
         timer_start += time.perf_counter() - eval_start  # keep evaluation out of examples/sec
       if (config.checkpoint_every and step % config.checkpoint_every == 0) or last or preempted:
         check_finite()  # never save a state after an unchecked step
@@ -387,15 +385,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         break
     ckpt.wait()
     final = {} if preempted else run_eval(rstate)
+    state = parallel.unreplicate(rstate)
     if final:
       writer.write(step, final)
+    if final and best is not None:
+      best.update(step, final, state, config_dict)
+      if best.step != step:
+        state = best.restore(state, config_dict)
+        writer.message(f"reporting the state of step {best.step}: lowest {best.metric} ({best.value:.5g})")
+        step, final = best.step, run_eval(parallel.replicate(state))
   finally:
     preemption.restore()
+    if best is not None:
+      best.close()
   writer.close()
   ckpt.close()
   return {
     "step": step,
-    "state": parallel.unreplicate(rstate),
+    "state": state,
     "model": model,
     "info": info,
     "train_source": train_src,

@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
-from ae_jax import checkpoint, parallel, train
+from ae_jax import checkpoint, optim, parallel, train
 from ae_jax.config import default_config
 from ae_jax.data import get_dataset
 from ae_jax.data.pipeline import train_batches
@@ -91,6 +92,29 @@ def test_clipping_sees_only_trainable_parameters():
   chex.assert_trees_all_close(updates["encoder"], alone)
   np.testing.assert_allclose(updates["encoder"]["kernel"], -0.1 * 0.2)  # norm 0.49 < 1: not clipped
   chex.assert_trees_all_equal(updates["decoder"]["kernel"], jnp.zeros((2, 3)))
+
+
+def test_grad_norm_reports_only_the_trainable_gradient(tiny_config):
+  """The step's grad_norm is the norm of the encoder's gradient alone when the decoder is frozen."""
+  tiny_config.freeze = ("decoder/.*",)
+  state, (train_src, info, model, objective, tx, schedule) = _initial_state(tiny_config)
+  batch = next(train_batches(train_src, info.preprocess, global_batch=16, seed=0, num_threads=1))
+  deps = dict(model=model, objective=objective, tx=tx, learning_rate=schedule)
+  mask = optim.trainable_mask(train.freeze_patterns(tiny_config))
+
+  def run(**kw):
+    step = jax.pmap(functools.partial(train.train_step, **deps, **kw), axis_name=parallel.AXIS)
+    _, metrics = step(parallel.replicate(state), parallel.shard(parallel.split_for_devices(batch)))
+    return metrics["grad_norm"][0]
+
+  def loss(params):  # the same loss on the whole batch, one device
+    outputs, _ = train.apply_model(model, params, state.model_state, batch, train=True, rng=state.rng)
+    return objective(outputs, batch, state.step)[0].mean()
+
+  grads = jax.grad(loss)(state.params)
+  np.testing.assert_allclose(run(trainable=mask), optax.tree.norm(grads["encoder"]), rtol=1e-5)
+  np.testing.assert_allclose(run(), optax.tree.norm(grads), rtol=1e-5)  # without the mask: everything
+  assert float(optax.tree.norm(grads["decoder"])) > 0.1 * float(optax.tree.norm(grads))
 
 
 @pytest.mark.parametrize("pattern", ["decoder/nothing", "decoder", "Dense_0/kernel"])

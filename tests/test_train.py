@@ -15,6 +15,7 @@ from ae_jax import checkpoint, parallel, train
 from ae_jax.config import check_config
 from ae_jax.data import get_dataset
 from ae_jax.data.pipeline import train_batches
+from ae_jax.preemption import Preemption
 
 
 def _setup(config):
@@ -154,7 +155,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_pa
 def test_preemption_saves_and_resumes(tiny_config, tmp_path, monkeypatch):
   """A SIGTERM at step 5 saves step 5 and returns; rerunning finishes with the uninterrupted result."""
   full = train.train_and_evaluate(tiny_config, str(tmp_path / "full"))
-  monkeypatch.setattr(train._Preemption, "agreed", lambda self, step, every: step == 5)
+  monkeypatch.setattr(Preemption, "agreed", lambda self, step, every: step == 5)
   stopped = train.train_and_evaluate(tiny_config, str(tmp_path / "stopped"))
   assert stopped["preempted"] and stopped["step"] == 5
   assert checkpoint.Checkpointer(str(tmp_path / "stopped" / "checkpoints"), keep=3).latest_step() == 5
@@ -163,8 +164,36 @@ def test_preemption_saves_and_resumes(tiny_config, tmp_path, monkeypatch):
   chex.assert_trees_all_equal(_params(full), _params(resumed))
 
 
+def test_keep_best_reports_the_lowest_evaluation_and_survives_a_restart(tiny_config, tmp_path, monkeypatch):
+  """Gradient ascent on the MSE from step 7 on makes the last state worse than earlier ones: keep_best
+  returns the evaluated state with the lowest test/mse, and a run stopped at step 9 and rerun agrees."""
+  monkeypatch.setattr(train, "loss_weights", lambda c: {"mse": lambda s: jnp.where(s >= 6, -1.0, 1.0)})
+  tiny_config.update({"keep_best": "test/mse", "eval_every": 2, "optimizer": {"learning_rate": 3e-2}})
+  full = train.train_and_evaluate(tiny_config, str(tmp_path / "full"))
+  with open(tmp_path / "full" / "metrics.jsonl") as f:
+    evals = {r["step"]: r["test/mse"] for r in map(json.loads, f) if "test/mse" in r}
+  best_step = min(evals, key=evals.get)
+  assert 2 <= best_step < 12 and evals[12] > evals[best_step]  # the ascent made the last state worse
+  assert full["step"] == best_step and full["metrics"]["test/mse"] == pytest.approx(
+    evals[best_step], rel=1e-6
+  )
+  assert int(full["state"].step) == best_step
+  monkeypatch.setattr(Preemption, "agreed", lambda self, step, every: step == 9)
+  assert train.train_and_evaluate(tiny_config, str(tmp_path / "stopped"))["preempted"]
+  monkeypatch.setattr(Preemption, "agreed", lambda self, step, every: False)
+  resumed = train.train_and_evaluate(tiny_config, str(tmp_path / "stopped"))
+  assert resumed["step"] == best_step
+  chex.assert_trees_all_equal(_params(full), _params(resumed))
+
+
+def test_keep_best_must_name_an_evaluation_loss(tiny_config):
+  tiny_config.keep_best = "test/los"
+  with pytest.raises(ValueError, match="keep_best='test/los' is not an evaluation loss; use one of"):
+    check_config(tiny_config, num_processes=1, local_devices=8)
+
+
 def test_sigterm_sets_the_preemption_flag():
-  handler = train._Preemption()
+  handler = Preemption()
   try:
     os.kill(os.getpid(), signal.SIGTERM)
     assert handler.requested and handler.agreed(1, 10)
