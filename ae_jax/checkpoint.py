@@ -144,7 +144,15 @@ class BestCheckpoint:
     self.metric = metric
     self._ckpt = Checkpointer(directory, keep=1, async_save=async_save)
     self.step = self._ckpt.latest_step()
-    self.value = float("inf") if self.step is None else self._ckpt.restore_config(self.step)["best"]["value"]
+    self.value = float("inf")
+    if self.step is not None:
+      saved = self._ckpt.restore_config(self.step)["best"]
+      if saved["metric"] != metric:
+        raise CheckpointMismatchError(
+          f"{self._ckpt.directory} keeps the best state by {saved['metric']}, but config.keep_best is "
+          f"'{metric}'; use the same metric or a new --workdir (the existing checkpoints are kept)"
+        )
+      self.value = float(saved["value"])
 
   def update(self, step: int, metrics: dict[str, float], state: Any, config: dict) -> bool:
     """Saves `state` as step `step` when metrics[self.metric] is below the best so far; True if saved."""
