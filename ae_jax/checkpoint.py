@@ -137,14 +137,15 @@ class Checkpointer:
 class BestCheckpoint:
   """The state with the lowest value of one evaluation metric so far, in its own directory (one step kept).
 
-  The value is saved with the checkpoint, so a resumed run keeps comparing against the same best.
+  The evaluation metrics are saved with the checkpoint, so a resumed run keeps comparing against the same
+  best and the best state's metrics need no second evaluation.
   """
 
   def __init__(self, directory: str, metric: str, *, async_save: bool = True):
     self.metric = metric
     self._ckpt = Checkpointer(directory, keep=1, async_save=async_save)
     self.step = self._ckpt.latest_step()
-    self.value = float("inf")
+    self.metrics: dict[str, float] = {}
     if self.step is not None:
       saved = self._ckpt.restore_config(self.step)["best"]
       if saved["metric"] != metric:
@@ -152,20 +153,26 @@ class BestCheckpoint:
           f"{self._ckpt.directory} keeps the best state by {saved['metric']}, but config.keep_best is "
           f"'{metric}'; use the same metric or a new --workdir (the existing checkpoints are kept)"
         )
-      self.value = float(saved["value"])
+      self.metrics = saved["metrics"]
 
-  def update(self, step: int, metrics: dict[str, float], state: Any, config: dict) -> bool:
-    """Saves `state` as step `step` when metrics[self.metric] is below the best so far; True if saved."""
+  @property
+  def value(self) -> float:
+    """The best value of the metric so far (inf before any save)."""
+    return float(self.metrics.get(self.metric, float("inf")))
+
+  def improves(self, metrics: dict[str, float]) -> bool:
+    """Whether these evaluation metrics beat the best so far (so the state is worth saving)."""
     if self.metric not in metrics:
       raise ValueError(
         f"config.keep_best='{self.metric}' is not an evaluation metric; use one of {sorted(metrics)}"
       )
-    value = float(metrics[self.metric])
-    if not value < self.value or step == self.step:
-      return False
-    self._ckpt.save(step, state, {**config, "best": {"metric": self.metric, "value": value}})
-    self.step, self.value = step, value
-    return True
+    return float(metrics[self.metric]) < self.value
+
+  def save(self, step: int, metrics: dict[str, float], state: Any, config: dict) -> None:
+    """Keeps `state` (unreplicated), evaluated as `metrics` at `step`, as the best (replacing the last)."""
+    metrics = {k: float(v) for k, v in metrics.items()}
+    self._ckpt.save(step, state, {**config, "best": {"metric": self.metric, "metrics": metrics}})
+    self.step, self.metrics = step, metrics
 
   def restore(self, target: Any, config: dict) -> Any:
     """The best state, restored into the structure of `target`."""

@@ -372,8 +372,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         eval_start = time.perf_counter()
         evals = run_eval(rstate)
         writer.write(step, evals)
-        if best is not None:
-          best.update(step, evals, parallel.unreplicate(rstate), config_dict)
+        if best is not None and best.improves(evals):
+          best.save(step, evals, parallel.unreplicate(rstate), config_dict)
         timer_start += time.perf_counter() - eval_start  # keep evaluation out of examples/sec
       if (config.checkpoint_every and step % config.checkpoint_every == 0) or last or preempted:
         check_finite()  # never save a state after an unchecked step
@@ -389,11 +389,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if final:
       writer.write(step, final)
     if final and best is not None:
-      best.update(step, final, state, config_dict)
-      if best.step != step:
-        state = best.restore(state, config_dict)
-        writer.message(f"reporting the state of step {best.step}: lowest {best.metric} ({best.value:.5g})")
-        step, final = best.step, run_eval(parallel.replicate(state))
+      if best.improves(final):
+        best.save(step, final, state, config_dict)
+      elif best.step != step:  # an earlier evaluated state was better: report it and its metrics
+        state, step, final = best.restore(state, config_dict), best.step, best.metrics
+        writer.message(f"reporting the state of step {step}: lowest {best.metric} ({best.value:.5g})")
   finally:
     preemption.restore()
     if best is not None:

@@ -184,6 +184,9 @@ def test_keep_best_reports_the_lowest_evaluation_and_survives_a_restart(tiny_con
   resumed = train.train_and_evaluate(tiny_config, str(tmp_path / "stopped"))
   assert resumed["step"] == best_step
   chex.assert_trees_all_equal(_params(full), _params(resumed))
+  again = train.train_and_evaluate(tiny_config, str(tmp_path / "full"))  # a finished run reports the same
+  assert again["step"] == best_step and again["metrics"] == full["metrics"]
+  chex.assert_trees_all_equal(_params(full), _params(again))
   tiny_config.keep_best = "test/loss"  # another metric cannot continue this run's selection
   with pytest.raises(checkpoint.CheckpointMismatchError, match="keeps the best state by test/mse"):
     train.train_and_evaluate(tiny_config, str(tmp_path / "stopped"))
