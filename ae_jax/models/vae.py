@@ -41,7 +41,14 @@ def diagonal_normal_logpdf(eps: jax.Array, logvar: jax.Array) -> jax.Array:
 
 
 class _VAEBase(nn.Module):
-  """Sampling, likelihoods and importance weights; subclasses define `encode` and `_decoder_out`."""
+  """Sampling, likelihoods and importance weights, with the options they use; subclasses add their
+  architecture's options, define `encode` and set a `decoder` submodule (z [N, D] -> [N, H, W, C'])."""
+
+  input_shape: Sequence[int] = (28, 28, 1)
+  likelihood: str = "bernoulli"
+  gaussian_logvar: float = 0.0
+  num_samples: int = 1
+  dtype: jnp.dtype = jnp.float32
 
   def _check_likelihood(self) -> None:
     if self.likelihood not in LIKELIHOODS:
@@ -54,7 +61,7 @@ class _VAEBase(nn.Module):
 
   def decode(self, z: jax.Array) -> dict[str, jax.Array]:
     """z [N, D] -> {"logits", "recon"} or {"recon", "recon_logvar"}, each [N, *input_shape]."""
-    out = self._decoder_out(z)
+    out = self.decoder(z)
     if self.likelihood == "bernoulli":
       return {"logits": out, "recon": nn.sigmoid(out)}
     if self.likelihood == "gaussian":
@@ -109,14 +116,9 @@ class VAEMLP(_VAEBase):
   the IWAE paper's is hidden=(200, 200), tanh, latent_dim=50.
   """
 
-  input_shape: Sequence[int] = (28, 28, 1)
   hidden: Sequence[int] = (500,)
   latent_dim: int = 20
   act: str = "relu"
-  likelihood: str = "bernoulli"
-  gaussian_logvar: float = 0.0
-  num_samples: int = 1
-  dtype: jnp.dtype = jnp.float32
 
   def setup(self) -> None:
     self._check_likelihood()
@@ -129,22 +131,14 @@ class VAEMLP(_VAEBase):
     check_input_shape("vae_mlp", x, self.input_shape)
     return tuple(jnp.split(self.encoder(x), 2, axis=-1))
 
-  def _decoder_out(self, z: jax.Array) -> jax.Array:
-    return self.decoder(z)
-
 
 class VAEConv(_VAEBase):
   """The conv autoencoder's encoder and decoder (28x28 images) around a Gaussian latent [B, latent_dim]."""
 
-  input_shape: Sequence[int] = (28, 28, 1)
   channels: Sequence[int] = (8, 16, 32, 64)
   dense: Sequence[int] = (32,)
   latent_dim: int = 16
   act: str = "relu"
-  likelihood: str = "bernoulli"
-  gaussian_logvar: float = 0.0
-  num_samples: int = 1
-  dtype: jnp.dtype = jnp.float32
 
   def setup(self) -> None:
     self._check_likelihood()
@@ -162,6 +156,3 @@ class VAEConv(_VAEBase):
       "vae_conv", x, self.input_shape, "vae_conv takes 28x28 images with channels last (NHWC)"
     )
     return tuple(jnp.split(self.posterior(self.encoder(x)), 2, axis=-1))
-
-  def _decoder_out(self, z: jax.Array) -> jax.Array:
-    return self.decoder(z)
