@@ -4,10 +4,9 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
-FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 DEMO_WORKDIR ?= runs/demo_conv_ae
 DEMO_STEPS ?= 2000
-export FASHION_MNIST_DIR
 
 .PHONY: demo test test-multihost venv data clean
 
@@ -30,7 +29,7 @@ data:
 	  (sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist) >/dev/null || echo "warning: apt-get install dataset-fashion-mnist failed"; \
 	else \
 	  echo "note: Fashion-MNIST idx files not in $(FASHION_MNIST_DIR) and apt is not usable here:"; \
-	  echo "      'apt-get install dataset-fashion-mnist', or set FASHION_MNIST_DIR=<folder with the 4 idx files>,"; \
+	  echo "      'apt-get install dataset-fashion-mnist', or pass --config.data.idx_dir=<folder with the 4 idx files>,"; \
 	  echo "      or install ae-jax[tfds-download] and pass --config.data.download=True"; \
 	fi
 

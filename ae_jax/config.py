@@ -2,18 +2,19 @@
 
 Experiment files (`experiments/configs/*.py`) start from `default_config()` and override fields. A config
 may not add keys the trainer would silently ignore: `check_config` rejects them with the closest valid key.
-Free-form sections (`model`, `loss`, `data.*` options of a dataset) are checked by their consumers
-(`get_model` checks model options against the model's fields, `make_objective` checks loss names).
+Sections owned by a registry are checked against it: `config.model` against the model's fields,
+`config.loss` against the registered loss terms, `config.data` against the dataset's declared options.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 import sys
 from typing import Any
 
 import ml_collections
+
+from ae_jax.errors import ConfigError, did_you_mean  # noqa: F401 - did_you_mean is re-exported
 
 
 def parse_flags_or_exit(
@@ -34,18 +35,14 @@ def parse_flags_or_exit(
     sys.exit(f"error: {text} (usage: {usage})")
 
 
-def did_you_mean(name: str, choices, prefix: str = "") -> str:
-  """ "did you mean 'x'? " for the closest of `choices` to a misspelled `name`, or "" if none is close."""
-  close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
-  return f"did you mean '{prefix}{close[0]}'? " if close else ""
-
-
 # Sections whose keys are owned by a registry or a dataset and validated there.
 _FREE_FORM = ("model", "loss", "loss_schedules", "data")
 
 
 def default_config() -> ml_collections.ConfigDict:
   """The shared experiment schema with its defaults."""
+  from ae_jax import data  # here: ae_jax.data's modules import this module's helpers
+
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.total_steps = 1000
@@ -84,16 +81,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.nesterov = False
   c.optimizer.grad_clip_norm = 0.0  # 0 disables clipping
 
-  c.data = ml_collections.ConfigDict()
-  c.data.name = "fashion_mnist"
-  c.data.scale = "symmetric"  # symmetric: pixels in [-1, 1] (Tanh outputs); unit: [0, 1]
-  c.data.binarize = "none"  # dynamic: pixels resampled in {0, 1} with probability p/255 (Bernoulli VAEs)
-  c.data.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir; None: tfds' default
-  c.data.download = False  # let tfds download (needs TensorFlow: pip install 'ae-jax[tfds-download]')
-  c.data.num_threads = (
-    1  # grain read threads; records are cheap numpy views, so more threads only add GIL contention
-  )
-  c.data.cache_in_memory = True  # read the dataset into RAM once (fast random access for small datasets)
+  # The dataset and its options (ae_jax/data: every option of the named dataset with its default).
+  c.data = data.data_config("fashion_mnist")
 
   c.visualize = ml_collections.ConfigDict()
   c.visualize.num_images = 16
@@ -116,6 +105,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.anomaly.stride = 1  # between the windows whose errors are averaged into each point's error vector
   c.anomaly.normalise_positions = True  # divide errors by their mean at each window position first
   c.anomaly.batch_size = 512
+  c.anomaly.contamination = 0.05  # unsupervised: share of points with the largest errors left out of the fit
+  c.anomaly.top_k = 3  # unsupervised: discords reported
+
+  # Robust training on data with unlabelled anomalies: after `after` steps, the `fraction` of each global
+  # batch's examples with the largest loss is left out of the loss (trimmed mean).
+  c.trim = ml_collections.ConfigDict()
+  c.trim.fraction = 0.0
+  c.trim.after = 0
   return c
 
 
@@ -124,31 +121,47 @@ def _check_keys(config: ml_collections.ConfigDict, schema: ml_collections.Config
     path = f"{prefix}{key}"
     if key not in schema:
       hint = did_you_mean(key, schema.keys(), prefix)
-      raise ValueError(f"unknown config key '{path}'; {hint}valid keys here: {sorted(schema.keys())}")
+      raise ConfigError(f"unknown config key '{path}'; {hint}valid keys here: {sorted(schema.keys())}")
     if isinstance(schema[key], ml_collections.ConfigDict) and key not in _FREE_FORM:
       if not isinstance(config[key], ml_collections.ConfigDict):
-        raise ValueError(f"config key '{path}' must be a section (ConfigDict), got {config[key]!r}")
+        raise ConfigError(f"config key '{path}' must be a section (ConfigDict), got {config[key]!r}")
       _check_keys(config[key], schema[key], path + ".")
 
 
+def evaluation_losses(config: ml_collections.ConfigDict) -> list[str]:
+  """The loss metrics evaluation reports ("validation/loss", "test/mse", ...) for this config's dataset."""
+  from ae_jax import data
+
+  roles = [r for r in data.split_roles(config.data) if r != "train"]
+  return [f"{role}/{name}" for role in roles for name in ("loss", *config.loss)]
+
+
 def check_config(config: ml_collections.ConfigDict, *, num_processes: int, local_devices: int) -> None:
-  """Raises ValueError with one line naming the bad key or value and how to fix it."""
+  """Raises ConfigError with one line naming the bad key or value and how to fix it."""
+  from ae_jax import data
+
   _check_keys(config, default_config(), "")
+  data.resolve(config.data)
   for key in ("total_steps", "batch_size", "log_every", "eval_batch_size", "keep_checkpoints"):
     if int(config[key]) <= 0:
-      raise ValueError(f"config.{key} must be positive, got {config[key]}")
+      raise ConfigError(f"config.{key} must be positive, got {config[key]}")
   for key in ("eval_every", "checkpoint_every"):
     if int(config[key]) < 0:
-      raise ValueError(f"config.{key} must be >= 0 (0 disables it), got {config[key]}")
-  choices = ["test/loss", *(f"test/{name}" for name in config.loss)]
-  if config.keep_best and config.keep_best not in choices:
-    raise ValueError(f"config.keep_best='{config.keep_best}' is not an evaluation loss; use one of {choices}")
+      raise ConfigError(f"config.{key} must be >= 0 (0 disables it), got {config[key]}")
+  if config.keep_best:
+    choices = [name for name in evaluation_losses(config) if name.startswith("validation/")]
+    if config.keep_best not in choices:
+      fix = f"use one of {choices}" if choices else "set config.data.validation_size=N to hold out N records"
+      raise ConfigError(
+        f"config.keep_best='{config.keep_best}' is not a validation loss of this dataset (the state is chosen "
+        f"on the validation split, never on the test split it reports); {fix}"
+      )
   devices = num_processes * local_devices
   for key in ("batch_size", "eval_batch_size"):
     if config[key] % devices:
-      raise ValueError(
+      raise ConfigError(
         f"config.{key}={config[key]} does not split over {devices} devices "
         f"({num_processes} process(es) x {local_devices} local); use a multiple of {devices}"
       )
   if "name" not in config.model:
-    raise ValueError("config.model.name is missing; set it to a registered model, e.g. 'conv_ae'")
+    raise ConfigError("config.model.name is missing; set it to a registered model, e.g. 'conv_ae'")

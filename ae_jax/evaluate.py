@@ -15,8 +15,9 @@ from ae_jax.train import TrainState, apply_model
 
 
 def stack_examples(source: Sequence, info: DatasetInfo, indices: Sequence[int]) -> dict[str, np.ndarray]:
-  """Preprocesses source[i] for i in `indices` into one batch {"x": [n, ...], "label": [n]}."""
-  examples = [info.preprocess(source[int(i)], int(i)) for i in indices]
+  """source[i] for i in `indices`, preprocessed for evaluation, as one batch {"x": [n, ...], ...}."""
+  preprocess = info.preprocess_for(train=False)
+  examples = [preprocess(source[int(i)], int(i)) for i in indices]
   return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 

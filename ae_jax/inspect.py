@@ -3,7 +3,7 @@ r"""Bottleneck inspector: every submodule's output shape and parameters, and the
     python -m ae_jax.inspect --config experiments/configs/conv_ae_fashion_mnist.py --config.model.code_dim=32
 
 builds the model exactly as training does (`train.build`, input shape from `config.model.input_shape` or
-else `data.example_shape(config.data)`) and prints `format_report(inspect_model(model, input_shape))`.
+else `data.example_spec(config.data)`, with its dtype) and prints `format_report(inspect_model(...))`.
 Everything is shape inference (`jax.eval_shape`): no parameters are initialised and nothing is compiled.
 
 Which output is the code: the first of `CODE_KEYS` the model returns, i.e. `outputs["code"]`, else (a VAE
@@ -37,6 +37,7 @@ from ml_collections import config_flags
 
 from ae_jax import config as config_checks
 from ae_jax import parallel
+from ae_jax.errors import AEJaxError
 
 CODE_KEYS = ("code", "mean", "z")  # the bottleneck output, in order of preference
 RECON_KEY = "recon"
@@ -89,8 +90,10 @@ class Report:
 # ----------------------------------------------------------------------------- tracing
 
 
-def _trace(model: nn.Module, input_shape: tuple[int, ...], batch: int) -> tuple[list, Any, Any]:
-  """Abstract (calls, outputs, variables) of `model.init_with_output` on [batch, *input_shape].
+def _trace(
+  model: nn.Module, input_shape: tuple[int, ...], batch: int, dtype: str = "float32"
+) -> tuple[list, Any, Any]:
+  """Abstract (calls, outputs, variables) of `model.init_with_output` on [batch, *input_shape] of `dtype`.
 
   calls: [(path, method, module class name, abstract output)] in call order (parents before children); a
   module's nested calls of its own methods (its __call__ calling self.encode) are folded into the outer one.
@@ -119,7 +122,7 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...], batch: int) -> tuple[
 
   # with_named_axis: models with cross-device statistics (psum over the device axis) trace outside pmap too
   init = parallel.with_named_axis(init)
-  outputs, variables = jax.eval_shape(init, jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32))
+  outputs, variables = jax.eval_shape(init, jax.ShapeDtypeStruct((batch, *input_shape), jnp.dtype(dtype)))
   return [tuple(c) for c in calls], outputs, variables
 
 
@@ -176,15 +179,16 @@ def _own_params(params: Any, path: tuple[str, ...], modules: set[tuple[str, ...]
   return sum(_count(v) for k, v in node.items() if k not in child_roots)
 
 
-def inspect_model(model: nn.Module, input_shape: tuple[int, ...]) -> Report:
-  """Shapes, sizes and parameter counts of `model` on inputs [B, *input_shape], without any compute.
+def inspect_model(model: nn.Module, input_shape: tuple[int, ...], dtype: str = "float32") -> Report:
+  """Shapes, sizes and parameter counts of `model` on inputs [B, *input_shape] of `dtype` (int32 for
+  token models), without any compute.
 
   `model(x, train=False)` must return a dict of outputs (the repository's convention); the code is the
   first of CODE_KEYS it contains, the reconstruction outputs["recon"]. Parameter counts cover the "params"
   collection; every parameter is attributed to exactly one row, so the rows' counts sum to the total.
   """
   input_shape = tuple(int(d) for d in input_shape)
-  (calls0, out0, vars0), (calls1, out1, _) = (_trace(model, input_shape, b) for b in _BATCHES)
+  (calls0, out0, vars0), (calls1, out1, _) = (_trace(model, input_shape, b, dtype) for b in _BATCHES)
   if [c[0] for c in calls0] != [c[0] for c in calls1]:
     raise ValueError("the model calls different submodules at batch sizes 2 and 3: cannot tell the batch dim")
   vars0 = dict(vars0)
@@ -336,18 +340,24 @@ def main(argv: Sequence[str] | None = None) -> None:
   if flag_values.config is None:
     sys.exit(f"error: --config is required; {usage}")
 
-  from ae_jax import data, train  # imported here: train pulls in Orbax, tfds and grain
-
   config = flag_values.config
   try:
-    config_checks.check_config(config, num_processes=1, local_devices=1)
-    given = config.model.get("input_shape")
-    input_shape = tuple(given) if given is not None else data.example_shape(config.data)
-    model, *_ = train.build(config, input_shape)
-    report = inspect_model(model, input_shape)
-  except (ValueError, OSError) as e:  # OSError: the config file could not be loaded
+    report = inspect_config(config)
+  except AEJaxError as e:
     sys.exit(f"error: {' '.join(str(e).split())}")
   print(format_report(report))
+
+
+def inspect_config(config: Any) -> Report:
+  """The report of the model a config trains, built exactly as training builds it (shapes only)."""
+  from ae_jax import data, train  # imported here: train pulls in Orbax, tfds and grain
+
+  config_checks.check_config(config, num_processes=1, local_devices=1)
+  example = data.example_spec(config.data)
+  given = config.model.get("input_shape")
+  input_shape = tuple(given) if given is not None else example.shape
+  model, *_ = train.build(config, input_shape)
+  return inspect_model(model, input_shape, example.dtype)
 
 
 if __name__ == "__main__":

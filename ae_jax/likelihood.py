@@ -110,7 +110,9 @@ def evaluate_likelihood(
   )
   rstate = parallel.replicate(state)
   sums: dict[str, float] = {}
-  for batch in eval_batches(source, info.preprocess, global_batch=batch_size, max_examples=max_examples):
+  for batch in eval_batches(
+    source, info.preprocess_for(train=False), global_batch=batch_size, max_examples=max_examples
+  ):
     out = jax.device_get(step(rstate, parallel.shard(parallel.split_for_devices(batch))))
     for k, v in out.items():
       sums[k] = sums.get(k, 0.0) + float(v[0])

@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from ae_jax.config import did_you_mean
+from ae_jax.errors import ConfigError, did_you_mean
 
 Outputs = Mapping[str, jax.Array]
 Batch = Mapping[str, jax.Array]
@@ -175,12 +175,12 @@ def _iwae_term(outputs: Outputs, batch: Batch) -> jax.Array:
 
 @register("nmse")
 def _nmse_term(outputs: Outputs, batch: Batch) -> jax.Array:
-  """mse divided by the training data's per-element variance (`batch["data_variance"]`, put in every example
-  by datasets built with `data.with_training_variance`, e.g. cifar10): 1.0 = predicting the mean pixel."""
+  """mse divided by the training data's per-element variance (`batch["data_variance"]`, a constant the
+  trainer adds from the dataset's training split): 1.0 = predicting the mean pixel."""
   if "data_variance" not in batch:
     raise KeyError(
-      "loss term 'nmse' needs batch['data_variance'], which this dataset does not provide; use 'mse', or a "
-      "dataset wrapped with ae_jax.data.with_training_variance (e.g. cifar10)"
+      "loss term 'nmse' needs the training variance (batch['data_variance']), which this dataset does not "
+      "provide; use 'mse' or a dataset whose registry entry has provides_variance=True (image datasets)"
     )
   return _mse_term(outputs, batch) / batch["data_variance"]
 
@@ -205,24 +205,27 @@ def check_loss_names(names: Mapping[str, object] | list[str]) -> None:
   for name in names:
     if name not in LOSSES:
       hint = did_you_mean(name, LOSSES)
-      raise ValueError(
+      raise ConfigError(
         f"unknown loss term '{name}' in config.loss; {hint}registered terms: {sorted(LOSSES)} "
         "(add one with @ae_jax.losses.register)"
       )
 
 
 def make_objective(
-  weights: Mapping[str, Weight],
+  weights: Mapping[str, Weight], constants: Mapping[str, float] | None = None
 ) -> Callable[[Outputs, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]:
   """Builds `objective(outputs, batch, step) -> (total [batch], {name: term [batch]})`.
 
   `weights` maps registered term names to a float or to a schedule `step -> weight` (e.g. a KL warm-up).
+  `constants` (e.g. {"data_variance": 0.063}) are added to every batch the terms see.
   """
   if not weights:
-    raise ValueError("config.loss is empty; name at least one loss term, e.g. config.loss = {'mse': 1.0}")
+    raise ConfigError("config.loss is empty; name at least one loss term, e.g. config.loss = {'mse': 1.0}")
   check_loss_names(list(weights))
+  constants = dict(constants or {})
 
   def objective(outputs: Outputs, batch: Batch, step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    batch = {**batch, **constants}
     terms = {name: LOSSES[name](outputs, batch) for name in weights}
     total = sum((w(step) if callable(w) else w) * terms[name] for name, w in weights.items())
     return total, terms

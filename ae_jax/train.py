@@ -24,6 +24,7 @@ from flax import linen as nn
 from ae_jax import checkpoint, data, losses, metrics_log, models, optim, parallel
 from ae_jax import config as config_checks
 from ae_jax.data import pipeline
+from ae_jax.errors import AEJaxError, ConfigError
 from ae_jax.losses import Weight
 from ae_jax.preemption import Preemption
 
@@ -116,6 +117,26 @@ def step_rng(state: TrainState, axis_name: str) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(axis_name))
 
 
+def trim_weights(
+  total: jax.Array, step: jax.Array, fraction: float, after: int, axis_name: str
+) -> tuple[jax.Array, jax.Array]:
+  """Weights [B] that leave the `fraction` of the global batch with the largest per-example loss out of a
+  trimmed mean (all ones before step `after`), and the global number of examples kept.
+
+  The per-example losses of every device are gathered, so the examples left out are those one device
+  would leave out of the same global batch (ties broken by position in the global batch).
+  """
+  gathered = jax.lax.all_gather(jax.lax.stop_gradient(total), axis_name, tiled=True)  # [G]
+  size, local = gathered.shape[0], total.shape[0]
+  dropped = int(fraction * size)
+  order = jnp.argsort(-gathered, stable=True)
+  rank = jnp.zeros(size, jnp.int32).at[order].set(jnp.arange(size, dtype=jnp.int32))
+  mine = jax.lax.dynamic_slice(rank, (jax.lax.axis_index(axis_name) * local,), (local,))
+  trimming = step >= after
+  keep = (mine >= dropped) | ~trimming
+  return keep.astype(total.dtype), jnp.where(trimming, size - dropped, size).astype(total.dtype)
+
+
 def train_step(
   state: TrainState,
   batch: Mapping[str, jax.Array],
@@ -125,6 +146,8 @@ def train_step(
   tx: optax.GradientTransformation,
   learning_rate: optax.Schedule,
   trainable: Callable[[Any], Any] | None = None,
+  trim_fraction: float = 0.0,
+  trim_after: int = 0,
   axis_name: str = parallel.AXIS,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step on this device's share of the global batch.
@@ -138,6 +161,8 @@ def train_step(
     batch: {"x": [per_device_batch, ...], optional "mask", "label", ...}.
     trainable: params -> pytree of bools (`optim.trainable_mask`): "grad_norm" then covers only the
       trainable parameters, the ones the optimizer updates and clips.
+    trim_fraction, trim_after: from step `trim_after` on, the loss is the mean over the global batch
+      without its `trim_fraction` largest per-example losses (`trim_weights`); the terms stay plain means.
   Returns:
     (new state, metrics: "loss", one entry per loss term, "grad_norm", "learning_rate", "nonfinite").
   """
@@ -147,7 +172,12 @@ def train_step(
     outputs, model_state = apply_model(model, params, state.model_state, batch, train=True, rng=rng)
     model_metrics = outputs.pop("metrics", {})
     total, terms = objective(outputs, batch, state.step)
-    return total.mean(), ({k: v.mean() for k, v in terms.items()}, model_metrics, model_state)
+    loss = total.mean()
+    if trim_fraction:
+      weights, kept = trim_weights(total, state.step, trim_fraction, trim_after, axis_name)
+      devices = jax.lax.psum(1, axis_name)
+      loss = jnp.sum(weights * total) * devices / kept  # pmean over devices: the global trimmed mean
+    return loss, ({k: v.mean() for k, v in terms.items()}, model_metrics, model_state)
 
   (loss, (terms, model_metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grads, loss, terms, model_metrics = jax.lax.pmean((grads, loss, terms, model_metrics), axis_name)
@@ -208,7 +238,7 @@ def eval_step(
 # ----------------------------------------------------------------------------- the loop
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(AEJaxError, FloatingPointError):
   """The loss or gradient became NaN/inf; the run stopped and kept its last good checkpoint."""
 
 
@@ -220,7 +250,7 @@ def loss_weights(config: ml_collections.ConfigDict) -> dict[str, Weight]:
     weights[name] = optax.linear_schedule(0.0, float(w), warmup) if warmup else float(w)
   unknown = set(config.loss_schedules) - set(config.loss)
   if unknown:
-    raise ValueError(f"config.loss_schedules names {sorted(unknown)}, which are not in config.loss")
+    raise ConfigError(f"config.loss_schedules names {sorted(unknown)}, which are not in config.loss")
   return weights
 
 
@@ -229,10 +259,26 @@ def freeze_patterns(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return (config.freeze,) if isinstance(config.freeze, str) else tuple(config.freeze)
 
 
+def objective_constants(config: ml_collections.ConfigDict, dataset: data.Dataset) -> dict[str, float]:
+  """Dataset constants the configured loss terms read from the batch (the training variance for nmse)."""
+  constants = {}
+  if "nmse" in config.loss:
+    if dataset.info.variance is None:
+      raise ConfigError(
+        f"config.loss.nmse needs the training variance, which dataset '{dataset.name}' does not provide; "
+        "use mse instead"
+      )
+    constants["data_variance"] = dataset.info.variance
+  return constants
+
+
 def build(
-  config: ml_collections.ConfigDict, input_shape: tuple[int, ...]
+  config: ml_collections.ConfigDict,
+  input_shape: tuple[int, ...],
+  constants: Mapping[str, float] | None = None,
 ) -> tuple[nn.Module, Objective, Any, Any]:
-  """(model, objective, optimizer, learning-rate schedule) from a config and the data's example shape."""
+  """(model, objective, optimizer, learning-rate schedule) from a config and the data's example shape;
+  `constants` (see `objective_constants`) are added to every batch the loss terms see."""
   kwargs = {k: v for k, v in config.model.items() if k != "name"}
   fields = models.model_fields(config.model.name)
   if "input_shape" in fields:
@@ -241,7 +287,7 @@ def build(
     kwargs.setdefault("axis_name", parallel.AXIS)
   model = models.get_model(config.model.name, **kwargs)
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps, freeze=freeze_patterns(config))
-  return model, losses.make_objective(loss_weights(config)), tx, schedule
+  return model, losses.make_objective(loss_weights(config), constants), tx, schedule
 
 
 def _mean_metrics(pending: list[dict[str, jax.Array]]) -> dict[str, float]:
@@ -267,15 +313,17 @@ def evaluate(p_eval_step: Callable, state: TrainState, batches: Iterator[dict]) 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from WORKDIR/checkpoints if present), evaluates, and returns a summary.
 
-  With config.keep_best, the returned state, step and metrics are those of the best evaluated state.
-  Returns {"step", "state" (unreplicated), "model", "info", "train_source", "test_source", "metrics" (final
-  test metrics, empty when preempted), "preempted"}.
+  Evaluation covers the dataset's validation and test splits (metrics "validation/<term>",
+  "test/<term>"). With config.keep_best, the returned state, step and metrics are those of the best
+  evaluated state. Returns {"step", "state" (unreplicated), "model", "dataset", "metrics" (final
+  evaluation metrics, empty when preempted), "preempted"}.
   """
   config_checks.check_config(
     config, num_processes=jax.process_count(), local_devices=jax.local_device_count()
   )
-  train_src, test_src, info = data.get_dataset(config.data)
-  model, objective, tx, schedule = build(config, info.shape)
+  dataset = data.get_dataset(config.data)
+  info, train_src = dataset.info, dataset.split("train")
+  model, objective, tx, schedule = build(config, info.shape, objective_constants(config, dataset))
   example = info.preprocess(train_src[0], 0)["x"][None]
   state = create_train_state(model, tx, example, config.seed)
   ckpt = checkpoint.Checkpointer(
@@ -298,17 +346,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       tx=tx,
       learning_rate=schedule,
       trainable=optim.trainable_mask(freeze_patterns(config)),
+      trim_fraction=float(config.trim.fraction),
+      trim_after=int(config.trim.after),
     ),
     axis_name=parallel.AXIS,
     donate_argnums=(0,),
   )
   p_eval = jax.pmap(functools.partial(eval_step, model=model, objective=objective), axis_name=parallel.AXIS)
 
+  eval_roles = [role for role in ("validation", "test") if role in dataset.splits]
+
   def run_eval(rstate) -> dict[str, float]:
-    batches = pipeline.eval_batches(
-      test_src, info.preprocess, global_batch=config.eval_batch_size, num_threads=config.data.num_threads
-    )
-    return {f"test/{k}": v for k, v in evaluate(p_eval, rstate, batches).items()}
+    metrics = {}
+    for role in eval_roles:
+      batches = pipeline.eval_batches(
+        dataset.splits[role],
+        info.preprocess_for(train=False),
+        global_batch=config.eval_batch_size,
+        num_threads=config.data.num_threads,
+      )
+      metrics.update({f"{role}/{k}": v for k, v in evaluate(p_eval, rstate, batches).items()})
+    return metrics
 
   rstate = parallel.replicate(state)
   batches = pipeline.train_batches(
@@ -404,9 +462,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     "step": step,
     "state": state,
     "model": model,
-    "info": info,
-    "train_source": train_src,
-    "test_source": test_src,
+    "dataset": dataset,
     "metrics": final,
     "preempted": preempted,
   }

@@ -49,6 +49,7 @@ def main(argv: list[str]) -> None:
   if FLAGS.distributed:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from ae_jax import anomaly, evaluate, likelihood, train
+  from ae_jax.errors import AEJaxError
 
   config, workdir = FLAGS.config, os.path.abspath(FLAGS.workdir)
   print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, processes: {jax.process_count()}")
@@ -56,15 +57,17 @@ def main(argv: list[str]) -> None:
     if config.anomaly.enabled:
       anomaly.check_config(config)  # fail before training, not after
     summary = train.train_and_evaluate(config, workdir)
-  except (ValueError, FileNotFoundError, train.NonFiniteLossError) as e:
+  except AEJaxError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   if summary["preempted"] or jax.process_index() != 0:
     return
-  source, info = summary["test_source"], summary["info"]
+  dataset = summary["dataset"]
+  info = dataset.info
+  source = dataset.splits.get("test", dataset.splits.get("validation", dataset.splits["train"]))
   model, state, results = summary["model"], summary["state"], {"step": summary["step"], **summary["metrics"]}
   images = []
-  if info.to_image is not None:  # datasets that are not images (time series) set to_image = None
+  if info.to_image is not None:  # datasets that cannot be drawn (time series) have no to_image
     path = os.path.join(workdir, "reconstructions.png")
     images.append(
       evaluate.save_reconstruction_grid(path, model, state, source, info, config.visualize.num_images)
@@ -95,12 +98,12 @@ def main(argv: list[str]) -> None:
       f"bits/dim), negative ELBO {estimate['neg_elbo']:.3f} nats, {int(estimate['num_examples'])} examples"
     )
   if config.anomaly.enabled:  # time series with labelled anomalies: threshold on validation, report on test
-    report = anomaly.detect(model, state, config, workdir)
+    report = anomaly.detect(model, state, config, dataset, workdir)
     results.update(report.metrics)
     images.append(report.plot)
     print(report.summary)
   if "test/mse" in results:
-    results["test/mse_of_mean_image"] = evaluate.mean_image_mse(summary["train_source"], source, info)
+    results["test/mse_of_mean_image"] = evaluate.mean_image_mse(dataset.splits["train"], source, info)
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
   print(f"step {summary['step']}: {evaluate.summary_line(summary['metrics'])}")

@@ -11,6 +11,7 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 from ae_jax.config import default_config  # noqa: E402
+from ae_jax.data import data_config  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -26,11 +27,7 @@ def tiny_config():
   c.model.name = "mlp_ae"
   c.model.hidden = (32, 16)
   c.model.code_dim = 4
-  c.data.name = "synthetic"
-  c.data.shape = (8, 8, 1)
-  c.data.num_train = 96
-  c.data.num_test = 40
-  c.data.num_threads = 1
+  c.data = data_config("synthetic", shape=(8, 8, 1), num_train=96, num_test=40)
   c.batch_size = 16
   c.eval_batch_size = 16
   c.total_steps = 12

@@ -19,16 +19,11 @@ if int(nproc) > 1:
 
 from ae_jax import train  # noqa: E402
 from ae_jax.config import default_config  # noqa: E402
+from ae_jax.data import data_config  # noqa: E402
 
 c = default_config()
 c.model = {"name": "mlp_ae", "hidden": (16,), "code_dim": 4}
-c.data.name, c.data.shape, c.data.num_train, c.data.num_test, c.data.num_threads = (
-  "synthetic",
-  (8, 8, 1),
-  64,
-  24,
-  1,
-)
+c.data = data_config("synthetic", shape=(8, 8, 1), num_train=64, num_test=24)
 c.batch_size, c.eval_batch_size, c.total_steps = 16, 8, int(steps)
 c.log_every, c.eval_every, c.checkpoint_every, c.async_checkpoints = 2, 0, 3, False
 summary = train.train_and_evaluate(c, workdir)

@@ -9,9 +9,10 @@ import optax
 import pytest
 from flax import linen as nn
 
-from ae_jax import anomaly
+from ae_jax import anomaly, data
 from ae_jax.config import default_config
-from ae_jax.data import timeseries
+from ae_jax.data import series
+from ae_jax.data.registry import Dataset
 from ae_jax.train import create_train_state
 
 
@@ -95,12 +96,12 @@ def test_roc_auc_matches_pairwise_count(seed):
 
 def test_point_errors_average_the_covering_windows():
   values = np.arange(6, dtype=np.float64)[:, None]  # [6, 1]
-  windows, starts = timeseries.windows(values, 3, 2)  # starts 0, 2, 3
+  windows, starts = series.windows(values, 3, 2)  # starts 0, 2, 3
   errors = np.ones_like(windows) * np.array([1.0, 2.0, 4.0])[:, None, None]  # window w is off by 1, 2, 4
   expected = [1, 1, (1 + 2) / 2, (2 + 4) / 2, (2 + 4) / 2, 4]
   np.testing.assert_allclose(anomaly.point_errors(6, errors, starts)[:, 0], expected)
   assert np.isnan(anomaly.point_errors(8, errors, starts)[6:]).all()  # points no window covers
-  segment = timeseries.Segment("s", "test", values, np.zeros(6, bool), 1, 5)
+  segment = series.Segment("s", "test", values, np.zeros(6, bool), 1, 5)
   scale = np.array([[1.0], [2.0], [4.0]])  # mean error at each window position
   units = anomaly.unit_errors([anomaly.WindowErrors(segment, starts, errors)], "point", scale)
   # points 1-4; errors / scale: window 0 gives 1, .5, .25; window 1: 2, 1, .5; window 2: 4, 2, 1
@@ -111,7 +112,7 @@ def test_point_errors_average_the_covering_windows():
 def test_sequence_scores_take_the_largest_point_score_of_consecutive_runs():
   labels = np.zeros(7, bool)
   labels[4] = True
-  segment = timeseries.Segment("s", "test", np.zeros((9, 1), np.float32), np.r_[False, labels, False], 1, 8)
+  segment = series.Segment("s", "test", np.zeros((9, 1), np.float32), np.r_[False, labels, False], 1, 8)
   units = anomaly.UnitErrors(np.zeros((7 + 3, 1)), np.r_[labels, False, True, False], [])
   units.parts.extend([(segment, slice(0, 7)), (segment, slice(7, 10))])
   scores = np.array([1.0, 5.0, 2.0, 0.0, 3.0, 1.0, 9.0, 4.0, 0.5, 2.0])
@@ -131,47 +132,116 @@ class _Shrink(nn.Module):
 
 
 def _synthetic_splits():
-  """A sine with spikes: val and test each hold one anomalous interval (points 60-69 of their series)."""
+  """A sine with spikes: threshold and test each hold one anomalous interval (points 60-69 of their series)."""
   rng = np.random.default_rng(0)
 
-  def series(name, role, spike):
+  def make(name, role, spike):
     values = np.sin(np.arange(200) / 5.0)[:, None] + 0.05 * rng.normal(size=(200, 1))
     labels = np.zeros(200, bool)
     if spike:
       values[60:70] += 4.0
       labels[60:70] = True
-    return timeseries.Segment(name, role, values.astype(np.float32), labels, 10, 190)
+    return series.Segment(name, role, values.astype(np.float32), labels, 10, 190)
 
-  segments = {"train": [], "fit": [series("f", "fit", False)], "val": [series("v", "val", True)]}
-  segments["test"] = [series("t", "test", True)]
-  return timeseries.AnomalySplits(segments, window=20, stride=5, unit="point")
+  segments = {"train": [], "validation": [make("f", "validation", False)]}
+  segments["threshold"], segments["test"] = [make("v", "threshold", True)], [make("t", "test", True)]
+  return series.AnomalySplits(segments, window=20, stride=5, unit="point")
 
 
-def test_detect_finds_the_spikes_and_writes_the_plot(tmp_path, monkeypatch):
-  monkeypatch.setattr(timeseries, "anomaly_splits", lambda data: _synthetic_splits())
+def _anomaly_config(**options):
   config = default_config()
-  config.data.name = "power_demand"  # any anomaly data set: the splits are replaced above
+  config.data = data.data_config("series_file")
   config.model = {"name": "stand_in"}
-  config.anomaly.update({"enabled": True, "stride": 2, "batch_size": 32})
+  config.anomaly.update({"enabled": True, "stride": 2, "batch_size": 32, **options})
+  return config
+
+
+def _stand_in():
   model = _Shrink()
-  state = create_train_state(model, optax.sgd(0.1), np.zeros((1, 20, 1), np.float32), 0)
-  report = anomaly.detect(model, state, config, str(tmp_path))
+  return model, create_train_state(model, optax.sgd(0.1), np.zeros((1, 20, 1), np.float32), 0)
+
+
+def test_detect_finds_the_spikes_and_writes_the_plot(tmp_path):
+  model, state = _stand_in()
+  dataset = Dataset("series_file", {}, None, anomaly=_synthetic_splits())
+  report = anomaly.detect(model, state, _anomaly_config(), dataset, str(tmp_path))
   m = report.metrics
   assert m["anomaly/test_precision"] == 1.0 and m["anomaly/test_recall"] > 0.5
-  assert m["anomaly/test_roc_auc"] > 0.95 and m["anomaly/val_fbeta"] > 0.9
-  assert m["anomaly/test_tp"] + m["anomaly/test_fn"] == 10 and m["anomaly/num_fit_units"] == 180
+  assert m["anomaly/test_roc_auc"] > 0.95 and m["anomaly/threshold_fbeta"] > 0.9
+  assert m["anomaly/test_tp"] + m["anomaly/test_fn"] == 10 and m["anomaly/num_validation_units"] == 180
   assert os.path.getsize(report.plot) > 10_000 and "F0.1" in report.summary
   # per sequence of 20 points: points 10-189 make 9 sequences a split; the spike (60-69) lies in one
   assert m["anomaly/seq_test_tp"] + m["anomaly/seq_test_fn"] == 1 and m["anomaly/seq_test_tn"] == 8
   assert m["anomaly/seq_test_fbeta"] == 1.0 and "per sequence of 20 points" in report.summary
 
 
+def test_top_discords_are_the_highest_windows_that_do_not_overlap():
+  scores = [np.array([0, 0, 5, 5, 0, 0, 0, 1, 1, 0], float), np.array([0, 3, 3, 0], float)]
+  segments = [None, None]
+  found = anomaly.top_discords(segments, scores, 2, 3)
+  # window means: series 0 -> [0, 2.5, 5, 2.5, 0, 0, .5, 1, .5]; series 1 -> [1.5, 3, 1.5]
+  assert found == [(0, 2, 4, 5.0), (1, 1, 3, 3.0), (0, 7, 9, 1.0)]
+
+
+def _planted_series(n=1200, seed=0):
+  """A sum of two sines with noise and three planted anomalies (a spike, a level shift, a frequency
+  burst), each 24 points long; returns (values [n, 1], intervals)."""
+  rng = np.random.default_rng(seed)
+  t = np.arange(n)
+  values = np.sin(2 * np.pi * t / 40) + 0.5 * np.sin(2 * np.pi * t / 13) + 0.05 * rng.normal(size=n)
+  intervals = [(300, 324), (650, 674), (1000, 1024)]
+  values[300:324] += 3.0
+  values[650:674] -= 2.5
+  values[1000:1024] = np.sin(2 * np.pi * t[1000:1024] / 4)
+  return values[:, None], intervals
+
+
+def test_unsupervised_detection_ranks_the_planted_anomalies_first(tmp_path):
+  """A model whose reconstruction is the clean signal scores the three planted anomalies as the top
+  three discords, and every labelled interval counts as found."""
+  values, intervals = _planted_series()
+  path = tmp_path / "planted.txt"
+  np.savetxt(path, values)
+  (tmp_path / "labels.json").write_text(__import__("json").dumps([list(i) for i in intervals]))
+  c = data.data_config(
+    "series_file", path=str(path), labels=str(tmp_path / "labels.json"), window=24, stride=4
+  )
+  dataset = data.get_dataset(c)
+  (score,) = dataset.anomaly.segments["score"]
+  t = np.arange(len(values))
+  clean = (np.sin(2 * np.pi * t / 40) + 0.5 * np.sin(2 * np.pi * t / 13))[:, None]
+  clean = ((clean - values.mean()) / (values.std() + 1e-8)).astype(np.float32)
+
+  class _Clean(nn.Module):  # reconstructs each window as the clean signal at its position
+    @nn.compact
+    def __call__(self, x, *, train=False):
+      self.param("unused", nn.initializers.zeros, ())
+      starts = jnp.argmin(jnp.sum(jnp.abs(x[:, None, :, 0] - windows_all[None]), -1), axis=1)
+      return {"recon": clean_windows[starts], "code": x[:, 0]}
+
+  import jax.numpy as jnp
+
+  all_w, starts = series.windows(score.values, 24, 1)
+  windows_all = jnp.asarray(all_w[..., 0])
+  clean_windows = jnp.asarray(np.stack([clean[a : a + 24] for a in starts]))
+  model = _Clean()
+  state = create_train_state(model, optax.sgd(0.1), np.zeros((1, 24, 1), np.float32), 0)
+  config = _anomaly_config(stride=4, top_k=3)
+  config.data = c
+  report = anomaly.detect(model, state, config, dataset, str(tmp_path))
+  found = sorted((d["start"], d["end"]) for d in report.metrics["anomaly/discords"])
+  for (lo, hi), (d_lo, d_hi) in zip(intervals, found, strict=True):
+    assert d_lo < hi and lo < d_hi, (intervals, found)  # each discord overlaps its planted anomaly
+  assert report.metrics["anomaly/intervals_found"] == 3.0 and report.metrics["anomaly/roc_auc"] > 0.9
+  assert os.path.getsize(report.plot) > 10_000 and "top 3 discords" in report.summary
+
+
 def test_check_config_rejects_datasets_without_labels():
   config = default_config()
   config.anomaly.enabled = True
-  with pytest.raises(ValueError, match="labelled anomalies"):
+  with pytest.raises(ValueError, match="needs a series dataset"):
     anomaly.check_config(config)  # fashion_mnist
-  config.data.name = "ecg5000"
+  config.data = data.data_config("series_file")
   config.anomaly.score = "likelihood"
   with pytest.raises(ValueError, match="unknown config.anomaly.score"):
     anomaly.check_config(config)

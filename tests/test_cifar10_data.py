@@ -9,15 +9,8 @@ import pytest
 from PIL import Image
 
 from ae_jax import losses
-from ae_jax.config import default_config
-from ae_jax.data import (
-  DATASETS,
-  cifar10,
-  get_dataset,
-  synthetic_images,
-  training_variance,
-  with_training_variance,
-)
+from ae_jax.data import DATASETS, cifar10, data_config, get_dataset, synthetic_images, training_variance
+from ae_jax.data.images import SCALES
 
 CLASSES = ("airplane", "cat", "truck")
 
@@ -66,9 +59,13 @@ def test_unknown_class_folder_is_refused(tmp_path):
     cifar10.read_archive(path)
 
 
+def _load(split, *, data_dir, archive=None, root=""):
+  return cifar10.load_split(split, data_config("cifar10", data_dir=data_dir, archive=archive, root=root))
+
+
 def test_builder_prepares_decoded_uint8_records(archive, tmp_path):
-  train = cifar10.load_cifar10("train", data_dir=str(tmp_path / "tfds"), archive=archive)
-  test = cifar10.load_cifar10("test", data_dir=str(tmp_path / "tfds"), archive=archive)
+  train = _load("train", data_dir=str(tmp_path / "tfds"), archive=archive)
+  test = _load("test", data_dir=str(tmp_path / "tfds"), archive=archive)
   assert len(train) == 9 and len(test) == 6
   record = train[0]
   assert record["image"].dtype == np.uint8 and record["image"].shape == (32, 32, 3)
@@ -77,39 +74,35 @@ def test_builder_prepares_decoded_uint8_records(archive, tmp_path):
   assert int(record["label"]) == label
   # prepared once: later loads do not need the archive
   os.remove(archive)
-  assert len(cifar10.load_cifar10("train", data_dir=str(tmp_path / "tfds"), archive=archive)) == 9
+  assert len(_load("train", data_dir=str(tmp_path / "tfds"), archive=archive)) == 9
 
 
-def test_missing_data_is_one_clear_error(tmp_path, monkeypatch):
-  monkeypatch.setenv("CIFAR10_JPEG", str(tmp_path / "nowhere.tar.gz"))
-  assert cifar10.default_archive() == str(tmp_path / "nowhere.tar.gz")
-  with pytest.raises(FileNotFoundError, match="config.data.archive or env CIFAR10_JPEG"):
-    cifar10.load_cifar10("train", data_dir=str(tmp_path / "tfds"))
+def test_missing_data_is_one_clear_error_naming_the_data_root(tmp_path):
+  with pytest.raises(FileNotFoundError, match="set config.data.archive") as e:
+    _load("train", data_dir=str(tmp_path / "tfds"), root=str(tmp_path / "nowhere"))
+  assert str(tmp_path / "nowhere" / "cifar10-jpeg" / "cifar10-jpeg.tar.gz") in str(e.value)
 
 
 def test_cifar10_dataset_carries_the_training_variance(archive, tmp_path):
-  config = default_config().data
-  config.name, config.scale, config.data_dir = "cifar10", "centered", str(tmp_path / "tfds")
-  config.archive = archive
-  train, test, info = get_dataset(config)
+  config = data_config("cifar10", scale="centered", data_dir=str(tmp_path / "tfds"), archive=archive)
+  dataset = get_dataset(config)
+  train, test, info = dataset.split("train"), dataset.split("test"), dataset.info
   images = np.stack([train[i]["image"] for i in range(len(train))])
   np.testing.assert_allclose(info.variance, np.var(images / 255.0), rtol=1e-6)  # float32 pixel levels
   example = info.preprocess(test[0], 0)
   assert example["x"].min() >= -0.5 and example["x"].max() <= 0.5
-  assert example["data_variance"] == np.float32(info.variance)
-  assert "cifar10" in DATASETS
+  assert "cifar10" in DATASETS and DATASETS["cifar10"].provides_variance
 
 
 def test_variance_is_exact_and_nmse_divides_by_it():
-  config = default_config().data
-  config.name, config.scale, config.shape = "synthetic", "symmetric", (8, 8, 1)
-  config.cache_in_memory = False
-  records = synthetic_images(50, (8, 8, 1), seed=0)
-  sources = DATASETS["synthetic"](config)
-  train, _, info = with_training_variance(sources, config)
-  x = np.stack([sources[2].preprocess(r, 0)["x"] for r in train], dtype=np.float64)
+  config = data_config("synthetic", scale="symmetric", shape=(8, 8, 1), cache_in_memory=False)
+  dataset = get_dataset(config)
+  train, info = dataset.split("train"), dataset.info
+  x = np.stack([info.preprocess(r, 0)["x"] for r in train], dtype=np.float64)
   np.testing.assert_allclose(info.variance, np.var(x), rtol=1e-9)
-  assert training_variance(records, sources[2]) != info.variance  # other images, other variance
+  other = np.stack([r["image"] for r in synthetic_images(50, (8, 8, 1), seed=0)])
+  levels = SCALES["symmetric"][0](np.arange(256, dtype=np.uint8))
+  assert training_variance(other, levels) != info.variance  # other images, other variance
   batch = {"x": x[:4].astype(np.float32), "data_variance": np.full(4, info.variance, np.float32)}
   outputs = {"recon": np.zeros_like(batch["x"])}
   np.testing.assert_allclose(

@@ -2,16 +2,21 @@
 
 import gzip
 import importlib
-import os
 import pickle
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ae_jax.data import data_config
 from ae_jax.data import fashion_mnist as fm
 
 N_TRAIN, N_TEST = 20, 10
+
+
+def _load(split, *, data_dir, idx_dir):
+  return fm.load_split(split, data_config("fashion_mnist", data_dir=data_dir, idx_dir=idx_dir))
 
 
 def write_idx(path, array: np.ndarray, compress: bool) -> None:
@@ -80,7 +85,7 @@ def test_load_prepares_then_reads_without_idx_dir(tmp_path, idx_dir):
   d, arrays = idx_dir
   data_dir = str(tmp_path / "tfds")
   for split, (images, labels) in arrays.items():
-    source = fm.load_fashion_mnist(split, data_dir=data_dir, idx_dir=str(d))
+    source = _load(split, data_dir=data_dir, idx_dir=str(d))
     assert len(source) == len(images)
     for i in (0, len(images) // 2, len(images) - 1):
       record = source[i]
@@ -91,10 +96,10 @@ def test_load_prepares_then_reads_without_idx_dir(tmp_path, idx_dir):
     np.testing.assert_array_equal(all_images[..., 0], images)
 
   shutil.rmtree(d)  # Prepared data must be enough from now on.
-  source = fm.load_fashion_mnist("train", data_dir=data_dir, idx_dir=str(d))
+  source = _load("train", data_dir=data_dir, idx_dir=str(d))
   assert len(source) == N_TRAIN
   np.testing.assert_array_equal(source[3]["image"][..., 0], arrays["train"][0][3])
-  assert len(fm.load_fashion_mnist("test[:50%]", data_dir=data_dir, idx_dir=str(d))) == N_TEST // 2
+  assert len(_load("test[:50%]", data_dir=data_dir, idx_dir=str(d))) == N_TEST // 2
   # Data sources must survive pickling (e.g. for grain worker processes).
   clone = pickle.loads(pickle.dumps(source))
   np.testing.assert_array_equal(clone[5]["image"], source[5]["image"])
@@ -102,11 +107,11 @@ def test_load_prepares_then_reads_without_idx_dir(tmp_path, idx_dir):
 
 def test_missing_everything_raises_file_not_found(tmp_path):
   with pytest.raises(FileNotFoundError) as exc_info:
-    fm.load_fashion_mnist("train", data_dir=str(tmp_path / "tfds"), idx_dir=str(tmp_path / "nope"))
+    _load("train", data_dir=str(tmp_path / "tfds"), idx_dir=str(tmp_path / "nope"))
   message = str(exc_info.value)
   assert "\n" not in message
   assert "apt-get install dataset-fashion-mnist" in message
-  assert "FASHION_MNIST_DIR" in message
+  assert "config.data.idx_dir" in message
   assert "download=True" in message
 
 
@@ -115,7 +120,7 @@ def test_invalid_idx_files_raise_value_error(tmp_path, idx_dir):
   # Test labels claim one more record than there are images.
   write_idx(d / fm.IDX_FILES["test"][1], np.zeros(N_TEST + 1, np.uint8), compress=False)
   with pytest.raises(ValueError, match="labels"):
-    fm.load_fashion_mnist("train", data_dir=str(tmp_path / "tfds"), idx_dir=str(d))
+    _load("train", data_dir=str(tmp_path / "tfds"), idx_dir=str(d))
 
 
 def test_failed_preparation_leaves_nothing_prepared(tmp_path, idx_dir, monkeypatch):
@@ -133,13 +138,13 @@ def test_failed_preparation_leaves_nothing_prepared(tmp_path, idx_dir, monkeypat
 
   monkeypatch.setattr(fm.FashionMnistIdx, "_generate_examples", failing)
   with pytest.raises(RuntimeError, match="simulated crash"):
-    fm.load_fashion_mnist("train", data_dir=str(data_dir), idx_dir=str(d))
+    _load("train", data_dir=str(data_dir), idx_dir=str(d))
   assert written, "the train split should have been written before the crash"
   assert not fm.FashionMnistIdx(data_dir=str(data_dir)).is_prepared()
   assert [p for p in data_dir.rglob("*") if p.is_file()] == []
 
   monkeypatch.setattr(fm.FashionMnistIdx, "_generate_examples", original)
-  assert len(fm.load_fashion_mnist("test", data_dir=str(data_dir), idx_dir=str(d))) == N_TEST
+  assert len(_load("test", data_dir=str(data_dir), idx_dir=str(d))) == N_TEST
 
 
 def test_builder_class_is_not_globally_registered():
@@ -154,6 +159,7 @@ def test_builder_class_is_not_globally_registered():
   assert fm.FashionMnistIdx.name == "fashion_mnist_idx"
 
 
-def test_default_idx_dir_env_var():
-  expected = os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
-  assert fm.DEFAULT_IDX_DIR == expected
+def test_idx_dir_defaults_to_debian_then_the_data_root(tmp_path, monkeypatch):
+  monkeypatch.setattr(fm, "DEBIAN_IDX_DIR", str(tmp_path / "debian"))
+  assert fm.idx_dir(data_config("fashion_mnist", root=str(tmp_path))) == tmp_path / "fashion-mnist"
+  assert fm.idx_dir(data_config("fashion_mnist", idx_dir="/x")) == Path("/x")

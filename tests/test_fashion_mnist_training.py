@@ -9,13 +9,13 @@ from ae_jax.data import fashion_mnist
 
 pytestmark = pytest.mark.integration
 
-IDX_DIR = fashion_mnist.DEFAULT_IDX_DIR
+IDX_DIR = fashion_mnist.DEBIAN_IDX_DIR
 
 
 @pytest.mark.skipif(
   not fashion_mnist.has_idx_files(IDX_DIR),
   reason=f"Fashion-MNIST idx files not in {IDX_DIR}: apt-get install dataset-fashion-mnist "
-  "or set FASHION_MNIST_DIR (make test does this where apt is usable)",
+  "(make test does this where apt is usable)",
 )
 def test_conv_ae_learns_on_real_fashion_mnist(tmp_path_factory):
   """150 steps of the seed conv autoencoder beat predicting the mean image on the full test set."""
@@ -31,7 +31,7 @@ def test_conv_ae_learns_on_real_fashion_mnist(tmp_path_factory):
   config.async_checkpoints = False
   workdir = tmp_path_factory.mktemp("run")
   summary = train.train_and_evaluate(config, str(workdir))
-  assert len(summary["test_source"]) == 10_000
+  assert len(summary["dataset"].split("test")) == 10_000
   # Predicting the training mean image scores 0.3466 in [-1, 1] pixel space (see the README).
   assert summary["metrics"]["test/mse"] < 0.25
   assert os.path.exists(workdir / "metrics.jsonl")

@@ -27,7 +27,8 @@ def _use_model(config, name):
 
 
 def _initial_state(config):
-  train_src, _, info = get_dataset(config.data)
+  dataset = get_dataset(config.data)
+  train_src, info = dataset.split("train"), dataset.info
   model, objective, tx, schedule = train.build(config, info.shape)
   state = train.create_train_state(model, tx, info.preprocess(train_src[0], 0)["x"][None], config.seed)
   return state, (train_src, info, model, objective, tx, schedule)

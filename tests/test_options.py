@@ -69,10 +69,11 @@ def test_dynamic_binarisation_is_bernoulli_and_keyed_by_position():
 
 
 def test_binarized_preprocess_and_display():
-  c = default_config().data
-  c.name, c.binarize, c.scale = "synthetic", "dynamic", "unit"
-  c.shape, c.num_train, c.num_test = (8, 8, 1), 16, 8
-  train, _, info = data.get_dataset(c)
+  c = data.data_config(
+    "synthetic", binarize="dynamic", scale="unit", shape=(8, 8, 1), num_train=16, num_test=8
+  )
+  dataset = data.get_dataset(c)
+  train, info = dataset.split("train"), dataset.info
   x = info.preprocess(train[0], 3)["x"]
   assert x.dtype == np.float32 and set(np.unique(x)) <= {0.0, 1.0}
   np.testing.assert_array_equal(info.to_image(x), x)
@@ -82,11 +83,10 @@ def test_binarized_preprocess_and_display():
 
 
 def test_missing_tfds_dataset_gives_one_clear_error(tmp_path):
-  c = default_config().data
-  c.name, c.data_dir = "mnist", str(tmp_path)
+  c = data.data_config("mnist", data_dir=str(tmp_path))
   with pytest.raises(FileNotFoundError, match="tfds dataset 'mnist'.*data.download=True"):
     data.get_dataset(c)
-  assert data.example_shape(c) == (28, 28, 1)
+  assert data.example_spec(c).shape == (28, 28, 1)
 
 
 def test_latent_points_pca_recovers_the_dominant_plane():
@@ -143,7 +143,7 @@ def test_kl_warmup_ramps_the_weight_linearly_from_zero():
 
 def test_mean_image_baseline_ignores_padded_positions():
   """The baseline predicts the per-position mean of real training frames and scores real test frames only."""
-  info = data.DatasetInfo((3, 2), lambda r, i: dict(r))
+  info = data.DatasetInfo(data.ExampleSpec((3, 2)), lambda r, i: dict(r))
   train = [
     {"x": np.array([[1.0, 1.0], [3.0, 3.0], [9.0, 9.0]]), "mask": np.array([1.0, 1.0, 0.0])},
     {"x": np.array([[3.0, 3.0], [5.0, 5.0], [7.0, 7.0]]), "mask": np.array([1.0, 1.0, 1.0])},

@@ -6,8 +6,7 @@ import chex
 import numpy as np
 import pytest
 
-from ae_jax.config import default_config
-from ae_jax.data import get_dataset, pipeline, synthetic_images
+from ae_jax.data import data_config, get_dataset, pipeline, synthetic_images
 
 N = 64  # records; grain's shuffle is slow on tiny sources, fast enough at this size
 B = 16  # global batch
@@ -142,11 +141,8 @@ def test_train_batches_multi_process_resume(as_process):
 
 def test_train_batches_with_synthetic_dataset():
   """get_dataset('synthetic') + train_batches: x float32 [B, 28, 28, 1] in [-1, 1], matching the records."""
-  config = default_config()
-  config.data.name = "synthetic"
-  config.data.num_train = 96
-  config.data.num_test = 32
-  train, test, info = get_dataset(config.data)
+  dataset = get_dataset(data_config("synthetic", num_train=96, num_test=32))
+  train, test, info = dataset.split("train"), dataset.split("test"), dataset.info
   assert len(train) == 96 and len(test) == 32 and info.shape == (28, 28, 1)
   batch = next(pipeline.train_batches(train, info.preprocess, global_batch=B, seed=0, num_threads=1))
   chex.assert_shape(batch["x"], (B, 28, 28, 1))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ae_jax import checkpoint, data, train
+from ae_jax.data import data_config
 from ae_jax.data import spoken_digit as sd
 from experiments.configs import seq_vae_spoken_digit
 
@@ -54,7 +55,7 @@ def archive(tmp_path_factory):
 def data_dir(tmp_path_factory, archive):
   """A tfds data_dir with spoken_digit_wav prepared from the synthetic archive (once per module)."""
   d = str(tmp_path_factory.mktemp("tfds"))
-  sd.load_split("train", data_dir=d, archive=archive)
+  sd.load_split("train", data_config("spoken_digit", data_dir=d, archive=archive))
   return d
 
 
@@ -104,8 +105,10 @@ def test_to_image_puts_low_frequencies_at_the_bottom():
 
 
 def test_builder_keeps_the_official_split_and_the_raw_audio(data_dir, archive):
-  test = sd.load_split("test", data_dir=data_dir, archive="/nonexistent")  # prepared: archive not needed
-  train_ = sd.load_split("train", data_dir=data_dir, archive="/nonexistent")
+  test = sd.load_split(
+    "test", data_config("spoken_digit", data_dir=data_dir, archive="/nonexistent")
+  )  # prepared: archive not needed
+  train_ = sd.load_split("train", data_config("spoken_digit", data_dir=data_dir, archive="/nonexistent"))
   assert (len(train_), len(test)) == (12, 20)
   for source, split in ((train_, "train"), (test, "test")):
     for i in range(len(source)):
@@ -117,8 +120,10 @@ def test_builder_keeps_the_official_split_and_the_raw_audio(data_dir, archive):
 
 
 def test_missing_archive_says_how_to_get_the_data(tmp_path):
-  with pytest.raises(FileNotFoundError, match="FSDD_ARCHIVE"):
-    sd.load_split("train", data_dir=str(tmp_path), archive=str(tmp_path / "missing.tar.gz"))
+  with pytest.raises(FileNotFoundError, match="set config.data.archive"):
+    sd.load_split(
+      "train", data_config("spoken_digit", data_dir=str(tmp_path), archive=str(tmp_path / "missing.tar.gz"))
+    )
 
 
 def _config(data_dir, archive, **data_overrides):
@@ -129,10 +134,12 @@ def _config(data_dir, archive, **data_overrides):
 
 def test_cached_and_streamed_features_agree(data_dir, archive):
   c = _config(data_dir, archive)
-  assert data.example_shape(c.data) == (6, 17)
-  train_c, test_c, info = data.get_dataset(c.data)
+  assert data.example_spec(c.data) == data.ExampleSpec((6, 17), masked=True)
+  cached = data.get_dataset(c.data)
+  train_c, test_c, info = cached.split("train"), cached.split("test"), cached.info
   c.data.cache_in_memory = False
-  train_s, test_s, info_s = data.get_dataset(c.data)
+  streamed = data.get_dataset(c.data)
+  train_s, test_s, info_s = streamed.split("train"), streamed.split("test"), streamed.info
   assert isinstance(train_c, data.ArraySource) and not isinstance(train_s, data.ArraySource)
   for a, b, i in ((train_c, train_s, 3), (test_c, test_s, 11)):
     ea, eb = info.preprocess(a[i], i), info_s.preprocess(b[i], i)
@@ -158,7 +165,7 @@ def test_config_trains_and_restores_batchnorm_statistics(data_dir, archive, tmp_
   stats = first["state"].model_state["batch_stats"]
   assert not np.allclose(stats["encoder"]["norm_0"]["var"], 1.0)  # moved away from the initial value
   assert np.isfinite(first["metrics"]["test/loss"]) and first["metrics"]["test/kl"] > 0
-  model, _, tx, _ = train.build(c, first["info"].shape)
+  model, _, tx, _ = train.build(c, first["dataset"].info.shape)
   template = train.create_train_state(model, tx, np.zeros((1, 6, 17), np.float32), c.seed)
   ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), keep=3, async_save=False)
   assert ckpt.latest_step() == 3

@@ -90,7 +90,8 @@ def test_outputs_and_input_shape_check():
 def test_decoder_is_encoder_transposed_after_training(tied_config):
   """After pmapped Adam steps, decode(one-hot codes) and the full forward pass equal a numpy computation
   that uses the (moved) encoder kernels transposed as the decoder's weights."""
-  train_src, _, info = get_dataset(tied_config.data)
+  dataset = get_dataset(tied_config.data)
+  train_src, info = dataset.split("train"), dataset.info
   model, objective, tx, schedule = train.build(tied_config, info.shape)
   state = train.create_train_state(model, tx, info.preprocess(train_src[0], 0)["x"][None], tied_config.seed)
   step = functools.partial(train.train_step, model=model, objective=objective, tx=tx, learning_rate=schedule)

@@ -19,7 +19,8 @@ from ae_jax.preemption import Preemption
 
 
 def _setup(config):
-  train_src, _, info = get_dataset(config.data)
+  dataset = get_dataset(config.data)
+  train_src, info = dataset.split("train"), dataset.info
   model, objective, tx, schedule = train.build(config, info.shape)
   state = train.create_train_state(model, tx, info.preprocess(train_src[0], 0)["x"][None], config.seed)
   step = functools.partial(train.train_step, model=model, objective=objective, tx=tx, learning_rate=schedule)
@@ -135,7 +136,8 @@ def test_metrics_jsonl_and_tensorboard(tiny_config, tmp_path):
 def test_eval_is_exact_mean_over_test_set(tiny_config, tmp_path):
   """The pmapped, padded evaluation equals a plain per-example mean over all 40 test examples."""
   summary = train.train_and_evaluate(tiny_config, str(tmp_path))
-  _, test_src, info = get_dataset(tiny_config.data)
+  dataset = get_dataset(tiny_config.data)
+  test_src, info = dataset.split("test"), dataset.info
   x = np.stack([info.preprocess(r, 0)["x"] for r in test_src])
   recon = summary["model"].apply({"params": summary["state"].params}, x)["recon"]
   expected = float(np.mean(np.square(np.asarray(recon) - x)))
@@ -166,17 +168,20 @@ def test_preemption_saves_and_resumes(tiny_config, tmp_path, monkeypatch):
 
 def test_keep_best_reports_the_lowest_evaluation_and_survives_a_restart(tiny_config, tmp_path, monkeypatch):
   """Gradient ascent on the MSE from step 7 on makes the last state worse than earlier ones: keep_best
-  returns the evaluated state with the lowest test/mse, and a run stopped at step 9 and rerun agrees."""
+  returns the evaluated state with the lowest validation/mse, and a run stopped at step 9 and rerun
+  agrees."""
   monkeypatch.setattr(train, "loss_weights", lambda c: {"mse": lambda s: jnp.where(s >= 6, -1.0, 1.0)})
-  tiny_config.update({"keep_best": "test/mse", "eval_every": 2, "optimizer": {"learning_rate": 3e-2}})
+  tiny_config.update({"keep_best": "validation/mse", "eval_every": 2, "optimizer": {"learning_rate": 3e-2}})
+  tiny_config.data.validation_size = 16
   full = train.train_and_evaluate(tiny_config, str(tmp_path / "full"))
   with open(tmp_path / "full" / "metrics.jsonl") as f:
-    evals = {r["step"]: r["test/mse"] for r in map(json.loads, f) if "test/mse" in r}
+    evals = {r["step"]: r["validation/mse"] for r in map(json.loads, f) if "validation/mse" in r}
   best_step = min(evals, key=evals.get)
   assert 2 <= best_step < 12 and evals[12] > evals[best_step]  # the ascent made the last state worse
-  assert full["step"] == best_step and full["metrics"]["test/mse"] == pytest.approx(
+  assert full["step"] == best_step and full["metrics"]["validation/mse"] == pytest.approx(
     evals[best_step], rel=1e-6
   )
+  assert "test/mse" in full["metrics"]  # the test split is reported, not selected on
   assert int(full["state"].step) == best_step
   monkeypatch.setattr(Preemption, "agreed", lambda self, step, every: step == 9)
   assert train.train_and_evaluate(tiny_config, str(tmp_path / "stopped"))["preempted"]
@@ -187,14 +192,18 @@ def test_keep_best_reports_the_lowest_evaluation_and_survives_a_restart(tiny_con
   again = train.train_and_evaluate(tiny_config, str(tmp_path / "full"))  # a finished run reports the same
   assert again["step"] == best_step and again["metrics"] == full["metrics"]
   chex.assert_trees_all_equal(_params(full), _params(again))
-  tiny_config.keep_best = "test/loss"  # another metric cannot continue this run's selection
-  with pytest.raises(checkpoint.CheckpointMismatchError, match="keeps the best state by test/mse"):
+  tiny_config.keep_best = "validation/loss"  # another metric cannot continue this run's selection
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="keeps the best state by validation/mse"):
     train.train_and_evaluate(tiny_config, str(tmp_path / "stopped"))
 
 
-def test_keep_best_must_name_an_evaluation_loss(tiny_config):
-  tiny_config.keep_best = "test/los"
-  with pytest.raises(ValueError, match="keep_best='test/los' is not an evaluation loss; use one of"):
+def test_keep_best_must_name_a_validation_loss(tiny_config):
+  tiny_config.keep_best = "test/loss"
+  with pytest.raises(ValueError, match="not a validation loss.*set config.data.validation_size"):
+    check_config(tiny_config, num_processes=1, local_devices=8)
+  tiny_config.data.validation_size = 16
+  tiny_config.keep_best = "validation/los"
+  with pytest.raises(ValueError, match=r"use one of \['validation/loss', 'validation/mse'\]"):
     check_config(tiny_config, num_processes=1, local_devices=8)
 
 

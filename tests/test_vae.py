@@ -173,7 +173,7 @@ def test_vae_trains_and_likelihood_evaluation_runs(tiny_config, tmp_path):
   c.loss = {"bernoulli_nll": 1.0, "kl": 1.0}
   c.total_steps, c.optimizer.learning_rate = 30, 1e-2
   summary = train.train_and_evaluate(c, str(tmp_path))
-  state, model, info = summary["state"], summary["model"], summary["info"]
+  state, model, info = summary["state"], summary["model"], summary["dataset"].info
   test = synthetic_images(40, (8, 8, 1), seed=2)
   result = evaluate_likelihood(model, state, test, info, num_samples=200, chunk_size=50, batch_size=16)
   neg_elbo = summary["metrics"]["test/bernoulli_nll"] + summary["metrics"]["test/kl"]

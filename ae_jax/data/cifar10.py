@@ -1,10 +1,10 @@
 """CIFAR-10 as a random-access data source, offline and without TensorFlow.
 
-Sources, in order of preference (see `load_cifar10`):
+Sources, in order of preference (see `load_split`):
   (a) tfds' own `cifar10`, if already prepared (array_record) in `data_dir`;
   (b) the local `cifar10_jpeg` builder below, prepared once from an archive of JPEG files laid out as
-      `*/{train,test}/<class name>/*.jpg` (the offline copy `../shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz`
-      relative to the repository root; `config.data.archive` or env `CIFAR10_JPEG` override it).
+      `*/{train,test}/<class name>/*.jpg` (`config.data.archive`, else
+      `<data root>/cifar10-jpeg/cifar10-jpeg.tar.gz`, the offline copy in ../shared/data).
 
 Records are dicts `{'image': uint8 [32, 32, 3], 'label': int64 scalar in [0, 10)}`. The JPEG copy is lossy
 (about quality 75): its pixels, and so its training variance, differ slightly from the original PNGs.
@@ -13,29 +13,23 @@ Records are dicts `{'image': uint8 [32, 32, 3], 'label': int64 scalar in [0, 10)
 from __future__ import annotations
 
 import io
-import logging
 import os
 import tarfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-log = logging.getLogger(__name__)
+from ae_jax.data import images, sources
+from ae_jax.errors import DataError, DataNotFoundError
 
 # tfds' cifar10 label order; the archive's folder names.
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SPLITS = ("train", "test")
 SHAPE = (32, 32, 3)
-_REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_ARCHIVE = str(_REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "cifar10-jpeg.tar.gz")
-
-
-def default_archive() -> str:
-  """$CIFAR10_JPEG if set, else `../shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz` from the repository root."""
-  return os.environ.get("CIFAR10_JPEG") or DEFAULT_ARCHIVE
 
 
 def read_archive(archive: str | os.PathLike) -> dict[str, list[tuple[str, int, bytes]]]:
@@ -45,7 +39,7 @@ def read_archive(archive: str | os.PathLike) -> dict[str, list[tuple[str, int, b
   records of a split, shown in reconstruction grids, cover every class.
 
   A member counts when its path ends in `<split>/<class name>/<file>.jpg` (any leading folders). Raises
-  ValueError for an unknown class folder or a split without images.
+  DataError for an unknown class folder or a split without images.
   """
   out: dict[str, list[tuple[str, int, bytes]]] = {split: [] for split in SPLITS}
   with tarfile.open(archive) as tar:
@@ -57,25 +51,25 @@ def read_archive(archive: str | os.PathLike) -> dict[str, list[tuple[str, int, b
       if split not in out:
         continue
       if label_name not in CLASS_NAMES:
-        raise ValueError(
+        raise DataError(
           f"{archive}: unknown class folder '{label_name}' in {member.name}; expected {CLASS_NAMES}"
         )
       out[split].append((member.name, CLASS_NAMES.index(label_name), tar.extractfile(member).read()))
   for split, items in out.items():
     if not items:
-      raise ValueError(f"{archive}: no {split}/<class>/*.jpg images found")
+      raise DataError(f"{archive}: no {split}/<class>/*.jpg images found")
     items.sort(key=lambda item: (item[0].rsplit("/", 1)[-1], item[1], item[0]))
   return out
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:
-  """JPEG bytes -> uint8 [32, 32, 3] RGB (Pillow); raises ValueError for another size."""
+  """JPEG bytes -> uint8 [32, 32, 3] RGB (Pillow); raises DataError for another size."""
   from PIL import Image
 
   with Image.open(io.BytesIO(data)) as im:
     image = np.asarray(im.convert("RGB"), np.uint8)
   if image.shape != SHAPE:
-    raise ValueError(f"expected a {SHAPE} image, got {image.shape}")
+    raise DataError(f"expected a {SHAPE} image, got {image.shape}")
   return image
 
 
@@ -116,7 +110,7 @@ class Cifar10Jpeg(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
     del dl_manager  # everything is local
     if not self._archive or not os.path.isfile(self._archive):
-      raise FileNotFoundError(f"CIFAR-10 JPEG archive not found: {self._archive!r}")
+      raise DataNotFoundError(f"CIFAR-10 JPEG archive not found: {self._archive!r}")
     files = read_archive(self._archive)
     return {split: self._generate_examples(files[split]) for split in SPLITS}
 
@@ -125,55 +119,31 @@ class Cifar10Jpeg(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       yield path, {"image": decode_jpeg(data), "label": label}
 
 
-def _tfds_cifar10(split: str, data_dir: str | None) -> Sequence | None:
-  """Source (a): tfds' own `cifar10` if prepared as array_record in data_dir; else None."""
-  root = data_dir or os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
-  if not os.path.isdir(os.path.join(root, "cifar10")):
-    return None
-  builder = tfds.builder("cifar10", data_dir=data_dir)
-  if not builder.is_prepared():
-    return None
-  try:
-    source = builder.as_data_source(split=split)
-  except NotImplementedError:  # prepared, but as tfrecord
-    log.warning("tfds cifar10 in %s is not array_record; skipping it.", builder.data_dir)
-    return None
-  log.info("CIFAR-10 %s: tfds cifar10 from %s (%d records)", split, builder.data_dir, len(source))
-  return source
+ARCHIVE = Path("cifar10-jpeg") / "cifar10-jpeg.tar.gz"  # under the data root
 
 
-def load_cifar10(
-  split: str, *, data_dir: str | None, archive: str | None = None, download: bool = False
-) -> Sequence[dict[str, Any]]:
-  """A random-access CIFAR-10 split: tfds' `cifar10` if prepared, else the local `cifar10_jpeg` dataset,
-  prepared from `archive` on first use (then read from `data_dir`; the archive is not needed again).
+def load_split(split: str, data: ml_collections.ConfigDict) -> Sequence[dict[str, Any]]:
+  """A random-access CIFAR-10 split: tfds' `cifar10` if prepared in config.data.data_dir (or downloaded
+  with config.data.download), else the local `cifar10_jpeg` dataset, prepared once from the JPEG archive
+  (config.data.archive, else <data root>/cifar10-jpeg/cifar10-jpeg.tar.gz). Records: {'image': uint8
+  [32, 32, 3], 'label': int64}."""
+  archive = Path(data.archive) if data.archive else sources.data_root(data) / ARCHIVE
+  return sources.tfds_or_local(
+    "cifar10",
+    split,
+    data,
+    lambda: Cifar10Jpeg(archive=archive, data_dir=data.data_dir),
+    archive,
+    "set config.data.archive to a tar(.gz) of {train,test}/<class>/*.jpg, or install "
+    "ae-jax[tfds-download] (TensorFlow) and set config.data.download=True to fetch tfds' cifar10",
+  )
 
-  Args:
-    split: tfds split spec ("train", "test", "train[:10%]", ...).
-    data_dir: tfds data dir; None means $TFDS_DATA_DIR or ~/tensorflow_datasets.
-    archive: the JPEG archive; None means `default_archive()`.
-    download: let tfds download and prepare its own `cifar10` (needs TensorFlow).
-  Returns:
-    Sequence with `len()` and `[i]` -> {'image': uint8 [32, 32, 3], 'label': int64 scalar}.
-  Raises:
-    FileNotFoundError: nothing prepared and no archive (one line saying how to get one).
-  """
-  source = _tfds_cifar10(split, data_dir)
-  if source is not None:
-    return source
-  if download:
-    return tfds.data_source("cifar10", split=split, data_dir=data_dir, download=True)
-  archive = archive or default_archive()
-  builder = Cifar10Jpeg(archive=archive, data_dir=data_dir)
-  if not builder.is_prepared():
-    if not os.path.isfile(archive):
-      raise FileNotFoundError(
-        f"CIFAR-10 not found (nothing prepared in data_dir={data_dir!r}, no archive at {archive!r}): set "
-        "config.data.archive or env CIFAR10_JPEG to a tar(.gz) of {train,test}/<class>/*.jpg, or install "
-        "ae-jax[tfds-download] (TensorFlow) and set config.data.download=True to fetch tfds' cifar10"
-      )
-    log.info("Preparing cifar10_jpeg from %s into %s (decodes 60,000 JPEGs once)", archive, builder.data_dir)
-    builder.download_and_prepare()
-  source = builder.as_data_source(split=split)
-  log.info("CIFAR-10 %s: cifar10_jpeg from %s (%d records)", split, builder.data_dir, len(source))
-  return source
+
+images.register_fixed_size(
+  "cifar10",
+  load_split,
+  SHAPE,
+  class_names=CLASS_NAMES,
+  options={"archive": ml_collections.config_dict.placeholder(str)},  # None: <data root>/cifar10-jpeg/...
+  description="CIFAR-10 (tfds cifar10, or a local archive of JPEGs in {train,test}/<class>/)",
+)

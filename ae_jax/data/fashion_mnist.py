@@ -1,9 +1,10 @@
 """Fashion-MNIST as a random-access data source, offline and without TensorFlow.
 
-Sources, in order of preference (see `load_fashion_mnist`):
+Sources, in order of preference (see `load_split`):
   (a) tfds' own `fashion_mnist`, if already prepared (array_record) in `data_dir`;
   (b) the local `fashion_mnist_idx` builder below, prepared once from the four
-      original idx files (e.g. Debian's `dataset-fashion-mnist` package).
+      original idx files (`config.data.idx_dir`, else Debian's `dataset-fashion-mnist` package in
+      /usr/share/datasets/fashion-mnist, else `<data root>/fashion-mnist`).
 
 Records are dicts `{'image': uint8 [28, 28, 1], 'label': int64 scalar in [0, 10)}`.
 """
@@ -11,18 +12,19 @@ Records are dicts `{'image': uint8 [28, 28, 1], 'label': int64 scalar in [0, 10)
 from __future__ import annotations
 
 import gzip
-import importlib.util
-import logging
 import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-log = logging.getLogger(__name__)
+from ae_jax.data import images, sources
+from ae_jax.errors import DataError, DataNotFoundError
 
-DEFAULT_IDX_DIR = os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
+SHAPE = (28, 28, 1)
 
 CLASS_NAMES = (
   "T-shirt/top",
@@ -58,7 +60,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     Fashion-MNIST: images [N, 28, 28], labels [N]).
 
   Raises:
-    ValueError: the file is not a well-formed idx file.
+    DataError: the file is not a well-formed idx file.
   """
   with open(path, "rb") as f:
     raw = f.read()
@@ -66,17 +68,17 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     try:
       raw = gzip.decompress(raw)
     except (OSError, EOFError) as e:
-      raise ValueError(f"{path}: corrupt gzip data ({e})") from None
+      raise DataError(f"{path}: corrupt gzip data ({e})") from None
   if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES:
-    raise ValueError(f"{path}: not an idx file (bad magic number {raw[:4].hex() or 'empty'})")
+    raise DataError(f"{path}: not an idx file (bad magic number {raw[:4].hex() or 'empty'})")
   dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
   header = 4 + 4 * ndim
   if len(raw) < header:
-    raise ValueError(f"{path}: truncated idx header ({len(raw)} bytes, need {header})")
+    raise DataError(f"{path}: truncated idx header ({len(raw)} bytes, need {header})")
   shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
   expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
   if len(raw) != expected:
-    raise ValueError(f"{path}: idx size mismatch (shape {shape} needs {expected} bytes, file has {len(raw)})")
+    raise DataError(f"{path}: idx size mismatch (shape {shape} needs {expected} bytes, file has {len(raw)})")
   data = np.frombuffer(raw, dtype, offset=header).reshape(shape)
   return data.astype(dtype.newbyteorder("="))
 
@@ -101,17 +103,17 @@ def read_idx_split(idx_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, 
   """Returns (images uint8 [N, 28, 28, 1], labels uint8 [N]) of `split` from `idx_dir`."""
   paths = [_find_idx_file(idx_dir, stem) for stem in IDX_FILES[split]]
   if None in paths:
-    raise FileNotFoundError(f"Missing Fashion-MNIST {split} idx files in {idx_dir}")
-  images, labels = read_idx(paths[0]), read_idx(paths[1])
-  if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-    raise ValueError(f"{paths[0]}: expected uint8 images [N, 28, 28], got {images.dtype} {images.shape}")
+    raise DataNotFoundError(f"Missing Fashion-MNIST {split} idx files in {idx_dir}")
+  pixels, labels = read_idx(paths[0]), read_idx(paths[1])
+  if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[1:] != (28, 28):
+    raise DataError(f"{paths[0]}: expected uint8 images [N, 28, 28], got {pixels.dtype} {pixels.shape}")
   if (
-    labels.dtype != np.uint8 or labels.shape != images.shape[:1] or labels.max(initial=0) >= len(CLASS_NAMES)
+    labels.dtype != np.uint8 or labels.shape != pixels.shape[:1] or labels.max(initial=0) >= len(CLASS_NAMES)
   ):
-    raise ValueError(
-      f"{paths[1]}: expected {len(images)} uint8 labels in [0, 10), got {labels.dtype} {labels.shape}"
+    raise DataError(
+      f"{paths[1]}: expected {len(pixels)} uint8 labels in [0, 10), got {labels.dtype} {labels.shape}"
     )
-  return images[..., None], labels
+  return pixels[..., None], labels
 
 
 class FashionMnistIdx(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -156,7 +158,7 @@ class FashionMnistIdx(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
     del dl_manager  # Everything is local.
     if not has_idx_files(self._idx_dir):
-      raise FileNotFoundError(f"Fashion-MNIST idx files not found in idx_dir={self._idx_dir!r}")
+      raise DataNotFoundError(f"Fashion-MNIST idx files not found in idx_dir={self._idx_dir!r}")
     return {split: self._generate_examples(*read_idx_split(self._idx_dir, split)) for split in IDX_FILES}
 
   def _generate_examples(self, images: np.ndarray, labels: np.ndarray) -> Iterator[tuple[int, dict]]:
@@ -164,81 +166,42 @@ class FashionMnistIdx(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       yield i, {"image": image, "label": int(label)}
 
 
-def _not_found_message(data_dir: str | None, idx_dir: str | None) -> str:
-  return (
-    f"Fashion-MNIST not found (nothing prepared in data_dir={data_dir!r}, no idx files in "
-    f"idx_dir={idx_dir!r}): run `apt-get install dataset-fashion-mnist` (puts the idx files in "
-    "/usr/share/datasets/fashion-mnist) or point config.data.idx_dir / env var FASHION_MNIST_DIR "
-    "at a folder with the four idx files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-    "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, optionally .gz); or install "
-    "ae-jax[tfds-download] (TensorFlow) and set config.data.download=True to fetch tfds' fashion_mnist."
+DEBIAN_IDX_DIR = "/usr/share/datasets/fashion-mnist"  # apt-get install dataset-fashion-mnist
+
+
+def idx_dir(data: ml_collections.ConfigDict) -> Path:
+  """config.data.idx_dir, else Debian's folder when it has the files, else <data root>/fashion-mnist."""
+  if data.idx_dir:
+    return Path(data.idx_dir)
+  if has_idx_files(DEBIAN_IDX_DIR):
+    return Path(DEBIAN_IDX_DIR)
+  return sources.data_root(data) / "fashion-mnist"
+
+
+def load_split(split: str, data: ml_collections.ConfigDict) -> Sequence[dict[str, Any]]:
+  """A random-access Fashion-MNIST split: tfds' `fashion_mnist` if prepared in config.data.data_dir (or
+  downloaded with config.data.download), else the local `fashion_mnist_idx` dataset, prepared once from
+  the idx files (`idx_dir`). Records: {'image': uint8 [28, 28, 1], 'label': int64}."""
+  folder = idx_dir(data)
+  return sources.tfds_or_local(
+    "fashion_mnist",
+    split,
+    data,
+    lambda: FashionMnistIdx(idx_dir=folder, data_dir=data.data_dir),
+    folder,
+    "run `apt-get install dataset-fashion-mnist` (puts the four idx files in "
+    f"{DEBIAN_IDX_DIR}), or set config.data.idx_dir to a folder with train-images-idx3-ubyte, "
+    "train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (optionally .gz), or "
+    "install ae-jax[tfds-download] and set config.data.download=True to fetch tfds' fashion_mnist",
+    local_ready=has_idx_files(folder),
   )
 
 
-def _tfds_fashion_mnist(split: str, data_dir: str | None, download: bool) -> Sequence | None:
-  """Source (a): tfds' own `fashion_mnist`, if prepared (or downloadable); else None."""
-  root = data_dir or os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
-  if not download and not os.path.isdir(os.path.join(root, "fashion_mnist")):
-    return None  # nothing to read; asking tfds would only log a warning about the missing folder
-  builder = tfds.builder("fashion_mnist", data_dir=data_dir)
-  if not builder.is_prepared():
-    if not download:
-      return None
-    if importlib.util.find_spec("tensorflow") is None:
-      log.warning(
-        "download=True ignored: preparing tfds' fashion_mnist needs TensorFlow "
-        "(pip install ae-jax[tfds-download]); trying the idx files instead."
-      )
-      return None
-    log.info("Downloading and preparing tfds fashion_mnist into %s", builder.data_dir)
-    builder.download_and_prepare(file_format="array_record")
-  try:
-    source = builder.as_data_source(split=split)
-  except NotImplementedError:  # Prepared, but in a non random-access format (tfrecord).
-    log.warning("tfds fashion_mnist in %s is not array_record; skipping it.", builder.data_dir)
-    return None
-  log.info("Fashion-MNIST %s: tfds fashion_mnist from %s (%d records)", split, builder.data_dir, len(source))
-  return source
-
-
-def load_fashion_mnist(
-  split: str,
-  *,
-  data_dir: str | None,
-  idx_dir: str | None = DEFAULT_IDX_DIR,
-  download: bool = False,
-) -> Sequence[dict[str, Any]]:
-  """Returns a random-access Fashion-MNIST split.
-
-  Tries (a) tfds' `fashion_mnist` prepared in `data_dir` (downloaded first only
-  if `download=True` and TensorFlow is installed), then (b) the local
-  `fashion_mnist_idx` dataset in `data_dir`, preparing it from `idx_dir` on the
-  first call (written to a temporary dir and renamed when complete, so a failed
-  preparation leaves nothing that reads as prepared).
-
-  Args:
-    split: tfds split spec: "train", "test", or a slice such as "train[:90%]".
-    data_dir: tfds data dir; None means tfds' default ($TFDS_DATA_DIR or
-      ~/tensorflow_datasets).
-    idx_dir: folder with the four idx files (not needed once prepared).
-    download: allow downloading tfds' `fashion_mnist` (needs TensorFlow).
-
-  Returns:
-    Sequence supporting `len()` and `[i]` -> `{'image': uint8 [28, 28, 1],
-    'label': int64 scalar}`.
-
-  Raises:
-    FileNotFoundError: no source is available (one line saying how to get one).
-  """
-  source = _tfds_fashion_mnist(split, data_dir, download)
-  if source is not None:
-    return source
-  builder = FashionMnistIdx(idx_dir=idx_dir, data_dir=data_dir)
-  if not builder.is_prepared():
-    if not has_idx_files(idx_dir):
-      raise FileNotFoundError(_not_found_message(data_dir, idx_dir))
-    log.info("Preparing fashion_mnist_idx from %s into %s", idx_dir, builder.data_dir)
-    builder.download_and_prepare()
-  source = builder.as_data_source(split=split)
-  log.info("Fashion-MNIST %s: fashion_mnist_idx from %s (%d records)", split, builder.data_dir, len(source))
-  return source
+images.register_fixed_size(
+  "fashion_mnist",
+  load_split,
+  SHAPE,
+  class_names=CLASS_NAMES,
+  options={"idx_dir": ml_collections.config_dict.placeholder(str)},  # None: Debian's, else the data root's
+  description="Zalando's Fashion-MNIST (60,000 + 10,000 28x28 grayscale images, 10 classes)",
+)

@@ -9,8 +9,8 @@ Sources, in order of preference (see `load_split`):
       local archive as a manual download when it exists). It has one `train` split with every recording;
       the official split is rebuilt from its `audio/filename` field.
   (b) the local `spoken_digit_wav` builder below, prepared once from the archive (`config.data.archive`,
-      env `FSDD_ARCHIVE`, else `../shared/data/fsdd/free-spoken-digit-dataset-1.0.9.tar.gz` next to the
-      repository). It stores the raw int16 audio (variable length), label, speaker and index.
+      else `<data root>/fsdd/free-spoken-digit-dataset-1.0.9.tar.gz`). It stores the raw int16 audio
+      (variable length), label, speaker and index.
 
 Features (`spectrogram_features`): periodic-Hann STFT with n_fft = 400 (201 bins, 50 ms) and hop 160
 (20 ms), magnitude in dB relative to full scale, mapped from the fixed range DB_RANGE = [-80, 20] dB to
@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import logging
 import os
 import re
 import tarfile
 import wave
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,8 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-log = logging.getLogger(__name__)
+from ae_jax.data import registry, sources
+from ae_jax.errors import DataError, DataNotFoundError
 
 SAMPLE_RATE = 8000
 N_FFT = 400  # 201 frequency bins
@@ -49,18 +49,12 @@ ARCHIVE_URL = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/v
 _NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
 
 
-def default_archive() -> str:
-  """$FSDD_ARCHIVE, else ../shared/data/fsdd/<archive> relative to the repository root."""
-  repo_root = Path(__file__).resolve().parents[2]
-  return os.environ.get("FSDD_ARCHIVE") or str(repo_root.parent / "shared" / "data" / "fsdd" / ARCHIVE_NAME)
-
-
 def parse_name(filename: str | bytes) -> tuple[int, str, int]:
   """'7_jackson_32.wav' (any directory prefix) -> (digit 7, speaker 'jackson', index 32)."""
   name = os.path.basename(filename.decode() if isinstance(filename, bytes) else filename)
   m = _NAME.match(name)
   if m is None:
-    raise ValueError(f"not an FSDD recording name (digit_speaker_index.wav): {name!r}")
+    raise DataError(f"not an FSDD recording name (digit_speaker_index.wav): {name!r}")
   return int(m.group(1)), m.group(2), int(m.group(3))
 
 
@@ -73,7 +67,7 @@ def read_wav(data: bytes) -> np.ndarray:
   """Mono 16-bit PCM wav bytes -> int16 samples [N]; raises ValueError for any other format."""
   with wave.open(io.BytesIO(data)) as w:
     if w.getnchannels() != 1 or w.getsampwidth() != 2 or w.getframerate() != SAMPLE_RATE:
-      raise ValueError(
+      raise DataError(
         f"expected mono 16-bit {SAMPLE_RATE} Hz audio, got {w.getnchannels()} channel(s), "
         f"{8 * w.getsampwidth()}-bit, {w.getframerate()} Hz"
       )
@@ -177,7 +171,7 @@ class SpokenDigitWav(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
     del dl_manager  # everything is local
     if not self._archive or not os.path.isfile(self._archive):
-      raise FileNotFoundError(f"FSDD archive not found: {self._archive!r}")
+      raise DataNotFoundError(f"FSDD archive not found: {self._archive!r}")
     splits: dict[str, list[tuple[str, np.ndarray]]] = {"train": [], "test": []}
     for filename, audio in read_archive(self._archive):
       splits[split_of(parse_name(filename)[2])].append((filename, audio))
@@ -190,97 +184,54 @@ class SpokenDigitWav(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       yield filename, record
 
 
-class SplitView:
-  """Random-access view of the records `indices` of `source` (e.g. one split of tfds' spoken_digit)."""
+def _official_split(split: str) -> Callable[[Sequence], Sequence]:
+  """Selects the recordings of the official `split` from tfds' single-split spoken_digit by file name."""
 
-  def __init__(self, source: Sequence, indices: Sequence[int]):
-    self._source, self._indices = source, np.asarray(indices, np.int64)
+  def select(source: Sequence) -> Sequence:
+    keep = [i for i in range(len(source)) if split_of(parse_name(source[i]["audio/filename"])[2]) == split]
+    return sources.SplitView(source, keep)
 
-  def __len__(self) -> int:
-    return len(self._indices)
-
-  def __getitem__(self, i: int) -> Any:
-    return self._source[int(self._indices[i])]
+  return select
 
 
-def _tfds_spoken_digit(split: str, data_dir: str | None, archive: str, download: bool) -> Sequence | None:
-  """Source (a): tfds' own spoken_digit (its single split filtered by file name), or None."""
-  root = data_dir or os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
-  present = os.path.isdir(os.path.join(root, "spoken_digit"))
-  if not download and not present:
-    return None  # nothing to read; asking tfds would only log a warning about the missing folder
-  if importlib.util.find_spec("tensorflow") is None:
-    # Its Audio feature builds a TensorFlow dtype when constructed, so even reading it needs TensorFlow.
-    log.warning("tfds' spoken_digit needs TensorFlow (also to read it); using the local wav builder instead.")
-    return None
-  builder = tfds.builder("spoken_digit", data_dir=data_dir)
-  if not builder.is_prepared():
-    if not download:
-      return None
-    manual = os.path.dirname(archive) if os.path.isfile(archive) else None
-    config = tfds.download.DownloadConfig(manual_dir=manual, try_download_gcs=False)
-    builder.download_and_prepare(file_format="array_record", download_config=config)
-  try:
-    source = builder.as_data_source(split="train")
-  except NotImplementedError:  # prepared, but not random access (tfrecord)
-    log.warning("tfds spoken_digit in %s is not array_record; skipping it.", builder.data_dir)
-    return None
-  keep = [i for i in range(len(source)) if split_of(parse_name(source[i]["audio/filename"])[2]) == split]
-  log.info("FSDD %s: tfds spoken_digit from %s (%d records)", split, builder.data_dir, len(keep))
-  return SplitView(source, keep)
-
-
-def load_split(
-  split: str, *, data_dir: str | None, archive: str | None = None, download: bool = False
-) -> Sequence[dict[str, Any]]:
+def load_split(split: str, data: ml_collections.ConfigDict) -> Sequence[dict[str, Any]]:
   """A random-access FSDD split ("train" or "test"): records {"audio": int [N], "label", ...}.
 
-  Tries (a) tfds' `spoken_digit` in `data_dir`, then (b) the local `spoken_digit_wav` builder, prepared
-  from `archive` (default `default_archive()`) on first use. Raises FileNotFoundError (saying how to get
-  the data) when neither is available.
+  tfds' `spoken_digit` in config.data.data_dir when TensorFlow is installed (its Audio feature needs it
+  even to read; it has one split, filtered here by file name), else the local `spoken_digit_wav` dataset
+  prepared once from the archive (config.data.archive, else <data root>/fsdd/<archive>).
   """
   if split not in ("train", "test"):
-    raise ValueError(f"unknown FSDD split {split!r}; choose 'train' or 'test' (recordings 0-4 are 'test')")
-  archive = archive or default_archive()
-  source = _tfds_spoken_digit(split, data_dir, archive, download)
-  if source is not None:
-    return source
-  builder = SpokenDigitWav(archive=archive, data_dir=data_dir)
-  if not builder.is_prepared():
-    if not os.path.isfile(archive):
-      raise FileNotFoundError(
-        f"FSDD not found (nothing prepared in data_dir={data_dir!r}, no archive at {archive!r}): download "
-        f"{ARCHIVE_URL} and point config.data.archive or env FSDD_ARCHIVE at it, or install "
-        "ae-jax[tfds-download] (TensorFlow) and set config.data.download=True to use tfds' spoken_digit"
-      )
-    log.info("Preparing spoken_digit_wav from %s into %s", archive, builder.data_dir)
-    builder.download_and_prepare()
-  source = builder.as_data_source(split=split)
-  log.info("FSDD %s: spoken_digit_wav from %s (%d records)", split, builder.data_dir, len(source))
-  return source
+    raise DataError(f"unknown FSDD split {split!r}; choose 'train' or 'test' (recordings 0-4 are 'test')")
+  archive = Path(data.archive) if data.archive else sources.data_root(data) / "fsdd" / ARCHIVE_NAME
+  has_tf = importlib.util.find_spec("tensorflow") is not None
+  return sources.tfds_or_local(
+    "spoken_digit" if has_tf else None,
+    split,
+    data,
+    lambda: SpokenDigitWav(archive=archive, data_dir=data.data_dir),
+    archive,
+    f"download {ARCHIVE_URL} and set config.data.archive to it, or install ae-jax[tfds-download] "
+    "(TensorFlow) and set config.data.download=True to use tfds' spoken_digit",
+    tfds_split="train",
+    tfds_select=_official_split(split),
+  )
 
 
 def _options(data: ml_collections.ConfigDict) -> dict[str, int]:
-  return {
-    "num_frames": int(data.get("num_frames", NUM_FRAMES)),
-    "n_fft": int(data.get("n_fft", N_FFT)),
-    "hop": int(data.get("hop", HOP)),
-  }
+  return {"num_frames": int(data.num_frames), "n_fft": int(data.n_fft), "hop": int(data.hop)}
 
 
-def example_shape(data: ml_collections.ConfigDict) -> tuple[int, int]:
-  """(num_frames, n_fft // 2 + 1): the per-example model input shape."""
-  opts = _options(data)
-  return opts["num_frames"], opts["n_fft"] // 2 + 1
+def _example(data: ml_collections.ConfigDict) -> registry.ExampleSpec:
+  """x [num_frames, n_fft // 2 + 1] with a frame mask."""
+  return registry.ExampleSpec((int(data.num_frames), int(data.n_fft) // 2 + 1), masked=True)
 
 
-def _cached(source: Sequence, opts: dict[str, int]) -> Any:
+def _cached(source: Sequence, opts: dict[str, int]) -> sources.ArraySource:
   """Every record's spectrogram and mask computed once, held in memory (0.2 ms a recording)."""
-  from ae_jax.data import ArraySource
-
   feats = [spectrogram_features(np.asarray(source[i]["audio"]), **opts) for i in range(len(source))]
   labels = np.asarray([int(source[i]["label"]) for i in range(len(source))], np.int32)
-  return ArraySource(
+  return sources.ArraySource(
     {
       "spectrogram": np.stack([f["x"] for f in feats]),
       "mask": np.stack([f["mask"] for f in feats]),
@@ -289,22 +240,13 @@ def _cached(source: Sequence, opts: dict[str, int]) -> Any:
   )
 
 
-def load_dataset(data: ml_collections.ConfigDict) -> tuple[Sequence, Sequence, Any]:
-  """(train, test, DatasetInfo) for config.data (name "spoken_digit"): x [num_frames, F], mask, label.
-
-  Options (all optional): archive, num_frames, n_fft, hop, data_dir, download, cache_in_memory. With
-  cache_in_memory (default) the spectrograms are computed once at load time and the records are plain
-  arrays; otherwise `preprocess` computes each one from the raw audio as it is read.
-  """
-  from ae_jax.data import DatasetInfo
-
+def _load(data: ml_collections.ConfigDict) -> registry.Dataset:
+  """FSDD as x [num_frames, F], mask [num_frames], label. With cache_in_memory (default) the spectrograms
+  are computed once at load time; otherwise `preprocess` computes each from the raw audio as it is read."""
   opts = _options(data)
-  kwargs = dict(
-    data_dir=data.get("data_dir"), archive=data.get("archive"), download=bool(data.get("download"))
-  )
-  train, test = load_split("train", **kwargs), load_split("test", **kwargs)
-  if data.get("cache_in_memory", True):
-    train, test = _cached(train, opts), _cached(test, opts)
+  splits = {split: load_split(split, data) for split in ("train", "test")}
+  if data.cache_in_memory:
+    splits = {split: _cached(source, opts) for split, source in splits.items()}
 
   def preprocess(record: dict[str, Any], index: int) -> dict[str, np.ndarray]:
     del index  # deterministic features
@@ -314,4 +256,24 @@ def load_dataset(data: ml_collections.ConfigDict) -> tuple[Sequence, Sequence, A
       feats = spectrogram_features(np.asarray(record["audio"]), **opts)
     return {**feats, "label": np.int32(record["label"])}
 
-  return train, test, DatasetInfo(example_shape(data), preprocess, CLASS_NAMES, to_image)
+  return registry.Dataset(
+    "spoken_digit", splits, registry.DatasetInfo(_example(data), preprocess, None, CLASS_NAMES, to_image)
+  )
+
+
+registry.register(
+  registry.DatasetSpec(
+    name="spoken_digit",
+    load=_load,
+    options={
+      "archive": ml_collections.config_dict.placeholder(str),  # None: <data root>/fsdd/<release archive>
+      "num_frames": NUM_FRAMES,  # 20 ms frames kept per recording (longer ones are cropped, shorter padded)
+      "n_fft": N_FFT,  # 201 frequency bins
+      "hop": HOP,
+    },
+    example=_example,
+    class_names=CLASS_NAMES,
+    drawable=True,
+    description="Free Spoken Digit Dataset as log-magnitude spectrograms with a frame mask",
+  )
+)

@@ -14,9 +14,11 @@ model on Fashion-MNIST offline (README "Results").
 """
 
 from ae_jax.config import default_config
+from ae_jax.data import data_config
 from ae_jax.models import model_config
 
 STEPS_PER_EPOCH = 60_000 // 20
+ARGS = ("k=1", "k=50")  # the arguments the config sweep test checks
 
 
 def get_config(arg: str = "k=50"):
@@ -31,9 +33,7 @@ def get_config(arg: str = "k=50"):
     config.loss.kl = 1.0
   else:
     config.loss.iwae = 1.0
-  config.data.name = "mnist"
-  config.data.scale = "unit"
-  config.data.binarize = "dynamic"
+  config.data = data_config("mnist", scale="unit", binarize="dynamic")
   config.batch_size = 20
   config.eval_batch_size = 1000
   epochs = [3**i for i in range(8)]

@@ -8,21 +8,29 @@ r"""LSTM autoencoders for anomaly detection (Malhotra et al. 2016, EncDec-AD): d
         --config experiments/configs/lstm_anomaly.py:ecg_qtdbsel102
     python -m experiments.main --workdir runs/ad_ecg5k \
         --config experiments/configs/lstm_anomaly.py:ecg5000
+    python -m experiments.main --workdir runs/ad_mine --config experiments/configs/lstm_anomaly.py:series \
+        --config.data.path=my_sensor.csv --config.data.columns=temperature --config.data.window=64
+
+`series` is your own series (`series_file`, ae_jax/data/series.py): without ranges it is scored
+unsupervised (trained on the whole series with the 5% largest training errors left out of the loss after
+1,000 steps, then the top discords are reported); with --config.data.{train,validation,test}_ranges it
+follows the semi-supervised protocol below (add --config.trim.fraction=0 --config.keep_best=validation/loss).
 
 The argument is the data set, optionally followed by `,model=NAME` for another family (lstm_ae_repeat,
 lstm_ae_stacked, lstm_ae_seq; default lstm_encdec_ad), e.g. `lstm_anomaly.py:ecg5000,model=lstm_ae_repeat`.
-The model trains on normal windows only (train split); the trainer's "test" loss is that of the normal
-fit split (vN1), and the state with the lowest one is kept (early stopping). After training,
-`ae_jax.anomaly.detect` fits the error Gaussian on vN1, picks the threshold that maximises F0.1 on the
-validation split and reports the test split's precision, recall, F0.1 and ROC-AUC, per point and per
-sequence (consecutive windows: the paper's count), in results.json, with WORKDIR/anomalies.png (ECG5000:
-per beat, with F1: beats are classified, 42% are anomalous).
-Splits, windows and downsampling: ae_jax/data/timeseries.py.
-Data: ../shared/data (or --config.data.root=DIR).
+The model trains on normal windows only (train split); the state with the lowest loss on the normal
+validation split (vN1) is kept (early stopping). After training, `ae_jax.anomaly.detect` fits the error
+Gaussian on vN1, picks the threshold that maximises F0.1 on the threshold split (vN2 + vA) and reports
+the test split's precision, recall, F0.1 and ROC-AUC, per point and per sequence (consecutive windows:
+the paper's count), in results.json, with WORKDIR/anomalies.png (ECG5000: per beat, with F1: beats are
+classified, 42% are anomalous).
+The data sets are series_file presets (files, windows, downsampling, ranges: ae_jax/data/timeseries.py);
+any of their options can be overridden, e.g. --config.data.window=100. Data: the data root
+(--config.data.root, $AE_JAX_DATA, else ../shared/data).
 """
 
 from ae_jax.config import default_config
-from ae_jax.data import timeseries
+from ae_jax.data import data_config, timeseries
 from ae_jax.models import model_config
 
 # data set: (batch size, steps, LSTM width, anomaly options)
@@ -31,7 +39,10 @@ SETTINGS = {
   "space_shuttle": (16, 10_000, 64, {}),
   "ecg_qtdbsel102": (32, 6_000, 64, {"stride": 4}),
   "ecg5000": (16, 3_000, 64, {"beta": 1.0, "shrinkage": 1.0}),
+  "series": (32, 5_000, 64, {"stride": 4}),
 }
+# The arguments the config sweep test checks: every data set, and every family on one of them.
+ARGS = (*SETTINGS, *(f"power_demand,model={m}" for m in ("lstm_ae_seq", "lstm_ae_repeat", "lstm_ae_stacked")))
 # The width option of each family.
 WIDTH = {
   "lstm_encdec_ad": "hidden",
@@ -59,11 +70,11 @@ def get_config(arg: str = "power_demand"):
     # steps at a constant rate: power demand 1.24 vs 0.107, space shuttle 1.92 vs 0.042).
     config.model.teacher_forcing = False
   config.loss.mse = 1.0
-  config.data.name = name
-  config.data.root = ""  # empty: $AE_JAX_DATA_ROOT, else ../shared/data beside the project
-  if name in timeseries.DISCORDS:  # listed so that --config.data.window=... etc. can override them
-    spec = timeseries.DISCORDS[name]
-    config.data.window, config.data.stride, config.data.downsample = spec.window, spec.stride, spec.downsample
+  if name == "series":  # your own series: set --config.data.path (and columns, window, labels, ranges)
+    config.data = data_config("series_file", window=64, stride=4)
+    config.trim.update(fraction=0.05, after=1000)  # robust to the unlabelled anomalies it trains on
+  else:
+    config.data = timeseries.preset(name)  # a series_file config: files, columns, labels, window, ranges
   config.batch_size = batch
   config.eval_batch_size = 256
   config.total_steps = steps
@@ -72,7 +83,8 @@ def get_config(arg: str = "power_demand"):
   config.optimizer.grad_clip_norm = 1.0
   config.log_every = 100
   config.eval_every = 500
-  config.keep_best = "test/loss"  # early stopping on the normal fit split (vN1), as in the paper
+  # early stopping on the normal validation split (vN1), as in the paper
+  config.keep_best = "" if name == "series" else "validation/loss"
   config.checkpoint_every = 1000
   config.anomaly.enabled = True
   config.anomaly.update(anomaly_options)

@@ -14,6 +14,7 @@ tokens reconstructed exactly (argmax), as test/token_accuracy.
 import ml_collections
 
 from ae_jax.config import default_config
+from ae_jax.data import data_config
 from ae_jax.models import model_config
 
 VOCAB, TIME = 32, 32
@@ -23,6 +24,7 @@ WIDTH = {
   "lstm_ae_repeat": "units",
   "lstm_ae_stacked": "embedding_dim",
 }
+ARGS = tuple(WIDTH)  # the arguments the config sweep test checks
 
 
 def get_config(model: str = "lstm_ae_seq"):
@@ -31,11 +33,7 @@ def get_config(model: str = "lstm_ae_seq"):
   config = default_config()
   config.model = model_config(model, vocab_size=VOCAB, embed_dim=16, **{WIDTH[model]: 64})
   config.loss = ml_collections.ConfigDict({"token_xent": 1.0, "token_accuracy": 0.0})
-  config.data.name = "synthetic_sequences"
-  config.data.vocab_size = VOCAB
-  config.data.time = TIME
-  config.data.num_train = 4096
-  config.data.num_test = 512
+  config.data = data_config("synthetic_sequences", vocab_size=VOCAB, time=TIME, num_train=4096, num_test=512)
   config.batch_size = 32
   config.eval_batch_size = 256
   config.total_steps = 1500

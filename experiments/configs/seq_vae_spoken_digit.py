@@ -4,8 +4,8 @@ Run:
     python -m experiments.main --config experiments/configs/seq_vae_spoken_digit.py --workdir runs/seq_vae
     python -m ae_jax.inspect --config experiments/configs/seq_vae_spoken_digit.py
 
-Data: FSDD through tfds (`spoken_digit`) or, offline, the release archive (config.data.archive, env
-FSDD_ARCHIVE, default ../shared/data/fsdd/); 2,250 training and 250 test recordings (numbers 0-4).
+Data: FSDD through tfds (`spoken_digit`) or, offline, the release archive (config.data.archive, else
+<data root>/fsdd/); 2,250 training and 250 test recordings (numbers 0-4).
 Objective: the negative ELBO, bernoulli_nll + kl, both summed over the real (unpadded) frames in nats; mse
 (per element, masked) is reported, not optimised.
 
@@ -14,9 +14,8 @@ nats per recording in 1 active latent dim of 256, masked test MSE 0.0112 (predic
 frame: 0.0229). With --config.loss.kl=0.1 (a beta-VAE): KL 113 nats, 63 active dims, MSE 0.0071.
 """
 
-import ml_collections
-
 from ae_jax.config import default_config
+from ae_jax.data import data_config
 from ae_jax.models import model_config
 
 
@@ -30,11 +29,9 @@ def get_config():
   config.loss.bernoulli_nll = 1.0
   config.loss.kl = 1.0
   config.loss.mse = 0.0  # reported only
-  config.data.name = "spoken_digit"
-  config.data.archive = ml_collections.config_dict.placeholder(str)  # None: $FSDD_ARCHIVE or ../shared
-  config.data.num_frames = 32  # 20 ms frames; 96% of the recordings fit, longer ones are cropped
-  config.data.n_fft = 400  # 201 frequency bins
-  config.data.hop = 160
+  # 20 ms frames, 32 kept (96% of the recordings fit, longer ones are cropped); n_fft 400: 201 bins. The
+  # archive is --config.data.archive, else <data root>/fsdd/ (the data root: $AE_JAX_DATA or ../shared/data).
+  config.data = data_config("spoken_digit", num_frames=32, n_fft=400, hop=160)
   config.batch_size = 64
   config.eval_batch_size = 256  # the whole test set (250) in one padded batch
   config.total_steps = 1000

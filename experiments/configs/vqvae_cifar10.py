@@ -7,17 +7,16 @@ reports NMSE about 0.056 and code perplexity about 326 (per training batch) afte
     python -m experiments.main --config experiments/configs/vqvae_cifar10.py --workdir runs/vqvae_cifar10
 
 Data: tfds `cifar10` if prepared in --config.data.data_dir; otherwise the JPEG copy
-`../shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz` (or --config.data.archive=PATH, or env CIFAR10_JPEG) is
-prepared once into a tfds dataset. Beyond the reference: the codebook starts from k-means++ seeds of the
-first batch's encoder outputs, and codes assigned fewer than 1 of the batch's 2,048 vectors per step (EMA
-count < 1.0; 4 is the average) are re-seeded from the current batch's encoder outputs (as Jukebox's random
-restarts). `--config.model.codebook_init=uniform --config.model.dead_code_threshold=0` is the reference
+`<data root>/cifar10-jpeg/cifar10-jpeg.tar.gz` (the data root: --config.data.root, $AE_JAX_DATA, else
+../shared/data; or --config.data.archive=PATH) is prepared once into a tfds dataset. Beyond the
+reference: the codebook starts from k-means++ seeds of the first batch's encoder outputs, and codes
+assigned fewer than 1 of the batch's 2,048 vectors per step (EMA count < 1.0; 4 is the average) are
+re-seeded from the current batch's encoder outputs (as Jukebox's random restarts). `--config.model.codebook_init=uniform --config.model.dead_code_threshold=0` is the reference
 exactly. `--config.model.quantizer=fsq` swaps in finite scalar quantisation (levels 8,5,5,5).
 """
 
-from ml_collections import config_dict
-
 from ae_jax.config import default_config
+from ae_jax.data import data_config
 from ae_jax.models import model_config
 
 
@@ -40,9 +39,8 @@ def get_config():
   config.loss.nmse = 1.0  # mse / training variance, as the reference
   config.loss.codebook = 1.0  # zero with the EMA codebook; used with --config.model.ema=False
   config.loss.commitment = 1.0  # already scaled by beta
-  config.data.name = "cifar10"
-  config.data.scale = "centered"  # [-0.5, 0.5], as the reference
-  config.data.archive = config_dict.placeholder(str)  # None: $CIFAR10_JPEG or ../shared/data/cifar10-jpeg
+  # [-0.5, 0.5], as the reference; the JPEG archive: --config.data.archive, else <data root>/cifar10-jpeg/
+  config.data = data_config("cifar10", scale="centered")
   config.batch_size = 32
   config.eval_batch_size = 1000
   config.total_steps = 10_000

@@ -1,0 +1,225 @@
+"""The dataset registry: one `DatasetSpec` per dataset, and the checked `config.data` built from it.
+
+A spec says everything the trainer, the inspector and the reports need before any data is read: its
+options and their defaults, the example's shape and dtype, its splits (by role: "train", "validation",
+"test"), class names, whether an example can be drawn as an image, whether it provides the training
+variance, and whether it carries labelled anomalies. `load(config.data)` then returns a `Dataset`: the
+split sources and a `DatasetInfo` (how to turn a record into model inputs).
+
+`config.data` is checked like `config.model`: `data_config(name, **overrides)` lists every option of the
+dataset with its default (so each can be set with --config.data.KEY=VALUE), and `resolve(config.data)`
+rejects a key the dataset does not have, naming the closest one, before any compute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from ae_jax.data import sources
+from ae_jax.errors import ConfigError, did_you_mean
+
+Record = Mapping[str, Any]
+Source = Sequence[Record]
+ROLES = ("train", "validation", "test")
+
+# Options every dataset has (a spec may change their defaults through its own `options`).
+COMMON_OPTIONS: dict[str, Any] = {
+  "root": "",  # local data folder; "": $AE_JAX_DATA, else ../shared/data beside the project
+  "data_dir": ml_collections.config_dict.placeholder(str),  # tfds data_dir; None: tfds' default
+  "download": False,  # let tfds download and prepare (needs TensorFlow: pip install 'ae-jax[tfds-download]')
+  "num_threads": 1,  # grain read threads; records are cheap numpy views, more threads only add GIL contention
+  "cache_in_memory": True,  # read every split into RAM once (fast random access for small datasets)
+  "validation_size": 0,  # > 0: the last N training records become the validation split (if there is none)
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleSpec:
+  """One model input: x's shape (without the batch) and dtype, and whether examples carry a "mask" [T]."""
+
+  shape: tuple[int, ...]
+  dtype: str = "float32"
+  masked: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """How records become model inputs, known once the data is opened.
+
+  preprocess(record, stream_index) -> {"x", "label", optional "mask"} for training; eval_preprocess the
+  same for evaluation (deterministic: e.g. a center crop where training crops at random). to_image maps
+  x [N, ...] to images [N, H, W, C] in [0, 1] for display, or is None. variance_fn: () -> per-element
+  variance of the training inputs in model units (computed on first use, then cached), or None.
+  """
+
+  example: ExampleSpec
+  preprocess: Callable[[Record, int], dict[str, np.ndarray]]
+  eval_preprocess: Callable[[Record, int], dict[str, np.ndarray]] | None = None
+  class_names: tuple[str, ...] | None = None
+  to_image: Callable[[np.ndarray], np.ndarray] | None = None
+  variance_fn: Callable[[], float] | None = None
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return self.example.shape
+
+  @property
+  def variance(self) -> float | None:
+    """The training inputs' per-element variance (computed once, on first use), or None."""
+    return None if self.variance_fn is None else float(self.variance_fn())
+
+  def preprocess_for(self, train: bool) -> Callable[[Record, int], dict[str, np.ndarray]]:
+    """The training or evaluation preprocessing."""
+    return self.preprocess if train or self.eval_preprocess is None else self.eval_preprocess
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """An opened dataset: split sources by role, how to read them, and (series with labelled anomalies)
+  the segments the anomaly detector scores (`ae_jax.data.timeseries.AnomalySplits`)."""
+
+  name: str
+  splits: Mapping[str, Source]
+  info: DatasetInfo
+  anomaly: Any = None
+
+  def split(self, role: str) -> Source:
+    if role not in self.splits:
+      raise ConfigError(
+        f"dataset '{self.name}' has no '{role}' split (it has {sorted(self.splits)}); "
+        + ("set config.data.validation_size=N to hold out N training records" if role == "validation" else "")
+      )
+    return self.splits[role]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """A registered dataset.
+
+  load: resolved config.data -> Dataset (reads or prepares data).
+  options: the dataset's own options with defaults (and any changed COMMON_OPTIONS defaults).
+  example: resolved config.data -> ExampleSpec, without reading data.
+  splits: resolved config.data -> the roles `load` provides.
+  class_names: static label names (None: none, or known only once loaded).
+  drawable: an example can be shown as an image (reconstruction grids).
+  provides_variance: `load` sets info.variance (needed by the `nmse` loss term).
+  anomaly_labels: `load` sets Dataset.anomaly (needed by anomaly detection).
+  """
+
+  name: str
+  load: Callable[[ml_collections.ConfigDict], Dataset]
+  options: Mapping[str, Any]
+  example: Callable[[ml_collections.ConfigDict], ExampleSpec]
+  splits: Callable[[ml_collections.ConfigDict], tuple[str, ...]] = lambda data: ("train", "test")
+  class_names: tuple[str, ...] | None = None
+  drawable: bool = False
+  provides_variance: bool = False
+  anomaly_labels: bool = False
+  description: str = ""
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register(spec: DatasetSpec) -> DatasetSpec:
+  """Adds `spec` to DATASETS (a name may be registered once)."""
+  existing = DATASETS.get(spec.name)
+  if existing is not None and existing.load.__module__ != spec.load.__module__:  # a reload may re-register
+    raise ValueError(f"dataset '{spec.name}' is already registered by {existing.load.__module__}")
+  if "name" in spec.options:
+    raise ValueError(f"dataset '{spec.name}': 'name' cannot be an option")
+  DATASETS[spec.name] = spec
+  return spec
+
+
+def get_spec(name: str) -> DatasetSpec:
+  if name not in DATASETS:
+    raise ConfigError(
+      f"unknown config.data.name '{name}'; {did_you_mean(name, DATASETS)}registered datasets: "
+      f"{sorted(DATASETS)}"
+    )
+  return DATASETS[name]
+
+
+def _defaults(spec: DatasetSpec) -> dict[str, Any]:
+  return {"name": spec.name, **COMMON_OPTIONS, **spec.options}
+
+
+def data_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
+  """`config.data` for dataset `name`: every option with its default, then `overrides` (checked)."""
+  spec = get_spec(name)
+  values = _defaults(spec)
+  for key in overrides:
+    if key not in values:
+      raise ConfigError(
+        f"'{key}' is not an option of dataset '{name}'; {did_you_mean(key, values)}options: {sorted(values)}"
+      )
+  return ml_collections.ConfigDict({**values, **overrides})
+
+
+def resolve(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """config.data with the dataset's defaults for every option it leaves out; raises ConfigError for an
+  unknown dataset or an option the dataset does not have (naming the closest valid one)."""
+  spec = get_spec(data.name)
+  values = _defaults(spec)
+  for key in data.keys():
+    if key not in values:
+      others = sorted(n for n, other in DATASETS.items() if key in other.options)
+      hint = (
+        f"it is an option of {others}: build config.data with data_config('{data.name}', ...) when "
+        "switching datasets"
+        if others
+        else f"{did_you_mean(key, values, 'data.')}its options: {sorted(k for k in values if k != 'name')}"
+      )
+      raise ConfigError(f"config.data.{key} is not an option of dataset '{data.name}'; {hint}")
+  resolved = ml_collections.ConfigDict(values)
+  resolved.update(data.to_dict())
+  return resolved
+
+
+def example_spec(data: ml_collections.ConfigDict) -> ExampleSpec:
+  """The model input of dataset config.data.name (shape, dtype, mask), without reading any data."""
+  resolved = resolve(data)
+  return get_spec(resolved.name).example(resolved)
+
+
+def split_roles(data: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The split roles the dataset provides under this config (e.g. ("train", "validation", "test"))."""
+  resolved = resolve(data)
+  roles = tuple(get_spec(resolved.name).splits(resolved))
+  if resolved.validation_size and "validation" in roles:
+    raise ConfigError(
+      f"dataset '{resolved.name}' has its own validation split; set config.data.validation_size=0"
+    )
+  if resolved.validation_size:
+    roles = ("train", "validation", *(r for r in roles if r != "train"))
+  return roles
+
+
+def finish_splits(data: ml_collections.ConfigDict, splits: Mapping[str, Source]) -> dict[str, Source]:
+  """Applies config.data.validation_size (the last N training records become the validation split) and
+  config.data.cache_in_memory (every split read into RAM once) to a loader's splits."""
+  splits = dict(splits)
+  if data.validation_size and "validation" not in splits:
+    splits["train"], splits["validation"] = sources.hold_out(splits["train"], int(data.validation_size))
+  if data.cache_in_memory:
+    splits = {role: sources.in_memory(s) for role, s in splits.items()}
+  return {r: splits[r] for r in ROLES if r in splits}
+
+
+def get_dataset(data: ml_collections.ConfigDict) -> Dataset:
+  """Opens dataset config.data.name: its splits by role and how to read them (see `finish_splits`)."""
+  resolved = resolve(data)
+  roles = split_roles(resolved)
+  dataset = get_spec(resolved.name).load(resolved)
+  dataset = dataclasses.replace(dataset, splits=finish_splits(resolved, dataset.splits))
+  if set(dataset.splits) != set(roles):  # a loader that disagrees with its spec is a bug
+    raise AssertionError(
+      f"dataset '{resolved.name}' declares splits {roles} but loaded {sorted(dataset.splits)}"
+    )
+  return dataset

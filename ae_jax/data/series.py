@@ -1,0 +1,389 @@
+"""Your own time series (`config.data.name = "series_file"`): windows for the sequence autoencoders, and
+the segments anomaly detection scores.
+
+A series is a CSV or whitespace-separated text file (a header row of names is allowed) or a `.npy`
+array, one row per time step; `columns` picks the value columns (indices or header names; default all but
+the label column). Several files (`path` joined with ",") are several series sharing one model. Anomaly
+labels, optional: a JSON file of anomalous `[start, end)` intervals (a list for one file, or
+{file name: list}), or a label column (`label_column`; values in `normal_values` are normal). Values are
+downsampled by block means (`downsample`; a block is anomalous when any point is) and normalised with the
+mean and standard deviation of the training points.
+
+Two modes:
+* semi-supervised: index ranges per role, in rows of the original files ("lo:hi", several joined with
+  ",", "FILE:lo:hi" with several files): `train_ranges` (their anomaly-free windows train the model),
+  `validation_ranges` (normal points: monitor training and `keep_best`, and fit the error model),
+  `threshold_ranges` (normal and anomalous points the threshold is chosen on; default: the validation
+  ranges) and `test_ranges` (only reported).
+* unsupervised (no ranges given): every window of every series trains the model, and every point is
+  scored afterwards (`ae_jax.anomaly`: top-k discords).
+`layout = "windows"` reads a file whose rows are whole windows (UCR format, e.g. ECG5000: a class column
+and the values), split per role by `normal_fractions` / `anomalous_fractions` of the normal / anomalous
+rows (seeded by `split_seed`).
+
+The trainer's splits are windows {"x" [window, d], "label"}: train (anomaly-free windows of the train
+ranges, every `stride` points), validation (anomaly-free windows of the validation ranges, a quarter
+window apart) and test (every window of the test ranges, a quarter window apart).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from ae_jax.data import registry, sources
+from ae_jax.errors import ConfigError, DataError
+
+ROLES = ("train", "validation", "threshold", "test")
+LAYOUTS = ("series", "windows")
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+  """Points [lo, hi) of one normalised series: values [n, d] and labels [n] (True = anomalous) of the whole
+  series, so windows that score the segment's points can reach past its ends (no edge effect there)."""
+
+  series: str
+  role: str
+  values: np.ndarray
+  labels: np.ndarray
+  lo: int
+  hi: int
+
+
+@dataclasses.dataclass(frozen=True)
+class AnomalySplits:
+  """Segments by role (ROLES, plus "score" in unsupervised mode), the window length and training stride,
+  the unit that is scored ("point": each point, from the windows that cover it; "window": each segment is
+  one window, e.g. a beat), the downsampling factor, and whether the ranges were given (semi-supervised)."""
+
+  segments: dict[str, list[Segment]]
+  window: int
+  stride: int
+  unit: str
+  downsample: int = 1
+  supervised: bool = True
+  labelled: bool = True
+
+
+SERIES_OPTIONS = {
+  "path": "",  # CSV / text / .npy file(s) joined with ","; relative: to the cwd, else to the data root
+  "layout": "series",  # series: a row per time step | windows: a row per window (UCR format)
+  "columns": "",  # value columns: indices or header names joined with ","; "": every column but the label one
+  "label_column": "",  # index or name of a label column; "": none
+  "normal_values": "0",  # label-column values that mean normal, joined with ","
+  "labels": "",  # JSON of anomalous intervals: [[start, end), ...] or {file name: [...]}; "": none
+  "label_ends": "half_open",  # half_open: start <= i < end | open: start < i < end
+  "window": 0,  # points per window (series layout; required)
+  "stride": 1,  # between training windows
+  "downsample": 1,  # block means of this many points
+  "train_ranges": "",
+  "validation_ranges": "",
+  "threshold_ranges": "",
+  "test_ranges": "",
+  "normal_fractions": (0.6, 0.1, 0.1, 0.2),  # windows layout: normal rows per role (ROLES order)
+  "anomalous_fractions": (0.0, 0.0, 0.3, 0.7),  # windows layout: anomalous rows per role
+  "split_seed": 0,
+}
+
+
+def interval_labels(n: int, intervals: Sequence[Sequence[int]], ends: str = "half_open") -> np.ndarray:
+  """Point labels [n] (bool) from anomalous intervals: lo <= i < hi ("half_open") or lo < i < hi ("open")."""
+  labels = np.zeros(n, bool)
+  for lo, hi in intervals:
+    labels[lo + (ends == "open") : hi] = True
+  return labels
+
+
+def downsample(values: np.ndarray, labels: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+  """Block means of values [n, d] and block-wise `any` of labels [n]; a partial last block is dropped."""
+  if factor == 1:
+    return values, labels
+  n = len(values) // factor * factor
+  return (
+    values[:n].reshape(n // factor, factor, -1).mean(axis=1),
+    labels[:n].reshape(n // factor, factor).any(axis=1),
+  )
+
+
+def windows(
+  values: np.ndarray, length: int, stride: int, lo: int = 0, hi: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+  """The windows [W, length, d] of values [n, d] that overlap points [lo, hi) (default: all), starting at
+  lo + k * stride (k may be negative), plus one ending at hi - 1 or the series' end, so every point is
+  covered (stride <= length); returns (windows, start indices [W]). Windows may reach past lo and hi but
+  stay inside the series; none when n < length."""
+  n, hi = len(values), len(values) if hi is None else hi
+  if n < length:
+    return np.zeros((0, length, values.shape[1]), values.dtype), np.zeros(0, np.int64)
+  last = min(hi - 1, n - length)
+  starts = np.arange(lo - (length - 1) // stride * stride, last + 1, stride)
+  starts = starts[starts >= 0]
+  if starts[-1] != last:
+    starts = np.append(starts, last)
+  return np.stack([values[a : a + length] for a in starts]), starts
+
+
+def normal_windows(segments: Sequence[Segment], length: int, stride: int) -> np.ndarray:
+  """Windows [W, length, d] inside `segments` that contain no anomalous point."""
+  out = [np.zeros((0, length, segments[0].values.shape[1]), np.float32)] if segments else []
+  for s in segments:
+    w, starts = windows(s.values[s.lo : s.hi], length, stride)
+    bad = np.array([s.labels[s.lo + a : s.lo + a + length].any() for a in starts], bool)
+    out.append(w[~bad])
+  return np.concatenate(out).astype(np.float32)
+
+
+def all_windows(segments: Sequence[Segment], length: int, stride: int) -> np.ndarray:
+  """Every window [W, length, d] inside `segments`."""
+  parts = [windows(s.values[s.lo : s.hi], length, stride)[0] for s in segments]
+  return np.concatenate(parts).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- reading files
+
+
+def _split_list(text: str) -> list[str]:
+  return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def read_table(path: Path) -> tuple[np.ndarray, list[str] | None]:
+  """A file's rows as float64 [n, k] and its header names (None without a header). `.npy`: the array
+  ([n] or [n, k]); text: comma-, tab- or space-separated numbers, optionally after one header row."""
+  if path.suffix == ".npy":
+    table = np.load(path, allow_pickle=False)
+    return np.asarray(table, np.float64).reshape(len(table), -1), None
+  with open(path) as f:
+    first = f.readline()
+  delimiter = "," if "," in first else None
+  header = None
+  try:
+    [float(t) for t in first.replace(",", " ").split()]
+  except ValueError:
+    header = [t.strip().strip('"') for t in (first.split(",") if delimiter else first.split())]
+  try:
+    table = np.loadtxt(path, delimiter=delimiter, skiprows=1 if header else 0, ndmin=2)
+  except ValueError as e:
+    raise DataError(f"{path}: not a table of numbers ({' '.join(str(e).split())[:160]})") from None
+  if not len(table):
+    raise DataError(f"{path}: no rows")
+  return table, header
+
+
+def _column(spec: str, header: list[str] | None, width: int, path: Path) -> int:
+  if spec.lstrip("-").isdigit():
+    index = int(spec)
+  elif header is not None and spec in header:
+    index = header.index(spec)
+  else:
+    raise ConfigError(f"{path}: no column {spec!r} (columns: {header or list(range(width))})")
+  if not -width <= index < width:
+    raise ConfigError(f"{path}: column {index} is out of range (the file has {width} columns)")
+  return index % width
+
+
+def read_series(path: Path, data: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray | None]:
+  """(values [n, d] float64 of config.data.columns, label-column labels [n] bool or None) of one file."""
+  table, header = read_table(path)
+  label = _column(str(data.label_column), header, table.shape[1], path) if data.label_column != "" else None
+  columns = [_column(c, header, table.shape[1], path) for c in _split_list(data.columns)]
+  columns = columns or [i for i in range(table.shape[1]) if i != label]
+  if not columns:
+    raise ConfigError(f"{path}: no value column left; set config.data.columns")
+  labels = None
+  if label is not None:
+    normal = [float(v) for v in _split_list(data.normal_values)]
+    labels = ~np.isin(table[:, label], normal)
+  return table[:, columns], labels
+
+
+def _interval_file(data: ml_collections.ConfigDict, names: list[str]) -> dict[str, list]:
+  """The labels JSON as {file name: intervals} for the given files."""
+  path = sources.resolve_path(data.labels, data, "config.data.labels")
+  with open(path) as f:
+    content = json.load(f)
+  if isinstance(content, list):
+    if len(names) != 1:
+      raise ConfigError(
+        f"{path} holds one list of intervals but there are {len(names)} files; key it by file name"
+      )
+    return {names[0]: content}
+  return {n: content.get(n, []) for n in names}
+
+
+def _parse_ranges(text: str, files: list[str], what: str) -> list[tuple[str, int, int]]:
+  """'lo:hi,FILE:lo:hi' -> [(file, lo, hi)]; a range without a file is in the only file."""
+  out = []
+  for item in _split_list(text):
+    parts = item.split(":")
+    if len(parts) == 2 and len(files) == 1:
+      file, lo, hi = files[0], *parts
+    elif len(parts) == 3 and parts[0] in files:
+      file, lo, hi = parts
+    else:
+      raise ConfigError(
+        f"config.data.{what}: cannot read {item!r}; use 'lo:hi' (one file) or 'FILE:lo:hi' with FILE in "
+        f"{files}"
+      )
+    if not (lo.isdigit() and hi.isdigit() and int(lo) < int(hi)):
+      raise ConfigError(f"config.data.{what}: {item!r} needs integers lo < hi")
+    out.append((file, int(lo), int(hi)))
+  return out
+
+
+def _series_splits(data: ml_collections.ConfigDict) -> AnomalySplits:
+  if int(data.window) < 2:
+    raise ConfigError("config.data.window (points per window) must be at least 2 for series_file")
+  paths = [sources.resolve_path(p, data, "config.data.path") for p in _split_list(data.path)]
+  names = [p.name for p in paths]
+  if len(set(names)) != len(names):
+    raise ConfigError(f"config.data.path names files with the same name twice: {names}")
+  intervals = _interval_file(data, names) if data.labels else {}
+  factor = int(data.downsample)
+  series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+  labelled = bool(data.labels) or data.label_column != ""
+  for path in paths:
+    values, labels = read_series(path, data)
+    if labels is None:
+      labels = interval_labels(len(values), intervals.get(path.name, []), str(data.label_ends))
+    series[path.name] = downsample(values, labels, factor)
+  ranges = {role: _parse_ranges(data[f"{role}_ranges"], names, f"{role}_ranges") for role in ROLES}
+  supervised = any(ranges.values())
+  if supervised and not (ranges["train"] and ranges["validation"] and ranges["test"]):
+    raise ConfigError(
+      "config.data: give train_ranges, validation_ranges and test_ranges (threshold_ranges optional), or "
+      "none of them for unsupervised scoring of the whole series"
+    )
+  if not supervised:
+    ranges = {"train": [(n, 0, len(series[n][0]) * factor) for n in names]}
+  elif not ranges["threshold"]:
+    ranges["threshold"] = ranges["validation"]
+  train = np.concatenate([series[f][0][lo // factor : hi // factor] for f, lo, hi in ranges["train"]])
+  mean, std = train.mean(axis=0), train.std(axis=0) + 1e-8
+  segments: dict[str, list[Segment]] = {role: [] for role in ranges}
+  for role, items in ranges.items():
+    for file, lo, hi in items:
+      values, labels = series[file]
+      if hi // factor > len(values):
+        raise ConfigError(
+          f"config.data.{role}_ranges: {file}:{lo}:{hi} ends past the series ({len(values) * factor} rows)"
+        )
+      segments[role].append(
+        Segment(file, role, ((values - mean) / std).astype(np.float32), labels, lo // factor, hi // factor)
+      )
+  if not supervised:
+    segments["score"] = [dataclasses.replace(s, role="score") for s in segments["train"]]
+  return AnomalySplits(
+    segments, int(data.window), int(data.stride), "point", factor, supervised=supervised, labelled=labelled
+  )
+
+
+def _windows_splits(data: ml_collections.ConfigDict) -> AnomalySplits:
+  """Rows as windows [length, 1] (UCR format), split per role by fractions of the normal / anomalous rows."""
+  (path,) = [sources.resolve_path(p, data, "config.data.path") for p in _split_list(data.path)]
+  rows, labels = read_series(path, data)
+  if labels is None:
+    raise ConfigError("layout='windows' needs config.data.label_column (which rows are anomalous)")
+  fractions = {"normal": tuple(data.normal_fractions), "anomalous": tuple(data.anomalous_fractions)}
+  if any(len(f) != len(ROLES) for f in fractions.values()):
+    raise ConfigError(
+      f"config.data.normal_fractions and anomalous_fractions need one fraction per role {ROLES}"
+    )
+  rng = np.random.default_rng(int(data.split_seed))
+  members: dict[str, list[int]] = {role: [] for role in ROLES}
+  for kind, anomalous in (("normal", False), ("anomalous", True)):
+    idx = rng.permutation(np.flatnonzero(labels == anomalous))
+    cuts = np.round(np.cumsum(fractions[kind]) * len(idx)).astype(int)
+    for role, part in zip(ROLES, np.split(idx, cuts[:-1]), strict=True):
+      members[role] += part.tolist()
+  train = rows[members["train"]]
+  normalised = ((rows - train.mean()) / train.std()).astype(np.float32)[..., None]  # [rows, length, 1]
+  length = rows.shape[1]
+  segments = {
+    role: [Segment(f"row {i}", role, normalised[i], np.full(length, labels[i]), 0, length) for i in idx]
+    for role, idx in members.items()
+  }
+  return AnomalySplits(segments, length, length, unit="window")
+
+
+def anomaly_splits(data: ml_collections.ConfigDict) -> AnomalySplits:
+  """The segments of a resolved series_file config, by role."""
+  if not data.path:
+    raise ConfigError("config.data.path is empty: name the series file(s) (CSV, text or .npy)")
+  if data.layout not in LAYOUTS:
+    raise ConfigError(f"unknown config.data.layout '{data.layout}'; choose one of {LAYOUTS}")
+  if data.label_ends not in ("half_open", "open"):
+    raise ConfigError(f"config.data.label_ends must be 'half_open' or 'open', got '{data.label_ends}'")
+  return _windows_splits(data) if data.layout == "windows" else _series_splits(data)
+
+
+def _row_width(path: Path) -> int:
+  """Columns of a table file, from its shape (.npy) or its first data row, without reading it all."""
+  if path.suffix == ".npy":
+    shape = np.load(path, mmap_mode="r").shape
+    return int(np.prod(shape[1:], dtype=int)) if len(shape) > 1 else 1
+  with open(path) as f:
+    rows = [f.readline(), f.readline()]
+  row = rows[1] if rows[1].strip() else rows[0]
+  return len(row.replace(",", " ").split())
+
+
+def _example(data: ml_collections.ConfigDict) -> registry.ExampleSpec:
+  """[window, channels] (series layout) or [row length - label column, 1] (windows layout), from the
+  config and the first file's first row."""
+  paths = _split_list(data.path)
+  if not paths:
+    raise ConfigError("config.data.path is empty: name the series file(s) (CSV, text or .npy)")
+  columns = _split_list(data.columns)
+  if data.layout == "series" and columns:
+    return registry.ExampleSpec((int(data.window), len(columns)))
+  width = _row_width(sources.resolve_path(paths[0], data, "config.data.path")) - (data.label_column != "")
+  if data.layout == "windows":
+    return registry.ExampleSpec((width, 1))
+  return registry.ExampleSpec((int(data.window), width))
+
+
+def _roles(data: ml_collections.ConfigDict) -> tuple[str, ...]:
+  if data.layout == "windows" or data.train_ranges:
+    return ("train", "validation", "test")
+  return ("train",)
+
+
+def windows_source(w: np.ndarray) -> sources.ArraySource:
+  """Windows [W, L, d] as a source of {"x", "label"} records."""
+  return sources.ArraySource({"x": w, "label": np.zeros(len(w), np.int32)})
+
+
+def load(data: ml_collections.ConfigDict) -> registry.Dataset:
+  """A series_file dataset: train / validation / test windows and the anomaly segments."""
+  splits = anomaly_splits(data)
+  seg, length = splits.segments, splits.window
+  eval_stride = max(length // 4, 1) if splits.unit == "point" else length
+  split_sources = {"train": windows_source(normal_windows(seg["train"], length, splits.stride))}
+  if splits.supervised:
+    split_sources["validation"] = windows_source(normal_windows(seg["validation"], length, eval_stride))
+    split_sources["test"] = windows_source(all_windows(seg["test"], length, eval_stride))
+  if not len(split_sources["train"]):
+    raise DataError("no training window without an anomaly: widen train_ranges or shorten config.data.window")
+  info = registry.DatasetInfo(
+    registry.ExampleSpec(split_sources["train"][0]["x"].shape), lambda r, i: dict(r)
+  )
+  return registry.Dataset("series_file", split_sources, info, anomaly=splits)
+
+
+registry.register(
+  registry.DatasetSpec(
+    name="series_file",
+    load=load,
+    options=SERIES_OPTIONS,
+    example=_example,
+    splits=_roles,
+    anomaly_labels=True,
+    description="your own time series from CSV / text / .npy files, windowed, with optional anomaly labels",
+  )
+)
