@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from ae_jax.errors import ConfigError
+
 EMA_COLLECTION = "vq_ema"
 CODEBOOK_INITS = ("uniform", "random_data", "kmeans++")
 
@@ -192,7 +194,7 @@ def fsq(z: jax.Array, levels: Sequence[int]) -> QuantizerOutput:
   """Finite scalar quantisation of z [B, ..., len(levels)]: bound, round (straight-through), rescale to
   [-1, 1]. The implicit codebook has prod(levels) codes; no codebook or commitment loss (zeros)."""
   if z.shape[-1] != len(levels):
-    raise ValueError(f"fsq needs {len(levels)} channels (one per level of {list(levels)}), got {z.shape}")
+    raise ConfigError(f"fsq needs {len(levels)} channels (one per level of {list(levels)}), got {z.shape}")
   bounded = fsq_bound(z, levels)
   rounded = straight_through(bounded, jnp.round(bounded))
   half_width = np.asarray(levels) // 2
@@ -246,9 +248,9 @@ class VectorQuantizer(nn.Module):
 
   def _check(self) -> None:
     if self.codebook_init not in CODEBOOK_INITS:
-      raise ValueError(f"unknown codebook_init '{self.codebook_init}'; choose one of {CODEBOOK_INITS}")
+      raise ConfigError(f"unknown codebook_init '{self.codebook_init}'; choose one of {CODEBOOK_INITS}")
     if not self.ema and (self.codebook_init != "uniform" or self.dead_code_threshold > 0):
-      raise ValueError(
+      raise ConfigError(
         "codebook_init from data and dead-code re-seeding need ema=True (a trained codebook is a parameter, "
         "which the forward pass cannot overwrite); set ema=True or codebook_init='uniform' and "
         "dead_code_threshold=0"

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+import ae_jax.inspect as ae_inspect
 from ae_jax.models import MODELS, get_model, model_config, model_fields
 from ae_jax.models.conv_ae import _torch_conv_transpose_padding
+from ae_jax.models.layers import SubpixelConvTranspose, resolve_upsample
 
 B = 3
 
@@ -128,6 +130,46 @@ def test_conv_ae_param_count_matches_pytorch_seed():
   assert _num_params(params["decoder"]) == decoder
 
 
+def _shapes(tree):
+  """{'path/to/leaf': shape} of a variables tree."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {"/".join(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
+
+
+@pytest.mark.parametrize("upsample", ["auto", "subpixel", "transpose"])
+def test_conv_ae_default_parameter_tree_is_the_seeds(upsample):
+  """The default conv_ae (num_downsamples=0, the seed geometry) keeps its parameter paths and shapes, so
+  existing checkpoints load, whichever form computes the transposed convolutions."""
+  variables = _init(get_model("conv_ae", upsample=upsample), (B, 28, 28, 1))
+  assert set(variables) == {"params"}
+  assert _shapes(variables["params"]) == {
+    "code_layer/bias": (16,),
+    "code_layer/kernel": (32, 16),
+    "decoder/ConvTranspose_0/bias": (32,),
+    "decoder/ConvTranspose_0/kernel": (3, 3, 64, 32),
+    "decoder/ConvTranspose_1/bias": (16,),
+    "decoder/ConvTranspose_1/kernel": (3, 3, 32, 16),
+    "decoder/ConvTranspose_2/bias": (8,),
+    "decoder/ConvTranspose_2/kernel": (3, 3, 16, 8),
+    "decoder/ConvTranspose_3/bias": (1,),
+    "decoder/ConvTranspose_3/kernel": (3, 3, 8, 1),
+    "decoder/Dense_0/bias": (32,),
+    "decoder/Dense_0/kernel": (16, 32),
+    "decoder/Dense_1/bias": (64,),
+    "decoder/Dense_1/kernel": (32, 64),
+    "encoder/Conv_0/bias": (8,),
+    "encoder/Conv_0/kernel": (3, 3, 1, 8),
+    "encoder/Conv_1/bias": (16,),
+    "encoder/Conv_1/kernel": (3, 3, 8, 16),
+    "encoder/Conv_2/bias": (32,),
+    "encoder/Conv_2/kernel": (3, 3, 16, 32),
+    "encoder/Conv_3/bias": (64,),
+    "encoder/Conv_3/kernel": (3, 3, 32, 64),
+    "encoder/Dense_0/bias": (32,),
+    "encoder/Dense_0/kernel": (64, 32),
+  }
+
+
 def test_conv_ae_channels_follow_input():
   """A 3-channel 28x28 input gives a 3-channel reconstruction."""
   model = get_model("conv_ae", input_shape=(28, 28, 3))
@@ -183,6 +225,91 @@ def test_torch_conv_transpose_padding_matches_pytorch_values(k, s, p, op):
   out = jax.jit(layer.apply)(params, jnp.asarray(x, jnp.float32))
   expected = _np_torch_conv_transpose2d(x, w_torch, s, p, op)
   chex.assert_trees_all_close(out, expected.astype(np.float32), rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------- sub-pixel transposed convolution
+
+# (kernel, strides, padding, input H x W): conv_ae's four decoder layers, the VQ-VAE's 4x4 layer, then other
+# kernels, strides, asymmetric, cropping (negative) and per-dimension paddings on odd and even sizes.
+SUBPIXEL_CASES = [
+  ((3, 3), (1, 1), ((2, 2), (2, 2)), (1, 1)),
+  ((3, 3), (2, 2), ((2, 2), (2, 2)), (3, 3)),
+  ((3, 3), (2, 2), ((1, 2), (1, 2)), (7, 7)),
+  ((3, 3), (2, 2), ((1, 2), (1, 2)), (14, 14)),
+  ((4, 4), (2, 2), ((2, 2), (2, 2)), (5, 6)),
+  ((4, 4), (2, 2), ((1, 3), (3, 1)), (4, 3)),
+  ((5, 5), (2, 2), ((4, 4), (3, 3)), (3, 4)),
+  ((2, 2), (2, 2), ((1, 1), (1, 1)), (4, 5)),
+  ((1, 1), (2, 2), ((0, 1), (0, 1)), (3, 3)),
+  ((3, 3), (3, 3), ((2, 2), (0, 1)), (4, 5)),
+  ((5, 5), (1, 1), ((-1, 3), (4, 0)), (6, 5)),
+  ((3, 4), (2, 1), ((2, 1), (3, 3)), (5, 4)),
+]
+
+
+@pytest.mark.parametrize("kernel,strides,padding,hw", SUBPIXEL_CASES)
+def test_subpixel_conv_transpose_is_nn_conv_transpose(kernel, strides, padding, hw):
+  """SubpixelConvTranspose has nn.ConvTranspose's parameter tree, output shape, values and gradients (for the
+  parameters and the input) to float32 rounding."""
+  rng = np.random.default_rng(sum(hw))
+  x = jnp.asarray(rng.normal(size=(2, *hw, 3)), jnp.float32)
+  sub = SubpixelConvTranspose(4, kernel, strides, padding)
+  ref = nn.ConvTranspose(4, kernel, strides, padding=padding)
+  abstract = jax.eval_shape(ref.init, jax.random.key(0), x)
+  chex.assert_trees_all_equal_shapes_and_dtypes(jax.eval_shape(sub.init, jax.random.key(0), x), abstract)
+  variables = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), a.dtype), abstract)
+  y_ref, y = ref.apply(variables, x), sub.apply(variables, x)
+  assert y.shape == y_ref.shape
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  cotangent = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+
+  def grads(layer):
+    def loss(v, x):
+      return jnp.sum(layer.apply(v, x) * cotangent)
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))(variables, x)
+
+  chex.assert_trees_all_close(grads(sub), grads(ref), rtol=1e-5, atol=1e-5)
+
+
+def test_subpixel_conv_transpose_initialises_like_nn_conv_transpose():
+  """Same parameter names, initialisers and rng use: the same initial values from the same key."""
+  x = jnp.ones((1, 5, 6, 3))
+  sub = SubpixelConvTranspose(4, (4, 4), (2, 2), ((2, 2), (2, 2)))
+  ref = nn.ConvTranspose(4, (4, 4), (2, 2), padding=((2, 2), (2, 2)))
+  chex.assert_trees_all_equal(sub.init(jax.random.key(3), x), ref.init(jax.random.key(3), x))
+
+
+def test_subpixel_conv_transpose_keeps_batch_dims_and_dtype():
+  """Extra leading batch dims are kept, as nn.ConvTranspose does; dtype sets the computation dtype."""
+  x = jnp.ones((2, 3, 4, 5, 2))
+  sub = SubpixelConvTranspose(3, (3, 3), (2, 2), ((1, 2), (1, 2)), dtype=jnp.bfloat16)
+  y = jax.eval_shape(lambda x: sub.init_with_output(jax.random.key(0), x)[0], x)
+  assert y.shape == (2, 3, 8, 10, 3) and y.dtype == jnp.bfloat16
+  with pytest.raises(ValueError, match="explicit padding"):
+    jax.eval_shape(lambda x: SubpixelConvTranspose(3, padding="SAME").init(jax.random.key(0), x), x)
+
+
+def test_upsample_auto_follows_the_backend(monkeypatch):
+  """ "auto" is a CPU choice only: on another backend every model uses nn.ConvTranspose; on the CPU, the
+  sub-pixel form for vqvae and the general conv layout, nn.ConvTranspose for the seed's 28x28 geometry."""
+
+  def upsampling_modules(name, shape, **kwargs):
+    report = ae_inspect.inspect_model(get_model(name, input_shape=shape, **kwargs), shape)
+    return {r.module for r in report.rows if "Transpose" in r.module}
+
+  tiny_vq = dict(hidden=8, res_hidden=4, num_res_layers=1, num_codes=8, code_dim=2)
+  general = dict(num_downsamples=2, channels=(4, 8))
+  assert upsampling_modules("conv_ae", (28, 28, 1)) == {"ConvTranspose"}
+  assert upsampling_modules("conv_ae", (16, 16, 1), **general) == {"SubpixelConvTranspose"}
+  assert upsampling_modules("vqvae", (8, 8, 3), **tiny_vq) == {"SubpixelConvTranspose"}
+  assert upsampling_modules("vae_conv", (16, 16, 1), upsample="transpose", **general) == {"ConvTranspose"}
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert resolve_upsample("auto", "m") == "transpose" and resolve_upsample("subpixel", "m") == "subpixel"
+  assert upsampling_modules("conv_ae", (16, 16, 1), **general) == {"ConvTranspose"}
+  assert upsampling_modules("vqvae", (8, 8, 3), **tiny_vq) == {"ConvTranspose"}
+  with pytest.raises(ValueError, match=r"upsample must be one of \('auto', 'subpixel', 'transpose'\)"):
+    get_model("conv_ae", upsample="sub").init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
 
 
 # ----------------------------------------------------------------------------- mlp_ae

@@ -164,6 +164,45 @@ def test_vae_outputs_and_loss_terms(name, likelihood):
   np.testing.assert_allclose(-losses.LOSSES[term](out, {"x": x}), out["log_px_z"][0], rtol=1e-5)
 
 
+@pytest.mark.parametrize("upsample", ["auto", "subpixel", "transpose"])
+def test_vae_conv_default_parameter_tree(upsample):
+  """The default vae_conv (num_downsamples=0: conv_ae's seed geometry, 28x28) keeps its parameter paths and
+  shapes, whichever form computes the transposed convolutions."""
+  model = get_model("vae_conv", upsample=upsample)
+  x = jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32)
+  variables = jax.eval_shape(
+    lambda x: model.init({"params": jax.random.key(0), "sample": jax.random.key(1)}, x), x
+  )
+  flat = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+  assert set(variables) == {"params"}
+  assert {"/".join(k.key for k in path): leaf.shape for path, leaf in flat} == {
+    "decoder/ConvTranspose_0/bias": (32,),
+    "decoder/ConvTranspose_0/kernel": (3, 3, 64, 32),
+    "decoder/ConvTranspose_1/bias": (16,),
+    "decoder/ConvTranspose_1/kernel": (3, 3, 32, 16),
+    "decoder/ConvTranspose_2/bias": (8,),
+    "decoder/ConvTranspose_2/kernel": (3, 3, 16, 8),
+    "decoder/ConvTranspose_3/bias": (1,),
+    "decoder/ConvTranspose_3/kernel": (3, 3, 8, 1),
+    "decoder/Dense_0/bias": (32,),
+    "decoder/Dense_0/kernel": (16, 32),
+    "decoder/Dense_1/bias": (64,),
+    "decoder/Dense_1/kernel": (32, 64),
+    "encoder/Conv_0/bias": (8,),
+    "encoder/Conv_0/kernel": (3, 3, 1, 8),
+    "encoder/Conv_1/bias": (16,),
+    "encoder/Conv_1/kernel": (3, 3, 8, 16),
+    "encoder/Conv_2/bias": (32,),
+    "encoder/Conv_2/kernel": (3, 3, 16, 32),
+    "encoder/Conv_3/bias": (64,),
+    "encoder/Conv_3/kernel": (3, 3, 32, 64),
+    "encoder/Dense_0/bias": (32,),
+    "encoder/Dense_0/kernel": (64, 32),
+    "posterior/bias": (32,),
+    "posterior/kernel": (32, 32),
+  }
+
+
 def test_vae_trains_and_likelihood_evaluation_runs(tiny_config, tmp_path):
   """A small Bernoulli VAE on binarised synthetic images: the negative ELBO falls; the IS NLL is below it."""
   c = tiny_config

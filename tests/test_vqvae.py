@@ -1,9 +1,8 @@
-"""The VQ-VAE model: shapes, the sub-pixel decoder, gradient routing, EMA codebooks on 8 devices, training."""
+"""The VQ-VAE model: shapes, the pinned reference layout, gradient routing, EMA codebooks on 8 devices."""
 
 import functools
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 
 from ae_jax import checkpoint, losses, parallel, train
 from ae_jax.models import get_model, model_config
-from ae_jax.models.vqvae import VQVAE, SubpixelConvTranspose
+from ae_jax.models.vqvae import VQVAE
 
 TINY = dict(hidden=8, res_hidden=4, num_res_layers=1, num_codes=16, code_dim=4)
 SHAPE = (8, 8, 3)
@@ -45,17 +44,92 @@ def test_reference_shapes_without_compiling():
   assert "vq" not in variables["params"]  # the EMA codebook is state, not a parameter
 
 
-@pytest.mark.parametrize("hw", [(5, 6), (8, 8)])
-def test_subpixel_layer_is_the_transposed_convolution(hw):
-  """Same parameters and output as nn.ConvTranspose(4x4, stride 2, PyTorch padding 1): [B, H, W] -> 2H, 2W."""
-  x = _x(2, (*hw, 6))
-  sub = SubpixelConvTranspose(5)
-  variables = sub.init(jax.random.PRNGKey(0), x)
-  ref = nn.ConvTranspose(5, (4, 4), (2, 2), padding=((2, 2), (2, 2)))
-  chex.assert_trees_all_equal_shapes(variables, ref.init(jax.random.PRNGKey(0), x))
-  y = sub.apply(variables, x)
-  assert y.shape == (2, 2 * hw[0], 2 * hw[1], 5)
-  np.testing.assert_allclose(y, ref.apply(variables, x), rtol=1e-5, atol=1e-5)
+# The reference layout's parameters (h=128, r=32, 2 residual layers, D=64, C=3): vqvae_cifar10's architecture.
+REFERENCE_PARAMS = {
+  "decoder/Conv_0/bias": (128,),
+  "decoder/Conv_0/kernel": (3, 3, 64, 128),
+  "decoder/ResidualStack_0/Conv_0/bias": (32,),
+  "decoder/ResidualStack_0/Conv_0/kernel": (3, 3, 128, 32),
+  "decoder/ResidualStack_0/Conv_1/bias": (128,),
+  "decoder/ResidualStack_0/Conv_1/kernel": (1, 1, 32, 128),
+  "decoder/ResidualStack_0/Conv_2/bias": (32,),
+  "decoder/ResidualStack_0/Conv_2/kernel": (3, 3, 128, 32),
+  "decoder/ResidualStack_0/Conv_3/bias": (128,),
+  "decoder/ResidualStack_0/Conv_3/kernel": (1, 1, 32, 128),
+  "decoder/up_0/bias": (64,),
+  "decoder/up_0/kernel": (4, 4, 128, 64),
+  "decoder/up_1/bias": (3,),
+  "decoder/up_1/kernel": (4, 4, 64, 3),
+  "encoder/Conv_0/bias": (64,),
+  "encoder/Conv_0/kernel": (4, 4, 3, 64),
+  "encoder/Conv_1/bias": (128,),
+  "encoder/Conv_1/kernel": (4, 4, 64, 128),
+  "encoder/Conv_2/bias": (128,),
+  "encoder/Conv_2/kernel": (3, 3, 128, 128),
+  "encoder/ResidualStack_0/Conv_0/bias": (32,),
+  "encoder/ResidualStack_0/Conv_0/kernel": (3, 3, 128, 32),
+  "encoder/ResidualStack_0/Conv_1/bias": (128,),
+  "encoder/ResidualStack_0/Conv_1/kernel": (1, 1, 32, 128),
+  "encoder/ResidualStack_0/Conv_2/bias": (32,),
+  "encoder/ResidualStack_0/Conv_2/kernel": (3, 3, 128, 32),
+  "encoder/ResidualStack_0/Conv_3/bias": (128,),
+  "encoder/ResidualStack_0/Conv_3/kernel": (1, 1, 32, 128),
+  "encoder/pre_quantize/bias": (64,),
+  "encoder/pre_quantize/kernel": (1, 1, 128, 64),
+}
+
+
+def _shapes(tree):
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {"/".join(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def _abstract_variables(model, shape):
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+  rngs = {"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)}
+  return jax.eval_shape(parallel.with_named_axis(lambda r, x: model.init(r, x)), rngs, x)
+
+
+@pytest.mark.parametrize(
+  "options",
+  [
+    {},
+    {"upsample": "subpixel"},
+    {"upsample": "transpose"},
+    {"num_downsamples": 2, "channel_mults": (0.5, 1)},
+  ],
+)
+def test_default_parameter_tree_is_the_reference_layout(options):
+  """The defaults (num_downsamples=2, channel_mults=()) keep the reference layout's parameter paths and shapes
+  (hidden/2 then hidden channels), in either upsampling form, as explicit multipliers (0.5, 1) do."""
+  variables = _abstract_variables(VQVAE(axis_name=parallel.AXIS, **options), (2, 32, 32, 3))
+  assert set(variables) == {"params", "vq_ema"}
+  assert _shapes(variables["params"]) == REFERENCE_PARAMS
+  assert _shapes(variables["vq_ema"]) == {
+    "vq/cluster_size": (512,),
+    "vq/codebook": (512, 64),
+    "vq/embed_sum": (512, 64),
+    "vq/started": (),
+  }
+
+
+def test_cifar10_config_keeps_the_reference_parameter_tree():
+  import importlib
+
+  config = importlib.import_module("experiments.configs.vqvae_cifar10").get_config()
+  assert config.model.num_downsamples == 2 and tuple(config.model.channel_mults) == ()
+  model, _, _, _ = train.build(config, (32, 32, 3))
+  assert _shapes(_abstract_variables(model, (2, 32, 32, 3))["params"]) == REFERENCE_PARAMS
+
+
+def test_decoder_forms_compute_the_same_function():
+  """upsample="subpixel" and "transpose" give the same reconstruction from the same variables."""
+  x = _x(2)
+  variables = _init(VQVAE(**TINY, input_shape=SHAPE, upsample="subpixel"), x)
+  sub, ref = (
+    VQVAE(**TINY, input_shape=SHAPE, upsample=u).apply(variables, x) for u in ("subpixel", "transpose")
+  )
+  np.testing.assert_allclose(sub["recon"], ref["recon"], rtol=1e-5, atol=1e-5)
 
 
 TERMS = ("mse", "commitment", "codebook")
@@ -189,7 +263,7 @@ def test_fsq_variant_and_registry():
   assert out["code"].shape == (4, 2, 2, 2) and int(out["indices"].max()) < 15
   np.testing.assert_array_equal(out["commitment_loss"], 0.0)
   assert 1.0 <= float(out["metrics"]["perplexity"]) <= 15.0
-  with pytest.raises(ValueError, match="divisible by 4"):
+  with pytest.raises(ValueError, match=r"num_downsamples=2 needs H and W divisible by 2\^2 = 4.*6x6"):
     _init(get_model("vqvae", **TINY, input_shape=(6, 6, 3)), _x(1, (6, 6, 3)))
   with pytest.raises(ValueError, match="need ema=True"):
     _init(get_model("vqvae", **TINY, ema=False, codebook_init="kmeans++", input_shape=SHAPE), _x(1))

@@ -8,7 +8,7 @@ from typing import Any
 import ml_collections
 from flax import linen as nn
 
-from ae_jax.config import did_you_mean
+from ae_jax.errors import ConfigError, did_you_mean
 from ae_jax.models.conv_ae import ConvAutoencoder
 from ae_jax.models.lstm_ae import LSTMEncDecAD, LSTMRepeatAE, LSTMSequenceAE, LSTMStackedAE
 from ae_jax.models.mlp_ae import MLPAutoencoder
@@ -46,13 +46,13 @@ def model_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
   """`config.model` for model `name`: every option with its default, so each can be overridden with
   `--config.model.KEY=VALUE` (typed) and a misspelled key fails at parse time."""
   if name not in MODELS:
-    raise ValueError(
+    raise ConfigError(
       f"unknown model '{name}'; {did_you_mean(name, MODELS)}registered models: {sorted(MODELS)}"
     )
   fields = {f.name: f.default for f in dataclasses.fields(MODELS[name]) if f.name not in _NOT_CONFIGURED}
   for key in overrides:
     if key not in fields:
-      raise ValueError(
+      raise ConfigError(
         f"'{key}' is not an option of model '{name}'; {did_you_mean(key, fields)}options: {list(fields)}"
       )
   return ml_collections.ConfigDict({"name": name, **fields, **overrides})
@@ -62,10 +62,10 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
   """Builds the registered model `name` with `kwargs` (config.model without its `name`)."""
   if name not in MODELS:
     hint = did_you_mean(name, MODELS)
-    raise ValueError(f"unknown model '{name}'; {hint}registered models: {sorted(MODELS)}")
+    raise ConfigError(f"unknown model '{name}'; {hint}registered models: {sorted(MODELS)}")
   fields = model_fields(name)
   for key in kwargs:
     if key not in fields:
       hint = did_you_mean(key, fields)
-      raise ValueError(f"config.model.{key} is not an option of model '{name}'; {hint}its options: {fields}")
+      raise ConfigError(f"config.model.{key} is not an option of model '{name}'; {hint}its options: {fields}")
   return MODELS[name](**kwargs)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from ae_jax.errors import ConfigError
 from ae_jax.models.layers import activation
 
 ACTIVE_KL_NATS = 0.01  # a latent dim whose KL per real frame exceeds this carries information ("active")
@@ -177,7 +178,7 @@ class SeqVAEConv(nn.Module):
   ) -> tuple[jax.Array, jax.Array]:
     """x [B, T, F] -> (mean, logvar), each [B, T, latent_dim]."""
     if x.ndim != 3 or x.shape[-1] != self.input_shape[-1]:
-      raise ValueError(
+      raise ConfigError(
         f"seq_vae_conv expects inputs [batch, time, {self.input_shape[-1]}] but got {list(x.shape)}; "
         "set config.model.input_shape to the data shape (time, features)"
       )

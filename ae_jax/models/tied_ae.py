@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from ae_jax.errors import ConfigError
 from ae_jax.models.layers import activation, check_input_shape
 
 
@@ -106,7 +107,7 @@ class TiedAutoencoder(nn.Module):
 
   def setup(self) -> None:
     if not self.dims:
-      raise ValueError("tied_ae needs at least one width in config.model.dims, e.g. (196, 81, 49)")
+      raise ConfigError("tied_ae needs at least one width in config.model.dims, e.g. (196, 81, 49)")
     widths = (math.prod(self.input_shape), *self.dims)
     self.encoder = TiedEncoder(widths, self.act, self.dtype)
     self.decoder = TiedDecoder(widths, self.act, self.output_act, self.dtype)

@@ -22,8 +22,9 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ae_jax import losses
-from ae_jax.models.conv_ae import INPUT_HW, ConvDecoder, ConvEncoder
-from ae_jax.models.layers import check_input_shape
+from ae_jax.errors import ConfigError
+from ae_jax.models.conv_ae import ConvDecoder, ConvEncoder, conv_grid
+from ae_jax.models.layers import check_input_shape, resolve_upsample
 from ae_jax.models.mlp_ae import MLPDecoder, MLPEncoder
 
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
@@ -52,7 +53,7 @@ class _VAEBase(nn.Module):
 
   def _check_likelihood(self) -> None:
     if self.likelihood not in LIKELIHOODS:
-      raise ValueError(
+      raise ConfigError(
         f"unknown likelihood '{self.likelihood}' for {type(self).__name__}; choose {LIKELIHOODS}"
       )
 
@@ -133,26 +134,39 @@ class VAEMLP(_VAEBase):
 
 
 class VAEConv(_VAEBase):
-  """The conv autoencoder's encoder and decoder (28x28 images) around a Gaussian latent [B, latent_dim]."""
+  """The conv autoencoder's encoder and decoder around a Gaussian latent [B, latent_dim].
+
+  num_downsamples=0 (default): the seed's 28x28 geometry; n > 0: n stride-2 levels (one entry of `channels`
+  each) for any H and W divisible by 2^n, the grid [B, H/2^n, W/2^n, channels[-1]] flattened into the Dense
+  layers (see `ae_jax.models.conv_ae`). upsample: "auto", "subpixel" or "transpose", as conv_ae's.
+  """
 
   channels: Sequence[int] = (8, 16, 32, 64)
   dense: Sequence[int] = (32,)
   latent_dim: int = 16
   act: str = "relu"
+  num_downsamples: int = 0
+  upsample: str = "auto"
 
   def setup(self) -> None:
     self._check_likelihood()
-    if tuple(self.input_shape[:2]) != INPUT_HW:
-      raise ValueError(f"vae_conv is built for [28, 28, C] images, got input_shape {list(self.input_shape)}")
-    self.encoder = ConvEncoder(self.channels, self.dense, self.act, self.dtype)
+    grid = conv_grid("vae_conv", self.input_shape, self.channels, self.num_downsamples)
+    resolve_upsample(self.upsample, "vae_conv")
+    self.encoder = ConvEncoder(self.channels, self.dense, self.act, self.num_downsamples, self.dtype)
     self.posterior = nn.Dense(2 * self.latent_dim, dtype=self.dtype)
     self.decoder = ConvDecoder(
-      self._decoder_channels(), self.channels, self.dense, self.act, "identity", self.dtype
+      self._decoder_channels(),
+      self.channels,
+      self.dense,
+      self.act,
+      "identity",
+      self.num_downsamples,
+      grid,
+      self.upsample,
+      self.dtype,
     )
 
   def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """x [B, 28, 28, C] -> (mean, logvar), each [B, latent_dim]."""
-    check_input_shape(
-      "vae_conv", x, self.input_shape, "vae_conv takes 28x28 images with channels last (NHWC)"
-    )
+    """x [B, H, W, C] -> (mean, logvar), each [B, latent_dim]."""
+    check_input_shape("vae_conv", x, self.input_shape, "vae_conv takes images with channels last (NHWC)")
     return tuple(jnp.split(self.posterior(self.encoder(x)), 2, axis=-1))

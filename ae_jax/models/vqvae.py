@@ -1,18 +1,23 @@
 """VQ-VAE (van den Oord et al. 2017): residual conv encoder, vector quantiser, mirrored decoder.
 
-Encoder: Conv(h/2, 4x4, s2) -> ReLU -> Conv(h, 4x4, s2) -> ReLU -> Conv(h, 3x3) -> residual stack -> 1x1 Conv
-to the code dimension D. Residual stack: n layers of x + Conv(h, 1x1)(ReLU(Conv(r, 3x3)(ReLU(x)))), then ReLU.
-Decoder: Conv(h, 3x3) -> residual stack -> ConvT(h/2, 4x4, s2) -> ReLU -> ConvT(C, 4x4, s2), linear output.
-Defaults (h=128, r=32, n=2, K=512, D=64) are DeepMind's Sonnet CIFAR-10 example; [32, 32, 32, 3] images give
-[32, 8, 8, 64] encodings. Any H and W divisible by 4 work (28x28 Fashion-MNIST gives 7x7 codes).
+Encoder: L levels Conv(c_i, 4x4, s2) -> ReLU, then Conv(h, 3x3) -> residual stack -> 1x1 Conv to the code
+dimension D. Residual stack: `num_res_layers` layers of x + Conv(h, 1x1)(ReLU(Conv(r, 3x3)(ReLU(x)))), then
+ReLU. Decoder: Conv(h, 3x3) -> residual stack -> L ConvT(4x4, s2) with channels c_{L-2}, ..., c_0, then C,
+ReLU between them, linear output. L = `num_downsamples` (default 2) sets the downsampling factor f = 2^L (the
+VQGAN layout: f = 4, 8, 16 for L = 2, 3, 4); the level widths c_i are hidden * channel_mults[i], or by default
+hidden / 2^(L-1-i) (`level_channels`): h/2, h for L = 2, today's reference layout.
+Defaults (h=128, r=32, 2 residual layers, K=512, D=64, L=2) are DeepMind's Sonnet CIFAR-10 example;
+[32, 32, 32, 3] images give [32, 8, 8, 64] encodings. Any H and W divisible by f work (28x28 Fashion-MNIST
+gives 7x7 codes with f = 4; 256x256 images give 16x16 codes with f = 16).
 
-The 4x4 stride-2 transposed convolutions (PyTorch padding 1) are computed by default as sub-pixel
-convolutions (`upsample="subpixel"`): the gradient of XLA:CPU's strided transposed convolution is an order
-of magnitude slower than PyTorch's. See `SubpixelConvTranspose`; `upsample="transpose"` uses
-`nn.ConvTranspose` with the same parameters, so checkpoints load either way.
+The 4x4 stride-2 transposed convolutions (PyTorch padding 1) are `nn.ConvTranspose` or the same layer
+computed as a sub-pixel convolution (`ae_jax.models.layers.SubpixelConvTranspose`), with the same parameters,
+so checkpoints load either way. `upsample="auto"` (default) takes the sub-pixel form on XLA:CPU, where the
+gradient of strided transposed convolutions is an order of magnitude slower than PyTorch's, and
+nn.ConvTranspose on accelerators; "subpixel" and "transpose" force one.
 
-Outputs: recon [B, H, W, C]; code (the quantized latents, straight-through) and z_e [B, H/4, W/4, D];
-indices [B, H/4, W/4]; codebook_loss and commitment_loss [B] (read by the `codebook` and `commitment` loss
+Outputs: recon [B, H, W, C]; code (the quantized latents, straight-through) and z_e [B, H/f, W/f, D];
+indices [B, H/f, W/f]; codebook_loss and commitment_loss [B] (read by the `codebook` and `commitment` loss
 terms); metrics: code perplexity, fraction of codes used, and (EMA re-seeding) codes re-seeded this step.
 """
 
@@ -22,67 +27,36 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
-from ae_jax.models.layers import check_input_shape
+from ae_jax.errors import ConfigError
+from ae_jax.models.layers import check_input_shape, conv_transpose, resolve_upsample
 from ae_jax.quantizers import FiniteScalarQuantizer, VectorQuantizer
 
 QUANTIZERS = ("vq", "fsq")
-UPSAMPLERS = ("subpixel", "transpose")
-
-# tap t of a 3x3 window around input i, for output phase a of a 4x4 stride-2 transposed convolution with
-# PyTorch padding 1: output 2i takes x[i-1] w[0] + x[i] w[2], output 2i+1 takes x[i] w[1] + x[i+1] w[3]
-_PHASE_TAPS = np.zeros((2, 3, 4), np.float32)  # [phase, tap in the 3x3 window, kernel index]
-_PHASE_TAPS[0, 0, 0] = _PHASE_TAPS[0, 1, 2] = _PHASE_TAPS[1, 1, 1] = _PHASE_TAPS[1, 2, 3] = 1.0
+# A 4x4 stride-2 transposed convolution with PyTorch padding 1 (H -> 2H) in nn.ConvTranspose's terms.
+_UP_KERNEL, _UP_STRIDES, _UP_PADDING = (4, 4), (2, 2), ((2, 2), (2, 2))
 
 
-def depth_to_space(x: jax.Array, block: int = 2) -> jax.Array:
-  """[B, H, W, block * block * C] (channels ordered (row phase, column phase, c)) -> [B, H*b, W*b, C]."""
-  b, h, w, c = x.shape
-  c //= block * block
-  x = x.reshape(b, h, w, block, block, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, h * block, w * block, c)
-
-
-class SubpixelConvTranspose(nn.Module):
-  """4x4 stride-2 transposed convolution (PyTorch padding 1: H -> 2H) computed as a sub-pixel convolution.
-
-  Each output phase (row parity a, column parity b) of a stride-2 transposed convolution is an ordinary
-  convolution of the input with a 2x2 subset of the kernel's taps. Scattering the 4x4 kernel [4, 4, Cin, Cout]
-  into a 3x3 kernel [3, 3, Cin, 4 * Cout] (zeros on the unused taps) and applying depth-to-space to the
-  output computes exactly `nn.ConvTranspose(Cout, (4, 4), 2, padding=((2, 2), (2, 2)))` with the same
-  parameters ("kernel", "bias", same shapes and initialisation), so this is the same layer, not an
-  approximation; only the gradient is far cheaper on XLA:CPU. A test checks the two agree.
-  """
-
-  features: int
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x [B, H, W, Cin] -> [B, 2H, 2W, features]."""
-    kernel = self.param(
-      "kernel", nn.initializers.lecun_normal(), (4, 4, x.shape[-1], self.features), jnp.float32
+def level_channels(hidden: int, num_downsamples: int, channel_mults: Sequence[float] = ()) -> tuple[int, ...]:
+  """Output channels of the encoder's stride-2 levels: int(hidden * m) for m in `channel_mults`, or by
+  default hidden // 2^(n-1-i) for level i of n (each level doubles the width, the last is `hidden`): hidden/2,
+  hidden for n = 2 (the reference layout); hidden/4, hidden/2, hidden for n = 3; at least 1 channel."""
+  if num_downsamples < 1:
+    raise ConfigError(f"vqvae: config.model.num_downsamples must be >= 1, got {num_downsamples}")
+  if not channel_mults:
+    return tuple(max(1, hidden // 2 ** (num_downsamples - 1 - i)) for i in range(num_downsamples))
+  if len(channel_mults) != num_downsamples:
+    raise ConfigError(
+      f"vqvae: config.model.channel_mults needs one multiplier per level (num_downsamples="
+      f"{num_downsamples}), got {list(channel_mults)}"
     )
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-    taps = jnp.asarray(_PHASE_TAPS)
-    k3 = jnp.einsum("atk,bsl,klio->tsiabo", taps, taps, kernel).reshape(3, 3, x.shape[-1], 4 * self.features)
-    y = jax.lax.conv_general_dilated(
-      x.astype(self.dtype),
-      k3.astype(self.dtype),
-      (1, 1),
-      ((1, 1), (1, 1)),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  channels = tuple(int(hidden * m) for m in channel_mults)
+  if min(channels) < 1:
+    raise ConfigError(
+      f"vqvae: channel_mults {list(channel_mults)} of hidden={hidden} give channels {channels}"
     )
-    return depth_to_space(y) + bias.astype(self.dtype)
-
-
-def upsample_layer(kind: str, features: int, dtype: jnp.dtype, name: str) -> nn.Module:
-  """The decoder's 4x4 stride-2 transposed convolution, as a sub-pixel conv or as `nn.ConvTranspose`."""
-  if kind == "subpixel":
-    return SubpixelConvTranspose(features, dtype, name=name)
-  return nn.ConvTranspose(features, (4, 4), (2, 2), padding=((2, 2), (2, 2)), dtype=dtype, name=name)
+  return channels
 
 
 class ResidualStack(nn.Module):
@@ -102,45 +76,71 @@ class ResidualStack(nn.Module):
 
 
 class VQEncoder(nn.Module):
-  """[B, H, W, C] -> z_e [B, H/4, W/4, code_dim]."""
+  """[B, H, W, C] -> z_e [B, H/2^n, W/2^n, code_dim], n = num_downsamples.
+
+  n levels Conv(channels[i], 4x4, s2, p1) -> ReLU (channels from `level_channels`), Conv(hidden, 3x3), the
+  residual stack, then a 1x1 Conv ("pre_quantize") to code_dim.
+  """
 
   hidden: int = 128
   res_hidden: int = 32
   num_res_layers: int = 2
   code_dim: int = 64
+  num_downsamples: int = 2
+  channel_mults: Sequence[float] = ()
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     pad = ((1, 1), (1, 1))
-    h = nn.relu(nn.Conv(self.hidden // 2, (4, 4), (2, 2), padding=pad, dtype=self.dtype)(x))
-    h = nn.relu(nn.Conv(self.hidden, (4, 4), (2, 2), padding=pad, dtype=self.dtype)(h))
+    h = x
+    for ch in level_channels(self.hidden, self.num_downsamples, self.channel_mults):
+      h = nn.relu(nn.Conv(ch, (4, 4), (2, 2), padding=pad, dtype=self.dtype)(h))
     h = nn.Conv(self.hidden, (3, 3), padding=pad, dtype=self.dtype)(h)
     h = ResidualStack(self.hidden, self.res_hidden, self.num_res_layers, self.dtype)(h)
     return nn.Conv(self.code_dim, (1, 1), dtype=self.dtype, name="pre_quantize")(h)
 
 
 class VQDecoder(nn.Module):
-  """z_q [B, h, w, D] -> reconstruction [B, 4h, 4w, out_channels] (linear output)."""
+  """z_q [B, h, w, D] -> reconstruction [B, h 2^n, w 2^n, out_channels] (linear output), n = num_downsamples.
+
+  Conv(hidden, 3x3), the residual stack, then n 4x4 stride-2 transposed convolutions "up_0".."up_{n-1}"
+  (PyTorch padding 1) mirroring the encoder's levels: channels reversed(level_channels[:-1]), then
+  out_channels, with ReLU between them. `upsample`: "auto", "subpixel" or "transpose"
+  (`ae_jax.models.layers.resolve_upsample`).
+  """
 
   out_channels: int = 3
   hidden: int = 128
   res_hidden: int = 32
   num_res_layers: int = 2
-  upsample: str = "subpixel"
+  upsample: str = "auto"
+  num_downsamples: int = 2
+  channel_mults: Sequence[float] = ()
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
+    upsample = resolve_upsample(self.upsample, "vqvae")
     h = nn.Conv(self.hidden, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype)(z)
     h = ResidualStack(self.hidden, self.res_hidden, self.num_res_layers, self.dtype)(h)
-    h = nn.relu(upsample_layer(self.upsample, self.hidden // 2, self.dtype, "up_0")(h))
-    return upsample_layer(self.upsample, self.out_channels, self.dtype, "up_1")(h)
+    channels = level_channels(self.hidden, self.num_downsamples, self.channel_mults)
+    outs = (*reversed(channels[:-1]), self.out_channels)
+    for i, ch in enumerate(outs):
+      h = conv_transpose(upsample, ch, _UP_KERNEL, _UP_STRIDES, _UP_PADDING, self.dtype, f"up_{i}")(h)
+      h = nn.relu(h) if i < len(outs) - 1 else h
+    return h
 
 
 class VQVAE(nn.Module):
   """VQ-VAE on [B, H, W, C] images; `quantizer` "vq" (codebook of num_codes x code_dim) or "fsq" (`fsq_levels`
-  per channel, code_dim = len(fsq_levels)). VQ options are `VectorQuantizer`'s (ae_jax/quantizers.py)."""
+  per channel, code_dim = len(fsq_levels)). VQ options are `VectorQuantizer`'s (ae_jax/quantizers.py).
+
+  num_downsamples: stride-2 levels n, a downsampling factor f = 2^n (2, 3, 4: f = 4, 8, 16); H and W must be
+  divisible by f. channel_mults: one multiplier of `hidden` per level (() = `level_channels`' default:
+  hidden/2, hidden for n = 2, doubling per level up to hidden for other n). upsample: "auto" (the sub-pixel
+  form on XLA:CPU, nn.ConvTranspose on accelerators), "subpixel" or "transpose".
+  """
 
   input_shape: Sequence[int] = (32, 32, 3)
   hidden: int = 128
@@ -156,24 +156,38 @@ class VQVAE(nn.Module):
   codebook_init: str = "uniform"
   dead_code_threshold: float = 0.0
   fsq_levels: Sequence[int] = (8, 5, 5, 5)
-  upsample: str = "subpixel"
+  upsample: str = "auto"
+  num_downsamples: int = 2
+  channel_mults: Sequence[float] = ()
   axis_name: str | None = None
   dtype: jnp.dtype = jnp.float32
 
   def setup(self) -> None:
-    if len(self.input_shape) != 3 or self.input_shape[0] % 4 or self.input_shape[1] % 4:
-      raise ValueError(
-        f"vqvae takes [H, W, C] images with H and W divisible by 4 (two stride-2 layers), got input_shape "
-        f"{list(self.input_shape)}"
+    if len(self.input_shape) != 3:
+      raise ConfigError(f"vqvae takes [H, W, C] images, got input_shape {list(self.input_shape)}")
+    level_channels(self.hidden, self.num_downsamples, self.channel_mults)  # checks the two options
+    factor = 2**self.num_downsamples
+    h, w = self.input_shape[:2]
+    if h % factor or w % factor:
+      raise ConfigError(
+        f"vqvae with config.model.num_downsamples={self.num_downsamples} needs H and W divisible by "
+        f"2^{self.num_downsamples} = {factor}, got input_shape {list(self.input_shape)} ({h}x{w}); choose "
+        "num_downsamples so that 2^num_downsamples divides both or resize the data"
       )
-    if self.quantizer not in QUANTIZERS or self.upsample not in UPSAMPLERS:
-      raise ValueError(
-        f"vqvae: quantizer must be one of {QUANTIZERS} (got '{self.quantizer}') and upsample one of "
-        f"{UPSAMPLERS} (got '{self.upsample}')"
-      )
+    if self.quantizer not in QUANTIZERS:
+      raise ConfigError(f"vqvae: quantizer must be one of {QUANTIZERS}, got '{self.quantizer}'")
+    resolve_upsample(self.upsample, "vqvae")
     fsq = self.quantizer == "fsq"
     code_dim = len(self.fsq_levels) if fsq else self.code_dim
-    self.encoder = VQEncoder(self.hidden, self.res_hidden, self.num_res_layers, code_dim, self.dtype)
+    self.encoder = VQEncoder(
+      self.hidden,
+      self.res_hidden,
+      self.num_res_layers,
+      code_dim,
+      self.num_downsamples,
+      self.channel_mults,
+      self.dtype,
+    )
     if fsq:
       self.vq = FiniteScalarQuantizer(tuple(self.fsq_levels), self.axis_name)
     else:
@@ -189,19 +203,27 @@ class VQVAE(nn.Module):
         self.axis_name,
       )
     self.decoder = VQDecoder(
-      self.input_shape[-1], self.hidden, self.res_hidden, self.num_res_layers, self.upsample, self.dtype
+      self.input_shape[-1],
+      self.hidden,
+      self.res_hidden,
+      self.num_res_layers,
+      self.upsample,
+      self.num_downsamples,
+      self.channel_mults,
+      self.dtype,
     )
 
   def encode(self, x: jax.Array) -> jax.Array:
-    """x [B, H, W, C] -> z_e [B, H/4, W/4, D] (before quantisation)."""
+    """x [B, H, W, C] -> z_e [B, H/f, W/f, D] (before quantisation), f = 2^num_downsamples."""
     check_input_shape("vqvae", x, self.input_shape, "set config.model.input_shape or use NHWC images")
     return self.encoder(x).astype(jnp.float32)
 
   def decode(self, z_q: jax.Array) -> jax.Array:
-    """Quantized latents [B, H/4, W/4, D] -> reconstruction [B, H, W, C]."""
+    """Quantized latents [B, H/f, W/f, D] -> reconstruction [B, H, W, C]."""
     return self.decoder(z_q).astype(jnp.float32)
 
   def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+    """x [B, H, W, C] -> recon, code, z_e, indices, codebook_loss, commitment_loss, metrics (module doc)."""
     z_e = self.encode(x)
     q = self.vq(z_e, train=train)
     return {
