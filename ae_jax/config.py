@@ -153,8 +153,8 @@ def check_config(config: ml_collections.ConfigDict, *, num_processes: int, local
     if config.keep_best not in choices:
       fix = f"use one of {choices}" if choices else "set config.data.validation_size=N to hold out N records"
       raise ConfigError(
-        f"config.keep_best='{config.keep_best}' is not a validation loss of this dataset (the state is chosen "
-        f"on the validation split, never on the test split it reports); {fix}"
+        f"config.keep_best='{config.keep_best}' is not a validation loss of this dataset (the state is "
+        f"chosen on the validation split, never on the test split it reports); {fix}"
       )
   devices = num_processes * local_devices
   for key in ("batch_size", "eval_batch_size"):

@@ -62,7 +62,7 @@ def save_reconstruction_grid(
 def save_prior_samples(
   path: str, model: nn.Module, state: TrainState, info: DatasetInfo, num: int = 64
 ) -> str:
-  """PNG grid of E[x|z] for z ~ N(0, I) drawn from the state's key (models with a `generate` method)."""
+  """PNG grid of E[x|z] for z ~ N(0, I) drawn from the state's key (models with the "generative" ability)."""
   variables = {"params": state.params, **state.model_state}
   z = jax.random.normal(jax.random.fold_in(state.rng, 0x5A), (num, model.latent_dim))
   generate = parallel.with_named_axis(lambda v, z: model.apply(v, z, method="generate"))

@@ -36,7 +36,7 @@ from flax import linen as nn
 from ml_collections import config_flags
 
 from ae_jax import config as config_checks
-from ae_jax import parallel
+from ae_jax import models, parallel
 from ae_jax.errors import AEJaxError
 
 CODE_KEYS = ("code", "mean", "z")  # the bottleneck output, in order of preference
@@ -85,6 +85,10 @@ class Report:
   step_ratio: float | None  # F / Z for a sequence model: input [B, T, F], code [B, T, Z]
   total_params: int
   other_variables: dict[str, int]  # non-parameter collections (e.g. batch_stats): numbers in each
+  latent_grid: tuple[int, ...] | None = None  # spatial positions of the code (an image model's latent map)
+  codebooks: tuple[int, ...] | None = None  # quantized models: codes of each codebook a position uses
+  bits: float | None = None  # quantized models: bits per example, positions x sum(log2 K)
+  input_bits: int | None = None  # input values x bits per stored value (8 for uint8 pixels), when known
 
 
 # ----------------------------------------------------------------------------- tracing
@@ -179,9 +183,13 @@ def _own_params(params: Any, path: tuple[str, ...], modules: set[tuple[str, ...]
   return sum(_count(v) for k, v in node.items() if k not in child_roots)
 
 
-def inspect_model(model: nn.Module, input_shape: tuple[int, ...], dtype: str = "float32") -> Report:
+def inspect_model(
+  model: nn.Module, input_shape: tuple[int, ...], dtype: str = "float32", bits_per_value: int | None = None
+) -> Report:
   """Shapes, sizes and parameter counts of `model` on inputs [B, *input_shape] of `dtype` (int32 for
-  token models), without any compute.
+  token models), without any compute; for quantized models also the latent grid, the tokens and the bits
+  per example (positions x sum of log2 of each codebook's size), compared with `bits_per_value` bits per
+  input value when given.
 
   `model(x, train=False)` must return a dict of outputs (the repository's convention); the code is the
   first of CODE_KEYS it contains, the reconstruction outputs["recon"]. Parameter counts cover the "params"
@@ -221,6 +229,12 @@ def inspect_model(model: nn.Module, input_shape: tuple[int, ...], dtype: str = "
   # A sequence model: input [B, T, F] and code [B, T, Z] share their time axis.
   seq = len(input_shape) == 2 and code_shape is not None and code_shape[:2] == ("B", input_shape[0])
   step_ratio = input_shape[1] / code_shape[2] if seq and len(code_shape) == 3 else None
+  grid = codebooks = bits = None
+  if "quantized" in models.abilities(model) and "indices" in outputs:
+    grid, codebooks = tuple(outputs["indices"][0][1:]), tuple(model.codebooks())
+    bits = math.prod(grid) * sum(math.log2(k) for k in codebooks)
+  elif len(input_shape) == 3 and code_shape is not None and len(code_shape) == 4:
+    grid = tuple(code_shape[1:3])  # an image model's [B, h, w, D] latent map
   return Report(
     model=type(model).__name__,
     rows=rows,
@@ -237,6 +251,10 @@ def inspect_model(model: nn.Module, input_shape: tuple[int, ...], dtype: str = "
     step_ratio=step_ratio,
     total_params=total,
     other_variables={k: _count(v) for k, v in vars0.items()},
+    latent_grid=grid,
+    codebooks=codebooks,
+    bits=bits,
+    input_bits=input_size * bits_per_value if bits_per_value else None,
   )
 
 
@@ -300,12 +318,31 @@ def format_report(report: Report) -> str:
       f"per time step:     {f:,} / {z:,} = {_fmt_ratio(report.step_ratio)} (input / code numbers per step, "
       f"{t:,} steps)"
     )
+  if report.latent_grid is not None:
+    grid = " x ".join(map(str, report.latent_grid))
+    depth = (
+      f", {report.code_shape[-1]:,} numbers each" if report.code_shape and len(report.code_shape) == 4 else ""
+    )
+    lines.append(f"latent grid:       {grid} = {math.prod(report.latent_grid):,} positions{depth}")
+  if report.bits is not None:
+    books = " + ".join(f"log2 {k:,}" for k in report.codebooks)
+    tokens = math.prod(report.latent_grid) * len(report.codebooks)
+    lines.append(
+      f"tokens:            {tokens:,} ({len(report.codebooks)} per position); bits per example: "
+      f"{math.prod(report.latent_grid):,} x ({books}) = {report.bits:,.0f}"
+    )
+    if report.input_bits:
+      ratio = _fmt_ratio(report.input_bits / report.bits)
+      lines.append(
+        f"bits ratio:        {report.input_bits:,} / {report.bits:,.0f} = {ratio} (input / code bits per "
+        "example: the bottleneck of a quantized model)"
+      )
   lines.append(f"total parameters:  {report.total_params:,}")
   for name, n in report.other_variables.items():
     lines.append(f"{name + ':':18} {n:,} numbers (not parameters)")
   if report.code_dtype and not jnp.issubdtype(jnp.dtype(report.code_dtype), jnp.floating):
     lines.append(f"the code is {report.code_dtype} (discrete): the ratio counts numbers, not bits")
-  if report.ratio is not None and report.ratio <= 1:
+  if report.ratio is not None and report.ratio <= 1 and report.bits is None:
     size = "larger than" if report.ratio < 1 else "as large as"
     lines += [
       f"note: the code is {size} its input (ratio {_fmt_ratio(report.ratio)}), so by size alone the model "
@@ -357,7 +394,9 @@ def inspect_config(config: Any) -> Report:
   given = config.model.get("input_shape")
   input_shape = tuple(given) if given is not None else example.shape
   model, *_ = train.build(config, input_shape)
-  return inspect_model(model, input_shape, example.dtype)
+  spec = data.get_spec(config.data.name)
+  bits = 1 if config.data.get("binarize") == "dynamic" else spec.bits_per_value
+  return inspect_model(model, input_shape, example.dtype, bits)
 
 
 if __name__ == "__main__":

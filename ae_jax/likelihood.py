@@ -1,6 +1,7 @@
 """Importance-sampled log-likelihood estimates for latent-variable models (VAEs), pmapped over devices.
 
-For a model with an `importance_terms(x, eps)` method (see `ae_jax.models.vae`), with q(z|x) as proposal:
+For a model with the "likelihood" ability (`encode` and `importance_terms(x, eps)`, see `ae_jax.models.vae`),
+with q(z|x) as proposal:
 
     log p(x) ~= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x),   z_k ~ q(z|x)
 

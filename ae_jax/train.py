@@ -7,7 +7,6 @@ binds them once with `functools.partial` and pmaps the result; `train_and_evalua
 from __future__ import annotations
 
 import functools
-import inspect as pyinspect
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -83,10 +82,6 @@ def create_train_state(
   )
 
 
-def _takes_mask(model: nn.Module) -> bool:
-  return "mask" in pyinspect.signature(type(model).__call__).parameters
-
-
 def apply_model(
   model: nn.Module,
   params: Any,
@@ -96,14 +91,14 @@ def apply_model(
   train: bool,
   rng: jax.Array,
 ) -> tuple[dict[str, jax.Array], Any]:
-  """Runs the model on batch["x"] (and batch["mask"] for models whose `__call__` takes `mask`).
+  """Runs the model on batch["x"] (and batch["mask"] for models with the "masked" ability).
 
   Returns (outputs dict, updated model_state); only training updates the state. Outputs may hold
   "metrics": a dict of batch-level scalars (e.g. codebook perplexity) that the steps report as they are.
   """
   rngs = {name: jax.random.fold_in(rng, i) for i, name in enumerate(RNG_STREAMS)}
   variables = {"params": params, **model_state}
-  kwargs = {"mask": batch.get("mask")} if _takes_mask(model) else {}
+  kwargs = {"mask": batch.get("mask")} if "masked" in models.abilities(model) else {}
   if train and model_state:
     outputs, new_state = model.apply(
       variables, batch["x"], train=True, rngs=rngs, mutable=list(model_state), **kwargs

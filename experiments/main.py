@@ -48,7 +48,7 @@ def main(argv: list[str]) -> None:
 
   if FLAGS.distributed:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  from ae_jax import anomaly, evaluate, likelihood, train
+  from ae_jax import anomaly, evaluate, likelihood, models, train
   from ae_jax.errors import AEJaxError
 
   config, workdir = FLAGS.config, os.path.abspath(FLAGS.workdir)
@@ -72,7 +72,8 @@ def main(argv: list[str]) -> None:
     images.append(
       evaluate.save_reconstruction_grid(path, model, state, source, info, config.visualize.num_images)
     )
-  if hasattr(model, "generate"):
+  abilities = models.abilities(model)
+  if "generative" in abilities:
     images.append(evaluate.save_prior_samples(os.path.join(workdir, "samples.png"), model, state, info))
   if config.visualize.num_latents and info.class_names is not None:
     path = os.path.join(workdir, "latents.png")
@@ -80,7 +81,7 @@ def main(argv: list[str]) -> None:
       evaluate.save_latent_scatter(path, model, state, source, info, config.visualize.num_latents)
     )
   lik = config.likelihood_eval
-  if lik.num_samples and hasattr(model, "importance_terms"):
+  if lik.num_samples and "likelihood" in abilities:
     print(f"estimating log p(x) with {lik.num_samples} importance samples per test example ...")
     estimate = likelihood.evaluate_likelihood(
       model,

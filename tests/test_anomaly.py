@@ -132,7 +132,7 @@ class _Shrink(nn.Module):
 
 
 def _synthetic_splits():
-  """A sine with spikes: threshold and test each hold one anomalous interval (points 60-69 of their series)."""
+  """A sine with spikes: the threshold and test splits each hold one anomaly (points 60-69 of the series)."""
   rng = np.random.default_rng(0)
 
   def make(name, role, spike):

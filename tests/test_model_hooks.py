@@ -30,7 +30,7 @@ class _SyncedBatchNormAE(nn.Module):
 
 
 def _setup(monkeypatch, tiny_config):
-  monkeypatch.setitem(models.MODELS, "bn_toy", _SyncedBatchNormAE)
+  monkeypatch.setitem(models.MODELS, "bn_toy", models.ModelSpec(_SyncedBatchNormAE, frozenset({"masked"})))
   tiny_config.model = {"name": "bn_toy"}
   # SGD: the bias before BatchNorm has a zero true gradient, and Adam would scale its float noise up to lr
   tiny_config.optimizer.name, tiny_config.optimizer.momentum = "sgd", 0.0

@@ -230,6 +230,7 @@ registry.register(
     example=_example,
     splits=_roles,
     drawable=True,
+    bits_per_value=8,
     provides_variance=True,
     description="every image under config.data.path, converted once to ArrayRecord at image_size",
   )

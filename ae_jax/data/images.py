@@ -242,6 +242,7 @@ def register_fixed_size(
       class_names=class_names,
       drawable=True,
       provides_variance=True,
+      bits_per_value=8,
       description=description,
     )
   )
@@ -281,6 +282,7 @@ registry.register(
     class_names=tuple(str(i) for i in range(10)),
     drawable=True,
     provides_variance=True,
+    bits_per_value=8,
     description="smooth random patterns with 10 labels, generated in memory (tests, smoke runs)",
   )
 )

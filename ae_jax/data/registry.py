@@ -109,6 +109,7 @@ class DatasetSpec:
   drawable: an example can be shown as an image (reconstruction grids).
   provides_variance: `load` sets info.variance (needed by the `nmse` loss term).
   anomaly_labels: `load` sets Dataset.anomaly (needed by anomaly detection).
+  bits_per_value: bits of one stored input value (8 for uint8 pixels), or None (real-valued data).
   """
 
   name: str
@@ -120,6 +121,7 @@ class DatasetSpec:
   drawable: bool = False
   provides_variance: bool = False
   anomaly_labels: bool = False
+  bits_per_value: int | None = None
   description: str = ""
 
 

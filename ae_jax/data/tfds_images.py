@@ -49,6 +49,7 @@ registry.register(
     example=lambda data: registry.ExampleSpec((28, 28, 1)),
     splits=lambda data: ("train", "validation", "test"),
     drawable=True,
+    bits_per_value=1,
     description="tfds binarized_mnist: Larochelle's fixed binarisation (50,000 / 10,000 / 10,000)",
   )
 )
@@ -152,6 +153,7 @@ registry.register(
     example=_example,
     splits=_roles,
     drawable=True,
+    bits_per_value=8,
     provides_variance=True,
     description="any tfds image dataset by config.data.tfds_name, cropped and resized to image_size",
   )

@@ -23,6 +23,7 @@ terms); metrics: code perplexity, fraction of codes used, and (EMA re-seeding) c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -212,6 +213,11 @@ class VQVAE(nn.Module):
       self.channel_mults,
       self.dtype,
     )
+
+  def codebooks(self) -> tuple[int, ...]:
+    """Codes in the codebook each latent position is coded with: (num_codes,) for VQ, (prod(fsq_levels),)
+    for FSQ; a position carries log2 of it in bits."""
+    return (math.prod(self.fsq_levels),) if self.quantizer == "fsq" else (self.num_codes,)
 
   def encode(self, x: jax.Array) -> jax.Array:
     """x [B, H, W, C] -> z_e [B, H/f, W/f, D] (before quantisation), f = 2^num_downsamples."""

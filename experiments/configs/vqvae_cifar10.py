@@ -11,8 +11,9 @@ Data: tfds `cifar10` if prepared in --config.data.data_dir; otherwise the JPEG c
 ../shared/data; or --config.data.archive=PATH) is prepared once into a tfds dataset. Beyond the
 reference: the codebook starts from k-means++ seeds of the first batch's encoder outputs, and codes
 assigned fewer than 1 of the batch's 2,048 vectors per step (EMA count < 1.0; 4 is the average) are
-re-seeded from the current batch's encoder outputs (as Jukebox's random restarts). `--config.model.codebook_init=uniform --config.model.dead_code_threshold=0` is the reference
-exactly. `--config.model.quantizer=fsq` swaps in finite scalar quantisation (levels 8,5,5,5).
+re-seeded from the current batch's encoder outputs (as Jukebox's random restarts).
+`--config.model.codebook_init=uniform --config.model.dead_code_threshold=0` is the reference exactly.
+`--config.model.quantizer=fsq` swaps in finite scalar quantisation (levels 8,5,5,5).
 """
 
 from ae_jax.config import default_config
