@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ae_jax import losses, train
+from ae_jax import loop, losses
 from ae_jax.models import MODELS, get_model
 
 FAMILIES = {  # name: tiny options
@@ -22,13 +22,14 @@ CODE_SHAPES = {"lstm_ae_repeat": (5,), "lstm_ae_stacked": (3,), "lstm_encdec_ad"
 
 def _variables(model, x, seed=0):
   """Concrete variables filled in numpy (jit-compiling Flax's initialisers of scanned cells takes seconds
-  on CPU): kernels ~ N(0, 1/fan_in), biases ~ N(0, 0.1^2), embeddings ~ N(0, 1)."""
+  on CPU): kernels (the LSTMs' input_kernel and recurrent_kernel too) ~ N(0, 1/fan_in), biases ~ N(0, 0.1^2),
+  embeddings ~ N(0, 1)."""
   rng = np.random.default_rng(seed)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
 
   def fill(path, leaf):
     name = path[-1].key
-    scale = 1.0 / math.sqrt(leaf.shape[0]) if name == "kernel" else 0.1 if name == "bias" else 1.0
+    scale = 1.0 / math.sqrt(leaf.shape[0]) if name.endswith("kernel") else 0.1 if name == "bias" else 1.0
     return jnp.asarray(rng.normal(scale=scale, size=leaf.shape), leaf.dtype)
 
   return jax.tree_util.tree_map_with_path(fill, shapes)
@@ -193,7 +194,7 @@ def test_trains_on_masked_token_batches_through_the_trainer(tiny_config, tmp_pat
     "cache_in_memory": True,
   }
   c.total_steps, c.log_every, c.checkpoint_every, c.optimizer.learning_rate = 8, 8, 0, 2e-2
-  summary = train.train_and_evaluate(c, str(tmp_path))
+  summary = loop.train_and_evaluate(c, str(tmp_path))
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert rows[0]["token_xent"] < math.log(5) and 0.0 <= summary["metrics"]["test/token_accuracy"] <= 1.0
   assert summary["metrics"]["test/token_xent"] < math.log(5)

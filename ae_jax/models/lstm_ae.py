@@ -17,6 +17,10 @@ embedding front end, and `logits` [B, T, V] instead of a real-valued reconstruct
 `token_xent` loss registered here). Every family takes a prefix padding mask [B, T] (1 = real step):
 padded inputs are zeroed, the encoder's code is its state at each sequence's last real step, and no real
 step's output depends on the padding, so padding changes neither the code nor the masked loss.
+
+Every LSTM is an `LSTMLayer` (lstm_layer.py: OptimizedLSTMCell's function with fused-gate parameters
+input_kernel [F, 4H], recurrent_kernel [H, 4H] and bias [4H]); EncDec-AD's decoder, which feeds back its
+own outputs, steps a `FusedLSTMCell` with the same parameters.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from flax import linen as nn
 from flax.linen.recurrent import flip_sequences
 
 from ae_jax import losses
-from ae_jax.models.layers import activation
+from ae_jax.models.lstm_layer import FusedLSTMCell, LSTMLayer
 
 Carry = tuple[jax.Array, jax.Array]  # an LSTM state (c, h), each [batch, hidden]
 
@@ -41,10 +45,6 @@ def sequence_lengths(mask: jax.Array | None, batch: int, time: int) -> jax.Array
   if mask is None:
     return jnp.full((batch,), time, jnp.int32)
   return jnp.sum(mask > 0, axis=1).astype(jnp.int32)
-
-
-def _cell(features: int, act: str, dtype: Any) -> nn.OptimizedLSTMCell:
-  return nn.OptimizedLSTMCell(features, activation_fn=activation(act), dtype=dtype)
 
 
 class _LSTMAutoencoder(nn.Module):
@@ -102,8 +102,8 @@ class _RepeatedCodeAE(_LSTMAutoencoder):
   def setup(self) -> None:
     self._setup_io()
     widths = self._widths()
-    self.encoder = [nn.RNN(_cell(w, self.cell_act, self.dtype)) for w in widths]
-    self.decoder = [nn.RNN(_cell(w, self.cell_act, self.dtype)) for w in reversed(widths)]
+    self.encoder = [LSTMLayer(w, self.cell_act, dtype=self.dtype) for w in widths]
+    self.decoder = [LSTMLayer(w, self.cell_act, dtype=self.dtype) for w in reversed(widths)]
 
   def encode(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """x [B, T, F] (or tokens [B, T]) -> code [B, widths[-1]]: the last layer's h at each last real step."""
@@ -153,8 +153,8 @@ class LSTMSequenceAE(_LSTMAutoencoder):
 
   def setup(self) -> None:
     self._setup_io()
-    self.encoder = nn.RNN(_cell(self.hidden, self.cell_act, self.dtype))
-    self.decoder = nn.RNN(_cell(self.hidden, self.cell_act, self.dtype))
+    self.encoder = LSTMLayer(self.hidden, self.cell_act, dtype=self.dtype)
+    self.decoder = LSTMLayer(self.hidden, self.cell_act, dtype=self.dtype)
 
   def encode(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """x [B, T, F] (or tokens [B, T]) -> code [B, T, hidden]."""
@@ -183,7 +183,7 @@ class _ReverseDecoderStep(nn.Module):
     state, own_prev = carry
     true_prev, first = xs  # the true previous point [B, In]; first: the step that only reads the encoder
     step_input = jnp.where(teacher, true_prev, own_prev)
-    new_state, _ = _cell(self.hidden, self.cell_act, self.dtype)(state, step_input)
+    new_state, _ = FusedLSTMCell(self.hidden, self.cell_act, dtype=self.dtype, name="cell")(state, step_input)
     state = jax.tree.map(lambda new, old: jnp.where(first, old, new), new_state, state)
     y = nn.Dense(self.out_features, dtype=self.dtype, name="head")(state[1])
     # Tokens: the own output fed back is the embedding of its most likely token (greedy decoding).
@@ -203,7 +203,7 @@ class LSTMEncDecAD(_LSTMAutoencoder):
 
   def setup(self) -> None:
     self._setup_io(head=False)  # the head lives in the scanned decoder step
-    self.encoder = nn.RNN(_cell(self.hidden, self.cell_act, self.dtype), return_carry=True)
+    self.encoder = LSTMLayer(self.hidden, self.cell_act, dtype=self.dtype)
     self.decoder = nn.scan(
       _ReverseDecoderStep,
       variable_broadcast="params",
@@ -212,7 +212,7 @@ class LSTMEncDecAD(_LSTMAutoencoder):
     )(self.hidden, self.vocab_size or self.input_shape[-1], self.cell_act, self.dtype)
 
   def _encode(self, inputs: jax.Array, lengths: jax.Array) -> Carry:
-    state, _ = self.encoder(inputs, seq_lengths=lengths)
+    state, _ = self.encoder(inputs, seq_lengths=lengths, return_carry=True)
     return state
 
   def _decode(
