@@ -1,22 +1,27 @@
 """Orbax checkpoints of the full train state plus the config; the only module that imports orbax.
 
 Layout: `WORKDIR/checkpoints/<step>/{state,config}`. Orbax writes each step into a temporary directory and
-renames it when complete, so a run killed mid-save leaves the previous checkpoint as the latest one.
+renames it when complete, so a run killed mid-save leaves the previous checkpoint as the latest one; see
+`Checkpointer` for what happens to damaged steps and failed saves.
 The state is saved unreplicated (one copy) and restores on any number of devices; with several processes
 (multi-host), each process's copy becomes a global replicated array for Orbax, which writes it once.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import shutil
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ae_jax.errors import AEJaxError
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +50,20 @@ def _host_local(tree: Any) -> Any:
   return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(AEJaxError, ValueError):
   """The checkpoint in a workdir belongs to a different experiment than the config being run."""
+
+
+class CheckpointCorruptError(AEJaxError):
+  """A checkpoint step cannot be read (truncated, deleted or unreadable files)."""
+
+
+class NoValidCheckpointError(AEJaxError):
+  """Every checkpoint step of a workdir is unreadable."""
+
+
+class CheckpointSaveError(AEJaxError, OSError):
+  """Writing a checkpoint failed (e.g. the disk is full); the previous checkpoint is intact."""
 
 
 def _lookup(config: dict, dotted: str) -> Any:
@@ -58,8 +75,70 @@ def _lookup(config: dict, dotted: str) -> Any:
   return node
 
 
+_KNOWN_CAUSES = (
+  "No space left on device",
+  "Read-only file system",
+  "Permission denied",
+  "Disk quota exceeded",
+)
+
+
+def _cause(error: BaseException) -> str:
+  """The most telling one-line cause of an exception chain: an OS error's text (e.g. "No space left on
+  device"), else the first line of the first error's message."""
+  chain, e = [], error
+  while e is not None and e not in chain:
+    chain.append(e)
+    if isinstance(e, OSError) and e.strerror:
+      return e.strerror + (f": {e.filename}" if e.filename else "")
+    e = e.__cause__ or e.__context__
+  for known in _KNOWN_CAUSES:
+    if any(known in str(e) for e in chain):
+      return known
+  first = (str(error).strip().splitlines() or [""])[0]
+  return f"{type(error).__name__}: {first[:200]}"
+
+
+def _all_processes_agree(ok: bool) -> bool:
+  """True when `ok` holds on every process (an allgather when there are several)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+
+  return bool(multihost_utils.process_allgather(np.int32(ok)).min())
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+  """Leaves by '/'-joined key names (Orbax stores dataclasses and tuples as dicts and lists)."""
+
+  def name(k: Any) -> str:
+    return str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+
+  return {"/".join(map(name, path)): v for path, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _metadata_mismatch(saved: Any, target: Any) -> str | None:
+  """How the saved state's tree (Orbax metadata) differs from `target`'s, or None when they agree."""
+  flat_saved, flat_target = _flat(saved), _flat(target)
+  if set(flat_saved) != set(flat_target):
+    missing, extra = sorted(set(flat_target) - set(flat_saved)), sorted(set(flat_saved) - set(flat_target))
+    return f"different state entries (missing {missing[:3]}, unexpected {extra[:3]})"
+  for key, meta in flat_saved.items():
+    shape, expected = tuple(getattr(meta, "shape", ()) or ()), tuple(np.shape(flat_target[key]))
+    if shape != expected:
+      return f"{key} has shape {shape} in the checkpoint but {expected} here"
+  return None
+
+
 class Checkpointer:
   """Saves and restores `TrainState` pytrees with the run's config (a JSON dict) beside them.
+
+  Guarantees: a step directory appears only once complete (Orbax writes `<step>.orbax-checkpoint-tmp-*`
+  and renames it), so a run killed mid-save leaves the previous step as the latest; temporary directories
+  left by a killed or failed save are removed when the next run opens the directory; a failed save raises
+  CheckpointSaveError (one line: the step, the directory, the OS error) at the next `check` (one process),
+  `save` or `wait`; `restore_latest` falls back to older steps past unreadable ones, which it moves aside
+  (renamed `<step>.corrupt`) and never deletes.
 
   Args:
     directory: where step directories go (created if missing).
@@ -72,9 +151,17 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
       preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
       enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=True,
       create=True,
     )
-    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "config"))
+    if jax.process_index() == 0:  # a killed or failed save's partial step: never a finished checkpoint
+      for tmp in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
+        log.warning("removing %s, left by a save that did not finish", tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    self._pending: int | None = None  # the step of the save in flight
+    self._last_good: int | None = self.latest_step()
 
   def latest_step(self) -> int | None:
     """The newest complete checkpoint's step, or None."""
@@ -83,17 +170,46 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
+  def _save_failed(self, step: int | None, error: BaseException) -> CheckpointSaveError:
+    if jax.process_index() == 0 and step is not None:
+      for tmp in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
+        shutil.rmtree(tmp, ignore_errors=True)  # the failed save's partial files, never a finished step
+    kept = f"step {self._last_good} is intact" if self._last_good is not None else "no earlier step exists"
+    self._pending = None
+    return CheckpointSaveError(
+      f"saving checkpoint {step} to {self.directory} failed: {_cause(error)}; {kept}. Free space (or fix "
+      "the cause) and rerun the same command to resume"
+    )
+
+  def check(self) -> None:
+    """Raises CheckpointSaveError if an asynchronous save has failed. With several processes it does
+    nothing (Orbax's error check waits on its metadata store, which can stall processes that are not in
+    step): a failed save then surfaces at the next `save` or at `wait`."""
+    if jax.process_count() > 1:
+      return
+    try:
+      self._manager.check_for_errors()
+    except Exception as e:  # noqa: BLE001 - Orbax and tensorstore raise assorted types for I/O failures
+      raise self._save_failed(self._pending, e) from e
+
   def save(self, step: int, state: Any, config: dict) -> None:
     """Saves `state` (unreplicated pytree) and `config` (JSON-able dict) as checkpoint `step`."""
+    self.check()
     if step in self._manager.all_steps():
       return  # already on disk (e.g. the final step coincides with a periodic save)
-    self._manager.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_global_replicated(state)), config=ocp.args.JsonSave(config)
-      ),
-      force=True,
-    )
+    if self._pending is not None and self._pending in self._manager.all_steps():
+      self._last_good = self._pending
+    self._pending = step
+    try:
+      self._manager.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(_global_replicated(state)), config=ocp.args.JsonSave(config)
+        ),
+        force=True,
+      )
+    except Exception as e:  # noqa: BLE001 - as in `check`
+      raise self._save_failed(step, e) from e
 
   def restore_config(self, step: int) -> dict:
     """The config saved with checkpoint `step`."""
@@ -103,9 +219,14 @@ class Checkpointer:
     """Restores checkpoint `step` into the structure, dtypes and shardings of `target` (e.g. a fresh state).
 
     Raises CheckpointMismatchError (without touching the checkpoint) when the saved run's model, optimizer
-    or dataset differ from `config`, or when the saved state does not fit `target`.
+    or dataset differ from `config`, or when the saved state's tree does not fit `target`; raises
+    CheckpointCorruptError when the step's files cannot be read.
     """
-    saved = self.restore_config(step)
+    try:
+      saved = self.restore_config(step)
+      metadata = self._manager.item_metadata(step)["state"]
+    except Exception as e:  # noqa: BLE001 - Orbax and tensorstore raise assorted types for damaged files
+      raise CheckpointCorruptError(f"step {step}: its config or metadata cannot be read ({_cause(e)})") from e
     config = json.loads(json.dumps(config))  # compare as saved: tuples become lists
     for key in _STRUCTURAL_KEYS:
       if _lookup(saved, key) != _lookup(config, key):
@@ -113,25 +234,92 @@ class Checkpointer:
           f"{self.directory} holds step {step} of a run with {key}={_lookup(saved, key)!r}, but this config "
           f"has {key}={_lookup(config, key)!r}; use a new --workdir (the existing checkpoint is kept)"
         )
+    mismatch = _metadata_mismatch(getattr(metadata, "tree", metadata), target)
+    if mismatch is not None:
+      raise CheckpointMismatchError(
+        f"checkpoint {self.directory}/{step} does not fit this model's state ({mismatch}); use a new "
+        "--workdir (the existing checkpoint is kept)"
+      )
     try:
       restored = self._manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_global_replicated(target)))
       )
-    except (ValueError, KeyError, TypeError) as e:
-      raise CheckpointMismatchError(
-        f"checkpoint {self.directory}/{step} does not fit this model's state ({type(e).__name__}: "
-        f"{str(e).splitlines()[0][:200]}); use a new --workdir (the existing checkpoint is kept)"
-      ) from e
+    except Exception as e:  # noqa: BLE001 - as above
+      raise CheckpointCorruptError(f"step {step}: its state cannot be read ({_cause(e)})") from e
     log.info("restored step %d from %s", step, self.directory)
     return _host_local(restored["state"])
 
+  def restore_latest(
+    self, target: Any, config: dict, *, fresh_if_unreadable: bool = False
+  ) -> tuple[int, Any]:
+    """(step, state) of the newest checkpoint that restores, or (0, None) when there is none.
+
+    An unreadable step is skipped for the next older one, with one warning line naming it and the cause;
+    once an older step restores, the unreadable newer ones are moved aside (`<step>.corrupt`), so the run
+    continues from the good step and never overwrites or prunes them. When no step can be read it raises
+    NoValidCheckpointError, or with `fresh_if_unreadable` moves them all aside and starts afresh.
+    CheckpointMismatchError (another experiment's checkpoint) is raised as it is.
+    """
+    failures: list[tuple[int, str]] = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        state, cause = self.restore(step, target, config), None
+      except CheckpointCorruptError as e:
+        state, cause = None, str(e).split(": ", 1)[-1]
+      if not _all_processes_agree(cause is None):
+        failures.append((step, cause or "unreadable on another process"))
+        log.warning(
+          "checkpoint step %d in %s cannot be restored: %s; trying an older step",
+          step,
+          self.directory,
+          failures[-1][1],
+        )
+        continue
+      self._set_aside(failures)
+      return step, state
+    if failures and not fresh_if_unreadable:
+      steps = ", ".join(str(s) for s, _ in failures)
+      raise NoValidCheckpointError(
+        f"no checkpoint in {self.directory} can be restored (steps {steps}; newest: {failures[0][1]}); "
+        "nothing was changed. Move the damaged steps away, or set config.fresh_start_if_unreadable=True to "
+        "start afresh (they are then renamed <step>.corrupt)"
+      )
+    self._set_aside(failures)
+    return 0, None
+
+  def _set_aside(self, failures: list[tuple[int, str]]) -> None:
+    """Renames each failed step's directory to `<step>.corrupt` (or `.corrupt.N`), out of Orbax's sight."""
+    for step, _ in failures:
+      source = os.path.join(self.directory, str(step))
+      target, n = source + ".corrupt", 1
+      while os.path.exists(target):
+        target, n = f"{source}.corrupt.{n}", n + 1
+      if jax.process_index() == 0 and os.path.exists(source):
+        os.rename(source, target)
+      log.warning("moved the unreadable checkpoint step %d aside to %s (kept, not deleted)", step, target)
+    if failures:
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("ae_jax: checkpoint steps moved aside")
+      self._manager.reload()
+      self._last_good = self.latest_step()
+
   def wait(self) -> None:
-    """Blocks until pending asynchronous saves are complete."""
-    self._manager.wait_until_finished()
+    """Blocks until pending asynchronous saves are complete; raises CheckpointSaveError if one failed."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - as in `check`
+      raise self._save_failed(self._pending, e) from e
+    self.check()
+    if self._pending is not None:
+      self._last_good, self._pending = self._pending, None
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
 
 
 class BestCheckpoint:
@@ -163,7 +351,7 @@ class BestCheckpoint:
   def improves(self, metrics: dict[str, float]) -> bool:
     """Whether these evaluation metrics beat the best so far (so the state is worth saving)."""
     if self.metric not in metrics:
-      raise ValueError(
+      raise CheckpointMismatchError(
         f"config.keep_best='{self.metric}' is not an evaluation metric; use one of {sorted(metrics)}"
       )
     return float(metrics[self.metric]) < self.value

@@ -32,30 +32,55 @@ def parse_flags_or_exit(
     text = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split())
     if m := re.match(r"^'*([\w.]+)'*\s+Did you mean \"([\w.]+)\"", text):  # ml_collections' unknown key
       text = f"unknown config key '{m.group(1)}'; did you mean '{m.group(2)}'?"
+    for old, replacement in RENAMED.items():
+      if re.search(rf"\b{old}\b", text):
+        text = replacement
     sys.exit(f"error: {text} (usage: {usage})")
 
 
 # Sections whose keys are owned by a registry or a dataset and validated there.
-_FREE_FORM = ("model", "loss", "loss_schedules", "data")
+_FREE_FORM = ("model", "loss", "loss_schedules", "data", "evals")
+
+# Keys that were replaced, with what replaced them (a config or flag using one gets this as its error).
+RENAMED = {
+  "eval_every": "config.eval_every was replaced by the `every` of an evaluator: --config.evals.test.every=N",
+  "visualize": "config.visualize was replaced by evaluators: config.evals.reconstructions (type "
+  "'reconstructions', option num) and config.evals.latents (type 'latents')",
+  "likelihood_eval": "config.likelihood_eval was replaced by an evaluator: config.evals.likelihood = "
+  "evaluators.section('likelihood', num_samples=1000)",
+  "anomaly": "config.anomaly was replaced by an evaluator: config.evals.anomaly = "
+  "evaluators.section('anomaly')",
+}
 
 
 def default_config() -> ml_collections.ConfigDict:
   """The shared experiment schema with its defaults."""
-  from ae_jax import data  # here: ae_jax.data's modules import this module's helpers
+  from ae_jax import data, evaluators  # here: they import this module's helpers
 
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.total_steps = 1000
   c.batch_size = 128  # global: split over processes, then over each process's local devices
   c.log_every = 50
-  c.eval_every = 500  # 0 disables evaluation during training; the final evaluation always runs
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
-  # An evaluation metric (e.g. "test/loss"; lower is better): the state with its lowest value is kept in
-  # WORKDIR/best and is the one reported after training (early stopping's model selection). "": the last.
+  # A validation loss of a periodic `losses` evaluator (e.g. "validation/loss"; lower is better): the state
+  # with its lowest value is kept in WORKDIR/best and reported after training (early stopping). "": the last.
   c.keep_best = ""
   c.async_checkpoints = True
+  # When every checkpoint in the workdir is unreadable: False stops with an error; True moves them aside
+  # (renamed <step>.corrupt) and starts afresh.
+  c.fresh_start_if_unreadable = False
   c.eval_batch_size = 1000
+  # Optimisation steps per dispatch to the devices (a lax.scan over k batches): the same parameters as k
+  # single steps, with far less host time per step on accelerators. Logging, evaluation, checkpoints and
+  # preemption happen between dispatches: choose their intervals as multiples of k (else the remainders
+  # compile once more).
+  c.steps_per_dispatch = 1
+  c.prefetch = 2  # batches placed on the devices ahead of the step that uses them (0: none)
+  c.dtype = "float32"  # compute dtype: "bfloat16" keeps parameters, optimizer state and losses in float32
+  # A jax.profiler trace of `steps` steps from step `start` on, written to WORKDIR/tensorboard (0: none).
+  c.profile = ml_collections.ConfigDict({"start": 0, "steps": 0})
 
   c.model = ml_collections.ConfigDict({"name": "mlp_ae"})
   c.loss = ml_collections.ConfigDict({"mse": 1.0})
@@ -84,29 +109,11 @@ def default_config() -> ml_collections.ConfigDict:
   # The dataset and its options (ae_jax/data: every option of the named dataset with its default).
   c.data = data.data_config("fashion_mnist")
 
-  c.visualize = ml_collections.ConfigDict()
-  c.visualize.num_images = 16
-  c.visualize.num_latents = 2000  # examples in the latent scatter plot; 0 disables it
-
-  # Importance-sampled log-likelihood of the test set after training (models with importance weights,
-  # i.e. VAEs); num_samples = 0 disables it.
-  c.likelihood_eval = ml_collections.ConfigDict()
-  c.likelihood_eval.num_samples = 0
-  c.likelihood_eval.chunk_size = 100
-  c.likelihood_eval.batch_size = 100
-  c.likelihood_eval.max_examples = ml_collections.config_dict.placeholder(int)  # None: the whole test set
-
-  # Anomaly detection after training (ae_jax/anomaly.py): time-series data sets with labelled anomalies.
-  c.anomaly = ml_collections.ConfigDict()
-  c.anomaly.enabled = False
-  c.anomaly.beta = 0.1  # the threshold maximises F-beta on the validation split (0.1: the paper's)
-  c.anomaly.score = "mahalanobis"  # mahalanobis | neg_log_density, of the Gaussian of normal errors
-  c.anomaly.shrinkage = 0.0  # covariance blended towards its diagonal (1.0: diagonal)
-  c.anomaly.stride = 1  # between the windows whose errors are averaged into each point's error vector
-  c.anomaly.normalise_positions = True  # divide errors by their mean at each window position first
-  c.anomaly.batch_size = 512
-  c.anomaly.contamination = 0.05  # unsupervised: share of points with the largest errors left out of the fit
-  c.anomaly.top_k = 3  # unsupervised: discords reported
+  # Evaluators by name (ae_jax/evaluators): each a section {type, split, every (0: after training only),
+  # ...options}; metrics are logged as "<name>/<metric>". Add one with evaluators.section(type, ...).
+  c.evals = ml_collections.ConfigDict()
+  c.evals.test = evaluators.section("losses", split="test", every=500)
+  c.evals.reconstructions = evaluators.section("reconstructions", split="test")
 
   # Robust training on data with unlabelled anomalies: after `after` steps, the `fraction` of each global
   # batch's examples with the largest loss is left out of the loss (trimmed mean).
@@ -119,6 +126,8 @@ def default_config() -> ml_collections.ConfigDict:
 def _check_keys(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict, prefix: str) -> None:
   for key in config.keys():
     path = f"{prefix}{key}"
+    if not prefix and key in RENAMED:
+      raise ConfigError(RENAMED[key])
     if key not in schema:
       hint = did_you_mean(key, schema.keys(), prefix)
       raise ConfigError(f"unknown config key '{path}'; {hint}valid keys here: {sorted(schema.keys())}")
@@ -128,33 +137,46 @@ def _check_keys(config: ml_collections.ConfigDict, schema: ml_collections.Config
       _check_keys(config[key], schema[key], path + ".")
 
 
-def evaluation_losses(config: ml_collections.ConfigDict) -> list[str]:
-  """The loss metrics evaluation reports ("validation/loss", "test/mse", ...) for this config's dataset."""
-  from ae_jax import data
-
-  roles = [r for r in data.split_roles(config.data) if r != "train"]
-  return [f"{role}/{name}" for role in roles for name in ("loss", *config.loss)]
-
-
 def check_config(config: ml_collections.ConfigDict, *, num_processes: int, local_devices: int) -> None:
   """Raises ConfigError with one line naming the bad key or value and how to fix it."""
-  from ae_jax import data
+  from ae_jax import data, evaluators
 
   _check_keys(config, default_config(), "")
   data.resolve(config.data)
-  for key in ("total_steps", "batch_size", "log_every", "eval_batch_size", "keep_checkpoints"):
+  evaluators.check(config)
+  if config.dtype not in ("float32", "bfloat16"):
+    raise ConfigError(f"config.dtype must be 'float32' or 'bfloat16', got '{config.dtype}'")
+  if not 0.0 <= float(config.trim.fraction) < 1.0 or int(config.trim.after) < 0:
+    raise ConfigError("config.trim needs 0 <= fraction < 1 and after >= 0")
+  for key in (
+    "total_steps",
+    "batch_size",
+    "log_every",
+    "eval_batch_size",
+    "keep_checkpoints",
+    "steps_per_dispatch",
+  ):
     if int(config[key]) <= 0:
       raise ConfigError(f"config.{key} must be positive, got {config[key]}")
-  for key in ("eval_every", "checkpoint_every"):
+  if config.profile.steps < 0 or config.profile.start < 0:
+    raise ConfigError("config.profile needs start >= 0 and steps >= 0 (steps 0: no trace)")
+  for key in ("checkpoint_every", "prefetch"):
     if int(config[key]) < 0:
       raise ConfigError(f"config.{key} must be >= 0 (0 disables it), got {config[key]}")
   if config.keep_best:
-    choices = [name for name in evaluation_losses(config) if name.startswith("validation/")]
+    choices = evaluators.periodic_metrics(config)
+    selects_on = {name: sec.split for name, sec in config.evals.items()}
+    evaluator = config.keep_best.split("/")[0]
     if config.keep_best not in choices:
-      fix = f"use one of {choices}" if choices else "set config.data.validation_size=N to hold out N records"
       raise ConfigError(
-        f"config.keep_best='{config.keep_best}' is not a validation loss of this dataset (the state is "
-        f"chosen on the validation split, never on the test split it reports); {fix}"
+        f"config.keep_best='{config.keep_best}' is not a metric of a periodic losses evaluator; use one of "
+        f"{choices} (add config.evals.validation = evaluators.section('losses', split='validation', "
+        "every=N))"
+      )
+    if selects_on.get(evaluator) == "test":
+      raise ConfigError(
+        f"config.keep_best='{config.keep_best}' selects on the test split, which is only reported; select on "
+        "a validation split (config.data.validation_size=N holds one out of the training data)"
       )
   devices = num_processes * local_devices
   for key in ("batch_size", "eval_batch_size"):

@@ -1,7 +1,9 @@
 """Where metrics go: `WORKDIR/metrics.jsonl`, TensorBoard event files, and the console progress bar.
 
 Only process 0 writes. Each call to `write(step, metrics)` appends one JSON object with "step" and the
-metric names; evaluation metrics carry the "test/" prefix.
+metric names; evaluation metrics carry their split's prefix ("validation/", "test/"). A run that resumes
+from step s first drops the rows after s (written by the interrupted run past its last checkpoint) and
+tells TensorBoard to discard events after s, so both show one row per step and one continuous curve.
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ class MetricWriter:
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    path = os.path.join(workdir, "metrics.jsonl")
+    _drop_rows_after(path, start_step)
+    self._jsonl = open(path, "a")
     try:
       from tensorboardX import SummaryWriter
 
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      # purge_step: TensorBoard drops the earlier files' events from this step on (one continuous curve)
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
     except ImportError:  # optional: the run goes on without event files
       log.warning("tensorboardX is not installed: no TensorBoard event files are written")
     if show_progress:
@@ -68,3 +73,24 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.close()
     self._jsonl.close()
+
+
+def _drop_rows_after(path: str, step: int) -> None:
+  """Rewrites metrics.jsonl without its rows after `step` (atomically: a temporary file renamed)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      row_step = json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+      continue  # a line cut short by a kill
+    if row_step <= step:
+      keep.append(line if line.endswith("\n") else line + "\n")
+  if len(keep) != len(lines):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(keep)
+    os.replace(tmp, path)

@@ -1,31 +1,25 @@
 """The pure train and eval steps (written per device, run under `jax.pmap`) and the train state.
 
 Both steps take their dependencies (model, objective, optimizer) as keyword-only arguments, so a trainer
-binds them once with `functools.partial` and pmaps the result; `train_and_evaluate` below is the loop.
+binds them once with `functools.partial` and pmaps the result; `ae_jax.loop.train_and_evaluate` is the
+loop, and `build` makes the model, objective and optimizer from a config.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from flax import linen as nn
 
-from ae_jax import checkpoint, data, losses, metrics_log, models, optim, parallel
-from ae_jax import config as config_checks
-from ae_jax.data import pipeline
-from ae_jax.errors import AEJaxError, ConfigError
+from ae_jax import data, losses, models, optim, parallel
+from ae_jax.errors import ConfigError
 from ae_jax.losses import Weight
-from ae_jax.preemption import Preemption
 
 Objective = Callable[[Mapping[str, jax.Array], Mapping[str, jax.Array], jax.Array], tuple[jax.Array, dict]]
 RNG_STREAMS = ("sample", "dropout")  # the rng names a model may ask for with self.make_rng(...)
@@ -159,7 +153,8 @@ def train_step(
     trim_fraction, trim_after: from step `trim_after` on, the loss is the mean over the global batch
       without its `trim_fraction` largest per-example losses (`trim_weights`); the terms stay plain means.
   Returns:
-    (new state, metrics: "loss", one entry per loss term, "grad_norm", "learning_rate", "nonfinite").
+    (new state, metrics: "loss", one entry per loss term, "grad_norm" (and "grad_norm/<module>",
+    "param_norm/<module>" per top-level module), "learning_rate", "nonfinite").
   """
   rng = step_rng(state, axis_name)
 
@@ -198,13 +193,28 @@ def train_step(
     **terms,
     **model_metrics,
     "grad_norm": grad_norm,
+    **module_norms(grads, "grad_norm"),
+    **module_norms(state.params, "param_norm"),
     "learning_rate": learning_rate(state.step),
     "nonfinite": 1.0 - finite.astype(jnp.float32),
   }
   return new_state, metrics
 
 
-def eval_step(
+def module_norms(tree: Any, prefix: str) -> dict[str, jax.Array]:
+  """Global L2 norm of each top-level module of a parameter-shaped tree: {"<prefix>/encoder": [], ...}."""
+  if not isinstance(tree, Mapping):
+    return {}
+  return {f"{prefix}/{name}": optax.tree.norm(sub) for name, sub in tree.items()}
+
+
+def eval_rng(state: TrainState, batch: Mapping[str, jax.Array], axis_name: str = parallel.AXIS) -> jax.Array:
+  """The key of an evaluation batch on this device: never a training key, the same for the same batch."""
+  rng = jax.random.fold_in(jax.random.fold_in(state.rng, _EVAL_STREAM), batch["index"][0])
+  return jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+
+
+def eval_sums(
   state: TrainState,
   batch: Mapping[str, jax.Array],
   *,
@@ -212,14 +222,14 @@ def eval_step(
   objective: Objective,
   axis_name: str = parallel.AXIS,
 ) -> dict[str, jax.Array]:
-  """Sums of every loss term (and the weighted total "loss") over the valid examples of the global batch.
+  """This device's sums of every loss term (and the weighted total "loss") over its valid examples.
 
   `batch["valid"]` [per_device_batch] marks real examples (0 for padding of a last partial batch), so the
   caller divides the accumulated sums by the accumulated "count" for exact dataset means.
   """
-  rng = jax.random.fold_in(jax.random.fold_in(state.rng, _EVAL_STREAM), batch["index"][0])
-  rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-  outputs, _ = apply_model(model, state.params, state.model_state, batch, train=False, rng=rng)
+  outputs, _ = apply_model(
+    model, state.params, state.model_state, batch, train=False, rng=eval_rng(state, batch, axis_name)
+  )
   model_metrics = outputs.pop("metrics", {})
   total, terms = objective(outputs, batch, state.step)
   valid = batch["valid"].astype(jnp.float32)
@@ -227,14 +237,24 @@ def eval_step(
   # batch-level model metrics, weighted by the batch's valid examples (a per-batch average)
   sums.update({k: v * jnp.sum(valid) for k, v in model_metrics.items()})
   sums["count"] = jnp.sum(valid)
-  return jax.lax.psum(sums, axis_name)
+  return sums
 
 
-# ----------------------------------------------------------------------------- the loop
+def eval_step(state: TrainState, batch: Mapping[str, jax.Array], **kwargs: Any) -> dict[str, jax.Array]:
+  """`eval_sums` summed over the device axis: the sums over the whole global batch."""
+  return jax.lax.psum(eval_sums(state, batch, **kwargs), kwargs.get("axis_name", parallel.AXIS))
 
 
-class NonFiniteLossError(AEJaxError, FloatingPointError):
-  """The loss or gradient became NaN/inf; the run stopped and kept its last good checkpoint."""
+def train_steps(
+  state: TrainState, batches: Mapping[str, jax.Array], **step_options: Any
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """Several optimisation steps in one dispatch: `train_step` scanned over the leading axis of batches
+  [k, per_device_batch, ...]; returns the state after the k steps and every step's metrics, each [k].
+
+  The same function as k calls of `train_step` (each step folds its own step number into its key), so
+  the parameters equal those of k single steps (tested); `step_options` are `train_step`'s keywords.
+  """
+  return jax.lax.scan(lambda s, batch: train_step(s, batch, **step_options), state, batches)
 
 
 def loss_weights(config: ml_collections.ConfigDict) -> dict[str, Weight]:
@@ -280,184 +300,8 @@ def build(
     kwargs.setdefault("input_shape", tuple(input_shape))
   if "axis_name" in fields:  # models with cross-device statistics (BatchNorm, EMA codebooks)
     kwargs.setdefault("axis_name", parallel.AXIS)
+  if "dtype" in fields:  # compute dtype; parameters and optimizer state stay float32
+    kwargs.setdefault("dtype", jnp.dtype(config.dtype))
   model = models.get_model(config.model.name, **kwargs)
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps, freeze=freeze_patterns(config))
   return model, losses.make_objective(loss_weights(config), constants), tx, schedule
-
-
-def _mean_metrics(pending: list[dict[str, jax.Array]]) -> dict[str, float]:
-  """Host means over steps of pmapped metrics (device 0's copy; they are equal after pmean)."""
-  rows = [{k: float(v[0]) for k, v in m.items()} for m in jax.device_get(pending)]
-  out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-  out["learning_rate"] = rows[-1]["learning_rate"]
-  out["nonfinite"] = float(np.sum([r["nonfinite"] for r in rows]))
-  return out
-
-
-def evaluate(p_eval_step: Callable, state: TrainState, batches: Iterator[dict]) -> dict[str, float]:
-  """Exact means of every term over all examples yielded by `batches` (padding excluded)."""
-  sums: dict[str, float] = {}
-  for batch in batches:
-    out = jax.device_get(p_eval_step(state, parallel.shard(parallel.split_for_devices(batch))))
-    for k, v in out.items():
-      sums[k] = sums.get(k, 0.0) + float(v[0])
-  count = sums.pop("count")
-  return {k: v / count for k, v in sums.items()}
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (resuming from WORKDIR/checkpoints if present), evaluates, and returns a summary.
-
-  Evaluation covers the dataset's validation and test splits (metrics "validation/<term>",
-  "test/<term>"). With config.keep_best, the returned state, step and metrics are those of the best
-  evaluated state. Returns {"step", "state" (unreplicated), "model", "dataset", "metrics" (final
-  evaluation metrics, empty when preempted), "preempted"}.
-  """
-  config_checks.check_config(
-    config, num_processes=jax.process_count(), local_devices=jax.local_device_count()
-  )
-  dataset = data.get_dataset(config.data)
-  info, train_src = dataset.info, dataset.split("train")
-  model, objective, tx, schedule = build(config, info.shape, objective_constants(config, dataset))
-  example = info.preprocess(train_src[0], 0)["x"][None]
-  state = create_train_state(model, tx, example, config.seed)
-  ckpt = checkpoint.Checkpointer(
-    os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints, async_save=config.async_checkpoints
-  )
-  config_dict = config.to_dict()
-  start = ckpt.latest_step() or 0
-  if start:
-    state = ckpt.restore(start, state, config_dict)
-  best = None
-  if config.keep_best:
-    best = checkpoint.BestCheckpoint(
-      os.path.join(workdir, "best"), config.keep_best, async_save=config.async_checkpoints
-    )
-  p_train = jax.pmap(
-    functools.partial(
-      train_step,
-      model=model,
-      objective=objective,
-      tx=tx,
-      learning_rate=schedule,
-      trainable=optim.trainable_mask(freeze_patterns(config)),
-      trim_fraction=float(config.trim.fraction),
-      trim_after=int(config.trim.after),
-    ),
-    axis_name=parallel.AXIS,
-    donate_argnums=(0,),
-  )
-  p_eval = jax.pmap(functools.partial(eval_step, model=model, objective=objective), axis_name=parallel.AXIS)
-
-  eval_roles = [role for role in ("validation", "test") if role in dataset.splits]
-
-  def run_eval(rstate) -> dict[str, float]:
-    metrics = {}
-    for role in eval_roles:
-      batches = pipeline.eval_batches(
-        dataset.splits[role],
-        info.preprocess_for(train=False),
-        global_batch=config.eval_batch_size,
-        num_threads=config.data.num_threads,
-      )
-      metrics.update({f"{role}/{k}": v for k, v in evaluate(p_eval, rstate, batches).items()})
-    return metrics
-
-  rstate = parallel.replicate(state)
-  batches = pipeline.train_batches(
-    train_src,
-    info.preprocess,
-    global_batch=config.batch_size,
-    seed=config.seed,
-    start_step=start,
-    num_threads=config.data.num_threads,
-  )
-  writer = metrics_log.MetricWriter(workdir, total_steps=config.total_steps, start_step=start)
-  preemption = Preemption()
-  pending: list[dict[str, jax.Array]] = []  # metrics since the last log line
-  pending_check: list[dict[str, jax.Array]] = []  # metrics not yet checked for non-finite losses
-  timer_start, timed_steps = time.perf_counter(), 0
-  step, preempted = start, False
-
-  def check_finite() -> None:
-    """Raises if any step since the last check was non-finite (those steps did not change the state)."""
-    flags = [float(f[0]) for f in jax.device_get([m["nonfinite"] for m in pending_check])]
-    if any(flags):
-      bad = step - len(flags) + 1 + int(np.argmax(flags))
-      writer.close()
-      ckpt.close()
-      raise NonFiniteLossError(
-        f"loss became non-finite at step {bad}; training stopped and the last good checkpoint "
-        f"(step {ckpt.latest_step()}) is kept in {ckpt.directory}. Lower config.optimizer.learning_rate "
-        "or set config.optimizer.grad_clip_norm, then rerun the same command to resume from it."
-      )
-    pending_check.clear()
-
-  def log_train_metrics() -> None:
-    nonlocal timer_start, timed_steps
-    check_finite()
-    metrics = _mean_metrics(pending)
-    metrics.pop("nonfinite")
-    metrics["examples_per_sec"] = (
-      timed_steps * config.batch_size / max(time.perf_counter() - timer_start, 1e-9)
-    )
-    writer.write(step, metrics)
-    pending.clear()
-    timer_start, timed_steps = time.perf_counter(), 0
-
-  try:
-    for step in range(start + 1, config.total_steps + 1):
-      batch = parallel.shard(parallel.split_for_devices(next(batches)))
-      rstate, metrics = p_train(rstate, batch)
-      pending.append(metrics)
-      pending_check.append(metrics)
-      if step == start + 1:  # keep compilation out of examples/sec
-        jax.block_until_ready(metrics)
-        timer_start, timed_steps = time.perf_counter(), 0
-      else:
-        timed_steps += 1
-      writer.advance()
-      preempted = preemption.agreed(step, config.log_every)
-      last = step == config.total_steps
-      if step % config.log_every == 0 or last or preempted:
-        log_train_metrics()
-      if config.eval_every and step % config.eval_every == 0 and not last:
-        eval_start = time.perf_counter()
-        evals = run_eval(rstate)
-        writer.write(step, evals)
-        if best is not None and best.improves(evals):
-          best.save(step, evals, parallel.unreplicate(rstate), config_dict)
-        timer_start += time.perf_counter() - eval_start  # keep evaluation out of examples/sec
-      if (config.checkpoint_every and step % config.checkpoint_every == 0) or last or preempted:
-        check_finite()  # never save a state after an unchecked step
-        ckpt.save(step, parallel.unreplicate(rstate), config_dict)
-      if preempted:
-        writer.message(
-          f"SIGTERM received: saved step {step} to {ckpt.directory}; rerun the command to resume"
-        )
-        break
-    ckpt.wait()
-    final = {} if preempted else run_eval(rstate)
-    state = parallel.unreplicate(rstate)
-    if final:
-      writer.write(step, final)
-    if final and best is not None:
-      if best.improves(final):
-        best.save(step, final, state, config_dict)
-      elif best.step != step:  # an earlier evaluated state was better: report it and its metrics
-        state, step, final = best.restore(state, config_dict), best.step, best.metrics
-        writer.message(f"reporting the state of step {step}: lowest {best.metric} ({best.value:.5g})")
-  finally:
-    preemption.restore()
-    if best is not None:
-      best.close()
-  writer.close()
-  ckpt.close()
-  return {
-    "step": step,
-    "state": state,
-    "model": model,
-    "dataset": dataset,
-    "metrics": final,
-    "preempted": preempted,
-  }

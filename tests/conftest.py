@@ -32,7 +32,8 @@ def tiny_config():
   c.eval_batch_size = 16
   c.total_steps = 12
   c.log_every = 3
-  c.eval_every = 0
+  c.evals.test.every = 0  # evaluated after training only
+  del c.evals["reconstructions"]
   c.checkpoint_every = 4
   c.async_checkpoints = False
   c.optimizer.learning_rate = 3e-3

@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import linen as nn
 
-from ae_jax import anomaly, data
+from ae_jax import anomaly, data, evaluators
 from ae_jax.config import default_config
 from ae_jax.data import series
 from ae_jax.data.registry import Dataset
@@ -148,12 +148,8 @@ def _synthetic_splits():
   return series.AnomalySplits(segments, window=20, stride=5, unit="point")
 
 
-def _anomaly_config(**options):
-  config = default_config()
-  config.data = data.data_config("series_file")
-  config.model = {"name": "stand_in"}
-  config.anomaly.update({"enabled": True, "stride": 2, "batch_size": 32, **options})
-  return config
+def _anomaly_options(**options):
+  return evaluators.section("anomaly", **{"stride": 2, "batch_size": 32, **options})
 
 
 def _stand_in():
@@ -164,15 +160,15 @@ def _stand_in():
 def test_detect_finds_the_spikes_and_writes_the_plot(tmp_path):
   model, state = _stand_in()
   dataset = Dataset("series_file", {}, None, anomaly=_synthetic_splits())
-  report = anomaly.detect(model, state, _anomaly_config(), dataset, str(tmp_path))
+  report = anomaly.detect(model, state, _anomaly_options(), dataset, str(tmp_path / "a.png"))
   m = report.metrics
-  assert m["anomaly/test_precision"] == 1.0 and m["anomaly/test_recall"] > 0.5
-  assert m["anomaly/test_roc_auc"] > 0.95 and m["anomaly/threshold_fbeta"] > 0.9
-  assert m["anomaly/test_tp"] + m["anomaly/test_fn"] == 10 and m["anomaly/num_validation_units"] == 180
+  assert m["test_precision"] == 1.0 and m["test_recall"] > 0.5
+  assert m["test_roc_auc"] > 0.95 and m["threshold_fbeta"] > 0.9
+  assert m["test_tp"] + m["test_fn"] == 10 and m["num_validation_units"] == 180
   assert os.path.getsize(report.plot) > 10_000 and "F0.1" in report.summary
   # per sequence of 20 points: points 10-189 make 9 sequences a split; the spike (60-69) lies in one
-  assert m["anomaly/seq_test_tp"] + m["anomaly/seq_test_fn"] == 1 and m["anomaly/seq_test_tn"] == 8
-  assert m["anomaly/seq_test_fbeta"] == 1.0 and "per sequence of 20 points" in report.summary
+  assert m["seq_test_tp"] + m["seq_test_fn"] == 1 and m["seq_test_tn"] == 8
+  assert m["seq_test_fbeta"] == 1.0 and "per sequence of 20 points" in report.summary
 
 
 def test_top_discords_are_the_highest_windows_that_do_not_overlap():
@@ -226,22 +222,18 @@ def test_unsupervised_detection_ranks_the_planted_anomalies_first(tmp_path):
   clean_windows = jnp.asarray(np.stack([clean[a : a + 24] for a in starts]))
   model = _Clean()
   state = create_train_state(model, optax.sgd(0.1), np.zeros((1, 24, 1), np.float32), 0)
-  config = _anomaly_config(stride=4, top_k=3)
-  config.data = c
-  report = anomaly.detect(model, state, config, dataset, str(tmp_path))
-  found = sorted((d["start"], d["end"]) for d in report.metrics["anomaly/discords"])
+  report = anomaly.detect(model, state, _anomaly_options(stride=4, top_k=3), dataset, str(tmp_path / "a.png"))
+  found = sorted((d["start"], d["end"]) for d in report.metrics["discords"])
   for (lo, hi), (d_lo, d_hi) in zip(intervals, found, strict=True):
     assert d_lo < hi and lo < d_hi, (intervals, found)  # each discord overlaps its planted anomaly
-  assert report.metrics["anomaly/intervals_found"] == 3.0 and report.metrics["anomaly/roc_auc"] > 0.9
+  assert report.metrics["intervals_found"] == 3.0 and report.metrics["roc_auc"] > 0.9
   assert os.path.getsize(report.plot) > 10_000 and "top 3 discords" in report.summary
 
 
-def test_check_config_rejects_datasets_without_labels():
+def test_anomaly_evaluator_needs_a_series_dataset_and_valid_options():
   config = default_config()
-  config.anomaly.enabled = True
-  with pytest.raises(ValueError, match="needs a series dataset"):
-    anomaly.check_config(config)  # fashion_mnist
-  config.data = data.data_config("series_file")
-  config.anomaly.score = "likelihood"
-  with pytest.raises(ValueError, match="unknown config.anomaly.score"):
-    anomaly.check_config(config)
+  config.evals.anomaly = evaluators.section("anomaly")
+  with pytest.raises(ValueError, match="cannot run on dataset 'fashion_mnist': it has no anomaly segments"):
+    evaluators.check(config)
+  with pytest.raises(ValueError, match="unknown config.evals.a.score 'likelihood'"):
+    anomaly.check_options(evaluators.section("anomaly", score="likelihood"), "config.evals.a")

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,3 +48,59 @@ def test_model_options_not_in_the_file_can_still_be_overridden():
 
   config = conv_ae_fashion_mnist.get_config()
   assert {"act", "output_act", "channels", "dense", "code_dim"} <= set(config.model)
+
+
+def test_a_replaced_key_on_the_command_line_names_its_replacement(tmp_path):
+  out = _main(f"--config={CONFIG}", "--config.eval_every=5", workdir=tmp_path)
+  assert out.returncode != 0 and "Traceback" not in out.stderr
+  assert "config.eval_every was replaced by the `every` of an evaluator" in out.stderr, out.stderr
+
+
+def test_evaluate_without_a_checkpoint_is_one_error_line(tmp_path):
+  out = subprocess.run(
+    [sys.executable, "-m", "experiments.evaluate", f"--workdir={tmp_path}"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert out.returncode == 1 and out.stderr.strip().splitlines() == [
+    f"error: {tmp_path} has no checkpoint to evaluate (no {tmp_path}/checkpoints)"
+  ]
+
+
+def test_the_console_shows_what_matters_and_the_log_keeps_the_rest(tmp_path):
+  """A run that prepares a dataset prints one line about it (not tfds' banners and progress bars) and no
+  absl INFO lines; WORKDIR/log.txt keeps everything."""
+  from PIL import Image
+
+  for split in ("train", "test"):
+    (tmp_path / "pics" / split).mkdir(parents=True)
+    for i in range(8):
+      Image.fromarray(np.full((12, 12), 10 * i, np.uint8)).save(tmp_path / "pics" / split / f"{i}.png")
+  env = {
+    **os.environ,
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    "TFDS_DATA_DIR": str(tmp_path / "tfds"),
+  }
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.main",
+      f"--config=tests/tiny_experiment.py:steps=20,ckpt=0,folder={tmp_path / 'pics'}",
+      f"--workdir={tmp_path / 'run'}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=env,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  console = out.stdout + out.stderr
+  for noise in ("Downloading and preparing", "Shuffling", "Generating", "I1", "W1", "libtpu"):
+    assert noise not in console, (noise, console[-3000:])
+  assert "preparing image_folder from" in console and "step 20:" in out.stdout
+  log = (tmp_path / "run" / "log.txt").read_text()
+  assert "Downloading and preparing" in log and "INFO" in log

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from ae_jax import train
+from ae_jax import loop
 from ae_jax.data import fashion_mnist
 
 pytestmark = pytest.mark.integration
@@ -27,10 +27,10 @@ def test_conv_ae_learns_on_real_fashion_mnist(tmp_path_factory):
   config.total_steps = 150
   config.batch_size = 64
   config.log_every = 50
-  config.eval_every = 0
+  config.evals.test.every = 0
   config.async_checkpoints = False
   workdir = tmp_path_factory.mktemp("run")
-  summary = train.train_and_evaluate(config, str(workdir))
+  summary = loop.train_and_evaluate(config, str(workdir))
   assert len(summary["dataset"].split("test")) == 10_000
   # Predicting the training mean image scores 0.3466 in [-1, 1] pixel space (see the README).
   assert summary["metrics"]["test/mse"] < 0.25

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from ae_jax import checkpoint, optim, parallel, train
+from ae_jax import checkpoint, loop, optim, parallel, train
 from ae_jax.config import default_config
 from ae_jax.data import get_dataset
 from ae_jax.data.pipeline import train_batches
@@ -135,7 +135,7 @@ def test_invalid_regex_fails_when_the_optimizer_is_built():
 def test_train_and_evaluate_keeps_frozen_decoder(tiny_config, tmp_path):
   """End to end (with checkpoints every 4 steps): the final decoder is the seed's initial decoder."""
   tiny_config.freeze = ("decoder/.*",)
-  summary = train.train_and_evaluate(tiny_config, str(tmp_path))
+  summary = loop.train_and_evaluate(tiny_config, str(tmp_path))
   final = jax.device_get(summary["state"].params)
   initial, _ = _initial_state(tiny_config)
   chex.assert_trees_all_equal(final["decoder"], jax.device_get(initial.params["decoder"]))
@@ -145,11 +145,11 @@ def test_train_and_evaluate_keeps_frozen_decoder(tiny_config, tmp_path):
 def test_frozen_run_resumes_bit_exactly(tiny_config, tmp_path):
   """The masked optimizer state survives an Orbax save and restore: 6 + 6 steps == 12 steps."""
   tiny_config.freeze = ("encoder/.*",)
-  full = train.train_and_evaluate(tiny_config, str(tmp_path / "full"))
+  full = loop.train_and_evaluate(tiny_config, str(tmp_path / "full"))
   half = tiny_config.copy_and_resolve_references()
   half.total_steps = 6
-  train.train_and_evaluate(half, str(tmp_path / "split"))
-  resumed = train.train_and_evaluate(tiny_config, str(tmp_path / "split"))
+  loop.train_and_evaluate(half, str(tmp_path / "split"))
+  resumed = loop.train_and_evaluate(tiny_config, str(tmp_path / "split"))
   assert resumed["step"] == 12
   chex.assert_trees_all_equal(jax.device_get(full["state"]), jax.device_get(resumed["state"]))
   assert checkpoint.Checkpointer(str(tmp_path / "split" / "checkpoints"), keep=3).latest_step() == 12

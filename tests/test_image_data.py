@@ -10,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from ae_jax import data, train
+from ae_jax import data, loop
 from ae_jax.config import default_config
 from ae_jax.data import cifar10, image_folder, images, pipeline
 from ae_jax.errors import ConfigError, DataError
@@ -103,11 +103,11 @@ def test_tfds_training_is_sharded_per_process_and_resumes_exactly(tiny_config, t
       np.stack([halves[0]["x"], halves[1]["x"]], 1).reshape(whole["x"].shape), whole["x"]
     )
     tiny_config.total_steps = 6
-    full = train.train_and_evaluate(tiny_config, str(tmp_path / "full"))
+    full = loop.train_and_evaluate(tiny_config, str(tmp_path / "full"))
     tiny_config.total_steps = 3
-    train.train_and_evaluate(tiny_config, str(tmp_path / "split"))
+    loop.train_and_evaluate(tiny_config, str(tmp_path / "split"))
     tiny_config.total_steps = 6
-    resumed = train.train_and_evaluate(tiny_config, str(tmp_path / "split"))
+    resumed = loop.train_and_evaluate(tiny_config, str(tmp_path / "split"))
   chex.assert_trees_all_equal(jax.device_get(full["state"].params), jax.device_get(resumed["state"].params))
   assert full["model"].input_shape == (8, 8, 1)
 
@@ -237,11 +237,9 @@ def test_image_folder_trains_end_to_end(folder, tmp_path):
   config.data = data.data_config(
     "image_folder", path=str(folder), image_size=8, data_dir=str(tmp_path / "tfds")
   )
-  config.update(
-    dict(batch_size=8, eval_batch_size=8, total_steps=4, log_every=2, eval_every=0, checkpoint_every=0)
-  )
+  config.update(dict(batch_size=8, eval_batch_size=8, total_steps=4, log_every=2, checkpoint_every=0))
   config.async_checkpoints = False
-  summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+  summary = loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert np.isfinite(summary["metrics"]["test/mse"]) and summary["model"].input_shape == (8, 8, 1)
 
 
@@ -256,7 +254,7 @@ def test_vqvae_celeba64_config_trains_on_mocked_celeb_a(tmp_path):
   config.update(dict(batch_size=8, eval_batch_size=8, total_steps=2, log_every=1, checkpoint_every=0))
   config.async_checkpoints = False
   with tfds.testing.mock_data(num_examples=16):
-    summary = train.train_and_evaluate(config, str(tmp_path))
+    summary = loop.train_and_evaluate(config, str(tmp_path))
   metrics = summary["metrics"]
   assert np.isfinite(metrics["validation/nmse"]) and np.isfinite(metrics["test/nmse"])
   assert summary["model"].input_shape == (64, 64, 3)

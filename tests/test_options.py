@@ -9,8 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from ae_jax import data, evaluate, optim, visualize
+from ae_jax import data, optim, visualize
 from ae_jax.config import default_config
+from ae_jax.evaluators import batches, images
 
 
 def _opt(**kw):
@@ -94,13 +95,13 @@ def test_latent_points_pca_recovers_the_dominant_plane():
   plane = rng.normal(size=(500, 2)) * [5.0, 3.0]
   basis = np.linalg.qr(rng.normal(size=(6, 6)))[0][:, :2]
   codes = plane @ basis.T + 0.01 * rng.normal(size=(500, 6))
-  points, title = evaluate.latent_points(codes)
+  points, title = images.latent_points(codes)
   assert points.shape == (500, 2) and "principal components" in title
   # the 2-D view spans the same plane: projecting back loses almost nothing
   centred = codes - codes.mean(0)
   resid = centred - points @ np.linalg.lstsq(points, centred, rcond=None)[0]
   assert np.linalg.norm(resid) / np.linalg.norm(centred) < 0.01
-  same, title2 = evaluate.latent_points(plane)
+  same, title2 = images.latent_points(plane)
   np.testing.assert_array_equal(same, plane)
   assert title2 == "latent code"
 
@@ -150,6 +151,6 @@ def test_mean_image_baseline_ignores_padded_positions():
   ]
   test = [{"x": np.array([[2.0, 2.0], [4.0, 4.0], [-99.0, -99.0]]), "mask": np.array([1.0, 0.0, 0.0])}]
   # means per position: [2, 4, 7]; the one real test frame [2, 2] matches its mean exactly
-  assert evaluate.mean_image_mse(train, test, info) == 0.0
+  assert batches.mean_image_mse(train, test, info) == 0.0
   test[0]["x"][0] = [4.0, 4.0]
-  assert evaluate.mean_image_mse(train, test, info) == pytest.approx(4.0)
+  assert batches.mean_image_mse(train, test, info) == pytest.approx(4.0)

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from ae_jax import checkpoint, data, train
+from ae_jax import checkpoint, data, loop, train
 from ae_jax.data import data_config
 from ae_jax.data import spoken_digit as sd
 from experiments.configs import seq_vae_spoken_digit
@@ -156,11 +156,9 @@ def test_config_trains_and_restores_batchnorm_statistics(data_dir, archive, tmp_
   test metrics; restoring here avoids compiling the evaluation twice.)"""
   c = _config(data_dir, archive)
   c.model.latent_dim = 4
-  c.update(
-    dict(batch_size=8, eval_batch_size=16, total_steps=3, log_every=1, eval_every=0, checkpoint_every=3)
-  )
+  c.update(dict(batch_size=8, eval_batch_size=16, total_steps=3, log_every=1, checkpoint_every=3))
   c.async_checkpoints = False
-  first = train.train_and_evaluate(c, str(tmp_path))
+  first = loop.train_and_evaluate(c, str(tmp_path))
   assert first["model"].axis_name == "batch" and first["model"].input_shape == (6, 17)
   stats = first["state"].model_state["batch_stats"]
   assert not np.allclose(stats["encoder"]["norm_0"]["var"], 1.0)  # moved away from the initial value

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ae_jax import checkpoint, parallel, train
+from ae_jax import checkpoint, evaluators, loop, parallel, train
 from ae_jax.config import check_config
 from ae_jax.data import get_dataset
 from ae_jax.data.pipeline import train_batches
@@ -72,7 +72,13 @@ def test_step_metrics_and_learning_rate(tiny_config):
   tiny_config.optimizer.warmup_steps = 4
   state, step_fn, batches = _setup(tiny_config)
   _, metrics = _run_steps(step_fn, state, [next(batches) for _ in range(3)], jax.local_devices())
-  assert set(metrics[0]) == {"loss", "mse", "grad_norm", "learning_rate", "nonfinite"}
+  norms = {f"{kind}/{module}" for kind in ("grad_norm", "param_norm") for module in ("encoder", "decoder")}
+  assert set(metrics[0]) == {"loss", "mse", "grad_norm", "learning_rate", "nonfinite", *norms}
+  np.testing.assert_allclose(  # the global norm is the root of the modules' squared norms
+    metrics[0]["grad_norm"][0],
+    np.hypot(metrics[0]["grad_norm/encoder"][0], metrics[0]["grad_norm/decoder"][0]),
+    rtol=1e-5,
+  )
   lrs = [float(m["learning_rate"][0]) for m in metrics]
   np.testing.assert_allclose(lrs, [0.0, 3e-3 / 4, 2 * 3e-3 / 4], rtol=1e-6)
   assert all(float(m["nonfinite"][0]) == 0.0 for m in metrics)
@@ -94,12 +100,12 @@ def _params(summary):
 
 def test_resume_equals_uninterrupted_run(tiny_config, tmp_path):
   """12 steps in one go == 6 steps, stop, rerun to 12 (same data order and randomness)."""
-  full = train.train_and_evaluate(tiny_config, str(tmp_path / "full"))
+  full = loop.train_and_evaluate(tiny_config, str(tmp_path / "full"))
   half = tiny_config.copy_and_resolve_references()
   half.total_steps = 6
-  first = train.train_and_evaluate(half, str(tmp_path / "split"))
+  first = loop.train_and_evaluate(half, str(tmp_path / "split"))
   assert first["step"] == 6
-  resumed = train.train_and_evaluate(tiny_config, str(tmp_path / "split"))
+  resumed = loop.train_and_evaluate(tiny_config, str(tmp_path / "split"))
   assert resumed["step"] == 12
   chex.assert_trees_all_equal(_params(full), _params(resumed))
   chex.assert_trees_all_equal(
@@ -111,17 +117,17 @@ def test_resume_equals_uninterrupted_run(tiny_config, tmp_path):
 
 
 def test_same_seed_same_numbers_other_seed_differs(tiny_config, tmp_path):
-  a = train.train_and_evaluate(tiny_config, str(tmp_path / "a"))
-  b = train.train_and_evaluate(tiny_config, str(tmp_path / "b"))
+  a = loop.train_and_evaluate(tiny_config, str(tmp_path / "a"))
+  b = loop.train_and_evaluate(tiny_config, str(tmp_path / "b"))
   assert a["metrics"] == b["metrics"]
   tiny_config.seed = 1
-  c = train.train_and_evaluate(tiny_config, str(tmp_path / "c"))
+  c = loop.train_and_evaluate(tiny_config, str(tmp_path / "c"))
   assert a["metrics"] != c["metrics"]
 
 
 def test_metrics_jsonl_and_tensorboard(tiny_config, tmp_path):
-  tiny_config.eval_every = 6
-  summary = train.train_and_evaluate(tiny_config, str(tmp_path))
+  tiny_config.evals.test.every = 6
+  summary = loop.train_and_evaluate(tiny_config, str(tmp_path))
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   train_rows = [r for r in rows if "loss" in r]
   assert [r["step"] for r in train_rows] == [3, 6, 9, 12]
@@ -135,7 +141,7 @@ def test_metrics_jsonl_and_tensorboard(tiny_config, tmp_path):
 
 def test_eval_is_exact_mean_over_test_set(tiny_config, tmp_path):
   """The pmapped, padded evaluation equals a plain per-example mean over all 40 test examples."""
-  summary = train.train_and_evaluate(tiny_config, str(tmp_path))
+  summary = loop.train_and_evaluate(tiny_config, str(tmp_path))
   dataset = get_dataset(tiny_config.data)
   test_src, info = dataset.split("test"), dataset.info
   x = np.stack([info.preprocess(r, 0)["x"] for r in test_src])
@@ -147,22 +153,22 @@ def test_eval_is_exact_mean_over_test_set(tiny_config, tmp_path):
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
   monkeypatch.setattr(train, "loss_weights", lambda c: {"mse": lambda s: jnp.where(s >= 6, jnp.nan, 1.0)})
   with pytest.raises(
-    train.NonFiniteLossError, match="non-finite at step 7; .*last good checkpoint \\(step 4\\)"
+    loop.NonFiniteLossError, match="non-finite at step 7; .*last good checkpoint \\(step 4\\)"
   ):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
+    loop.train_and_evaluate(tiny_config, str(tmp_path))
   ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), keep=3)
   assert ckpt.all_steps() == [4]
 
 
 def test_preemption_saves_and_resumes(tiny_config, tmp_path, monkeypatch):
   """A SIGTERM at step 5 saves step 5 and returns; rerunning finishes with the uninterrupted result."""
-  full = train.train_and_evaluate(tiny_config, str(tmp_path / "full"))
-  monkeypatch.setattr(Preemption, "agreed", lambda self, step, every: step == 5)
-  stopped = train.train_and_evaluate(tiny_config, str(tmp_path / "stopped"))
+  full = loop.train_and_evaluate(tiny_config, str(tmp_path / "full"))
+  monkeypatch.setattr(Preemption, "reached", lambda self, step: step == 5)
+  stopped = loop.train_and_evaluate(tiny_config, str(tmp_path / "stopped"))
   assert stopped["preempted"] and stopped["step"] == 5
   assert checkpoint.Checkpointer(str(tmp_path / "stopped" / "checkpoints"), keep=3).latest_step() == 5
   monkeypatch.undo()
-  resumed = train.train_and_evaluate(tiny_config, str(tmp_path / "stopped"))
+  resumed = loop.train_and_evaluate(tiny_config, str(tmp_path / "stopped"))
   chex.assert_trees_all_equal(_params(full), _params(resumed))
 
 
@@ -171,9 +177,10 @@ def test_keep_best_reports_the_lowest_evaluation_and_survives_a_restart(tiny_con
   returns the evaluated state with the lowest validation/mse, and a run stopped at step 9 and rerun
   agrees."""
   monkeypatch.setattr(train, "loss_weights", lambda c: {"mse": lambda s: jnp.where(s >= 6, -1.0, 1.0)})
-  tiny_config.update({"keep_best": "validation/mse", "eval_every": 2, "optimizer": {"learning_rate": 3e-2}})
+  tiny_config.update({"keep_best": "validation/mse", "optimizer": {"learning_rate": 3e-2}})
   tiny_config.data.validation_size = 16
-  full = train.train_and_evaluate(tiny_config, str(tmp_path / "full"))
+  tiny_config.evals.validation = evaluators.section("losses", split="validation", every=2)
+  full = loop.train_and_evaluate(tiny_config, str(tmp_path / "full"))
   with open(tmp_path / "full" / "metrics.jsonl") as f:
     evals = {r["step"]: r["validation/mse"] for r in map(json.loads, f) if "validation/mse" in r}
   best_step = min(evals, key=evals.get)
@@ -183,46 +190,52 @@ def test_keep_best_reports_the_lowest_evaluation_and_survives_a_restart(tiny_con
   )
   assert "test/mse" in full["metrics"]  # the test split is reported, not selected on
   assert int(full["state"].step) == best_step
-  monkeypatch.setattr(Preemption, "agreed", lambda self, step, every: step == 9)
-  assert train.train_and_evaluate(tiny_config, str(tmp_path / "stopped"))["preempted"]
-  monkeypatch.setattr(Preemption, "agreed", lambda self, step, every: False)
-  resumed = train.train_and_evaluate(tiny_config, str(tmp_path / "stopped"))
+  monkeypatch.setattr(Preemption, "reached", lambda self, step: step == 9)
+  assert loop.train_and_evaluate(tiny_config, str(tmp_path / "stopped"))["preempted"]
+  monkeypatch.setattr(Preemption, "reached", lambda self, step: False)
+  resumed = loop.train_and_evaluate(tiny_config, str(tmp_path / "stopped"))
   assert resumed["step"] == best_step
   chex.assert_trees_all_equal(_params(full), _params(resumed))
-  again = train.train_and_evaluate(tiny_config, str(tmp_path / "full"))  # a finished run reports the same
+  again = loop.train_and_evaluate(tiny_config, str(tmp_path / "full"))  # a finished run reports the same
   assert again["step"] == best_step and again["metrics"] == full["metrics"]
   chex.assert_trees_all_equal(_params(full), _params(again))
   tiny_config.keep_best = "validation/loss"  # another metric cannot continue this run's selection
   with pytest.raises(checkpoint.CheckpointMismatchError, match="keeps the best state by validation/mse"):
-    train.train_and_evaluate(tiny_config, str(tmp_path / "stopped"))
+    loop.train_and_evaluate(tiny_config, str(tmp_path / "stopped"))
 
 
-def test_keep_best_must_name_a_validation_loss(tiny_config):
+def test_keep_best_must_name_a_periodic_validation_loss(tiny_config):
   tiny_config.keep_best = "test/loss"
-  with pytest.raises(ValueError, match="not a validation loss.*set config.data.validation_size"):
+  with pytest.raises(ValueError, match="not a metric of a periodic losses evaluator"):
+    check_config(tiny_config, num_processes=1, local_devices=8)  # the test evaluator runs at the end only
+  tiny_config.evals.test.every = 4
+  with pytest.raises(ValueError, match="selects on the test split, which is only reported"):
     check_config(tiny_config, num_processes=1, local_devices=8)
   tiny_config.data.validation_size = 16
+  tiny_config.evals.validation = evaluators.section("losses", split="validation", every=4)
   tiny_config.keep_best = "validation/los"
-  with pytest.raises(ValueError, match=r"use one of \['validation/loss', 'validation/mse'\]"):
+  with pytest.raises(ValueError, match=r"use one of \[.*'validation/loss', 'validation/mse'"):
     check_config(tiny_config, num_processes=1, local_devices=8)
+  tiny_config.keep_best = "validation/loss"
+  check_config(tiny_config, num_processes=1, local_devices=8)
 
 
 def test_sigterm_sets_the_preemption_flag():
   handler = Preemption()
   try:
     os.kill(os.getpid(), signal.SIGTERM)
-    assert handler.requested and handler.agreed(1, 10)
+    assert handler.requested and handler.reached(1)
   finally:
     handler.restore()
 
 
 def test_other_model_in_same_workdir_is_refused_and_checkpoint_kept(tiny_config, tmp_path):
-  train.train_and_evaluate(tiny_config, str(tmp_path))
+  loop.train_and_evaluate(tiny_config, str(tmp_path))
   before = sorted(os.listdir(tmp_path / "checkpoints"))
   tiny_config.model.code_dim = 8
   tiny_config.total_steps = 20
   with pytest.raises(checkpoint.CheckpointMismatchError, match="use a new --workdir"):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
+    loop.train_and_evaluate(tiny_config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == before
 
 
@@ -255,5 +268,5 @@ def test_bad_config_gives_clear_error(tiny_config, key, value, match):
 def test_bad_registry_names_fail_before_training(tiny_config, tmp_path, section, key, value, match):
   tiny_config[section][key] = value
   with pytest.raises(ValueError, match=match):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
+    loop.train_and_evaluate(tiny_config, str(tmp_path))
   assert not os.path.exists(tmp_path / "checkpoints") or not os.listdir(tmp_path / "checkpoints")

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ae_jax import losses, train
+from ae_jax import loop, losses, parallel
 from ae_jax.data import synthetic_images
-from ae_jax.likelihood import evaluate_likelihood, importance_estimate, log_importance_weights
+from ae_jax.evaluators.likelihood import evaluate_likelihood, importance_estimate, log_importance_weights
 from ae_jax.models import get_model
 
 D, L = 6, 2  # data and latent dimensions of the linear-Gaussian model
@@ -211,10 +211,11 @@ def test_vae_trains_and_likelihood_evaluation_runs(tiny_config, tmp_path):
   c.data.scale, c.data.binarize = "unit", "dynamic"
   c.loss = {"bernoulli_nll": 1.0, "kl": 1.0}
   c.total_steps, c.optimizer.learning_rate = 30, 1e-2
-  summary = train.train_and_evaluate(c, str(tmp_path))
+  summary = loop.train_and_evaluate(c, str(tmp_path))
   state, model, info = summary["state"], summary["model"], summary["dataset"].info
   test = synthetic_images(40, (8, 8, 1), seed=2)
-  result = evaluate_likelihood(model, state, test, info, num_samples=200, chunk_size=50, batch_size=16)
+  rstate = parallel.replicate(state)
+  result = evaluate_likelihood(model, rstate, test, info, num_samples=200, chunk_size=50, batch_size=16)
   neg_elbo = summary["metrics"]["test/bernoulli_nll"] + summary["metrics"]["test/kl"]
   assert result["num_examples"] == 40
   assert result["nll"] < result["neg_elbo"] + 3 * result["nll_stderr"]

@@ -1,7 +1,7 @@
 """Anomaly detection from reconstruction errors: scores and thresholds (`scores`), error vectors
 (`reconstruction`), the procedure for trained models (`detect`) and its plots (`plot`)."""
 
-from ae_jax.anomaly.detect import AnomalyReport, check_config, detect, threshold_and_test, top_discords
+from ae_jax.anomaly.detect import AnomalyReport, check_options, detect, threshold_and_test, top_discords
 from ae_jax.anomaly.reconstruction import (
   UnitErrors,
   WindowErrors,
@@ -30,7 +30,7 @@ __all__ = [
   "UnitErrors",
   "WindowErrors",
   "best_threshold",
-  "check_config",
+  "check_options",
   "detect",
   "fbeta_from_counts",
   "fit_gaussian",

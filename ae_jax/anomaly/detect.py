@@ -24,7 +24,7 @@ Semi-supervised (the dataset gives train / validation / threshold / test ranges)
 6. The series are also counted as the paper counts them, per sequence: consecutive windows of the model's
    length (a week of power demand, a valve cycle) with the largest point score as the sequence's score,
    a threshold of their own chosen on the threshold split's sequences, and sequence-level precision,
-   recall and F-beta ("anomaly/seq_..." metrics).
+   recall and F-beta ("seq_..." metrics).
 
 Unsupervised (no ranges: the model was trained on the whole series, with the largest training errors left
 out of the loss by `config.trim`): every point is scored as above against a Gaussian fitted to all points
@@ -40,49 +40,38 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 
 import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from ae_jax import evaluate
 from ae_jax.anomaly.plot import save_anomaly_plot, save_discord_plot
 from ae_jax.anomaly.reconstruction import position_scale, sequence_scores, unit_errors, window_errors
 from ae_jax.anomaly.scores import SCORES, best_threshold, fit_gaussian, precision_recall_fbeta, roc_auc
 from ae_jax.data.registry import Dataset
 from ae_jax.data.series import AnomalySplits, Segment
 from ae_jax.errors import ConfigError
+from ae_jax.evaluators.batches import reconstruct as reconstruct_batches
 from ae_jax.train import TrainState
 
 
 @dataclasses.dataclass(frozen=True)
 class AnomalyReport:
-  """Metrics ("anomaly/..." keys, for results.json), the plot's path, and a summary."""
+  """Metrics (floats, and lists such as the discords), the plot's path, and a summary."""
 
   metrics: dict[str, object]
   plot: str | None
   summary: str
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError (before any training) when anomaly detection cannot run for this config."""
-  from ae_jax import data
-
-  a = config.anomaly
-  if not data.get_spec(config.data.name).anomaly_labels:
-    with_labels = sorted(n for n, s in data.DATASETS.items() if s.anomaly_labels)
-    raise ConfigError(
-      f"config.anomaly.enabled needs a series dataset {with_labels}, not '{config.data.name}'"
-    )
+def check_options(a: ml_collections.ConfigDict, where: str = "config.evals.anomaly") -> None:
+  """Raises ConfigError for anomaly options that cannot work (before any training)."""
   if a.score not in SCORES:
-    raise ConfigError(f"unknown config.anomaly.score '{a.score}'; choose one of {sorted(SCORES)}")
+    raise ConfigError(f"unknown {where}.score '{a.score}'; choose one of {sorted(SCORES)}")
   if not 0.0 <= a.shrinkage <= 1.0 or a.beta <= 0 or a.stride < 1 or a.batch_size < 1:
-    raise ConfigError("config.anomaly needs 0 <= shrinkage <= 1, beta > 0, stride >= 1 and batch_size >= 1")
+    raise ConfigError(f"{where} needs 0 <= shrinkage <= 1, beta > 0, stride >= 1 and batch_size >= 1")
   if not 0.0 <= a.contamination < 1.0 or a.top_k < 1:
-    raise ConfigError("config.anomaly needs 0 <= contamination < 1 and top_k >= 1")
-  if config.model.get("vocab_size", 0):
-    raise ConfigError("anomaly detection scores real-valued reconstructions: set config.model.vocab_size=0")
+    raise ConfigError(f"{where} needs 0 <= contamination < 1 and top_k >= 1")
 
 
 def threshold_and_test(
@@ -117,7 +106,7 @@ def threshold_and_test(
   return tau, metrics, phrase
 
 
-def _semi_supervised(reconstruct, a, splits: AnomalySplits, name: str, workdir: str | None) -> AnomalyReport:
+def _semi_supervised(reconstruct, a, splits: AnomalySplits, name: str, path: str | None) -> AnomalyReport:
   stride = splits.window if splits.unit == "window" else a.stride
   roles = ("validation", "threshold", "test")
   errors = {r: window_errors(splits.segments[r], reconstruct, splits.window, stride) for r in roles}
@@ -129,22 +118,19 @@ def _semi_supervised(reconstruct, a, splits: AnomalySplits, name: str, workdir: 
     (scores["threshold"], units["threshold"].labels),
     (scores["test"], units["test"].labels),
     a.beta,
-    "anomaly/",
+    "",
   )
   metrics.update(
-    {"anomaly/beta": float(a.beta), "anomaly/num_validation_units": float(len(units["validation"].errors))}
+    {"beta": float(a.beta), "num_validation_units": float(len(units["validation"].errors))}
   )
   what = "window" if splits.unit == "window" else "point"
   summary = f"anomaly detection ({name}, {a.score}): per {what}: {phrase}"
   if splits.unit == "point":
     val, test = (sequence_scores(units[r], scores[r], splits.window) for r in ("threshold", "test"))
-    _, seq_metrics, seq_phrase = threshold_and_test(val, test, a.beta, "anomaly/seq_")
+    _, seq_metrics, seq_phrase = threshold_and_test(val, test, a.beta, "seq_")
     metrics.update(seq_metrics)
     summary += f"\n  per sequence of {splits.window} points: {seq_phrase}"
-  plot = None
-  if workdir is not None:
-    path = os.path.join(workdir, "anomalies.png")
-    plot = save_anomaly_plot(path, units, scores, tau, splits, title=summary.split(":")[0])
+  plot = None if path is None else save_anomaly_plot(path, units, scores, tau, splits, summary.split(":")[0])
   return AnomalyReport(metrics, plot, summary)
 
 
@@ -181,7 +167,7 @@ def _intervals(labels: np.ndarray) -> list[tuple[int, int]]:
   return list(zip(runs[::2].tolist(), runs[1::2].tolist(), strict=True))
 
 
-def _unsupervised(reconstruct, a, splits: AnomalySplits, name: str, workdir: str | None) -> AnomalyReport:
+def _unsupervised(reconstruct, a, splits: AnomalySplits, name: str, path: str | None) -> AnomalyReport:
   segments = splits.segments["score"]
   errors = window_errors(segments, reconstruct, splits.window, a.stride)
   scale = position_scale(errors) if a.normalise_positions else None
@@ -202,7 +188,7 @@ def _unsupervised(reconstruct, a, splits: AnomalySplits, name: str, workdir: str
     }
     for i, lo, hi, v in found
   ]
-  metrics: dict[str, object] = {"anomaly/discords": discords, "anomaly/num_points": float(len(scores))}
+  metrics: dict[str, object] = {"discords": discords, "num_points": float(len(scores))}
   lines = [f"  {d['series']} [{d['start']}, {d['end']}) score {d['score']:.4g}" for d in discords]
   summary = (
     f"anomaly detection ({name}, unsupervised, {a.score}): top {len(discords)} discords\n" + "\n".join(lines)
@@ -212,10 +198,10 @@ def _unsupervised(reconstruct, a, splits: AnomalySplits, name: str, workdir: str
     for i, lo, hi, _ in found:
       predicted[units.parts[i][1].start + lo : units.parts[i][1].start + hi] = True
     counts = precision_recall_fbeta(predicted, units.labels, a.beta)
-    metrics.update({f"anomaly/{k}": float(v) for k, v in counts.items()})
+    metrics.update({k: float(v) for k, v in counts.items()})
     auc = roc_auc(scores, units.labels)
     if not math.isnan(auc):
-      metrics["anomaly/roc_auc"] = auc
+      metrics["roc_auc"] = auc
     hits = []
     for (seg, part), seg_scores in zip(units.parts, per_segment, strict=True):
       del seg_scores
@@ -225,35 +211,33 @@ def _unsupervised(reconstruct, a, splits: AnomalySplits, name: str, workdir: str
           {"series": seg.series, "start": (seg.lo + lo) * f, "end": (seg.lo + hi) * f, "found": hit}
         )
     metrics.update(
-      {"anomaly/intervals": hits, "anomaly/intervals_found": float(sum(h["found"] for h in hits))}
+      {"intervals": hits, "intervals_found": float(sum(h["found"] for h in hits))}
     )
     summary += (
       f"\n  labelled intervals found {sum(h['found'] for h in hits)}/{len(hits)}; per point: precision "
       f"{counts['precision']:.3f} recall {counts['recall']:.3f} F{a.beta:g} {counts['fbeta']:.3f} "
       f"ROC-AUC {auc:.3f}"
     )
-  plot = None
-  if workdir is not None:
-    plot = save_discord_plot(
-      os.path.join(workdir, "anomalies.png"), units, scores, found, splits, summary.split(":")[0]
-    )
+  plot = (
+    None if path is None else save_discord_plot(path, units, scores, found, splits, summary.split(":")[0])
+  )
   return AnomalyReport(metrics, plot, summary)
 
 
 def detect(
   model: nn.Module,
   state: TrainState,
-  config: ml_collections.ConfigDict,
+  options: ml_collections.ConfigDict,
   dataset: Dataset,
-  workdir: str | None = None,
+  plot_path: str | None = None,
 ) -> AnomalyReport:
-  """Runs the procedure of the module docstring for a trained model; writes WORKDIR/anomalies.png."""
-  check_config(config)
-  a = config.anomaly
+  """Runs the procedure of the module docstring for a trained model (unreplicated `state`) with the
+  `anomaly` evaluator's options; writes the plot to `plot_path` when given."""
+  check_options(options)
 
   def reconstruct(windows: np.ndarray) -> np.ndarray:
-    return evaluate.reconstruct(model, state, windows, a.batch_size)["recon"]
+    return reconstruct_batches(model, state, windows, options.batch_size)["recon"]
 
   splits = dataset.anomaly
   run = _semi_supervised if splits.supervised else _unsupervised
-  return run(reconstruct, a, splits, config.data.name, workdir)
+  return run(reconstruct, options, splits, dataset.name, plot_path)

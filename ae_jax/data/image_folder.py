@@ -209,7 +209,7 @@ def _load(data: ml_collections.ConfigDict) -> registry.Dataset:
   folder_dir = Path(sources.tfds_root(data.data_dir)) / "image_folder" / f"{listing.root.name}-{fingerprint}"
   builder = ImageFolderBuilder(listing=listing, geometry=geometry, shape=shape, data_dir=str(folder_dir))
   if not builder.is_prepared():
-    builder.download_and_prepare()
+    sources.prepare(builder, listing.root)
   roles = [r for r in registry.ROLES if listing.count(r)]
   splits = {role: builder.as_data_source(split=role) for role in roles}
   if data.cache_in_memory and sum(len(s) for s in splits.values()) * int(np.prod(shape)) > MAX_CACHE_BYTES:

@@ -197,6 +197,7 @@ def image_info(
     class_names=class_names,
     to_image=lambda x: np.clip(to_unit(np.asarray(x)), 0.0, 1.0),
     variance_fn=variance_fn,
+    to_unit=to_unit,
   )
 
 

@@ -63,6 +63,7 @@ class DatasetInfo:
   class_names: tuple[str, ...] | None = None
   to_image: Callable[[np.ndarray], np.ndarray] | None = None
   variance_fn: Callable[[], float] | None = None
+  to_unit: Callable[[Any], Any] | None = None  # image datasets: model range -> [0, 1] (works on jax arrays)
 
   @property
   def shape(self) -> tuple[int, ...]:

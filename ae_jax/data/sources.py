@@ -191,8 +191,7 @@ def tfds_or_local(
         f"{tfds_name or builder.name}: nothing prepared in {tfds_root(data.data_dir)} and no local copy at "
         f"{local_input}; {how_to_get}"
       )
-    log.info("preparing %s from %s into %s (once)", builder.name, local_input, builder.data_dir)
-    builder.download_and_prepare()
+    prepare(builder, local_input)
   source = builder.as_data_source(split=split)
   log.info(
     "%s %s: %s from %s (%d records)",
@@ -203,3 +202,16 @@ def tfds_or_local(
     len(source),
   )
   return source
+
+
+def prepare(builder: Any, source: Any) -> None:
+  """Prepares a local tfds builder once (ArrayRecord files written to a temporary directory and renamed
+  when complete), announcing it in one line; tfds' own banners go to the log only."""
+  from ae_jax import console
+
+  log.info(
+    "preparing %s from %s into %s (once; later runs read it directly)", builder.name, source, builder.data_dir
+  )
+  console.quiet_tfds()
+  with console.captured_stdout(logging.getLogger("tensorflow_datasets")):
+    builder.download_and_prepare()

@@ -14,6 +14,7 @@ to 32, 128 and beyond, so the latent grid stays 8x8 to 16x16) or `conv_ae` (the 
 pixels in [-1, 1]). Every data and model option can be overridden, e.g. --config.data.channels=1.
 """
 
+from ae_jax import evaluators
 from ae_jax.config import default_config
 from ae_jax.data import data_config
 from ae_jax.models import model_config
@@ -41,7 +42,7 @@ def get_config(arg: str = "image_folder"):
     config.loss.nmse = 1.0  # mse / training variance (estimated on the first training images)
     config.loss.commitment = 1.0
     scale, config.batch_size, config.optimizer.learning_rate = "centered", 32, 3e-4
-    config.visualize.num_latents = 0
+    config.evals.codebook = evaluators.section("codebook", split="test")
   else:
     config.model = model_config(
       "conv_ae", num_downsamples=levels + 1, channels=(32, 64, 128, 256, 256)[: levels + 1]
@@ -52,7 +53,8 @@ def get_config(arg: str = "image_folder"):
   config.data = data_config(dataset, image_size=size, scale=scale)
   config.total_steps = 10_000
   config.log_every = 100
-  config.eval_every = 1000
+  config.evals.test.every = 1000
+  config.evals.quality = evaluators.section("image_quality", split="test")
   config.checkpoint_every = 1000
   config.eval_batch_size = 500
   return config

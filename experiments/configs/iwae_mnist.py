@@ -13,6 +13,7 @@ steps: run it on an accelerator. `--config.data.name=fashion_mnist --config.tota
 model on Fashion-MNIST offline (README "Results").
 """
 
+from ae_jax import evaluators
 from ae_jax.config import default_config
 from ae_jax.data import data_config
 from ae_jax.models import model_config
@@ -45,8 +46,8 @@ def get_config(arg: str = "k=50"):
   config.optimizer.boundaries = tuple(sum(epochs[: i + 1]) * STEPS_PER_EPOCH for i in range(7))
   config.optimizer.scales = tuple(10 ** (-i / 7) for i in range(8))
   config.log_every = 1000
-  config.eval_every = 100 * STEPS_PER_EPOCH
+  config.evals.test.every = 100 * STEPS_PER_EPOCH
   config.checkpoint_every = 10 * STEPS_PER_EPOCH
-  config.likelihood_eval.num_samples = 5000
-  config.likelihood_eval.chunk_size = 500
+  config.evals.samples = evaluators.section("samples")
+  config.evals.likelihood = evaluators.section("likelihood", split="test", num_samples=5000, chunk_size=500)
   return config

@@ -11,10 +11,10 @@ r"""LSTM autoencoders for anomaly detection (Malhotra et al. 2016, EncDec-AD): d
     python -m experiments.main --workdir runs/ad_mine --config experiments/configs/lstm_anomaly.py:series \
         --config.data.path=my_sensor.csv --config.data.columns=temperature --config.data.window=64
 
-`series` is your own series (`series_file`, ae_jax/data/series.py): without ranges it is scored
-unsupervised (trained on the whole series with the 5% largest training errors left out of the loss after
-1,000 steps, then the top discords are reported); with --config.data.{train,validation,test}_ranges it
-follows the semi-supervised protocol below (add --config.trim.fraction=0 --config.keep_best=validation/loss).
+`series` is your own series (`series_file`, ae_jax/data/series.py), scored unsupervised: trained on the
+whole series with the 5% largest training errors left out of the loss after 1,000 steps, then the top
+discords are reported. `series,mode=supervised` with --config.data.{train,validation,threshold,test}_ranges
+follows the semi-supervised protocol below instead.
 
 The argument is the data set, optionally followed by `,model=NAME` for another family (lstm_ae_repeat,
 lstm_ae_stacked, lstm_ae_seq; default lstm_encdec_ad), e.g. `lstm_anomaly.py:ecg5000,model=lstm_ae_repeat`.
@@ -29,6 +29,7 @@ any of their options can be overridden, e.g. --config.data.window=100. Data: the
 (--config.data.root, $AE_JAX_DATA, else ../shared/data).
 """
 
+from ae_jax import evaluators
 from ae_jax.config import default_config
 from ae_jax.data import data_config, timeseries
 from ae_jax.models import model_config
@@ -43,6 +44,7 @@ SETTINGS = {
 }
 # The arguments the config sweep test checks: every data set, and every family on one of them.
 ARGS = (*SETTINGS, *(f"power_demand,model={m}" for m in ("lstm_ae_seq", "lstm_ae_repeat", "lstm_ae_stacked")))
+# (`series,mode=supervised` needs ranges, which the sweep test's stand-in file does not give)
 # The width option of each family.
 WIDTH = {
   "lstm_encdec_ad": "hidden",
@@ -56,10 +58,11 @@ def get_config(arg: str = "power_demand"):
   name, *options = arg.split(",")
   options = dict(kv.split("=") for kv in options)
   model = options.pop("model", "lstm_encdec_ad")
+  unsupervised = name == "series" and options.pop("mode", "unsupervised") == "unsupervised"
   if options or name not in SETTINGS or model not in WIDTH:
     raise ValueError(
-      f"lstm_anomaly.py:{arg}: use DATASET[,model=NAME] with DATASET in {list(SETTINGS)} and NAME in "
-      f"{list(WIDTH)}"
+      f"lstm_anomaly.py:{arg}: use DATASET[,model=NAME][,mode=supervised] with DATASET in {list(SETTINGS)} "
+      f"and NAME in {list(WIDTH)}"
     )
   batch, steps, width, anomaly_options = SETTINGS[name]
   config = default_config()
@@ -72,7 +75,8 @@ def get_config(arg: str = "power_demand"):
   config.loss.mse = 1.0
   if name == "series":  # your own series: set --config.data.path (and columns, window, labels, ranges)
     config.data = data_config("series_file", window=64, stride=4)
-    config.trim.update(fraction=0.05, after=1000)  # robust to the unlabelled anomalies it trains on
+    if unsupervised:
+      config.trim.update(fraction=0.05, after=1000)  # robust to the unlabelled anomalies it trains on
   else:
     config.data = timeseries.preset(name)  # a series_file config: files, columns, labels, window, ranges
   config.batch_size = batch
@@ -82,10 +86,13 @@ def get_config(arg: str = "power_demand"):
   config.optimizer.schedule = "cosine"
   config.optimizer.grad_clip_norm = 1.0
   config.log_every = 100
-  config.eval_every = 500
-  # early stopping on the normal validation split (vN1), as in the paper
-  config.keep_best = "" if name == "series" else "validation/loss"
+  del config.evals["reconstructions"]  # series are drawn by the anomaly evaluator
+  if unsupervised:
+    del config.evals["test"]  # the whole series trains the model; the discords are the result
+  else:  # early stopping on the normal validation split (vN1), as in the paper
+    config.evals.validation = evaluators.section("losses", split="validation", every=500, baseline=False)
+    config.evals.test.update(every=0, baseline=False)
+    config.keep_best = "validation/loss"
   config.checkpoint_every = 1000
-  config.anomaly.enabled = True
-  config.anomaly.update(anomaly_options)
+  config.evals.anomaly = evaluators.section("anomaly", **anomaly_options)
   return config

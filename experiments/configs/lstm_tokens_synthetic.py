@@ -40,7 +40,7 @@ def get_config(model: str = "lstm_ae_seq"):
   config.optimizer.learning_rate = 2e-3
   config.optimizer.grad_clip_norm = 1.0
   config.log_every = 100
-  config.eval_every = 500
+  config.evals.test.every = 500
+  del config.evals["reconstructions"]  # token sequences are not drawn
   config.checkpoint_every = 500
-  config.visualize.num_latents = 0
   return config

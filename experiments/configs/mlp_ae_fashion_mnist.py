@@ -7,6 +7,7 @@ Result (README "Results"): test MSE 0.0581 after the default 4,690 steps, agains
 training mean image (pixels in [-1, 1]).
 """
 
+from ae_jax import evaluators
 from ae_jax.config import default_config
 from ae_jax.models import model_config
 
@@ -22,6 +23,7 @@ def get_config():
   config.optimizer.name = "adam"
   config.optimizer.learning_rate = 1e-3
   config.log_every = 100
-  config.eval_every = 1000
+  config.evals.test.every = 1000
+  config.evals.latents = evaluators.section("latents", split="test")
   config.checkpoint_every = 1000
   return config

@@ -14,6 +14,7 @@ nats per recording in 1 active latent dim of 256, masked test MSE 0.0112 (predic
 frame: 0.0229). With --config.loss.kl=0.1 (a beta-VAE): KL 113 nats, 63 active dims, MSE 0.0071.
 """
 
+from ae_jax import evaluators
 from ae_jax.config import default_config
 from ae_jax.data import data_config
 from ae_jax.models import model_config
@@ -37,7 +38,7 @@ def get_config():
   config.total_steps = 1000
   config.optimizer.learning_rate = 1e-3
   config.log_every = 100
-  config.eval_every = 250
+  config.evals.test.every = 250
+  config.evals.latents = evaluators.section("latents", split="test")
   config.checkpoint_every = 250
-  config.visualize.num_images = 16
   return config

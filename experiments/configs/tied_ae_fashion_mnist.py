@@ -15,6 +15,7 @@ repeat the flag), e.g. only the encoder (the kernels are encoder parameters, so 
 decoder's biases, at zero): --config.freeze='("decoder/.*",)' reaches test MSE 0.026722.
 """
 
+from ae_jax import evaluators
 from ae_jax.config import default_config
 from ae_jax.models import model_config
 
@@ -30,6 +31,7 @@ def get_config():
   config.optimizer.name = "adam"
   config.optimizer.learning_rate = 1e-3
   config.log_every = 100
-  config.eval_every = 1000
+  config.evals.test.every = 1000
+  config.evals.latents = evaluators.section("latents", split="test")
   config.checkpoint_every = 1000
   return config

@@ -10,6 +10,7 @@ log-likelihood is estimated with 1,000 importance samples per example (nats and 
 Result (README "Results"): see the table there for the ELBO and importance-sampled NLL at 4,690 steps.
 """
 
+from ae_jax import evaluators
 from ae_jax.config import default_config
 from ae_jax.models import model_config
 
@@ -27,7 +28,9 @@ def get_config():
   config.total_steps = 4690  # 10 epochs
   config.optimizer.learning_rate = 1e-3
   config.log_every = 100
-  config.eval_every = 1000
+  config.evals.test.every = 1000
   config.checkpoint_every = 1000
-  config.likelihood_eval.num_samples = 1000
+  config.evals.samples = evaluators.section("samples")
+  config.evals.latents = evaluators.section("latents", split="test")
+  config.evals.likelihood = evaluators.section("likelihood", split="test", num_samples=1000)
   return config

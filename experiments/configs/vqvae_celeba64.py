@@ -11,6 +11,7 @@ estimated on the first 5,000 training images) + commitment, EMA codebook with k-
 re-seeding, Adam 3e-4, batch 64; the validation split is evaluated during training, the test split at the end.
 """
 
+from ae_jax import evaluators
 from ae_jax.config import default_config
 from ae_jax.data import data_config
 from ae_jax.models import model_config
@@ -50,7 +51,9 @@ def get_config():
   config.total_steps = 30_000
   config.optimizer.learning_rate = 3e-4
   config.log_every = 100
-  config.eval_every = 2000
+  config.evals.validation = evaluators.section("losses", split="validation", every=2000)
+  config.evals.test.every = 0  # reported after training only
+  config.evals.codebook = evaluators.section("codebook", split="test")
+  config.evals.quality = evaluators.section("image_quality", split="test")
   config.checkpoint_every = 2000
-  config.visualize.num_latents = 0
   return config

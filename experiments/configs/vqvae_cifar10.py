@@ -16,6 +16,7 @@ re-seeded from the current batch's encoder outputs (as Jukebox's random restarts
 `--config.model.quantizer=fsq` swaps in finite scalar quantisation (levels 8,5,5,5).
 """
 
+from ae_jax import evaluators
 from ae_jax.config import default_config
 from ae_jax.data import data_config
 from ae_jax.models import model_config
@@ -48,7 +49,8 @@ def get_config():
   config.optimizer.name = "adam"
   config.optimizer.learning_rate = 3e-4
   config.log_every = 100
-  config.eval_every = 1000
+  config.evals.test.every = 1000
+  config.evals.codebook = evaluators.section("codebook", split="test")  # usage over the whole test set
+  config.evals.quality = evaluators.section("image_quality", split="test")  # PSNR, SSIM
   config.checkpoint_every = 1000
-  config.visualize.num_latents = 0  # the 4,096-number codes make a poor 2-D scatter
   return config

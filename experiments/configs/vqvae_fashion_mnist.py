@@ -7,6 +7,7 @@ Pixels in [-0.5, 0.5]; the objective is NMSE (mse / the training variance, 0.124
 training images) + commitment, as on CIFAR-10.
 """
 
+from ae_jax import evaluators
 from ae_jax.config import default_config
 from ae_jax.models import model_config
 
@@ -38,7 +39,7 @@ def get_config():
   config.optimizer.name = "adam"
   config.optimizer.learning_rate = 3e-4
   config.log_every = 100
-  config.eval_every = 1000
+  config.evals.test.every = 1000
+  config.evals.codebook = evaluators.section("codebook", split="test")
   config.checkpoint_every = 1000
-  config.visualize.num_latents = 0
   return config

@@ -18,12 +18,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from ae_jax import parallel
+from ae_jax import evaluators, losses
 from ae_jax.data import DatasetInfo
-from ae_jax.data.pipeline import eval_batches
+from ae_jax.errors import ConfigError
+from ae_jax.evaluators import batches
 from ae_jax.train import TrainState
 
 _LIKELIHOOD_STREAM = 0x4C494B  # folded into the state's key: likelihood draws never reuse train/eval keys
@@ -47,7 +49,7 @@ def log_importance_weights(
     return None, (t["log_px_z"] + t["log_pz"] - t["log_qz_x"], t["log_px_z"])
 
   _, (log_w, log_px_z) = jax.lax.scan(chunk, None, jnp.arange(num_samples // chunk_size))
-  kl = 0.5 * jnp.sum(jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar, axis=-1)
+  kl = losses.gaussian_kl(mean, logvar)
   return log_w.reshape(num_samples, -1), log_px_z.reshape(num_samples, -1), kl
 
 
@@ -70,9 +72,9 @@ def likelihood_step(
   model: nn.Module,
   num_samples: int,
   chunk_size: int,
-  axis_name: str = parallel.AXIS,
 ) -> dict[str, jax.Array]:
-  """Sums over valid examples of the IS estimate of log p(x), its squared standard error, and the ELBO."""
+  """This device's sums over its valid examples of the IS estimate of log p(x), its squared standard
+  error, and the ELBO."""
   rng = jax.random.fold_in(jax.random.fold_in(state.rng, _LIKELIHOOD_STREAM), batch["index"][0])
   variables = {"params": state.params, **state.model_state}
   log_w, log_px_z, kl = log_importance_weights(model, variables, batch["x"], rng, num_samples, chunk_size)
@@ -85,12 +87,12 @@ def likelihood_step(
     "elbo": jnp.sum(elbo * valid),
     "count": jnp.sum(valid),
   }
-  return jax.lax.psum(sums, axis_name)
+  return sums
 
 
 def evaluate_likelihood(
   model: nn.Module,
-  state: TrainState,
+  rstate: TrainState,
   source: Sequence,
   info: DatasetInfo,
   *,
@@ -99,32 +101,70 @@ def evaluate_likelihood(
   batch_size: int = 100,
   max_examples: int | None = None,
 ) -> dict[str, float]:
-  """Importance-sampled negative log-likelihood of `source` under a trained VAE, over all local devices.
+  """Importance-sampled negative log-likelihood of `source` under a trained VAE, over every device.
 
   Returns nats per example ("nll", with "nll_stderr", the standard error of the dataset mean from the
   sampling), bits per dimension ("bits_per_dim" = nll / (dims * ln 2), meaningful for binary data), the
-  negative ELBO ("neg_elbo", closed-form KL) and the number of examples. `state` is unreplicated.
+  negative ELBO ("neg_elbo", closed-form KL) and the number of examples. `rstate` is replicated.
   """
-  step = jax.pmap(
-    functools.partial(likelihood_step, model=model, num_samples=num_samples, chunk_size=chunk_size),
-    axis_name=parallel.AXIS,
-  )
-  rstate = parallel.replicate(state)
-  sums: dict[str, float] = {}
-  for batch in eval_batches(
-    source, info.preprocess_for(train=False), global_batch=batch_size, max_examples=max_examples
-  ):
-    out = jax.device_get(step(rstate, parallel.shard(parallel.split_for_devices(batch))))
-    for k, v in out.items():
-      sums[k] = sums.get(k, 0.0) + float(v[0])
-  n = sums["count"]
+  step = _likelihood_sums(model, num_samples, chunk_size)
+  sums = batches.split_sums(step, rstate, source, info, batch_size=batch_size, max_examples=max_examples)
+  n = float(sums["count"])
   dims = int(np.prod(info.shape))
-  nll = -sums["log_px"] / n
+  nll = -float(sums["log_px"]) / n
   return {
     "nll": nll,
-    "nll_stderr": math.sqrt(sums["log_px_var"]) / n,
+    "nll_stderr": math.sqrt(float(sums["log_px_var"])) / n,
     "bits_per_dim": nll / (dims * math.log(2)),
-    "neg_elbo": -sums["elbo"] / n,
+    "neg_elbo": -float(sums["elbo"]) / n,
     "num_samples": float(num_samples),
     "num_examples": n,
   }
+
+
+@functools.lru_cache(maxsize=8)
+def _likelihood_sums(model: nn.Module, num_samples: int, chunk_size: int):
+  return functools.partial(likelihood_step, model=model, num_samples=num_samples, chunk_size=chunk_size)
+
+
+def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
+  if sec.num_samples % sec.chunk_size:
+    raise ConfigError(
+      f"config.evals.{name}.num_samples={sec.num_samples} must be a multiple of chunk_size={sec.chunk_size}"
+    )
+  source = ctx.dataset.split(sec.split)
+
+  def evaluate(rstate, step: int, final: bool) -> evaluators.Result:
+    est = evaluate_likelihood(
+      ctx.model,
+      rstate,
+      source,
+      ctx.dataset.info,
+      num_samples=sec.num_samples,
+      chunk_size=sec.chunk_size,
+      batch_size=sec.batch_size,
+      max_examples=sec.max_examples,
+    )
+    line = (
+      f"{name}: NLL {est['nll']:.3f} +- {est['nll_stderr']:.3f} nats ({est['bits_per_dim']:.4f} bits/dim), "
+      f"negative ELBO {est['neg_elbo']:.3f} nats, {int(est['num_examples'])} examples, K = {sec.num_samples}"
+    )
+    return evaluators.Result(est, lines=[line])
+
+  return evaluate
+
+
+evaluators.register(
+  evaluators.EvaluatorSpec(
+    type="likelihood",
+    build=_build,
+    options={
+      "num_samples": 1000,
+      "chunk_size": 100,
+      "batch_size": 100,
+      "max_examples": ml_collections.config_dict.placeholder(int),
+    },
+    abilities=frozenset({"likelihood"}),
+    description="importance-sampled log-likelihood (nats, bits/dim) and ELBO of a split",
+  )
+)

@@ -1,0 +1,192 @@
+"""Evaluators: small objects built from config sections, run during training and after it.
+
+    config.evals.test = ml_collections.ConfigDict({"type": "losses", "split": "test", "every": 1000})
+    config.evals.quality = ml_collections.ConfigDict({"type": "image_quality", "split": "test"})
+
+Each section names a registered type (`EVALUATORS`), the split it reads and how often it runs (`every`
+steps during training; 0: only after training), plus the type's own options. Its metrics are logged as
+`<name>/<metric>` ("test/loss", "quality/ssim") and written to results.json; `config.keep_best` names one
+of a periodic evaluator's metrics. A registry entry (`EvaluatorSpec`) states what the evaluator needs
+(model abilities, a drawable dataset, anomaly labels), so a config that asks for what the model or data
+cannot serve fails before training with the reason. `check(config)` runs those checks;
+`build(config, ...)` makes the evaluators of a run; `register` adds a type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ml_collections
+
+from ae_jax.errors import ConfigError, did_you_mean
+
+COMMON_KEYS = ("type", "split", "every")
+
+
+@dataclasses.dataclass
+class Result:
+  """What one evaluation returns: scalar metrics (logged and saved), other values (saved only, e.g. a list
+  of discords), the files it wrote, and lines to print after training."""
+
+  metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+  details: dict[str, Any] = dataclasses.field(default_factory=dict)
+  files: list[str] = dataclasses.field(default_factory=list)
+  lines: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What every evaluator of a run may use: the model, the objective, the opened dataset, the config,
+  and the workdir (None: write no files)."""
+
+  model: Any
+  objective: Callable
+  dataset: Any
+  config: ml_collections.ConfigDict
+  workdir: str | None
+
+
+# build(name, section, context) -> evaluate(rstate [replicated over local devices], step) -> Result
+Builder = Callable[[str, ml_collections.ConfigDict, Context], Callable[[Any, int], Result]]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluatorSpec:
+  """A registered evaluator type.
+
+  options: the type's own options with defaults (beside type, split and every).
+  abilities: model abilities it needs (`ae_jax.models.interface`).
+  needs: (dataset spec, resolved data config) -> the reason the dataset cannot serve it, or None.
+  uses_split: whether it reads `split` (anomaly detection reads the dataset's own segments).
+  """
+
+  type: str
+  build: Builder
+  options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  abilities: frozenset[str] = frozenset()
+  needs: Callable[[Any, ml_collections.ConfigDict], str | None] = lambda spec, data: None
+  uses_split: bool = True
+  description: str = ""
+
+
+EVALUATORS: dict[str, EvaluatorSpec] = {}
+
+
+def register(spec: EvaluatorSpec) -> EvaluatorSpec:
+  """Adds an evaluator type (a module reloaded may register its types again)."""
+  existing = EVALUATORS.get(spec.type)
+  if existing is not None and existing.build.__module__ != spec.build.__module__:
+    raise ValueError(f"evaluator type '{spec.type}' is already registered by {existing.build.__module__}")
+  if set(spec.options) & set(COMMON_KEYS):
+    raise ValueError(f"evaluator type '{spec.type}': options may not be named {COMMON_KEYS}")
+  EVALUATORS[spec.type] = spec
+  return spec
+
+
+def section(type_: str, split: str = "test", every: int = 0, **options: Any) -> ml_collections.ConfigDict:
+  """A config section for evaluator type `type_` with every option at its default, then `options`."""
+  spec = _spec(type_, "")
+  for key in options:
+    if key not in spec.options:
+      raise ConfigError(
+        f"'{key}' is not an option of evaluator type '{type_}'; {did_you_mean(key, spec.options)}"
+        f"options: {sorted(spec.options)}"
+      )
+  return ml_collections.ConfigDict({"type": type_, "split": split, "every": every, **spec.options, **options})
+
+
+def _spec(type_: str, name: str) -> EvaluatorSpec:
+  if type_ not in EVALUATORS:
+    where = f"config.evals.{name}.type" if name else "evaluator type"
+    raise ConfigError(
+      f"unknown {where} '{type_}'; {did_you_mean(type_, EVALUATORS)}registered types: {sorted(EVALUATORS)}"
+    )
+  return EVALUATORS[type_]
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError (before any training) for an evaluator the config, model or dataset cannot run."""
+  from ae_jax import data, models
+
+  roles = data.split_roles(config.data)
+  dataset_spec, resolved = data.get_spec(config.data.name), data.resolve(config.data)
+  abilities = models.abilities(config.model.name)
+  for name, sec in config.evals.items():
+    where = f"config.evals.{name}"
+    if not isinstance(sec, ml_collections.ConfigDict) or "type" not in sec:
+      raise ConfigError(f"{where} must be a section with a 'type', e.g. evaluators.section('losses')")
+    spec = _spec(sec.type, name)
+    for key in sec.keys():
+      if key not in COMMON_KEYS and key not in spec.options:
+        valid = sorted({*COMMON_KEYS, *spec.options})
+        raise ConfigError(
+          f"{where}.{key} is not an option of type '{sec.type}'; {did_you_mean(key, valid)}options: {valid}"
+        )
+    if int(sec.get("every", 0)) < 0:
+      raise ConfigError(f"{where}.every must be >= 0 (0: only after training), got {sec.every}")
+    if spec.uses_split and sec.get("split", "test") not in roles:
+      raise ConfigError(
+        f"{where}.split='{sec.get('split', 'test')}' is not a split of dataset '{config.data.name}' "
+        f"(it has {list(roles)}); set config.data.validation_size=N to hold out a validation split"
+      )
+    missing = spec.abilities - abilities
+    if missing:
+      raise ConfigError(
+        f"{where} (type '{sec.type}') needs a model with {sorted(missing)}, which '{config.model.name}' "
+        f"does not have; remove it or use a model that does"
+      )
+    reason = spec.needs(dataset_spec, resolved)
+    if reason:
+      raise ConfigError(f"{where} (type '{sec.type}') cannot run on dataset '{config.data.name}': {reason}")
+
+
+def periodic_metrics(config: ml_collections.ConfigDict) -> list[str]:
+  """Metric names that periodic evaluators of type 'losses' log: the choices of config.keep_best."""
+  names = []
+  for name, sec in config.evals.items():
+    if sec.type == "losses" and int(sec.every) > 0:
+      names += [f"{name}/loss", *(f"{name}/{term}" for term in config.loss)]
+  return names
+
+
+def build(config: ml_collections.ConfigDict, context: Context) -> dict[str, tuple[int, Callable]]:
+  """{name: (every, evaluate(rstate, step) -> Result)} for every section of config.evals."""
+  out = {}
+  for name, sec in config.evals.items():
+    spec = _spec(sec.type, name)
+    full = ml_collections.ConfigDict({"split": "test", "every": 0, **spec.options})
+    full.update(sec.to_dict())
+    out[name] = (int(full.every), spec.build(name, full, context))
+  return out
+
+
+def prefixed(name: str, result: Result) -> Result:
+  """`result` with its metric and detail names under `name/`."""
+  return Result(
+    {f"{name}/{k}": float(v) for k, v in result.metrics.items()},
+    {f"{name}/{k}": v for k, v in result.details.items()},
+    list(result.files),
+    list(result.lines),
+  )
+
+
+def merge(results: list[Result]) -> Result:
+  out = Result()
+  for r in results:
+    out.metrics.update(r.metrics)
+    out.details.update(r.details)
+    out.files += r.files
+    out.lines += r.lines
+  return out
+
+
+from ae_jax.evaluators import (  # noqa: E402, F401 - importing an evaluator module registers its types
+  anomaly,
+  codebook,
+  image_quality,
+  images,
+  likelihood,
+  losses,
+)

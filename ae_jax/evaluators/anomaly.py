@@ -1,0 +1,51 @@
+"""The `anomaly` evaluator: reconstruction-error anomaly detection on a series dataset's own segments
+(`ae_jax.anomaly`), semi-supervised (threshold on the threshold split, report on the test split) or
+unsupervised (top-k discords). Writes WORKDIR/<name>.png."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+
+from ae_jax import anomaly, evaluators, parallel
+from ae_jax.errors import ConfigError
+
+OPTIONS = {
+  "beta": 0.1,  # the threshold maximises F-beta on the threshold split (0.1: the paper's)
+  "score": "mahalanobis",  # mahalanobis | neg_log_density, of the Gaussian of normal errors
+  "shrinkage": 0.0,  # covariance blended towards its diagonal (1.0: diagonal)
+  "stride": 1,  # between the windows whose errors are averaged into each point's error vector
+  "normalise_positions": True,  # divide errors by their mean at each window position first
+  "batch_size": 512,
+  "contamination": 0.05,  # unsupervised: share of points with the largest errors left out of the fit
+  "top_k": 3,  # unsupervised: discords reported
+}
+
+
+def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
+  anomaly.check_options(sec, f"config.evals.{name}")
+  if ctx.config.model.get("vocab_size", 0):
+    raise ConfigError("anomaly detection scores real-valued reconstructions: set config.model.vocab_size=0")
+
+  def evaluate(rstate, step: int, final: bool) -> evaluators.Result:
+    path = os.path.join(ctx.workdir, f"{name}.png") if ctx.workdir and jax.process_index() == 0 else None
+    report = anomaly.detect(ctx.model, parallel.unreplicate(rstate), sec, ctx.dataset, path)
+    scalars = {k: v for k, v in report.metrics.items() if isinstance(v, float)}
+    details = {k: v for k, v in report.metrics.items() if not isinstance(v, float)}
+    return evaluators.Result(scalars, details, [report.plot] if report.plot else [], [report.summary])
+
+  return evaluate
+
+
+evaluators.register(
+  evaluators.EvaluatorSpec(
+    type="anomaly",
+    build=_build,
+    options=OPTIONS,
+    needs=lambda spec, data: None if spec.anomaly_labels else "it has no anomaly segments (use series_file)",
+    uses_split=False,
+    description="anomaly detection from reconstruction errors (thresholds, F-beta, ROC-AUC, discords)",
+  )
+)

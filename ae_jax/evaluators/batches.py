@@ -1,0 +1,145 @@
+"""Machinery the evaluators share: examples stacked into batches, jitted reconstruction on one device, and
+exact sums of per-example values over a whole split, pmapped over every device and process."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import linen as nn
+
+from ae_jax import parallel
+from ae_jax.data import DatasetInfo
+from ae_jax.data.pipeline import eval_batches
+from ae_jax.train import TrainState, apply_model, eval_rng
+
+
+def stack_examples(source: Sequence, info: DatasetInfo, indices: Sequence[int]) -> dict[str, np.ndarray]:
+  """source[i] for i in `indices`, preprocessed for evaluation, as one batch {"x": [n, ...], ...}."""
+  preprocess = info.preprocess_for(train=False)
+  examples = [preprocess(source[int(i)], int(i)) for i in indices]
+  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def reconstruct(
+  model: nn.Module, state: TrainState, x: np.ndarray, batch_size: int = 500
+) -> dict[str, np.ndarray]:
+  """The model's batch-first outputs for inputs x [n, ...] in evaluation mode (one device, no pmap),
+  computed `batch_size` examples at a time with one jitted function (one compile: a short last chunk is
+  padded with zeros, and its padding's outputs dropped).
+
+  Outputs that are not batch-first (a VAE's sample-first [k, B] log-densities) are kept only when x fits
+  in one batch.
+  """
+
+  def fn(s: TrainState, x: jax.Array) -> dict[str, jax.Array]:
+    outputs = apply_model(model, s.params, s.model_state, {"x": x}, train=False, rng=s.rng)[0]
+    outputs.pop("metrics", None)
+    return outputs
+
+  run = jax.jit(parallel.with_named_axis(fn))
+  if len(x) <= batch_size:
+    return jax.device_get(run(state, x))
+  chunks, sizes = [], []
+  for i in range(0, len(x), batch_size):
+    chunk = np.asarray(x[i : i + batch_size])
+    sizes.append(len(chunk))
+    padding = np.zeros((batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)
+    chunks.append(jax.device_get(run(state, np.concatenate([chunk, padding]))))
+  batch_first = [k for k in chunks[0] if np.shape(chunks[0][k])[:1] == (batch_size,)]
+  return {k: np.concatenate([c[k][:n] for c, n in zip(chunks, sizes, strict=True)]) for k in batch_first}
+
+
+def split_sums(
+  sums_fn: Callable[[TrainState, dict[str, jax.Array]], dict[str, jax.Array]],
+  rstate: TrainState,
+  source: Sequence,
+  info: DatasetInfo,
+  *,
+  batch_size: int,
+  num_threads: int = 1,
+  max_examples: int | None = None,
+) -> dict[str, np.ndarray]:
+  """Exact sums over every example of `source` of what `sums_fn(state, batch)` (one device's share of a
+  global batch, run under pmap with the device axis bound) returns, psum'd over devices: the caller's fn
+  weights each example by batch["valid"] (0 for the padding of a last partial batch). Every process runs
+  the same batches, so multi-host sums are exact too. Returns host float64 arrays (scalars or vectors,
+  e.g. a code histogram).
+
+  `sums_fn` must be hashable across calls (a module-level function or a functools.partial of one) for
+  its compilation to be reused.
+  """
+  devices = parallel.devices_of(rstate)
+  p_sums = _pmapped(sums_fn, devices)
+  out: dict[str, np.ndarray] = {}
+  preprocess = info.preprocess_for(train=False)
+  batches = eval_batches(
+    source, preprocess, global_batch=batch_size, num_threads=num_threads, max_examples=max_examples
+  )
+  for batch in batches:
+    values = jax.device_get(
+      p_sums(rstate, parallel.shard(parallel.split_for_devices(batch, len(devices)), devices))
+    )
+    for k, v in values.items():
+      v = np.asarray(v, np.float64)[0]
+      out[k] = out[k] + v if k in out else v
+  return out
+
+
+def section_sums(sums_fn: Callable, rstate: TrainState, context: Any, section: Any) -> dict[str, np.ndarray]:
+  """`split_sums` over the split an evaluator section names, with the run's evaluation batch size and
+  read threads and the section's `max_examples`."""
+  return split_sums(
+    sums_fn,
+    rstate,
+    context.dataset.split(section.split),
+    context.dataset.info,
+    batch_size=context.config.eval_batch_size,
+    num_threads=context.config.data.num_threads,
+    max_examples=section.get("max_examples"),
+  )
+
+
+@functools.lru_cache(maxsize=64)
+def _pmapped(sums_fn: Callable, devices: tuple) -> Callable:
+  def device_sums(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return jax.lax.psum(sums_fn(state, batch), parallel.AXIS)
+
+  return jax.pmap(device_sums, axis_name=parallel.AXIS, devices=devices if jax.process_count() == 1 else None)
+
+
+def model_outputs(model: nn.Module, state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """The model's evaluation-mode outputs on one device's share of a batch (under pmap): the outputs the
+  `losses` evaluator scores."""
+  outputs, _ = apply_model(
+    model, state.params, state.model_state, batch, train=False, rng=eval_rng(state, batch)
+  )
+  outputs.pop("metrics", None)
+  return outputs
+
+
+def _chunks(source: Sequence, info: DatasetInfo, batch: int):
+  """(x, weights) per chunk of `source`: weights broadcast a padding mask [n, T] (if any) over x's shape."""
+  for start in range(0, len(source), batch):
+    examples = stack_examples(source, info, range(start, min(start + batch, len(source))))
+    x = examples["x"].astype(np.float64)
+    mask = examples.get("mask", np.ones(x.shape[:1], np.float64)).astype(np.float64)
+    yield x, np.broadcast_to(mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim)), x.shape)
+
+
+def mean_image_mse(train: Sequence, test: Sequence, info: DatasetInfo, batch: int = 5000) -> float:
+  """Test MSE (model input space, per element) of always predicting the training set's mean example.
+
+  With a padding mask, the mean and the error count real positions only, like the masked `mse` term.
+  """
+  sums = counts = 0.0
+  for x, w in _chunks(train, info, batch):
+    sums, counts = sums + (x * w).sum(0), counts + w.sum(0)
+  mean = sums / np.maximum(counts, 1.0)
+  sq = n = 0.0
+  for x, w in _chunks(test, info, batch):
+    sq, n = sq + float((np.square(x - mean) * w).sum()), n + float(w.sum())
+  return sq / n

@@ -1,0 +1,343 @@
+"""The training loop: train (resuming where a run stopped), evaluate, checkpoint, and stop cleanly.
+
+    summary = loop.train_and_evaluate(config, workdir)
+
+The host never waits for the devices between log steps: batches are assembled and placed on the devices
+ahead of time by a background thread (`config.prefetch`), `config.steps_per_dispatch` optimisation steps
+run per dispatch (`train.train_steps`, a lax.scan), and metrics stay on the devices until a log step
+fetches them all at once. Logging, evaluation and checkpoints happen between dispatches.
+
+What happens when things fail:
+* a non-finite loss or gradient leaves the state untouched, and the run stops at the next log or
+  checkpoint step (NonFiniteLossError) without saving anything after the last good checkpoint;
+* SIGTERM (preemption) saves the current step and returns with `preempted`; rerunning resumes exactly;
+* a failed checkpoint save stops the run at once (CheckpointSaveError), the previous checkpoint intact;
+* an unreadable latest checkpoint falls back to the previous one (see `checkpoint.Checkpointer`);
+* one run writes a workdir at a time (`workdir.WorkdirLock`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from ae_jax import checkpoint, data, evaluators, metrics_log, optim, parallel, workdir
+from ae_jax import config as config_checks
+from ae_jax.data import pipeline
+from ae_jax.errors import AEJaxError, ConfigError
+from ae_jax.preemption import Preemption
+from ae_jax.train import (
+  build,
+  create_train_state,
+  freeze_patterns,
+  objective_constants,
+  train_steps,
+)
+
+
+class NonFiniteLossError(AEJaxError, FloatingPointError):
+  """The loss or gradient became NaN/inf; the run stopped and kept its last good checkpoint."""
+
+
+class Profile:
+  """A jax.profiler trace of the steps (start, start + steps] into `directory` (TensorBoard's profile
+  plugin reads it from the run's tensorboard/ folder); steps 0: none."""
+
+  def __init__(self, directory: str, start: int, steps: int):
+    self.directory, self.start, self.stop, self.active = directory, start, start + steps, False
+    self.enabled = steps > 0
+
+  def before(self, step: int) -> None:
+    if self.enabled and not self.active and self.start <= step < self.stop:
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+
+  def after(self, step: int, outputs: Any) -> None:
+    if self.active and step >= self.stop:
+      jax.block_until_ready(outputs)
+      self.close()
+
+  def close(self) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active, self.enabled = False, False
+
+
+def mean_metrics(pending: list[dict[str, jax.Array]]) -> dict[str, float]:
+  """Host means over the steps of dispatched metrics ([devices, k] each; equal on every device after
+  pmean): one device-to-host transfer for all of them."""
+  host = jax.device_get(pending)
+  rows = {k: np.concatenate([np.asarray(m[k])[0] for m in host]) for k in host[0]}
+  out = {k: float(np.mean(v)) for k, v in rows.items()}
+  out["learning_rate"] = float(rows["learning_rate"][-1])
+  out["nonfinite"] = float(np.sum(rows["nonfinite"]))
+  return out
+
+
+def run_evaluators(
+  built: dict[str, tuple[int, Callable]], rstate: Any, step: int, *, final: bool, only: Callable[[int], bool]
+) -> evaluators.Result:
+  """Runs the evaluators whose interval `only(every)` accepts; their results under their names."""
+  return evaluators.merge(
+    [evaluators.prefixed(name, fn(rstate, step, final)) for name, (every, fn) in built.items() if only(every)]
+  )
+
+
+def write_results(path: str, step: int, result: evaluators.Result, name: str = "results.json") -> str:
+  """WORKDIR/results.json (or `name`): the step, every evaluator's metrics and details, the files."""
+  out = os.path.join(path, name)
+  if jax.process_index() == 0:
+    content = {"step": int(step), **result.metrics, **result.details, "files": result.files}
+    tmp = out + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(content, f, indent=1, default=float)
+    os.replace(tmp, out)
+  return out
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> dict[str, Any]:
+  """Trains (resuming from WORKDIR/checkpoints if present), evaluates, and returns a summary.
+
+  The evaluators of config.evals run every `every` steps and all of them after training (metrics
+  "<name>/<metric>"); the final ones are written to WORKDIR/results.json. With config.keep_best, the
+  returned state, step and metrics are those of the best evaluated state, on which the evaluators that run
+  only after training run. Returns {"step", "state" (unreplicated), "model", "dataset", "metrics" (final
+  scalar metrics, empty when preempted), "results" (the final evaluators.Result), "preempted",
+  "compile_seconds" (the first dispatch)}.
+  """
+  config_checks.check_config(
+    config, num_processes=jax.process_count(), local_devices=jax.local_device_count()
+  )
+  path = workdir.prepare(workdir_path)
+  with workdir.WorkdirLock(path):
+    return _train(config, path)
+
+
+def _setup(config: ml_collections.ConfigDict) -> tuple:
+  """(dataset, model, objective, optimizer, schedule, fresh state) of a config."""
+  dataset = data.get_dataset(config.data)
+  info = dataset.info
+  model, objective, tx, schedule = build(config, info.shape, objective_constants(config, dataset))
+  example = info.preprocess(dataset.split("train")[0], 0)["x"][None]
+  return dataset, model, objective, tx, schedule, create_train_state(model, tx, example, config.seed)
+
+
+def evaluate_checkpoint(
+  config: ml_collections.ConfigDict,
+  workdir_path: str,
+  *,
+  step: int | None = None,
+  best: bool = False,
+  names: list[str] | None = None,
+) -> tuple[int, evaluators.Result, str]:
+  """Runs the evaluators of config.evals (or only `names`) on a run's checkpoint, without training.
+
+  The checkpoint is WORKDIR/checkpoints' latest (past unreadable ones), the given `step`, or with `best`
+  the state config.keep_best kept. Writes WORKDIR/eval_<step>.json; returns (step, result, its path).
+  """
+  config_checks.check_config(
+    config, num_processes=jax.process_count(), local_devices=jax.local_device_count()
+  )
+  path = workdir.prepare(workdir_path)
+  directory = os.path.join(path, "best" if best else "checkpoints")
+  if not os.path.isdir(directory):
+    raise checkpoint.NoValidCheckpointError(
+      f"{path} has no {'best state' if best else 'checkpoint'} to evaluate"
+    )
+  dataset, model, objective, _, _, state = _setup(config)
+  ckpt = checkpoint.Checkpointer(directory, keep=config.keep_checkpoints, async_save=False)
+  try:
+    if step is None:
+      step, restored = ckpt.restore_latest(state, config.to_dict())
+      if not step:
+        raise checkpoint.NoValidCheckpointError(f"{directory} has no checkpoint to evaluate")
+    elif step not in ckpt.all_steps():
+      raise checkpoint.NoValidCheckpointError(f"{directory} has no step {step}; it has {ckpt.all_steps()}")
+    else:
+      restored = ckpt.restore(step, state, config.to_dict())
+  finally:
+    ckpt.close()
+  built = evaluators.build(config, evaluators.Context(model, objective, dataset, config, path))
+  unknown = set(names or ()) - set(built)
+  if unknown:
+    raise ConfigError(f"no evaluator named {sorted(unknown)} in config.evals (it has {sorted(built)})")
+  chosen = {n: built[n] for n in (names or built)}
+  result = run_evaluators(chosen, parallel.replicate(restored), step, final=True, only=lambda every: True)
+  return step, result, write_results(path, step, result, f"eval_{step}.json")
+
+
+def _train(config: ml_collections.ConfigDict, path: str) -> dict[str, Any]:
+  dataset, model, objective, tx, schedule, state = _setup(config)
+  info, train_src = dataset.info, dataset.split("train")
+  ckpt = checkpoint.Checkpointer(
+    os.path.join(path, "checkpoints"), keep=config.keep_checkpoints, async_save=config.async_checkpoints
+  )
+  config_dict = config.to_dict()
+  start, restored = ckpt.restore_latest(
+    state, config_dict, fresh_if_unreadable=bool(config.fresh_start_if_unreadable)
+  )
+  state = restored if start else state
+  best = None
+  if config.keep_best:
+    best = checkpoint.BestCheckpoint(
+      os.path.join(path, "best"), config.keep_best, async_save=config.async_checkpoints
+    )
+  p_train = jax.pmap(
+    functools.partial(
+      train_steps,
+      model=model,
+      objective=objective,
+      tx=tx,
+      learning_rate=schedule,
+      trainable=optim.trainable_mask(freeze_patterns(config)),
+      trim_fraction=float(config.trim.fraction),
+      trim_after=int(config.trim.after),
+    ),
+    axis_name=parallel.AXIS,
+    donate_argnums=(0,),
+  )
+  built = evaluators.build(config, evaluators.Context(model, objective, dataset, config, path))
+  intervals = tuple(every for every, _ in built.values())
+
+  rstate = parallel.replicate(state)
+  sizes = list(
+    parallel.dispatch_sizes(
+      start,
+      config.total_steps,
+      int(config.steps_per_dispatch),
+      (config.log_every, config.checkpoint_every, *intervals),
+      stops=tuple(s for s in (config.profile.start, config.profile.start + config.profile.steps) if s)
+      if config.profile.steps
+      else (),
+    )
+  )
+  batches = pipeline.train_batches(
+    train_src,
+    info.preprocess,
+    global_batch=config.batch_size,
+    seed=config.seed,
+    start_step=start,
+    num_threads=config.data.num_threads,
+  )
+  prefetch = parallel.Prefetcher(batches, sizes, int(config.prefetch))
+  writer = metrics_log.MetricWriter(path, total_steps=config.total_steps, start_step=start)
+  preemption = Preemption()
+  pending: list[dict[str, jax.Array]] = []  # metrics since the last log line
+  pending_check: list[dict[str, jax.Array]] = []  # metrics not yet checked for non-finite losses
+  timer_start, timed_steps, compile_seconds = time.perf_counter(), 0, 0.0
+  step, preempted, final = start, False, evaluators.Result()
+
+  def check_finite() -> None:
+    """Raises if any step since the last check was non-finite (those steps did not change the state)."""
+    if not pending_check:
+      return
+    host = jax.device_get([m["nonfinite"] for m in pending_check])
+    flags = np.concatenate([np.asarray(f)[0] for f in host])
+    pending_check.clear()
+    if flags.any():
+      bad = step - len(flags) + 1 + int(np.argmax(flags))
+      kept = ckpt.latest_step()
+      where = (
+        f"the last good checkpoint (step {kept}) is kept in" if kept else "no checkpoint is saved yet in"
+      )
+      raise NonFiniteLossError(
+        f"loss became non-finite at step {bad}; training stopped and {where} {ckpt.directory}. Lower "
+        "config.optimizer.learning_rate or set config.optimizer.grad_clip_norm, then rerun the same command "
+        "to resume from it."
+      )
+
+  def log_train_metrics() -> None:
+    nonlocal timer_start, timed_steps
+    check_finite()
+    metrics = mean_metrics(pending)
+    metrics.pop("nonfinite")
+    elapsed = max(time.perf_counter() - timer_start, 1e-9)
+    if timed_steps:
+      metrics["examples_per_sec"] = timed_steps * config.batch_size / elapsed
+    writer.write(step, metrics)
+    pending.clear()
+    timer_start, timed_steps = time.perf_counter(), 0
+
+  profile = Profile(os.path.join(path, "tensorboard"), config.profile.start, config.profile.steps)
+  try:
+    for size in sizes:
+      profile.before(step)
+      batch = prefetch.next()
+      with jax.transfer_guard_host_to_device("disallow"):  # the step reads only what is on the devices
+        rstate, metrics = p_train(rstate, batch)
+      first, step = step == start, step + size
+      pending.append(metrics)
+      pending_check.append(metrics)
+      if first:  # keep compilation out of examples/sec
+        jax.block_until_ready(metrics)
+        compile_seconds = time.perf_counter() - timer_start
+        timer_start, timed_steps = time.perf_counter(), 0
+      else:
+        timed_steps += size
+      writer.advance(size)
+      profile.after(step, metrics)
+      # every step is offered to the preemption check (several processes agree on one of them)
+      preempted = any([preemption.reached(s) for s in range(step - size + 1, step + 1)])
+      ckpt.check()
+      last = step == config.total_steps
+      if step % config.log_every == 0 or last or preempted:
+        log_train_metrics()
+      due = lambda every: every and step % every == 0  # noqa: B023, E731 - called at once
+      if not last and any(due(every) for every in intervals):
+        eval_start = time.perf_counter()
+        evals = run_evaluators(built, rstate, step, final=False, only=due).metrics
+        writer.write(step, evals)
+        if best is not None and best.improves(evals):
+          best.save(step, evals, parallel.unreplicate(rstate), config_dict)
+        timer_start += time.perf_counter() - eval_start  # keep evaluation out of examples/sec
+        preempted = preempted or (jax.process_count() == 1 and preemption.requested)  # during evaluation
+      if (config.checkpoint_every and step % config.checkpoint_every == 0) or last or preempted:
+        check_finite()  # never save a state after an unchecked step
+        ckpt.save(step, parallel.unreplicate(rstate), config_dict)
+      if preempted:
+        writer.message(f"preempted: saved step {step} to {ckpt.directory}; rerun the command to resume")
+        break
+    prefetch.close()
+    ckpt.wait()
+    state = parallel.unreplicate(rstate)
+    if not preempted:
+      periodic = run_evaluators(built, rstate, step, final=True, only=lambda every: every > 0)
+      writer.write(step, periodic.metrics)
+      if best is not None and best.improves(periodic.metrics):
+        best.save(step, periodic.metrics, state, config_dict)
+      elif best is not None and best.step != step:  # an earlier evaluated state was better: report it
+        state, step = best.restore(state, config_dict), best.step
+        periodic = evaluators.Result(dict(best.metrics))
+        rstate = parallel.replicate(state)
+        writer.message(f"reporting the state of step {step}: lowest {best.metric} ({best.value:.5g})")
+      rest = run_evaluators(built, rstate, step, final=True, only=lambda every: every == 0)
+      final = evaluators.merge([periodic, rest])
+      write_results(path, step, final)
+  finally:
+    profile.close()
+    prefetch.close()
+    preemption.restore()
+    writer.close()
+    try:
+      if best is not None:
+        best.close()
+    finally:
+      ckpt.close()
+  return {
+    "step": step,
+    "state": state,
+    "model": model,
+    "dataset": dataset,
+    "metrics": final.metrics,
+    "results": final,
+    "preempted": preempted,
+    "compile_seconds": compile_seconds,
+  }

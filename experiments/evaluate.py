@@ -1,0 +1,102 @@
+r"""Runs evaluators on a run's checkpoint without training; writes WORKDIR/eval_<step>.json.
+
+    python -m experiments.evaluate --workdir runs/vqvae_cifar10                     # latest checkpoint
+    python -m experiments.evaluate --workdir runs/ad_power --best                   # the keep_best state
+    python -m experiments.evaluate --workdir runs/conv_ae --step 2000 --only test
+    python -m experiments.evaluate --workdir runs/vqvae_cifar10 --add quality:image_quality \
+        --config.evals.quality.split=test --config.evals.test.max_examples=1000
+
+The config is the one the run saved with its checkpoint; `--config.KEY=VALUE` overrides any of it (an
+evaluator's options included), `--add NAME:TYPE` adds an evaluator section with its defaults first, and
+`--only NAME,NAME` runs just those. A workdir without a checkpoint stops with one `error:` line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "The run's directory (its checkpoints/ and best/).")
+flags.DEFINE_integer("step", None, "Evaluate this checkpoint step (default: the latest).")
+flags.DEFINE_bool("best", False, "Evaluate the state kept by config.keep_best.")
+flags.DEFINE_list("only", [], "Run only these evaluators (names in config.evals).")
+flags.DEFINE_multi_string("add", [], "NAME:TYPE[:SPLIT]: add an evaluator section with its defaults.")
+flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize().")
+USAGE = "python -m experiments.evaluate --workdir DIR [--step N | --best] [--only A,B] [--add NAME:TYPE]"
+
+
+def saved_config(argv: list[str]):
+  """The config saved with the checkpoint the command line asks for (and --add sections added)."""
+  import ml_collections
+
+  from ae_jax import checkpoint, evaluators
+  from ae_jax.errors import ConfigError, DataError
+
+  values: dict[str, list[str]] = {}
+  args = list(argv[1:])
+  while args:
+    arg = args.pop(0)
+    name, eq, value = arg.lstrip("-").partition("=")
+    if name in ("best", "nobest") and not eq:
+      values["best"] = ["false" if name == "nobest" else "true"]
+    elif name in ("workdir", "step", "best", "add"):
+      values.setdefault(name, []).append(value if eq else (args.pop(0) if args else ""))
+  if "workdir" not in values:
+    raise ConfigError(f"--workdir is required ({USAGE})")
+  workdir = os.path.abspath(values["workdir"][-1])
+  best = values.get("best", ["false"])[-1].lower() in ("true", "1")
+  directory = os.path.join(workdir, "best" if best else "checkpoints")
+  if not os.path.isdir(directory):
+    raise checkpoint.NoValidCheckpointError(
+      f"{workdir} has no {'best state' if best else 'checkpoint'} to evaluate (no {directory})"
+    )
+  ckpt = checkpoint.Checkpointer(directory, keep=1000, async_save=False)
+  steps = ckpt.all_steps()
+  if not steps:
+    raise checkpoint.NoValidCheckpointError(f"{directory} has no checkpoint to evaluate")
+  step = int(values["step"][-1]) if "step" in values else steps[-1]
+  if step not in steps:
+    raise checkpoint.NoValidCheckpointError(f"{directory} has no step {step}; it has {steps}")
+  saved = ckpt.restore_config(step)
+  ckpt.close()
+  saved.pop("best", None)
+  config = ml_collections.ConfigDict(json.loads(json.dumps(saved)))
+  for spec in values.get("add", []):
+    name, type_, *split = spec.split(":")
+    if not type_:
+      raise DataError(f"--add={spec}: use NAME:TYPE[:SPLIT]")
+    config.evals[name] = evaluators.section(type_, split=split[0] if split else "test")
+  return config
+
+
+def main(argv: list[str]) -> None:
+  from ae_jax import cli, console, loop
+  from ae_jax import workdir as workdirs
+
+  def evaluate() -> None:
+    console.setup()
+    cli.initialize(FLAGS.distributed, None, None, None)
+    path = workdirs.prepare(FLAGS.workdir)
+    step, result, out = loop.evaluate_checkpoint(
+      FLAGS.config, path, step=FLAGS.step, best=FLAGS.best, names=FLAGS.only or None
+    )
+    cli.report(step, result, path)
+    print(f"evaluation:  {out}")
+
+  cli.run_or_exit(evaluate)
+
+
+if __name__ == "__main__":
+  from ae_jax import cli
+  from ae_jax.config import parse_flags_or_exit
+
+  config = cli.run_or_exit(lambda: saved_config(sys.argv))
+  config_flags.DEFINE_config_dict(
+    "config", config, "The run's saved config; override with --config.KEY=VALUE."
+  )
+  app.run(main, flags_parser=lambda argv: parse_flags_or_exit(argv, FLAGS, USAGE))

@@ -1,0 +1,179 @@
+"""Evaluators end to end: built from config sections, run during and after training, checked before it,
+re-run on a checkpoint, and their metrics against direct computations."""
+
+import glob
+import json
+import os
+
+import chex
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from ae_jax import cli, data, evaluators, image_quality, loop, parallel
+from ae_jax.config import check_config, default_config
+from ae_jax.errors import ConfigError
+from ae_jax.evaluators import batches, codebook
+from ae_jax.models import model_config
+
+
+@pytest.fixture
+def image_config(tiny_config):
+  """tiny_config on 16x16 images (SSIM's window needs 11x11) with every image evaluator."""
+  tiny_config.data = data.data_config("synthetic", shape=(16, 16, 1), num_train=96, num_test=40)
+  tiny_config.evals.test.every = 6
+  tiny_config.evals.reconstructions = evaluators.section("reconstructions", num=8)
+  tiny_config.evals.latents = evaluators.section("latents", num=40)
+  tiny_config.evals.quality = evaluators.section("image_quality", split="test")
+  return tiny_config
+
+
+def test_training_runs_every_evaluator_and_writes_results(image_config, tmp_path):
+  summary = loop.train_and_evaluate(image_config, str(tmp_path))
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["step"] == 12
+  for key in ("test/loss", "test/mse", "test/mse_of_mean_image", "quality/psnr", "quality/ssim"):
+    assert key in results and key in summary["metrics"], key
+  assert sorted(os.path.basename(f) for f in results["files"]) == ["latents.png", "reconstructions.png"]
+  assert all(os.path.getsize(f) > 1000 for f in results["files"])
+  with open(tmp_path / "metrics.jsonl") as f:
+    rows = [json.loads(line) for line in f]
+  assert [r["step"] for r in rows if "test/loss" in r] == [6, 12]  # periodic, and again at the end
+  assert not any("quality/ssim" in r for r in rows[:-1])  # every=0: after training only
+  # the image-quality metrics equal a direct computation on the whole test split
+  dataset, state, model = summary["dataset"], summary["state"], summary["model"]
+  x = batches.stack_examples(dataset.split("test"), dataset.info, range(40))["x"]
+  recon = batches.reconstruct(model, state, x)["recon"]
+  unit = lambda v: np.clip(dataset.info.to_unit(np.asarray(v)), 0.0, 1.0)  # noqa: E731
+  np.testing.assert_allclose(
+    results["quality/ssim"], np.mean(image_quality.ssim(unit(x), unit(recon))), rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    results["quality/psnr"], np.mean(image_quality.psnr(unit(x), unit(recon))), rtol=1e-5
+  )
+  np.testing.assert_allclose(results["test/mse"], np.mean(np.square(recon - x)), rtol=1e-5)
+
+
+def test_codebook_usage_over_the_whole_split_matches_a_histogram_and_one_device():
+  """Code usage is the histogram of every position's code over all test examples, summed over devices:
+  8 devices give the same counts as one, and the metrics follow from the counts."""
+  config = default_config()
+  config.model = model_config("vqvae", hidden=8, res_hidden=4, num_res_layers=1, num_codes=32, code_dim=4)
+  config.data = data.data_config("synthetic", shape=(8, 8, 3), num_train=16, num_test=40)
+  config.eval_batch_size = 16
+  dataset, model, objective, *_, state = loop._setup(config)
+  ctx = evaluators.Context(model, objective, dataset, config, None)
+  evaluate = evaluators.build(config, ctx)  # (just to see the registry builds it)
+  assert "test" in evaluate
+  section = evaluators.section("codebook", split="test")
+  run = evaluators.EVALUATORS["codebook"].build("codebook", section, ctx)
+  eight = run(parallel.replicate(state), 0, True).metrics
+  one = run(parallel.replicate(state, jax.local_devices()[:1]), 0, True).metrics
+  assert eight == one
+  x = batches.stack_examples(dataset.split("test"), dataset.info, range(40))["x"]
+  indices = batches.reconstruct(model, state, x)["indices"]
+  counts = np.bincount(indices.reshape(-1), minlength=32)
+  assert eight == codebook.usage(counts)
+  assert eight["codes_used"] == np.mean(counts > 0) and eight["dead_codes"] == np.sum(counts == 0)
+  p = counts / counts.sum()
+  np.testing.assert_allclose(eight["perplexity"], np.exp(-np.sum(p[p > 0] * np.log(p[p > 0]))), rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+  "change, match",
+  [
+    (
+      lambda c: c.evals.update(q=ml_collections.ConfigDict({"type": "lossez", "split": "test"})),
+      "unknown config.evals.q.type 'lossez'; did you mean 'losses'",
+    ),
+    (lambda c: c.evals.test.update(splitt="x"), "config.evals.test.splitt is not an option of type 'losses'"),
+    (
+      lambda c: c.evals.test.update(split="validation"),
+      "not a split of dataset 'synthetic'.*validation_size",
+    ),
+    (lambda c: c.evals.update(s=evaluators.section("samples")), "needs a model with \\['generative'\\]"),
+    (
+      lambda c: (
+        setattr(c, "data", data.data_config("synthetic_sequences"))
+        or c.evals.update(r=evaluators.section("reconstructions"))
+      ),
+      "cannot run on dataset 'synthetic_sequences': its examples cannot be drawn",
+    ),
+  ],
+)
+def test_evaluators_the_config_cannot_run_fail_before_training(tiny_config, change, match):
+  change(tiny_config)
+  with pytest.raises(ConfigError, match=match):
+    check_config(tiny_config, num_processes=1, local_devices=8)
+
+
+@pytest.mark.parametrize("key", ["eval_every", "likelihood_eval", "anomaly", "visualize"])
+def test_old_keys_name_what_replaced_them(tiny_config, key):
+  tiny_config[key] = 5
+  with pytest.raises(ConfigError, match=f"config.{key} was replaced by"):
+    check_config(tiny_config, num_processes=1, local_devices=8)
+
+
+def test_a_checkpoint_can_be_evaluated_again(image_config, tmp_path):
+  """evaluate_checkpoint restores the latest, a given or the best step and runs the evaluators it is
+  given: the same test metrics as the training run's own final evaluation."""
+  image_config.update({"checkpoint_every": 6})
+  summary = loop.train_and_evaluate(image_config, str(tmp_path))
+  step, result, path = loop.evaluate_checkpoint(image_config, str(tmp_path), names=["test", "quality"])
+  assert step == 12 and path.endswith("eval_12.json") and os.path.exists(path)
+  assert result.metrics["test/mse"] == pytest.approx(summary["metrics"]["test/mse"], rel=1e-6)
+  assert result.metrics["quality/ssim"] == pytest.approx(summary["metrics"]["quality/ssim"], rel=1e-6)
+  step6, result6, _ = loop.evaluate_checkpoint(image_config, str(tmp_path), step=6, names=["test"])
+  with open(tmp_path / "metrics.jsonl") as f:
+    at6 = [json.loads(line) for line in f if '"test/mse"' in line][0]
+  assert step6 == 6 and result6.metrics["test/mse"] == pytest.approx(at6["test/mse"], rel=1e-6)
+  with pytest.raises(ConfigError, match="no evaluator named \\['nope'\\]"):
+    loop.evaluate_checkpoint(image_config, str(tmp_path), names=["nope"])
+  with pytest.raises(Exception, match="has no best state to evaluate"):
+    loop.evaluate_checkpoint(image_config, str(tmp_path), best=True)
+  with pytest.raises(Exception, match="has no checkpoint to evaluate"):
+    loop.evaluate_checkpoint(image_config, str(tmp_path / "empty"))
+
+
+def test_only_project_errors_become_one_line(capsys):
+  def config_error():
+    raise ConfigError("config.x is bad; use y")
+
+  with pytest.raises(SystemExit) as e:
+    cli.run_or_exit(config_error)
+  assert e.value.code == 1 and capsys.readouterr().err == "error: config.x is bad; use y\n"
+
+  def bug():
+    raise ZeroDivisionError("a bug keeps its traceback")
+
+  with pytest.raises(ZeroDivisionError):
+    cli.run_or_exit(bug)
+
+
+def test_a_profile_of_the_chosen_steps_lands_in_tensorboard(tiny_config, tmp_path):
+  tiny_config.profile.update(start=4, steps=2)
+  loop.train_and_evaluate(tiny_config, str(tmp_path))
+  traces = glob.glob(str(tmp_path / "tensorboard" / "plugins" / "profile" / "*" / "*.xplane.pb"))
+  assert traces and os.path.getsize(traces[0]) > 1000
+
+
+def test_parameters_and_gradients_are_logged_per_module(tiny_config, tmp_path):
+  loop.train_and_evaluate(tiny_config, str(tmp_path))
+  with open(tmp_path / "metrics.jsonl") as f:
+    row = json.loads(f.readline())
+  for key in ("grad_norm/encoder", "grad_norm/decoder", "param_norm/encoder", "param_norm/decoder"):
+    assert row[key] > 0, key
+  np.testing.assert_allclose(
+    row["grad_norm"] ** 2, row["grad_norm/encoder"] ** 2 + row["grad_norm/decoder"] ** 2, rtol=0.05
+  )
+
+
+def test_evaluation_sums_are_the_same_on_one_device_and_eight(tiny_config):
+  """split_sums psums over every device: the test losses of 8 devices equal those of 1."""
+  dataset, model, objective, *_, state = loop._setup(tiny_config)
+  ctx = evaluators.Context(model, objective, dataset, tiny_config, None)
+  run = evaluators.EVALUATORS["losses"].build("test", evaluators.section("losses"), ctx)
+  eight = run(parallel.replicate(state), 0, False).metrics
+  one = run(parallel.replicate(state, jax.local_devices()[:1]), 0, False).metrics
+  chex.assert_trees_all_close(eight, one, rtol=1e-6)

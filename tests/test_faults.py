@@ -1,0 +1,220 @@
+"""Fault injection in one process: damaged checkpoints fall back, failed saves stop the run, one writer per
+workdir, bad workdirs, and metrics logs that survive resumption. (Killed processes: test_fault_processes.)"""
+
+import errno
+import glob
+import json
+import os
+import struct
+import subprocess
+
+import chex
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+import pytest
+
+from ae_jax import checkpoint, loop, workdir
+from ae_jax.errors import WorkdirError
+
+
+def _params(summary):
+  return jax.device_get(summary["state"].params)
+
+
+@pytest.fixture
+def reference(tiny_config, tmp_path_factory):
+  """An uninterrupted 16-step run (checkpoints every 4 steps)."""
+  tiny_config.total_steps = 16
+  return loop.train_and_evaluate(tiny_config, str(tmp_path_factory.mktemp("reference")))
+
+
+def _run_then_damage(config, path, damage):
+  config.total_steps = 12
+  loop.train_and_evaluate(config, str(path))  # checkpoints 4, 8, 12
+  damage(path / "checkpoints" / "12")
+  config.total_steps = 16
+
+
+def _truncate_data_files(step_dir):
+  """Cuts the state's data files (OCDBT's merged `state/d/*`, where the arrays are read from) to a third."""
+  files = glob.glob(str(step_dir / "state" / "d" / "*"))
+  assert files
+  for name in files:
+    with open(name, "r+b") as f:
+      f.truncate(os.path.getsize(name) // 3)
+
+
+def _delete_state(step_dir):
+  subprocess.run(["rm", "-rf", str(step_dir / "state")], check=True)
+
+
+def _empty_manifest(step_dir):
+  open(step_dir / "state" / "manifest.ocdbt", "w").close()
+
+
+@pytest.mark.parametrize("damage", [_truncate_data_files, _delete_state, _empty_manifest])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_step(
+  tiny_config, tmp_path, reference, damage, caplog
+):
+  _run_then_damage(tiny_config, tmp_path, damage)
+  resumed = loop.train_and_evaluate(tiny_config, str(tmp_path))
+  chex.assert_trees_all_equal(_params(reference), _params(resumed))  # resumed from step 8, exactly
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "ae_jax" in r.name]
+  assert any("step 12" in w and "cannot be restored" in w for w in warnings), warnings
+  assert any("12.corrupt" in w for w in warnings)
+  assert os.path.isdir(tmp_path / "checkpoints" / "12.corrupt")  # moved aside, not deleted
+  assert checkpoint.Checkpointer(str(tmp_path / "checkpoints"), keep=3).all_steps() == [8, 12, 16]
+
+
+def test_no_readable_checkpoint_is_one_error_or_a_fresh_start_when_asked(tiny_config, tmp_path):
+  tiny_config.total_steps, tiny_config.keep_checkpoints = 4, 1
+  loop.train_and_evaluate(tiny_config, str(tmp_path))
+  _delete_state(tmp_path / "checkpoints" / "4")
+  tiny_config.total_steps = 8
+  with pytest.raises(
+    checkpoint.NoValidCheckpointError, match="no checkpoint in .* can be restored.*nothing was"
+  ):
+    loop.train_and_evaluate(tiny_config, str(tmp_path))
+  assert os.path.isdir(tmp_path / "checkpoints" / "4")  # left as it was
+  tiny_config.fresh_start_if_unreadable = True
+  summary = loop.train_and_evaluate(tiny_config, str(tmp_path))
+  assert summary["step"] == 8 and os.path.isdir(tmp_path / "checkpoints" / "4.corrupt")
+
+
+def test_another_experiments_checkpoint_is_still_refused(tiny_config, tmp_path):
+  loop.train_and_evaluate(tiny_config, str(tmp_path))
+  tiny_config.model.code_dim = 8
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="use a new --workdir"):
+    loop.train_and_evaluate(tiny_config, str(tmp_path))
+  assert not glob.glob(str(tmp_path / "checkpoints" / "*.corrupt"))
+
+
+def _fail_saves_of_step(monkeypatch, step):
+  original = ocp.StandardCheckpointHandler.async_save
+
+  async def failing(self, directory, *args, **kwargs):
+    if f"/{step}." in str(directory) or str(directory).rstrip("/").endswith(f"/{step}"):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+    return await original(self, directory, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", failing)
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_a_failed_save_stops_the_run_and_keeps_the_previous_checkpoint(
+  tiny_config, tmp_path, reference, monkeypatch, async_save
+):
+  tiny_config.total_steps, tiny_config.async_checkpoints = 16, async_save
+  _fail_saves_of_step(monkeypatch, 8)
+  with pytest.raises(checkpoint.CheckpointSaveError) as e:
+    loop.train_and_evaluate(tiny_config, str(tmp_path))
+  message = str(e.value)
+  assert (
+    "saving checkpoint 8" in message
+    and "No space left on device" in message
+    and "step 4 is intact" in message
+  )
+  assert "\n" not in message
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), keep=3)
+  assert ckpt.all_steps() == [4] and not glob.glob(str(tmp_path / "checkpoints" / "*tmp*"))
+  ckpt.close()
+  monkeypatch.undo()
+  resumed = loop.train_and_evaluate(tiny_config, str(tmp_path))  # the same command resumes from step 4
+  chex.assert_trees_all_equal(_params(reference), _params(resumed))
+
+
+def test_a_full_disk_stops_the_run_with_one_line(tiny_config, tmp_path):
+  """A real small filesystem (a 600 KB tmpfs) fills up after a checkpoint or two of ~200 KB."""
+  mount = tmp_path / "small"
+  mount.mkdir()
+  if subprocess.run(
+    ["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)], capture_output=True
+  ).returncode:
+    pytest.skip("mounting a tmpfs is not allowed here (needs root and mount permission)")
+  try:
+    tiny_config.model.hidden = (128,)  # ~200 KB of parameters and Adam moments a checkpoint
+    tiny_config.total_steps = 40
+    with pytest.raises(
+      checkpoint.CheckpointSaveError, match=r"No space left on device; step (\d+) is intact"
+    ) as e:
+      loop.train_and_evaluate(tiny_config, str(mount / "run"))
+    intact = int(str(e.value).split("; step ")[1].split()[0])
+    ckpt = checkpoint.Checkpointer(str(mount / "run" / "checkpoints"), keep=3)
+    assert ckpt.latest_step() == intact and not glob.glob(str(mount / "run" / "checkpoints" / "*tmp*"))
+    ckpt.close()
+  finally:
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(tiny_config, tmp_path):
+  path = workdir.prepare(str(tmp_path))
+  with workdir.WorkdirLock(path):
+    with pytest.raises(WorkdirError, match=rf"in use by process {os.getpid()} on .*; wait for it"):
+      loop.train_and_evaluate(tiny_config, path)
+  assert not os.path.exists(tmp_path / "checkpoints")  # the refused run wrote nothing
+  # a process that died while holding the lock left its record; the kernel released its flock
+  dead = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True).stdout.strip()
+  (tmp_path / "lock").write_text(json.dumps({"pid": int(dead), "host": "gone", "started": "earlier"}))
+  assert loop.train_and_evaluate(tiny_config, path)["step"] == 12
+
+
+@pytest.mark.parametrize(
+  "make, match",
+  [
+    (lambda p: (p.write_text("not a folder"), p)[1], "is a file, not a folder"),
+    (lambda p: p, "cannot be written"),
+  ],
+)
+def test_bad_workdirs_are_one_line(tiny_config, tmp_path, monkeypatch, make, match):
+  path = make(tmp_path / "w")
+  if match == "cannot be written":  # root writes through permissions: refuse the write itself
+
+    def refuse(*args, **kwargs):
+      raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(workdir.tempfile, "NamedTemporaryFile", refuse)
+  with pytest.raises(WorkdirError, match=match) as e:
+    loop.train_and_evaluate(tiny_config, str(path))
+  assert "\n" not in str(e.value)
+
+
+def _events(path):
+  """(step, kind) of every record of a TensorBoard event file: "purge" (a SessionLog START, after which
+  TensorBoard drops the earlier files' events from that step on), "scalar" or "other"."""
+  from tensorboardX.proto import event_pb2
+
+  out = []
+  with open(path, "rb") as f:
+    while header := f.read(12):
+      (length,) = struct.unpack("<Q", header[:8])
+      event = event_pb2.Event.FromString(f.read(length))
+      f.read(4)
+      kind = {"session_log": "purge", "summary": "scalar"}.get(event.WhichOneof("what"), "other")
+      out.append((event.step, kind))
+  return out
+
+
+def test_metrics_have_one_row_per_step_after_a_resume(tiny_config, tmp_path):
+  """The run killed after logging step 9 but checkpointed at 8 logged rows the rerun logs again: the
+  rerun drops them first, and tells TensorBoard to drop that run's events after step 8."""
+  tiny_config.update({"log_every": 3, "checkpoint_every": 8, "total_steps": 9})
+  loop.train_and_evaluate(tiny_config, str(tmp_path))
+  subprocess.run(["rm", "-rf", str(tmp_path / "checkpoints" / "9")], check=True)  # as if killed before it
+  tiny_config.total_steps = 12
+  loop.train_and_evaluate(tiny_config, str(tmp_path))
+  with open(tmp_path / "metrics.jsonl") as f:
+    rows = [json.loads(line) for line in f]
+  train_steps = [r["step"] for r in rows if "loss" in r]
+  assert train_steps == [3, 6, 9, 12]
+  second = sorted(glob.glob(str(tmp_path / "tensorboard" / "events.*")))[-1]
+  events = [e for e in _events(second) if e[1] != "other"]
+  assert events[0] == (9, "purge") and all(step >= 9 for step, _ in events)  # step 9 on is replaced
+
+
+def test_nonfinite_loss_before_any_checkpoint_says_so(tiny_config, tmp_path, monkeypatch):
+  from ae_jax import train
+
+  monkeypatch.setattr(train, "loss_weights", lambda c: {"mse": lambda s: jnp.where(s >= 1, jnp.nan, 1.0)})
+  with pytest.raises(loop.NonFiniteLossError, match="no checkpoint is saved yet"):
+    loop.train_and_evaluate(tiny_config, str(tmp_path))
