@@ -8,7 +8,7 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 DEMO_WORKDIR ?= runs/demo_conv_ae
 DEMO_STEPS ?= 2000
 
-.PHONY: demo test test-multihost venv data clean
+.PHONY: demo test venv data clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=python3 ...'"; exit 1; }
@@ -41,10 +41,6 @@ demo: venv data
 # forever), and the whole suite is bounded in time.
 test: venv data
 	timeout 1500 $(PY) -m pytest -q -n 2 --dist loadfile --max-worker-restart=0 tests
-
-# Two JAX processes x 2 CPU devices on loopback (gloo): training, checkpoints and resume across processes.
-test-multihost: venv
-	timeout 900 $(PY) -m pytest -q -m multihost tests/test_multiprocess.py
 
 clean:
 	rm -rf $(VENV) runs

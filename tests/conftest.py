@@ -1,10 +1,21 @@
-"""Test setup: 8 simulated CPU devices (set before JAX is imported) and small shared fixtures."""
+"""Test setup: 8 simulated CPU devices (set before JAX is imported), a persistent compilation cache, and
+small shared fixtures.
+
+The tests compile the same small models many times, in this process and in the subprocesses they start
+(which inherit these variables): JAX's persistent cache serves repeated compilations from disk.
+"""
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = " ".join(
   f for f in (os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8") if f
 )
+os.environ.setdefault(
+  "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "ae_jax_test_jax_cache")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import chex  # noqa: E402
 import jax  # noqa: E402
@@ -23,6 +34,11 @@ def _clear_trace_counter():
 @pytest.fixture
 def tiny_config():
   """A fast experiment: small MLP autoencoder on synthetic 8x8 images, 8 devices, global batch 16."""
+  return make_tiny_config()
+
+
+def make_tiny_config():
+  """tiny_config's value, for fixtures of a wider scope."""
   c = default_config()
   c.model.name = "mlp_ae"
   c.model.hidden = (32, 16)

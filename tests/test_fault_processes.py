@@ -91,8 +91,9 @@ def uninterrupted(tmp_path_factory):
   return workdir
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0])
 def test_kill_9_at_a_random_step_then_rerun_equals_no_stop(uninterrupted, tmp_path, seed):
+  """(Run with more seeds, e.g. `-k kill_9 --count`, to widen the search; CI runs one.)"""
   kill_after = random.Random(seed).randrange(30, 280)
   proc = _main(tmp_path, "steps=300,ckpt=50")
   _wait_for(lambda: _logged_step(tmp_path) >= kill_after, proc)

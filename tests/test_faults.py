@@ -22,11 +22,14 @@ def _params(summary):
   return jax.device_get(summary["state"].params)
 
 
-@pytest.fixture
-def reference(tiny_config, tmp_path_factory):
-  """An uninterrupted 16-step run (checkpoints every 4 steps)."""
-  tiny_config.total_steps = 16
-  return loop.train_and_evaluate(tiny_config, str(tmp_path_factory.mktemp("reference")))
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """An uninterrupted 16-step run (checkpoints every 4 steps) of tiny_config."""
+  from conftest import make_tiny_config
+
+  config = make_tiny_config()
+  config.total_steps = 16
+  return loop.train_and_evaluate(config, str(tmp_path_factory.mktemp("reference")))
 
 
 def _run_then_damage(config, path, damage):
