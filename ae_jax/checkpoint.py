@@ -160,6 +160,8 @@ class Checkpointer:
         shutil.rmtree(tmp, ignore_errors=True)
     handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    self._async = async_save
+    self._failed = False  # a failed save was reported; later waits do not raise it again
     self._pending: int | None = None  # the step of the save in flight
     self._last_good: int | None = self.latest_step()
 
@@ -171,6 +173,12 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def _save_failed(self, step: int | None, error: BaseException) -> CheckpointSaveError:
+    if self._async:  # let the background save stop before its partial files are removed
+      try:
+        self._manager.wait_until_finished()
+      except Exception:  # noqa: BLE001 - the failure being reported
+        pass
+    self._failed = True
     if jax.process_index() == 0 and step is not None:
       for tmp in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
         shutil.rmtree(tmp, ignore_errors=True)  # the failed save's partial files, never a finished step
@@ -310,7 +318,12 @@ class Checkpointer:
     try:
       self._manager.wait_until_finished()
     except Exception as e:  # noqa: BLE001 - as in `check`
+      if self._failed:
+        log.warning("a checkpoint save failed after the failure already reported: %s", _cause(e))
+        return
       raise self._save_failed(self._pending, e) from e
+    if self._failed:
+      return
     self.check()
     if self._pending is not None:
       self._last_good, self._pending = self._pending, None

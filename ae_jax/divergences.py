@@ -65,6 +65,12 @@ The per-example terms (nats) are
 and by construction mi_i + tc_i + dwkl_i = log q(z_i|x_i) - log p(z_i), a one-sample estimate of
 KL(q(z|x_i) || p(z)) (the closed form is `losses.gaussian_kl`). Their global-batch means estimate I(x; z),
 KL(q(z) || prod_d q(z_d)) and sum_d KL(q(z_d) || p(z_d)); the β-TCVAE objective weights them α, β, γ.
+
+Padding. Both estimators take an optional `valid_all` [M] (1 = a real example, 0 = padding, e.g. the
+`batch["valid"]` of an evaluation batch gathered over devices): padded examples then take no part in the
+estimate, which is the estimator over the M_v = sum(valid_all) real examples alone (MSS's "next" example
+is the next real one), and their own contributions are 0. With fewer than 2 real examples MMD is 0 (no
+U-statistic exists) and MSS gives the one example weight 1 (q(z) is its posterior).
 """
 
 from __future__ import annotations
@@ -75,9 +81,9 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from ae_jax.models.vae import diagonal_normal_logpdf, standard_normal_logpdf
-
 Kernel = Callable[[jax.Array, jax.Array], jax.Array]
+
+_LOG_2PI = math.log(2.0 * math.pi)
 
 WAE_MULTIPLIERS: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 TC_ESTIMATORS = ("mss", "mws")
@@ -97,11 +103,22 @@ def local_index(batch_size: int, axis_name: str | None = None) -> jax.Array:
 # ----------------------------------------------------------------------------- log-densities
 
 
+def standard_normal_logpdf(z: jax.Array) -> jax.Array:
+  """log N(z; 0, I) summed over the last axis, in nats: [..., D] -> [...]."""
+  return -0.5 * jnp.sum(jnp.square(z) + _LOG_2PI, axis=-1)
+
+
+def diagonal_normal_logpdf(eps: jax.Array, logvar: jax.Array) -> jax.Array:
+  """log N(z; mean, exp(logvar)) summed over the last axis, in nats, for z = mean + exp(logvar / 2) * eps:
+  [..., D] x2 -> [...]."""
+  return -0.5 * jnp.sum(jnp.square(eps) + logvar + _LOG_2PI, axis=-1)
+
+
 def normal_logpdf(z: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
   """log N(z; mean, exp(logvar)) per element (not summed), in nats. Arguments broadcast: [..., D] -> [..., D].
 
-  `models.vae.diagonal_normal_logpdf` takes the standardised residual and sums over the last axis; this is
-  the same density for an arbitrary z, one value per latent dimension.
+  `diagonal_normal_logpdf` takes the standardised residual and sums over the last axis; this is the same
+  density for an arbitrary z, one value per latent dimension.
   """
   z, mean, logvar = jnp.broadcast_arrays(z, mean, logvar)
   eps = (z - mean) * jnp.exp(-0.5 * logvar)
@@ -160,21 +177,33 @@ def mmd_terms(
   prior_all: jax.Array,
   index: jax.Array,
   kernel: Kernel = imq_kernel,
+  valid_all: jax.Array | None = None,
 ) -> jax.Array:
   """Per-example contributions [B] to the unbiased MMD^2 between q(z) and p(z) over the global batch.
 
   z [B, D]: this device's samples z_i ~ q(z|x_i); prior [B, D]: one draw from p(z) per example;
-  z_all, prior_all [M, D]: the same gathered over all devices; index [B]: positions of z in z_all.
-  The mean over the global batch of the result is `mmd_unbiased(z_all, prior_all, kernel)`.
+  z_all, prior_all [M, D]: the same gathered over all devices; index [B]: positions of z in z_all;
+  valid_all [M] (optional): 1 for real examples, 0 for padding (see the module docstring).
+  The mean over the global batch of the result is `mmd_unbiased(z_all, prior_all, kernel)`; with
+  `valid_all`, its sum over the real examples divided by their number is the same over the real rows only.
   """
   m = z_all.shape[0]
   if m < 2:
     raise ValueError(f"mmd_terms needs a global batch of at least 2 examples, got {m}")
   others = jnp.arange(m)[None, :] != index[:, None]  # [B, M]: j != i
-  kzz = jnp.where(others, _gram(kernel, z, z_all), 0.0).sum(axis=1)
-  kpp = jnp.where(others, _gram(kernel, prior, prior_all), 0.0).sum(axis=1)
-  kzp = _gram(kernel, z, prior_all).sum(axis=1)
-  return (kzz + kpp) / (m - 1) - 2.0 * kzp / m
+  kzp_all = _gram(kernel, z, prior_all)
+  if valid_all is None:
+    kzz = jnp.where(others, _gram(kernel, z, z_all), 0.0).sum(axis=1)
+    kpp = jnp.where(others, _gram(kernel, prior, prior_all), 0.0).sum(axis=1)
+    return (kzz + kpp) / (m - 1) - 2.0 * kzp_all.sum(axis=1) / m
+  real = valid_all > 0  # [M]
+  count = real.sum().astype(z.dtype)
+  pairs = others & real[None, :]
+  kzz = jnp.where(pairs, _gram(kernel, z, z_all), 0.0).sum(axis=1)
+  kpp = jnp.where(pairs, _gram(kernel, prior, prior_all), 0.0).sum(axis=1)
+  kzp = jnp.where(real[None, :], kzp_all, 0.0).sum(axis=1)
+  terms = (kzz + kpp) / jnp.maximum(count - 1.0, 1.0) - 2.0 * kzp / jnp.maximum(count, 1.0)
+  return jnp.where(real[index] & (count >= 2), terms, 0.0)
 
 
 # ----------------------------------------------------------------------------- β-TCVAE
@@ -192,6 +221,25 @@ def _log_weights(index: jax.Array, batch_size: int, dataset_size: int, estimator
   return jnp.where(cols == (rows + 1) % m, strat, log_w)
 
 
+def _masked_log_weights(index: jax.Array, real: jax.Array, dataset_size: int, estimator: str) -> jax.Array:
+  """`_log_weights` over the real examples only (bool `real` [M]); padded columns get log w = -inf."""
+  n, m = float(dataset_size), real.shape[0]
+  count = real.sum()
+  count_f = count.astype(jnp.float32)
+  if estimator == "mws":
+    log_w = jnp.broadcast_to(-jnp.log(n * count_f), (index.shape[0], m))
+  else:
+    cols, rows = jnp.arange(m)[None, :], index[:, None]
+    rank = jnp.cumsum(real) - 1  # [M]: the position of each real example among the real ones
+    successor = (rank[index] + 1) % jnp.maximum(count, 1)  # [B]: the rank of the next real example
+    is_next = real[None, :] & (rank[None, :] == successor[:, None]) & (cols != rows)
+    others = jnp.maximum(count_f - 1.0, 1.0)
+    own = jnp.where(count > 1, -math.log(n), 0.0)
+    log_w = jnp.where(cols == rows, own, -jnp.log(others))
+    log_w = jnp.where(is_next, jnp.log((n - count_f + 1.0) / (n * others)), log_w)
+  return jnp.where(real[None, :], log_w, -jnp.inf)
+
+
 def tc_terms(
   z: jax.Array,
   mean: jax.Array,
@@ -201,13 +249,15 @@ def tc_terms(
   index: jax.Array,
   dataset_size: int,
   estimator: str = "mss",
+  valid_all: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
   """β-TCVAE decomposition of log q(z_i|x_i) - log p(z_i) into per-example terms, in nats.
 
   z [B, D]: one sample z_i ~ q(z|x_i) per local example; mean, logvar [B, D]: its posterior;
   mean_all, logvar_all [M, D]: the posteriors of the global batch (gathered); index [B]: positions of the
   local examples in them; dataset_size: N, the number of training examples (M <= N); estimator: "mss"
-  (minibatch stratified sampling) or "mws" (minibatch weighted sampling).
+  (minibatch stratified sampling) or "mws" (minibatch weighted sampling); valid_all [M] (optional): 1 for
+  real examples, 0 for padding, which then takes no part (see the module docstring) and gets 0 everywhere.
 
   Returns {"mi", "tc", "dwkl"}, each [B], with mi + tc + dwkl = log q(z_i|x_i) - log p(z_i); the global-batch
   means estimate I(x; z), KL(q(z) || prod_d q(z_d)) and sum_d KL(q(z_d) || p(z_d)). Also "log_qz",
@@ -223,13 +273,16 @@ def tc_terms(
       f"dataset_size {dataset_size} is smaller than the global batch of {m} examples; pass the number of "
       "training examples"
     )
-  log_w = _log_weights(index, m, dataset_size, estimator)  # [B, M]
+  if valid_all is None:
+    log_w = _log_weights(index, m, dataset_size, estimator)  # [B, M]
+  else:
+    log_w = _masked_log_weights(index, valid_all > 0, dataset_size, estimator)
   log_q = normal_logpdf(z[:, None, :], mean_all[None, :, :], logvar_all[None, :, :])  # [B, M, D]
   log_qz = jax.nn.logsumexp(log_w + log_q.sum(axis=-1), axis=1)
   log_qz_product = jax.nn.logsumexp(log_w[:, :, None] + log_q, axis=1).sum(axis=-1)
   log_qz_x = normal_logpdf(z, mean, logvar).sum(axis=-1)
   log_pz = standard_normal_logpdf(z)
-  return {
+  terms = {
     "mi": log_qz_x - log_qz,
     "tc": log_qz - log_qz_product,
     "dwkl": log_qz_product - log_pz,
@@ -238,3 +291,7 @@ def tc_terms(
     "log_qz_x": log_qz_x,
     "log_pz": log_pz,
   }
+  if valid_all is None:
+    return terms
+  mine = valid_all[index] > 0
+  return {name: jnp.where(mine, value, 0.0) for name, value in terms.items()}

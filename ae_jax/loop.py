@@ -2,10 +2,10 @@
 
     summary = loop.train_and_evaluate(config, workdir)
 
-The host never waits for the devices between log steps: batches are assembled and placed on the devices
-ahead of time by a background thread (`config.prefetch`), `config.steps_per_dispatch` optimisation steps
-run per dispatch (`train.train_steps`, a lax.scan), and metrics stay on the devices until a log step
-fetches them all at once. Logging, evaluation and checkpoints happen between dispatches.
+The host stays ahead of the devices: batches are assembled and placed on the devices ahead of time by a
+background thread (`config.prefetch`), `config.steps_per_dispatch` optimisation steps run per dispatch
+(`train.train_steps`, a lax.scan), up to IN_FLIGHT dispatches are queued, and metrics stay on the devices
+until a log step fetches them all at once. Logging, evaluation and checkpoints happen between dispatches.
 
 What happens when things fail:
 * a non-finite loss or gradient leaves the state untouched, and the run stops at the next log or
@@ -18,6 +18,7 @@ What happens when things fail:
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import os
@@ -41,6 +42,11 @@ from ae_jax.train import (
   objective_constants,
   train_steps,
 )
+
+# Dispatches queued on the devices at most. Two keep an accelerator busy while the host enqueues the next;
+# an unbounded queue of collective programs can deadlock XLA:CPU's in-process collectives (devices of
+# different queued executions wait for each other once its thread pool is exhausted).
+IN_FLIGHT = 2
 
 
 class NonFiniteLossError(AEJaxError, FloatingPointError):
@@ -267,12 +273,16 @@ def _train(config: ml_collections.ConfigDict, path: str) -> dict[str, Any]:
     timer_start, timed_steps = time.perf_counter(), 0
 
   profile = Profile(os.path.join(path, "tensorboard"), config.profile.start, config.profile.steps)
+  in_flight: collections.deque = collections.deque()
   try:
     for size in sizes:
       profile.before(step)
       batch = prefetch.next()
       with jax.transfer_guard_host_to_device("disallow"):  # the step reads only what is on the devices
         rstate, metrics = p_train(rstate, batch)
+      in_flight.append(metrics)
+      if len(in_flight) > IN_FLIGHT:
+        jax.block_until_ready(in_flight.popleft())  # waits for the device, transfers nothing
       first, step = step == start, step + size
       pending.append(metrics)
       pending_check.append(metrics)

@@ -22,12 +22,17 @@ Prototyping a new loss is one function and one config line::
 Conventions: `mse` and `l1` average over the non-batch axes (per element, as PyTorch's MSELoss), so they
 are comparable across image sizes; the negative log-likelihoods and the KL sum over them (nats per example),
 so `bernoulli_nll + kl` is the negative ELBO.
+
+A term that reads a dataset constant from the batch declares it (`register(name, constants=(...))`);
+`needed_constants` lists them for a config and `train.objective_constants` supplies them. The batch-level
+terms of β-TCVAE, InfoVAE and WAE (`tc_mi`, `tc`, `tc_dwkl`, `mmd_imq`, `mmd_rbf`, ...) live in
+`ae_jax.batch_losses`, which this module imports at its end, so they are registered wherever losses are.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -112,21 +117,30 @@ def gaussian_kl(mean: jax.Array, logvar: jax.Array, mask: jax.Array | None = Non
 # ----------------------------------------------------------------------------- named terms
 
 LOSSES: dict[str, LossTerm] = {}
+CONSTANTS: dict[str, tuple[str, ...]] = {}  # term name -> the dataset constants it reads from the batch
 
 
-def register(name: str) -> Callable[[LossTerm], LossTerm]:
-  """Decorator adding `fn(outputs, batch) -> [batch]` to `LOSSES` under `name`."""
+def register(name: str, constants: Sequence[str] = ()) -> Callable[[LossTerm], LossTerm]:
+  """Decorator adding `fn(outputs, batch) -> [batch]` to `LOSSES` under `name`; `constants` names the
+  dataset constants (e.g. "data_variance", "dataset_size") it reads from the batch."""
 
   def add(fn: LossTerm) -> LossTerm:
     if name in LOSSES:
       raise ValueError(f"loss term '{name}' is already registered; pick another name")
     LOSSES[name] = fn
+    CONSTANTS[name] = tuple(constants)
     return fn
 
   return add
 
 
-def _require(outputs: Outputs, key: str, term: str) -> jax.Array:
+def needed_constants(names: Iterable[str]) -> frozenset[str]:
+  """The dataset constants the registered terms `names` read (unknown names read none)."""
+  return frozenset(c for name in names for c in CONSTANTS.get(name, ()))
+
+
+def require_output(outputs: Outputs, key: str, term: str) -> jax.Array:
+  """outputs[key], or a KeyError telling which term needs which model output."""
   if key not in outputs:
     raise KeyError(
       f"loss term '{term}' needs the model output '{key}', but the model returned {sorted(outputs)}; "
@@ -137,28 +151,28 @@ def _require(outputs: Outputs, key: str, term: str) -> jax.Array:
 
 @register("mse")
 def _mse_term(outputs: Outputs, batch: Batch) -> jax.Array:
-  return mse(_require(outputs, "recon", "mse"), batch["x"], batch.get("mask"))
+  return mse(require_output(outputs, "recon", "mse"), batch["x"], batch.get("mask"))
 
 
 @register("l1")
 def _l1_term(outputs: Outputs, batch: Batch) -> jax.Array:
-  return l1(_require(outputs, "recon", "l1"), batch["x"], batch.get("mask"))
+  return l1(require_output(outputs, "recon", "l1"), batch["x"], batch.get("mask"))
 
 
 @register("bernoulli_nll")
 def _bernoulli_nll_term(outputs: Outputs, batch: Batch) -> jax.Array:
-  return bernoulli_nll(_require(outputs, "logits", "bernoulli_nll"), batch["x"], batch.get("mask"))
+  return bernoulli_nll(require_output(outputs, "logits", "bernoulli_nll"), batch["x"], batch.get("mask"))
 
 
 @register("gaussian_nll")
 def _gaussian_nll_term(outputs: Outputs, batch: Batch) -> jax.Array:
-  recon = _require(outputs, "recon", "gaussian_nll")
+  recon = require_output(outputs, "recon", "gaussian_nll")
   return gaussian_nll(recon, batch["x"], outputs.get("recon_logvar", 0.0), batch.get("mask"))
 
 
 @register("kl")
 def _kl_term(outputs: Outputs, batch: Batch) -> jax.Array:
-  mean, logvar = _require(outputs, "mean", "kl"), _require(outputs, "logvar", "kl")
+  mean, logvar = require_output(outputs, "mean", "kl"), require_output(outputs, "logvar", "kl")
   # Models with one latent per time step return their own "latent_mask" ([batch, time]).
   return gaussian_kl(mean, logvar, outputs.get("latent_mask"))
 
@@ -168,12 +182,14 @@ def _iwae_term(outputs: Outputs, batch: Batch) -> jax.Array:
   """Negative importance-weighted bound (Burda et al. 2015) over the model's k draws of z, in nats:
   -log (1/k) sum_k p(x|z_k) p(z_k) / q(z_k|x). With k = 1 it is the negative ELBO with a sampled KL."""
   log_w = (
-    _require(outputs, "log_px_z", "iwae") + _require(outputs, "log_pz", "iwae") - outputs["log_qz_x"]
+    require_output(outputs, "log_px_z", "iwae")
+    + require_output(outputs, "log_pz", "iwae")
+    - outputs["log_qz_x"]
   )  # [k, batch]
   return -(jax.nn.logsumexp(log_w, axis=0) - math.log(log_w.shape[0]))
 
 
-@register("nmse")
+@register("nmse", constants=("data_variance",))
 def _nmse_term(outputs: Outputs, batch: Batch) -> jax.Array:
   """mse divided by the training data's per-element variance (`batch["data_variance"]`, a constant the
   trainer adds from the dataset's training split): 1.0 = predicting the mean pixel."""
@@ -188,13 +204,13 @@ def _nmse_term(outputs: Outputs, batch: Batch) -> jax.Array:
 @register("codebook")
 def _codebook_term(outputs: Outputs, batch: Batch) -> jax.Array:
   """VQ codebook loss |sg(z_e) - z_q|^2 per example (moves the codes; zero with EMA codebooks)."""
-  return _require(outputs, "codebook_loss", "codebook")
+  return require_output(outputs, "codebook_loss", "codebook")
 
 
 @register("commitment")
 def _commitment_term(outputs: Outputs, batch: Batch) -> jax.Array:
   """VQ commitment loss beta * |z_e - sg(z_q)|^2 per example (moves the encoder; beta is the model's)."""
-  return _require(outputs, "commitment_loss", "commitment")
+  return require_output(outputs, "commitment_loss", "commitment")
 
 
 # ----------------------------------------------------------------------------- objective
@@ -231,3 +247,7 @@ def make_objective(
     return total, terms
 
   return objective
+
+
+# The batch-level terms register themselves into LOSSES; imported last, as they use this module.
+from ae_jax import batch_losses  # noqa: E402, F401

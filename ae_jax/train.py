@@ -275,15 +275,21 @@ def freeze_patterns(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 
 def objective_constants(config: ml_collections.ConfigDict, dataset: data.Dataset) -> dict[str, float]:
-  """Dataset constants the configured loss terms read from the batch (the training variance for nmse)."""
+  """Dataset constants the configured loss terms read from the batch (`losses.needed_constants`): the
+  training variance `data_variance` (nmse) and the training split's length `dataset_size` (the β-TCVAE
+  terms), each only when a term in config.loss needs it."""
+  needed = losses.needed_constants(config.loss)
   constants = {}
-  if "nmse" in config.loss:
+  if "data_variance" in needed:
     if dataset.info.variance is None:
+      term = next(n for n in config.loss if "data_variance" in losses.CONSTANTS.get(n, ()))
       raise ConfigError(
-        f"config.loss.nmse needs the training variance, which dataset '{dataset.name}' does not provide; "
+        f"config.loss.{term} needs the training variance, which dataset '{dataset.name}' does not provide; "
         "use mse instead"
       )
     constants["data_variance"] = dataset.info.variance
+  if "dataset_size" in needed:
+    constants["dataset_size"] = len(dataset.split("train"))
   return constants
 
 

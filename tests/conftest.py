@@ -2,7 +2,9 @@
 small shared fixtures.
 
 The tests compile the same small models many times, in this process and in the subprocesses they start
-(which inherit these variables): JAX's persistent cache serves repeated compilations from disk.
+(which inherit these variables): JAX's persistent cache serves repeated compilations from disk. The cache
+writes entries without a lock, so each pytest-xdist worker has its own directory (a process must never read
+an entry another is still writing); tests that run processes side by side give each its own too.
 """
 
 import os
@@ -12,7 +14,8 @@ os.environ["XLA_FLAGS"] = " ".join(
   f for f in (os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8") if f
 )
 os.environ.setdefault(
-  "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "ae_jax_test_jax_cache")
+  "JAX_COMPILATION_CACHE_DIR",
+  os.path.join(tempfile.gettempdir(), "ae_jax_test_jax_cache", os.environ.get("PYTEST_XDIST_WORKER", "main")),
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
@@ -21,6 +24,7 @@ import chex  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from ae_jax import parallel  # noqa: E402
 from ae_jax.config import default_config  # noqa: E402
 from ae_jax.data import data_config  # noqa: E402
 
@@ -58,3 +62,15 @@ def make_tiny_config():
 
 def pytest_report_header(config):
   return f"jax {jax.__version__}, {jax.local_device_count()} local devices ({jax.default_backend()})"
+
+
+def run_pmapped_steps(step_fn, state, host_batches, devices):
+  """Runs the pmapped `step_fn` over `devices` on each global batch; returns the unreplicated state and
+  the metrics of every step (on the host)."""
+  p_step = jax.pmap(step_fn, axis_name=parallel.AXIS, devices=devices)
+  rstate = parallel.replicate(state, devices)
+  metrics = []
+  for batch in host_batches:
+    rstate, m = p_step(rstate, parallel.shard(parallel.split_for_devices(batch, len(devices)), devices))
+    metrics.append(m)
+  return jax.device_get(parallel.unreplicate(rstate)), jax.device_get(metrics)

@@ -237,3 +237,34 @@ def test_anomaly_evaluator_needs_a_series_dataset_and_valid_options():
     evaluators.check(config)
   with pytest.raises(ValueError, match="unknown config.evals.a.score 'likelihood'"):
     anomaly.check_options(evaluators.section("anomaly", score="likelihood"), "config.evals.a")
+
+
+def test_unsupervised_training_and_scoring_find_the_planted_anomalies(tmp_path):
+  """The whole unsupervised path on a generated series: an MLP autoencoder trained on every window (the
+  largest training errors trimmed from the loss after a warm-up), then the top-3 discords, each of which
+  overlaps one of the three planted anomalies."""
+  from ae_jax import loop
+  from ae_jax.models import model_config
+
+  values, intervals = _planted_series(n=1600, seed=1)
+  np.savetxt(tmp_path / "series.txt", values)
+  (tmp_path / "labels.json").write_text(__import__("json").dumps([list(i) for i in intervals]))
+  config = default_config()
+  config.model = model_config("mlp_ae", hidden=(32,), code_dim=6, output_act="identity")
+  config.data = data.data_config(
+    "series_file",
+    path=str(tmp_path / "series.txt"),
+    labels=str(tmp_path / "labels.json"),
+    window=24,
+    stride=2,
+  )
+  config.evals = {"anomaly": evaluators.section("anomaly", stride=4, top_k=3)}
+  config.trim.update(fraction=0.1, after=300)
+  config.update(dict(batch_size=32, total_steps=1500, log_every=500, checkpoint_every=0))
+  config.optimizer.learning_rate = 3e-3
+  summary = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  found = sorted((d["start"], d["end"]) for d in summary["results"].details["anomaly/discords"])
+  for lo, hi in intervals:
+    assert any(d_lo < hi and lo < d_hi for d_lo, d_hi in found), (intervals, found)
+  assert summary["metrics"]["anomaly/intervals_found"] == 3.0
+  assert os.path.exists(tmp_path / "run" / "anomaly.png")

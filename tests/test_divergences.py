@@ -1,5 +1,6 @@
 """Batch-level divergences: MMD against a numpy U-statistic and its null distribution, the β-TCVAE terms
-against a float64 reference, closed-form total correlations, and device-split / pmap invariance."""
+against a float64 reference, closed-form total correlations, device-split / pmap invariance, and padding
+(a valid mask) leaving the estimators over the real examples unchanged."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from scipy.special import logsumexp as np_logsumexp
 
 from ae_jax import divergences as dv
 from ae_jax import parallel
-from ae_jax.models.vae import diagonal_normal_logpdf
+from ae_jax.models import vae
 
 RNG = np.random.default_rng(0)
 DEVICES = 8
@@ -74,7 +75,9 @@ def test_normal_logpdf_matches_numpy_and_the_vae_density():
   expected = -0.5 * np.log(2 * np.pi * var) - 0.5 * (z - mean) ** 2 / var
   chex.assert_trees_all_close(out, expected.astype(np.float32), rtol=1e-5, atol=1e-5)
   eps = (z - mean) * np.exp(-0.5 * logvar)
-  chex.assert_trees_all_close(out.sum(-1), diagonal_normal_logpdf(eps, logvar), rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(out.sum(-1), dv.diagonal_normal_logpdf(eps, logvar), rtol=1e-5, atol=1e-5)
+  assert vae.diagonal_normal_logpdf is dv.diagonal_normal_logpdf  # one density, used by the VAEs too
+  assert vae.standard_normal_logpdf is dv.standard_normal_logpdf
 
 
 def test_kernel_scale_is_2_d_sigma2():
@@ -318,3 +321,88 @@ def test_tc_terms_reject_bad_arguments():
     dv.tc_terms(z, z, z, z, z, jnp.arange(8), 100, estimator="mis")
   with pytest.raises(ValueError, match="smaller than the global batch"):
     dv.tc_terms(z, z, z, z, z, jnp.arange(8), 4)
+
+
+# ----------------------------------------------------------------------------- padding
+
+
+def _real_mask(m: int, num_real: int, seed: int) -> np.ndarray:
+  """A 0/1 float mask [m] with `num_real` ones at random positions (padding anywhere, not only at the end)."""
+  mask = np.zeros(m, np.float32)
+  mask[np.random.default_rng(seed).choice(m, num_real, replace=False)] = 1.0
+  return mask
+
+
+@pytest.mark.parametrize("name", ["imq", "rbf_multi"])
+def test_mmd_terms_with_padding_are_the_estimate_over_the_real_examples(name):
+  """With a valid mask the real rows are the per-example terms of the real examples alone (their mean is
+  mmd_unbiased of them), padded rows are 0, an all-ones mask changes nothing, and 8 device slices agree."""
+  kernel = KERNELS[name]
+  b, d = 6, 4
+  m = DEVICES * b
+  z = (RNG.normal(size=(m, d)) * 0.8 + 0.3).astype(np.float32)
+  prior = RNG.normal(size=(m, d)).astype(np.float32)
+  valid = _real_mask(m, 29, seed=5)
+  real = valid > 0
+  fn = jax.jit(functools.partial(dv.mmd_terms, kernel=kernel))
+  out = fn(z, prior, z, prior, jnp.arange(m), valid_all=valid)
+  alone = fn(z[real], prior[real], z[real], prior[real], jnp.arange(real.sum()))
+  chex.assert_trees_all_close(out[real], alone, rtol=1e-5, atol=1e-6)
+  assert np.all(np.asarray(out)[~real] == 0.0)
+  chex.assert_trees_all_close(
+    out.sum() / real.sum(), dv.mmd_unbiased(z[real], prior[real], kernel), rtol=1e-5, atol=1e-6
+  )
+  chex.assert_trees_all_close(
+    fn(z, prior, z, prior, jnp.arange(m), valid_all=np.ones(m)),
+    fn(z, prior, z, prior, jnp.arange(m)),
+    rtol=1e-6,
+  )
+  split = _split(
+    lambda zl, pl, z_all, p_all, index: fn(zl, pl, z_all, p_all, index, valid_all=valid), b, z, prior
+  )
+  chex.assert_trees_all_close(split, out, rtol=1e-6, atol=1e-6)
+
+
+def test_mmd_terms_with_fewer_than_two_real_examples_are_zero():
+  z = RNG.normal(size=(8, 3)).astype(np.float32)
+  for num_real in (0, 1):
+    out = dv.mmd_terms(z, z + 1.0, z, z + 1.0, jnp.arange(8), valid_all=_real_mask(8, num_real, seed=0))
+    chex.assert_trees_all_equal(out, np.zeros(8, np.float32))
+
+
+@pytest.mark.parametrize("estimator", dv.TC_ESTIMATORS)
+def test_tc_terms_with_padding_are_the_terms_of_the_real_examples(estimator):
+  """With a valid mask, the real rows equal tc_terms of the real examples alone (MSS's next example is the
+  next real one), padded rows are 0, an all-ones mask changes nothing, and 8 device slices agree."""
+  b, d, n = 5, 3, 700
+  m = DEVICES * b
+  z, mean, logvar, _ = _posteriors(m, d, 0.4, 0.3, seed=6)
+  logvar = logvar + RNG.normal(scale=0.3, size=logvar.shape).astype(np.float32)
+  valid = _real_mask(m, 23, seed=7)
+  real = valid > 0
+  fn = jax.jit(functools.partial(dv.tc_terms, dataset_size=n, estimator=estimator))
+  out = fn(z, mean, logvar, mean, logvar, jnp.arange(m), valid_all=valid)
+  alone = _tc_one_device(z[real], mean[real], logvar[real], dataset_size=n, estimator=estimator)
+  chex.assert_trees_all_close({k: v[real] for k, v in out.items()}, alone, rtol=1e-5, atol=1e-4)
+  assert all(np.all(np.asarray(v)[~real] == 0.0) for v in out.values())
+  everything = fn(z, mean, logvar, mean, logvar, jnp.arange(m), valid_all=np.ones(m, np.float32))
+  chex.assert_trees_all_close(everything, _tc_one_device(z, mean, logvar, n, estimator), rtol=1e-5, atol=1e-4)
+
+  def local(z, mean, logvar, _z_all, mean_all, logvar_all, index):
+    return fn(z, mean, logvar, mean_all, logvar_all, index, valid_all=valid)
+
+  chex.assert_trees_all_close(_split(local, b, z, mean, logvar), out, rtol=1e-6, atol=1e-5)
+
+
+def test_tc_terms_of_a_single_real_example_treat_its_posterior_as_the_aggregate():
+  """One real example among padding: MSS gives it weight 1, so MI = TC = 0 and the dimension-wise KL is the
+  whole sampled KL; MWS stays finite (its offsets log N, (D - 1) log N, -D log N)."""
+  z, mean, logvar, _ = _posteriors(8, 3, 0.2, 0.5, seed=8)
+  valid = _real_mask(8, 1, seed=9)
+  i = int(np.argmax(valid))
+  mss = dv.tc_terms(z, mean, logvar, mean, logvar, jnp.arange(8), 100, "mss", valid_all=valid)
+  np.testing.assert_allclose([mss["mi"][i], mss["tc"][i]], [0.0, 0.0], atol=1e-5)
+  np.testing.assert_allclose(mss["dwkl"][i], mss["log_qz_x"][i] - mss["log_pz"][i], rtol=1e-6)
+  mws = dv.tc_terms(z, mean, logvar, mean, logvar, jnp.arange(8), 100, "mws", valid_all=valid)
+  np.testing.assert_allclose([mws["mi"][i], mws["tc"][i]], [math.log(100), 2 * math.log(100)], rtol=1e-5)
+  assert all(np.isfinite(np.asarray(v)).all() for v in (*mss.values(), *mws.values()))

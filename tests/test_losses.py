@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ae_jax import losses
+from ae_jax import divergences, losses
 
 RNG = np.random.default_rng(0)
 
@@ -400,3 +400,47 @@ def test_make_objective_empty_raises():
   """An empty weights mapping raises ValueError."""
   with pytest.raises(ValueError, match="empty"):
     losses.make_objective({})
+
+
+# ----------------------------------------------------------------------------- constants, batch terms
+
+
+def test_register_declares_the_constants_a_term_reads():
+  """register(name, constants=...) records them; needed_constants collects them for a config's names."""
+  name = "test_scaled_mse"
+
+  @losses.register(name, constants=("test_scale",))
+  def scaled(outputs, batch):
+    return losses.mse(outputs["recon"], batch["x"]) * batch["test_scale"]
+
+  try:
+    assert losses.needed_constants([name, "mse"]) == {"test_scale"}
+    assert losses.needed_constants(["nmse"]) == {"data_variance"}
+    assert losses.needed_constants(["mse", "kl", "not_a_term"]) == frozenset()
+    outputs, batch = _outputs_and_batch()
+    total, _ = losses.make_objective({name: 1.0}, {"test_scale": 3.0})(outputs, batch, 0)
+    chex.assert_trees_all_close(total, 3.0 * losses.mse(outputs["recon"], batch["x"]), rtol=1e-6)
+  finally:
+    losses.LOSSES.pop(name, None)
+    losses.CONSTANTS.pop(name, None)
+
+
+def test_batch_level_terms_on_one_device_are_the_divergence_estimators():
+  """Without a device axis the terms see the local batch as the global one: mmd_imq is divergences.mmd_terms,
+  tc_mi + tc + tc_dwkl is the sampled KL; missing inputs raise errors naming them."""
+  b, d = 6, 3
+  z, prior, mean = (RNG.normal(size=(b, d)).astype(np.float32) for _ in range(3))
+  logvar = RNG.normal(scale=0.3, size=(b, d)).astype(np.float32)
+  outputs = {"z": z, "prior_z": prior, "mean": mean, "logvar": logvar}
+  batch = {"x": np.zeros((b, 2), np.float32), "dataset_size": 50}
+  expected = divergences.mmd_terms(z, prior, z, prior, jnp.arange(b))
+  chex.assert_trees_all_close(losses.LOSSES["mmd_imq"](outputs, batch), expected, rtol=1e-6)
+  tc = jax.jit(lambda o: sum(losses.LOSSES[n](o, batch) for n in ("tc_mi", "tc", "tc_dwkl")))(outputs)
+  log_ratio = divergences.normal_logpdf(z, mean, logvar).sum(-1) - divergences.standard_normal_logpdf(z)
+  chex.assert_trees_all_close(tc, log_ratio, rtol=1e-5, atol=1e-5)
+  with pytest.raises(KeyError, match="'tc'.*dataset_size"):
+    losses.LOSSES["tc"](outputs, {"x": batch["x"]})
+  with pytest.raises(KeyError, match="'mmd_rbf'.*'prior_z'"):
+    losses.LOSSES["mmd_rbf"]({"z": z}, batch)
+  with pytest.raises(ValueError, match=r"\[batch, latent\]"):
+    losses.LOSSES["mmd_imq"]({**outputs, "z": z[:, None]}, batch)

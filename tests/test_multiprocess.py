@@ -29,6 +29,12 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def _own_cache(env, i):
+  """env with a compilation cache directory of process i's own (the processes compile side by side)."""
+  cache = env.get("JAX_COMPILATION_CACHE_DIR")
+  return {**env, "JAX_COMPILATION_CACHE_DIR": os.path.join(cache, f"process{i}")} if cache else env
+
+
 @contextlib.contextmanager
 def _group(workdir, steps, local_devices=2, nproc=2, checkpoint_every=3):
   """Starts the processes; yields (procs, logs); kills any still running on the way out."""
@@ -50,7 +56,9 @@ def _group(workdir, steps, local_devices=2, nproc=2, checkpoint_every=3):
       ]
       with open(log, "w") as f:
         procs.append(
-          subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+          subprocess.Popen(
+            [sys.executable, *args], cwd=ROOT, env=_own_cache(env, i), stdout=f, stderr=subprocess.STDOUT
+          )
         )
     yield procs, logs
   finally:

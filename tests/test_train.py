@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import run_pmapped_steps
 
 from ae_jax import checkpoint, evaluators, loop, parallel, train
 from ae_jax.config import check_config
@@ -28,24 +29,13 @@ def _setup(config):
   return state, step, batches
 
 
-def _run_steps(step_fn, state, host_batches, devices):
-  """Runs the pmapped step over `devices` on each global batch; returns the unreplicated state and metrics."""
-  p_step = jax.pmap(step_fn, axis_name=parallel.AXIS, devices=devices)
-  rstate = parallel.replicate(state, devices)
-  metrics = []
-  for batch in host_batches:
-    rstate, m = p_step(rstate, parallel.shard(parallel.split_for_devices(batch, len(devices)), devices))
-    metrics.append(m)
-  return jax.device_get(parallel.unreplicate(rstate)), jax.device_get(metrics)
-
-
 def test_eight_devices_match_one_device(tiny_config):
   """pmean over 8 devices of 2 examples each gives the same update as 1 device with all 16."""
   assert jax.local_device_count() == 8
   state, step_fn, batches = _setup(tiny_config)
   host_batches = [next(batches) for _ in range(3)]
-  s8, m8 = _run_steps(step_fn, state, host_batches, jax.local_devices())
-  s1, m1 = _run_steps(step_fn, state, host_batches, jax.local_devices()[:1])
+  s8, m8 = run_pmapped_steps(step_fn, state, host_batches, jax.local_devices())
+  s1, m1 = run_pmapped_steps(step_fn, state, host_batches, jax.local_devices()[:1])
   chex.assert_trees_all_close(s8.params, s1.params, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(s8.opt_state, s1.opt_state, rtol=1e-5, atol=1e-6)
   for a, b in zip(m8, m1, strict=True):
@@ -71,7 +61,7 @@ def test_step_metrics_and_learning_rate(tiny_config):
   tiny_config.optimizer.schedule = "warmup_cosine"
   tiny_config.optimizer.warmup_steps = 4
   state, step_fn, batches = _setup(tiny_config)
-  _, metrics = _run_steps(step_fn, state, [next(batches) for _ in range(3)], jax.local_devices())
+  _, metrics = run_pmapped_steps(step_fn, state, [next(batches) for _ in range(3)], jax.local_devices())
   norms = {f"{kind}/{module}" for kind in ("grad_norm", "param_norm") for module in ("encoder", "decoder")}
   assert set(metrics[0]) == {"loss", "mse", "grad_norm", "learning_rate", "nonfinite", *norms}
   np.testing.assert_allclose(  # the global norm is the root of the modules' squared norms
@@ -88,7 +78,7 @@ def test_nonfinite_step_leaves_state_untouched(tiny_config, monkeypatch):
   """A NaN loss is reported and the state (params, optimizer, step) stays the last good one."""
   monkeypatch.setattr(train, "loss_weights", lambda c: {"mse": lambda s: jnp.where(s >= 1, jnp.nan, 1.0)})
   state, step_fn, batches = _setup(tiny_config)
-  s, metrics = _run_steps(step_fn, state, [next(batches) for _ in range(3)], jax.local_devices())
+  s, metrics = run_pmapped_steps(step_fn, state, [next(batches) for _ in range(3)], jax.local_devices())
   assert [float(m["nonfinite"][0]) for m in metrics] == [0.0, 1.0, 1.0]
   assert int(s.step) == 1
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(s.params))

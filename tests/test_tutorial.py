@@ -1,6 +1,5 @@
 """docs/tutorial.ipynb runs top to bottom (with few training steps) and is stored without outputs."""
 
-import os
 import pathlib
 
 import pytest

@@ -9,12 +9,20 @@ Outputs of `__call__(x)` with `num_samples` = k draws of z:
   mean, logvar [B, D]; code = mean; z [B, D] (the first draw); decoder outputs of the first draw:
   logits (bernoulli) and recon = E[x|z] [B, *input_shape], recon_logvar (gaussian);
   log_px_z, log_pz, log_qz_x [k, B]: the log-densities that make up the importance weights
-  log w = log p(x|z) + log p(z) - log q(z|x), used by the "iwae" loss term and the likelihood evaluation.
+  log w = log p(x|z) + log p(z) - log q(z|x), used by the "iwae" loss term and the likelihood evaluation;
+  prior_z [B, D]: one draw from the prior N(0, I) per example, for the MMD loss terms (InfoVAE, WAE), so they
+  stay pure functions of the outputs.
+
+Noise: eps [k, B, D] and then prior_z are drawn from the "sample" rng (`draw_noise`); drawing prior_z
+second leaves eps, hence z and every other output, what it is without it.
+
+`deterministic_encoder=True` makes z the posterior mean (no noise; the encoder of a WAE): logvar, log_qz_x
+and the `importance_terms` of the "likelihood" ability are then undefined and not output, so the kl, iwae and
+β-TCVAE loss terms and the likelihood evaluation refuse such a model with the missing output's name.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import jax
@@ -22,23 +30,13 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ae_jax import losses
+from ae_jax.divergences import diagonal_normal_logpdf, standard_normal_logpdf
 from ae_jax.errors import ConfigError
 from ae_jax.models.conv_ae import ConvDecoder, ConvEncoder, conv_grid
 from ae_jax.models.layers import check_input_shape, resolve_upsample
 from ae_jax.models.mlp_ae import MLPDecoder, MLPEncoder
 
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
-_LOG_2PI = math.log(2 * math.pi)
-
-
-def standard_normal_logpdf(z: jax.Array) -> jax.Array:
-  """log N(z; 0, I) summed over the last axis: [..., D] -> [...]."""
-  return -0.5 * jnp.sum(jnp.square(z) + _LOG_2PI, axis=-1)
-
-
-def diagonal_normal_logpdf(eps: jax.Array, logvar: jax.Array) -> jax.Array:
-  """log N(z; mean, exp(logvar)) summed over the last axis, for z = mean + exp(logvar / 2) * eps."""
-  return -0.5 * jnp.sum(jnp.square(eps) + logvar + _LOG_2PI, axis=-1)
 
 
 class _VAEBase(nn.Module):
@@ -49,6 +47,7 @@ class _VAEBase(nn.Module):
   likelihood: str = "bernoulli"
   gaussian_logvar: float = 0.0
   num_samples: int = 1
+  deterministic_encoder: bool = False
   dtype: jnp.dtype = jnp.float32
 
   def _check_likelihood(self) -> None:
@@ -81,33 +80,53 @@ class _VAEBase(nn.Module):
 
     Returns mean, logvar [B, D]; z [k, B, D]; decoder outputs [k, B, ...]; log_px_z, log_pz, log_qz_x [k, B].
     """
+    if self.deterministic_encoder:
+      raise ConfigError(
+        f"{type(self).__name__} with deterministic_encoder=True has no density q(z|x), so no importance "
+        "weights; remove the likelihood evaluator or set config.model.deterministic_encoder=False"
+      )
+    return self._forward(x, eps)
+
+  def _forward(self, x: jax.Array, eps: jax.Array) -> dict[str, jax.Array]:
+    """`importance_terms`, or with a deterministic encoder z = mean for each of the k draws and no logvar or
+    log_qz_x."""
     mean, logvar = self.encode(x)
     k, b, d = eps.shape
-    z = mean + jnp.exp(0.5 * logvar) * eps
+    if self.deterministic_encoder:
+      z = jnp.broadcast_to(mean, eps.shape)
+    else:
+      z = mean + jnp.exp(0.5 * logvar) * eps
     decoded = self.decode(z.reshape(k * b, d))
     x_rep = jnp.broadcast_to(x, (k, *x.shape)).reshape(k * b, *x.shape[1:])
     log_px_z = self.log_px_given_z(x_rep, decoded).reshape(k, b)
     decoded = {name: v.reshape(k, b, *v.shape[1:]) for name, v in decoded.items()}
+    out = {"mean": mean, "z": z, **decoded, "log_px_z": log_px_z, "log_pz": standard_normal_logpdf(z)}
+    if self.deterministic_encoder:
+      return out
     return {
-      "mean": mean,
+      **out,
       "logvar": logvar,
-      "z": z,
-      **decoded,
-      "log_px_z": log_px_z,
-      "log_pz": standard_normal_logpdf(z),
       "log_qz_x": diagonal_normal_logpdf(eps, jnp.broadcast_to(logvar, eps.shape)),
     }
+
+  def draw_noise(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(eps [k, B, D] for the k draws of z, prior_z [B, D]), both N(0, I), from the "sample" rng in that
+    order; x [B, ...] gives the batch size and dtype."""
+    shape = (self.num_samples, x.shape[0], self.latent_dim)
+    eps = jax.random.normal(self.make_rng("sample"), shape, x.dtype)
+    prior_z = jax.random.normal(self.make_rng("sample"), shape[1:], x.dtype)
+    return eps, prior_z
 
   def generate(self, z: jax.Array) -> jax.Array:
     """Mean image E[x|z] for latents z [N, D] (e.g. drawn from the prior): [N, *input_shape]."""
     return self.decode(z)["recon"]
 
   def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-    eps = jax.random.normal(self.make_rng("sample"), (self.num_samples, x.shape[0], self.latent_dim), x.dtype)
-    terms = self.importance_terms(x, eps)
+    eps, prior_z = self.draw_noise(x)
+    terms = self._forward(x, eps)
     first = {name: terms[name][0] for name in ("z", "logits", "recon", "recon_logvar") if name in terms}
     out = {k: v for k, v in terms.items() if k in ("mean", "logvar", "log_px_z", "log_pz", "log_qz_x")}
-    return {**out, **first, "code": terms["mean"]}
+    return {**out, **first, "code": terms["mean"], "prior_z": prior_z}
 
 
 class VAEMLP(_VAEBase):
