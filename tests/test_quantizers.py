@@ -132,3 +132,13 @@ def test_fsq_grid_indices_and_gradients(levels):
   np.testing.assert_array_equal(np.sort(indices), np.arange(int(np.prod(levels))))
   g = jax.grad(lambda z: jnp.sum(q.fsq(z, levels).quantized))(z[:5])
   assert np.all(np.asarray(g) > 0)  # straight-through: the derivative of the bound, not zero
+
+
+def test_fsq_with_two_levels_gives_two_finite_values_and_refuses_fewer():
+  z = jnp.asarray(RNG.normal(scale=3.0, size=(1000, 2)), jnp.float32)
+  out = q.fsq(z, (2, 3))
+  assert np.isfinite(np.asarray(out.quantized)).all()
+  np.testing.assert_array_equal(np.unique(np.asarray(out.quantized)[:, 0]), [-1.0, 0.0])
+  np.testing.assert_array_equal(np.unique(np.asarray(out.indices)), np.arange(6))
+  with pytest.raises(ValueError, match="at least 2 levels"):
+    q.fsq(z, (1, 3))

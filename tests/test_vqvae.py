@@ -282,3 +282,34 @@ def test_configs_build(name):
   variables = jax.eval_shape(parallel.with_named_axis(lambda r, x: model.init(r, x)), rngs, x)
   out = jax.eval_shape(parallel.with_named_axis(lambda v, x: model.apply(v, x)), variables, x)
   assert out["recon"].shape == (2, *shape)
+
+
+@pytest.mark.parametrize(
+  "model, terms",
+  [
+    pytest.param(
+      {"quantizer": "rvq", "num_stages": 2, "quantizer_dropout": True}, {"code_entropy": 0.1}, id="rvq"
+    ),
+    pytest.param({"quantizer": "lfq"}, {"lfq_entropy": 0.1}, id="lfq"),
+    pytest.param(
+      {"quantizer": "gumbel", "gumbel_anneal_steps": 2}, {"gumbel_kl": 0.01, "code_entropy": 0.1}, id="gumbel"
+    ),
+  ],
+)
+def test_other_quantizers_train_through_the_trainer(tiny_config, model, terms):
+  """Each quantizer's loss terms are registered, read from the VQ-VAE's outputs and reported by the train
+  step on 8 devices; its state (Gumbel's step counter) advances with the trainer's steps."""
+  config = _vq_config(tiny_config, **model)
+  config.loss.update(terms)
+  model, objective, tx, schedule = train.build(config, SHAPE)
+  state = train.create_train_state(model, tx, _x(1), 0)
+  step = functools.partial(train.train_step, model=model, objective=objective, tx=tx, learning_rate=schedule)
+  final, metrics = _run(step, state, [{"x": np.asarray(_x(16))} for _ in range(2)], jax.local_devices())
+  for m in metrics:
+    assert float(m["nonfinite"][0]) == 0.0 and all(np.isfinite(m[t][0]) for t in terms)
+  assert not np.allclose(
+    final.params["encoder"]["pre_quantize"]["kernel"], state.params["encoder"]["pre_quantize"]["kernel"]
+  )
+  if config.model.quantizer == "gumbel":
+    assert int(final.model_state["vq_ema"]["vq"]["step"]) == 2
+    np.testing.assert_allclose([m["temperature"][0] for m in metrics], [1.0, 0.25], rtol=1e-6)

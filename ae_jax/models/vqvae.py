@@ -16,9 +16,12 @@ so checkpoints load either way. `upsample="auto"` (default) takes the sub-pixel 
 gradient of strided transposed convolutions is an order of magnitude slower than PyTorch's, and
 nn.ConvTranspose on accelerators; "subpixel" and "transpose" force one.
 
-Outputs: recon [B, H, W, C]; code (the quantized latents, straight-through) and z_e [B, H/f, W/f, D];
-indices [B, H/f, W/f]; codebook_loss and commitment_loss [B] (read by the `codebook` and `commitment` loss
-terms); metrics: code perplexity, fraction of codes used, and (EMA re-seeding) codes re-seeded this step.
+Outputs: recon [B, H, W, C]; code (the quantized latents) and z_e [B, H/f, W/f, D]; indices [B, H/f, W/f]
+([B, H/f, W/f, S] for S residual stages); codebook_loss and commitment_loss [B] (read by the `codebook` and
+`commitment` loss terms); where the quantizer defines them, code_logits [B, H/f, W/f, K] and the
+per-example terms code_entropy, lfq_entropy, gumbel_kl [B] (loss terms of the same names, registered by
+ae_jax.quantizers); metrics: code perplexity, fraction of codes used, and (EMA re-seeding) codes re-seeded
+this step.
 """
 
 from __future__ import annotations
@@ -32,9 +35,16 @@ from flax import linen as nn
 
 from ae_jax.errors import ConfigError
 from ae_jax.models.layers import check_input_shape, conv_transpose, resolve_upsample
-from ae_jax.quantizers import FiniteScalarQuantizer, VectorQuantizer
+from ae_jax.quantizers import (
+  GRADIENTS,
+  FiniteScalarQuantizer,
+  GumbelQuantizer,
+  LookupFreeQuantizer,
+  ResidualVectorQuantizer,
+  VectorQuantizer,
+)
 
-QUANTIZERS = ("vq", "fsq")
+QUANTIZERS = ("vq", "fsq", "rvq", "lfq", "gumbel")
 # A 4x4 stride-2 transposed convolution with PyTorch padding 1 (H -> 2H) in nn.ConvTranspose's terms.
 _UP_KERNEL, _UP_STRIDES, _UP_PADDING = (4, 4), (2, 2), ((2, 2), (2, 2))
 
@@ -134,8 +144,21 @@ class VQDecoder(nn.Module):
 
 
 class VQVAE(nn.Module):
-  """VQ-VAE on [B, H, W, C] images; `quantizer` "vq" (codebook of num_codes x code_dim) or "fsq" (`fsq_levels`
-  per channel, code_dim = len(fsq_levels)). VQ options are `VectorQuantizer`'s (ae_jax/quantizers.py).
+  """VQ-VAE on [B, H, W, C] images with the quantizer `quantizer` (module "vq", ae_jax/quantizers/):
+
+  * "vq": nearest code of a codebook of num_codes x code_dim (`VectorQuantizer`: beta, ema, decay,
+    epsilon, codebook_init, dead_code_threshold; gradient "straight_through" or "rotation"; cosine;
+    codebook_dim > 0 for a low-dimensional codebook behind linear projections).
+  * "fsq": `fsq_levels` per channel, code_dim = len(fsq_levels).
+  * "rvq": num_stages residual stages of num_codes x code_dim (`ResidualVectorQuantizer`: the VQ options,
+    shared_codebook, quantizer_dropout, eval_stages); indices [B, h, w, num_stages].
+  * "lfq": each of code_dim channels to +-1, 2^code_dim codes (`LookupFreeQuantizer`; the lfq_entropy
+    term from entropy_temperature and diversity; beta on its commitment term).
+  * "gumbel": Gumbel-softmax over num_codes codes (`GumbelQuantizer`: gumbel_temperature annealed to
+    gumbel_temperature_min over gumbel_anneal_steps training steps; the gumbel_kl term).
+
+  entropy_temperature and diversity also set the code_entropy term of vq, rvq and gumbel. The quantizer
+  always sees float32 encoder outputs, whatever `dtype`.
 
   num_downsamples: stride-2 levels n, a downsampling factor f = 2^n (2, 3, 4: f = 4, 8, 16); H and W must be
   divisible by f. channel_mults: one multiplier of `hidden` per level (() = `level_channels`' default:
@@ -157,11 +180,86 @@ class VQVAE(nn.Module):
   codebook_init: str = "uniform"
   dead_code_threshold: float = 0.0
   fsq_levels: Sequence[int] = (8, 5, 5, 5)
+  gradient: str = "straight_through"
+  cosine: bool = False
+  codebook_dim: int = 0
+  num_stages: int = 4
+  shared_codebook: bool = False
+  quantizer_dropout: bool = False
+  eval_stages: int = 0
+  gumbel_temperature: float = 1.0
+  gumbel_temperature_min: float = 0.0625
+  gumbel_anneal_steps: int = 10_000
+  entropy_temperature: float = 0.01
+  diversity: float = 1.0
   upsample: str = "auto"
   num_downsamples: int = 2
   channel_mults: Sequence[float] = ()
   axis_name: str | None = None
   dtype: jnp.dtype = jnp.float32
+
+  def _check_quantizer_options(self) -> None:
+    if self.quantizer not in QUANTIZERS:
+      raise ConfigError(f"vqvae: quantizer must be one of {QUANTIZERS}, got '{self.quantizer}'")
+    if self.gradient not in GRADIENTS:
+      raise ConfigError(f"vqvae: config.model.gradient must be one of {GRADIENTS}, got '{self.gradient}'")
+    vq_only = {
+      "gradient": self.gradient != "straight_through",
+      "cosine": self.cosine,
+      "codebook_dim": self.codebook_dim != 0,
+    }
+    for option, set_ in vq_only.items():
+      if set_ and self.quantizer != "vq":
+        raise ConfigError(
+          f"vqvae: config.model.{option} applies to quantizer='vq' only, not '{self.quantizer}'; leave it at "
+          "its default or use --config.model.quantizer=vq"
+        )
+
+  def _make_quantizer(self) -> nn.Module:
+    common = dict(axis_name=self.axis_name)
+    entropy = dict(entropy_temperature=self.entropy_temperature, diversity=self.diversity)
+    codebook = dict(
+      num_codes=self.num_codes,
+      code_dim=self.code_dim,
+      beta=self.beta,
+      ema=self.ema,
+      decay=self.decay,
+      epsilon=self.epsilon,
+      codebook_init=self.codebook_init,
+      dead_code_threshold=self.dead_code_threshold,
+    )
+    if self.quantizer == "fsq":
+      return FiniteScalarQuantizer(tuple(self.fsq_levels), **common)
+    if self.quantizer == "rvq":
+      return ResidualVectorQuantizer(
+        **codebook,
+        num_stages=self.num_stages,
+        shared_codebook=self.shared_codebook,
+        quantizer_dropout=self.quantizer_dropout,
+        eval_stages=self.eval_stages,
+        **entropy,
+        **common,
+      )
+    if self.quantizer == "lfq":
+      return LookupFreeQuantizer(self.code_dim, self.beta, **entropy, **common)
+    if self.quantizer == "gumbel":
+      return GumbelQuantizer(
+        self.num_codes,
+        self.code_dim,
+        self.gumbel_temperature,
+        self.gumbel_temperature_min,
+        self.gumbel_anneal_steps,
+        **entropy,
+        **common,
+      )
+    return VectorQuantizer(
+      **codebook,
+      gradient=self.gradient,
+      cosine=self.cosine,
+      codebook_dim=self.codebook_dim,
+      **entropy,
+      **common,
+    )
 
   def setup(self) -> None:
     if len(self.input_shape) != 3:
@@ -175,11 +273,9 @@ class VQVAE(nn.Module):
         f"2^{self.num_downsamples} = {factor}, got input_shape {list(self.input_shape)} ({h}x{w}); choose "
         "num_downsamples so that 2^num_downsamples divides both or resize the data"
       )
-    if self.quantizer not in QUANTIZERS:
-      raise ConfigError(f"vqvae: quantizer must be one of {QUANTIZERS}, got '{self.quantizer}'")
+    self._check_quantizer_options()
     resolve_upsample(self.upsample, "vqvae")
-    fsq = self.quantizer == "fsq"
-    code_dim = len(self.fsq_levels) if fsq else self.code_dim
+    code_dim = len(self.fsq_levels) if self.quantizer == "fsq" else self.code_dim
     self.encoder = VQEncoder(
       self.hidden,
       self.res_hidden,
@@ -189,20 +285,7 @@ class VQVAE(nn.Module):
       self.channel_mults,
       self.dtype,
     )
-    if fsq:
-      self.vq = FiniteScalarQuantizer(tuple(self.fsq_levels), self.axis_name)
-    else:
-      self.vq = VectorQuantizer(
-        self.num_codes,
-        self.code_dim,
-        self.beta,
-        self.ema,
-        self.decay,
-        self.epsilon,
-        self.codebook_init,
-        self.dead_code_threshold,
-        self.axis_name,
-      )
+    self.vq = self._make_quantizer()
     self.decoder = VQDecoder(
       self.input_shape[-1],
       self.hidden,
@@ -215,29 +298,35 @@ class VQVAE(nn.Module):
     )
 
   def codebooks(self) -> tuple[int, ...]:
-    """Codes in the codebook each latent position is coded with: (num_codes,) for VQ, (prod(fsq_levels),)
-    for FSQ; a position carries log2 of it in bits."""
-    return (math.prod(self.fsq_levels),) if self.quantizer == "fsq" else (self.num_codes,)
+    """Codes in each codebook a latent position is coded with; a position carries the sum of their log2 in
+    bits: (num_codes,) for vq and gumbel, (prod(fsq_levels),) for fsq, (num_codes,) * num_stages for rvq
+    (one token per stage), (2^code_dim,) for lfq."""
+    if self.quantizer == "fsq":
+      return (math.prod(self.fsq_levels),)
+    if self.quantizer == "rvq":
+      return (self.num_codes,) * self.num_stages
+    if self.quantizer == "lfq":
+      return (2**self.code_dim,)
+    return (self.num_codes,)
 
   def encode(self, x: jax.Array) -> jax.Array:
-    """x [B, H, W, C] -> z_e [B, H/f, W/f, D] (before quantisation), f = 2^num_downsamples."""
+    """x [B, H, W, C] -> z_e [B, H/f, W/f, D] float32 (before quantisation), f = 2^num_downsamples."""
     check_input_shape("vqvae", x, self.input_shape, "set config.model.input_shape or use NHWC images")
     return self.encoder(x).astype(jnp.float32)
+
+  def quantize(self, z_e: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+    """z_e [B, H/f, W/f, D] -> the quantizer's output dict (quantized, indices, loss terms, metrics), computed
+    in float32."""
+    return self.vq(z_e.astype(jnp.float32), train=train)
 
   def decode(self, z_q: jax.Array) -> jax.Array:
     """Quantized latents [B, H/f, W/f, D] -> reconstruction [B, H, W, C]."""
     return self.decoder(z_q).astype(jnp.float32)
 
   def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-    """x [B, H, W, C] -> recon, code, z_e, indices, codebook_loss, commitment_loss, metrics (module doc)."""
+    """x [B, H, W, C] -> recon, code, z_e, indices, codebook_loss, commitment_loss, the quantizer's other
+    per-example terms (code_logits, code_entropy, lfq_entropy, gumbel_kl where defined), metrics."""
     z_e = self.encode(x)
-    q = self.vq(z_e, train=train)
-    return {
-      "recon": self.decode(q["quantized"]),
-      "code": q["quantized"],
-      "z_e": z_e,
-      "indices": q["indices"],
-      "codebook_loss": q["codebook_loss"],
-      "commitment_loss": q["commitment_loss"],
-      "metrics": q["metrics"],
-    }
+    q = dict(self.quantize(z_e, train=train))
+    quantized, metrics = q.pop("quantized"), q.pop("metrics")
+    return {"recon": self.decode(quantized), "code": quantized, "z_e": z_e, **q, "metrics": metrics}

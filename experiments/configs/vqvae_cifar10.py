@@ -13,16 +13,78 @@ reference: the codebook starts from k-means++ seeds of the first batch's encoder
 assigned fewer than 1 of the batch's 2,048 vectors per step (EMA count < 1.0; 4 is the average) are
 re-seeded from the current batch's encoder outputs (as Jukebox's random restarts).
 `--config.model.codebook_init=uniform --config.model.dead_code_threshold=0` is the reference exactly.
-`--config.model.quantizer=fsq` swaps in finite scalar quantisation (levels 8,5,5,5).
+
+Other quantizers (ae_jax/quantizers/): an argument after the path, `vqvae_cifar10.py:quantizer=NAME`, sets
+the model options below and adds the loss terms they need (config.loss keys cannot be added with flags);
+further `KEY=VALUE` pairs set config.model options, and `code_entropy=W` adds the codebook entropy penalty
+(vq, rvq, gumbel) with weight W. Every option can then be changed with --config.model.* flags.
+
+  quantizer=fsq     finite scalar quantisation, levels 8,5,5,5 (1,000 codes; --config.model.fsq_levels)
+  quantizer=rvq     4 residual stages (--config.model.num_stages) of 6 codes each (4 log2 6 = 10.3 bits per
+                    position, as fsq and lfq; --config.model.num_codes), each an EMA VQ, quantizer dropout
+                    (--config.model.quantizer_dropout, --config.model.eval_stages=N evaluates N stages,
+                    --config.model.shared_codebook=True)
+  quantizer=lfq     lookup-free, code_dim=10 bits (1,024 codes); loss lfq_entropy 0.1 (diversity and
+                    entropy_temperature: --config.model.diversity, --config.model.entropy_temperature)
+  quantizer=gumbel  Gumbel-softmax over the 512 codes, temperature 1 -> 1/16 over the first 5,000 steps
+                    (--config.model.gumbel_temperature, gumbel_temperature_min, gumbel_anneal_steps);
+                    loss gumbel_kl 5e-4
+  quantizer=vq      this VQ; with flags --config.model.gradient=rotation (the rotation trick),
+                    --config.model.cosine=True and --config.model.codebook_dim=8 (l2-normalised,
+                    low-dimensional codes), or the argument `quantizer=vq,code_entropy=0.1`
 """
 
 from ae_jax import evaluators
 from ae_jax.config import default_config
 from ae_jax.data import data_config
+from ae_jax.errors import ConfigError
 from ae_jax.models import model_config
 
+# quantizer -> (config.model options, config.loss terms it adds)
+QUANTIZERS = {
+  "vq": ({}, {}),
+  "fsq": ({"quantizer": "fsq"}, {}),
+  "rvq": ({"quantizer": "rvq", "num_stages": 4, "num_codes": 6, "quantizer_dropout": True}, {}),
+  "lfq": ({"quantizer": "lfq", "code_dim": 10}, {"lfq_entropy": 0.1}),
+  "gumbel": ({"quantizer": "gumbel", "gumbel_anneal_steps": 5000}, {"gumbel_kl": 5e-4}),
+}
+ARGS = (  # checked by the config sweep
+  "quantizer=fsq",
+  "quantizer=rvq",
+  "quantizer=lfq",
+  "quantizer=gumbel",
+  "quantizer=vq,gradient=rotation",
+  "quantizer=vq,cosine=true,codebook_dim=8,code_entropy=0.1",
+)
 
-def get_config():
+
+def _typed(value: str, default):
+  if isinstance(default, bool):
+    if value.lower() not in ("true", "false", "1", "0"):
+      raise ConfigError(f"vqvae_cifar10.py: expected true or false, got '{value}'")
+    return value.lower() in ("true", "1")
+  return type(default)(value)
+
+
+def _apply(config, arg: str) -> None:
+  """Sets the quantizer preset, the loss terms and the model options named in `arg` (module docstring)."""
+  options = dict(kv.split("=", 1) for kv in arg.split(","))
+  name = options.pop("quantizer", "vq")
+  if name not in QUANTIZERS:
+    raise ConfigError(f"vqvae_cifar10.py:quantizer={name}: choose one of {list(QUANTIZERS)}")
+  model, loss = QUANTIZERS[name]
+  config.model.update(model)
+  config.loss.update(loss)
+  if "code_entropy" in options:
+    config.loss.code_entropy = float(options.pop("code_entropy"))
+  for key, value in options.items():
+    if key not in config.model:
+      raise ConfigError(f"vqvae_cifar10.py: '{key}' is not a config.model option of vqvae")
+    config.model[key] = _typed(value, config.model[key])
+
+
+def get_config(arg: str = ""):
+  """The reference-setting config; `arg` (e.g. "quantizer=lfq") switches the quantizer (module docstring)."""
   config = default_config()
   config.model = model_config(
     "vqvae",
@@ -53,4 +115,6 @@ def get_config():
   config.evals.codebook = evaluators.section("codebook", split="test")  # usage over the whole test set
   config.evals.quality = evaluators.section("image_quality", split="test")  # PSNR, SSIM
   config.checkpoint_every = 1000
+  if arg:
+    _apply(config, arg)
   return config

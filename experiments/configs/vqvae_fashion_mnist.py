@@ -5,6 +5,14 @@ r"""VQ-VAE on Fashion-MNIST: vqvae_cifar10.py's model at half width (h=64, K=256
 
 Pixels in [-0.5, 0.5]; the objective is NMSE (mse / the training variance, 0.124626 over the 60,000
 training images) + commitment, as on CIFAR-10.
+
+The quantizer is chosen with flags, as vqvae_cifar10.py documents for its options: e.g.
+`--config.model.quantizer=rvq --config.model.num_stages=4 --config.model.quantizer_dropout=True`,
+`--config.model.quantizer=fsq`, `--config.model.gradient=rotation`, `--config.model.cosine=True
+--config.model.codebook_dim=8`, `--config.model.quantizer=lfq --config.model.code_dim=8` or
+`--config.model.quantizer=gumbel`. This config's loss holds no lfq_entropy, gumbel_kl or code_entropy term
+(flags cannot add config.loss keys): LFQ then trains with its commitment term only and Gumbel without its
+KL; vqvae_cifar10.py's `:quantizer=NAME` argument adds them.
 """
 
 from ae_jax import evaluators
