@@ -1,0 +1,145 @@
+"""The benchmark suite (`python -m benchmarks.run`): its smoke mode end to end, and that what it times is
+the trainer's own step and loop."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+from ae_jax import data, loop, parallel, train
+from benchmarks import measure, run
+
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+SMOKE_ARGS = ["--smoke", "--models", "mlp_ae,tied_ae", "--steps-per-dispatch", "1,2", "--device-count", "2"]
+
+
+def _suite(args: list[str], out: Path) -> subprocess.CompletedProcess:
+  cmd = [sys.executable, "-m", "benchmarks.run", *args, "--out", str(out)]
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_smoke_run_reports_every_column_and_model(tmp_path):
+  done = _suite(SMOKE_ARGS, tmp_path)
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  report = json.loads((tmp_path / "benchmark.json").read_text())
+  text = (tmp_path / "benchmark.md").read_text()
+  assert text in done.stdout and "No timing claims" in text
+  assert report["smoke"] and not report["timing_claims"] and not report["errors"]
+  assert report["date"] and "--smoke" in report["command"]
+  assert {"cpu_count", "platform", "jax", "torch", "python"} <= set(report["machine"])
+  assert report["matmul_peak"]["flops_per_s"] > 0
+
+  s = run.settings(run.parse_args(SMOKE_ARGS), list(measure.MODELS))
+  header = "| " + " | ".join(run.model_columns(s)) + " |"
+  assert header in text and "step ms (K=2)" in header and "pmap overhead" in header
+  assert sorted(report["models"]) == ["mlp_ae", "tied_ae"]
+  for name, m in report["models"].items():
+    assert text.count(f"| {name} |") == 1
+    assert set(m["step"]) == set(m["loop"]) == {"1", "2"}
+    assert m["step"]["1"]["flops"] > 0 and m["step"]["1"]["compile_s"] > 0
+    assert m["loop"]["1"]["runs"][0]["checkpoints_timed"] == 1  # the smoke run saves at step 4 of 6
+    assert m["pipeline"]["batches_per_s"] > 0 and m["peak_rss_mb"] > 0
+    assert m["pmap"]["devices"] == 2 and m["data"].startswith("stand-in")
+    assert m["params"] == report["models"][name]["params"] > 0
+  if HAVE_TORCH:
+    assert sorted(report["comparisons"]) == ["mlp_ae@128", "mlp_ae@256"]
+    assert "| " + " | ".join(run.COMPARE_COLUMNS) + " |" in text
+    for label, c in report["comparisons"].items():
+      assert text.count(f"| {label} |") == 1
+      assert c["ratio_step"]["counterpart"] > 0 and c["ratio_loop"] > 0
+      assert c["params"]["jax"] == c["params"]["torch"]
+  else:
+    assert not report["comparisons"] and "PyTorch is not installed" in text
+
+
+def test_the_timed_step_is_the_trainers(tiny_config, monkeypatch):
+  """The trainer's pmapped function (captured from a run of the suite's timed loop) lowers to the same
+  program, with the same FLOPs, as the step the suite times."""
+  captured, pmap = [], jax.pmap
+  monkeypatch.setattr(jax, "pmap", lambda fn, **kw: captured.append((fn, kw)) or pmap(fn, **kw))
+  timed = measure.time_loop(measure.loop_config(tiny_config, 6, 1))
+  monkeypatch.undo()
+  assert timed["timed_steps"] == 5 and timed["ms"] > 0
+  (trainer_fn, trainer_kw), *_ = [
+    (f, kw) for f, kw in captured if getattr(f, "func", None) is train.train_steps
+  ]
+  assert trainer_kw == measure.PMAP_OPTIONS
+
+  bench = measure.build(tiny_config)
+  assert bench.step_fn.func is train.train_steps and set(bench.step_fn.keywords) == set(trainer_fn.keywords)
+  rstate = parallel.replicate(bench.state)
+  batch = measure.dispatch(measure.host_batches(bench), 1)
+  ours = bench.p_train.lower(rstate, batch)
+  theirs = jax.pmap(trainer_fn, **trainer_kw).lower(rstate, batch)
+  assert ours.as_text() == theirs.as_text()
+  timer = measure.StepTimer(bench, 1)
+  assert timer.flops() == theirs.compile().cost_analysis()["flops"] > 0
+
+
+def test_loop_time_is_read_from_the_logged_examples_per_sec(tiny_config, monkeypatch):
+  rows = [{"step": 3, "examples_per_sec": 160.0}, {"step": 6, "loss": 1.0, "examples_per_sec": 480.0}]
+
+  def fake_run(config, workdir):
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in rows)
+    return {"compile_seconds": 1.0}
+
+  monkeypatch.setattr(loop, "train_and_evaluate", fake_run)
+  config = measure.loop_config(tiny_config, 6, 1, {"log_every": 3, "checkpoint_every": 0})
+  timed = measure.time_loop(config)  # batch 16: steps 2-3 in 0.2 s, steps 4-6 in 0.1 s
+  assert timed["timed_steps"] == 5 and timed["ms"] == pytest.approx(1e3 * 0.3 / 5)
+
+
+def test_plans_fit_the_budget():
+  assert measure.plan(0.5, 10.0, 5, 20) == (5, 4)
+  assert measure.plan(10.0, 10.0, 5, 20) == (3, 1)  # at least 3 samples
+  assert measure.plan(1e-4, 10.0, 5, 20) == (5, 20)
+  assert measure.loop_steps(0.001, 15.0, 300, 100, 1) == 300
+  assert measure.loop_steps(0.07, 15.0, 300, 100, 1) == 200  # whole log intervals
+  assert measure.loop_steps(3.5, 15.0, 300, 100, 10) == 30  # at least 3 dispatches
+
+
+def test_data_is_real_when_local_else_a_stand_in_of_the_same_example(tmp_path):
+  local = measure.shipped_config("mlp_ae")
+  local.data = data.data_config("synthetic", num_train=64)
+  assert measure.resolve_data(local, "auto", 64) == "synthetic (real)"
+  config = measure.shipped_config("lstm_ae_stacked")
+  expected = measure.example_shape(config.data, measure.MODELS["lstm_ae_stacked"].shape)
+  config.data.root = str(tmp_path)  # nothing there
+  used = measure.resolve_data(config, "auto", 64, measure.MODELS["lstm_ae_stacked"].shape)
+  assert used.startswith("stand-in 'benchmark_standin' for series_file (DataNotFoundError")
+  assert data.example_spec(config.data).shape == expected == (84, 1)
+  dataset = data.get_dataset(config.data)
+  assert dataset.info.preprocess(dataset.split("train")[0], 0)["x"].shape == expected
+
+  image = measure.shipped_config("vae_mlp")
+  measure.resolve_data(image, "synthetic", 64)
+  assert (image.data.name, image.data.scale, image.data.binarize) == ("synthetic", "unit", "dynamic")
+  sequences = measure.shipped_config("seq_vae_conv")
+  spec = data.example_spec(sequences.data)
+  measure.resolve_data(sequences, "synthetic", 64)
+  assert data.example_spec(sequences.data) == spec and spec.masked
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="the baselines' counterparts are listed in torch_models (torch)")
+def test_every_baseline_is_timed_against_its_counterpart():
+  for comparison in measure.COMPARISONS:
+    config = measure.comparison_config(comparison)
+    measure.check_counterpart(config, comparison)
+    assert config.optimizer.schedule == "constant" and config.batch_size == comparison.batch
+  vqvae = measure.comparison_config(next(c for c in measure.COMPARISONS if c.model == "vqvae"))
+  assert (vqvae.model.codebook_init, vqvae.model.dead_code_threshold) == ("uniform", 0.0)
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="this machine has a GPU")
+def test_gpu_mode_fails_clearly_without_a_gpu(tmp_path):
+  done = _suite(["--gpu", "--models", "mlp_ae"], tmp_path)
+  assert done.returncode != 0 and "--gpu needs an NVIDIA GPU" in done.stderr
