@@ -30,6 +30,8 @@ def parse_flags_or_exit(
     return rest
   except Exception as e:  # noqa: BLE001 - absl / ml_collections raise several types for bad flags
     text = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split())
+    if m := re.search(r"Traceback \(most recent call last\):.*?ae_jax\.errors\.\w+: (.*)$", text):
+      text = m.group(1)  # a config file's get_config raised the project's own error: its message only
     if m := re.match(r"^'*([\w.]+)'*\s+Did you mean \"([\w.]+)\"", text):  # ml_collections' unknown key
       text = f"unknown config key '{m.group(1)}'; did you mean '{m.group(2)}'?"
     for old, replacement in RENAMED.items():

@@ -31,6 +31,10 @@ def _main(*args, workdir):
     ((f"--config={CONFIG}", "--config.model.code_dims=3"), "did you mean 'code_dim'?"),
     (("--config=experiments/configs/no_such_config.py",), "no_such_config.py"),
     ((f"--config={CONFIG}", "--config.batch_size=not_a_number"), "batch_size"),
+    (
+      ("--config=experiments/configs/vqvae_cifar10.py:quantizer=vqq",),
+      "error: vqvae_cifar10.py:quantizer=vqq: choose one of ['vq', 'fsq', 'rvq', 'lfq', 'gumbel']",
+    ),
   ],
 )
 def test_bad_command_line_is_one_error_line(tmp_path, args, expected):

@@ -14,7 +14,7 @@ import pytest
 from ae_jax import cli, data, evaluators, image_quality, loop, parallel
 from ae_jax.config import check_config, default_config
 from ae_jax.errors import ConfigError
-from ae_jax.evaluators import batches, codebook
+from ae_jax.evaluators import batches, codebook, latents
 from ae_jax.models import model_config
 
 
@@ -78,6 +78,33 @@ def test_codebook_usage_over_the_whole_split_matches_a_histogram_and_one_device(
   assert eight["codes_used"] == np.mean(counts > 0) and eight["dead_codes"] == np.sum(counts == 0)
   p = counts / counts.sum()
   np.testing.assert_allclose(eight["perplexity"], np.exp(-np.sum(p[p > 0] * np.log(p[p > 0]))), rtol=1e-9)
+
+
+def test_active_latent_dimensions_follow_the_variance_of_the_posterior_means():
+  """active_dims counts the dimensions whose posterior mean varies over the split by more than the
+  threshold (checked against the means computed directly); 8 devices report what 1 device does; a
+  dimension whose encoder weights are zeroed (a collapsed one) is inactive."""
+  config = default_config()
+  config.model = model_config("vae_mlp", hidden=(16,), latent_dim=6)
+  config.data = data.data_config("synthetic", shape=(8, 8, 1), num_train=16, num_test=40)
+  config.eval_batch_size = 16
+  dataset, model, objective, *_, state = loop._setup(config)
+  params = jax.tree.map(np.array, jax.device_get(state.params))
+  params["encoder"]["code"]["kernel"][:, 2] = 0.0  # the mean's dimension 2 collapses to its bias
+  state = state.replace(params=params)
+  ctx = evaluators.Context(model, objective, dataset, config, None)
+  section = evaluators.section("latent_activity", split="test", threshold=1e-4)
+  run = evaluators.EVALUATORS["latent_activity"].build("activity", section, ctx)
+  eight = run(parallel.replicate(state), 0, True).metrics
+  one = run(parallel.replicate(state, jax.local_devices()[:1]), 0, True).metrics
+  x = batches.stack_examples(dataset.split("test"), dataset.info, range(40))["x"]
+  mean, _ = model.apply({"params": state.params}, x, method="encode")
+  variance = np.var(np.asarray(mean, np.float64), axis=0)
+  assert variance[2] < 1e-12 and eight["latent_dims"] == 6
+  assert eight["active_dims"] == np.sum(variance > 1e-4) == 5
+  np.testing.assert_allclose(eight["mean_variance"], variance.mean(), rtol=1e-4)
+  chex.assert_trees_all_close(eight, one, rtol=1e-5)
+  assert latents.activity({"sum": np.zeros(3), "sum_sq": np.zeros(3), "count": 4.0}, 0.01)["active_dims"] == 0
 
 
 @pytest.mark.parametrize(

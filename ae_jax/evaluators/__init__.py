@@ -187,6 +187,7 @@ from ae_jax.evaluators import (  # noqa: E402, F401 - importing an evaluator mod
   codebook,
   image_quality,
   images,
+  latents,
   likelihood,
   losses,
 )

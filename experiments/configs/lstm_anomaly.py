@@ -32,6 +32,7 @@ any of their options can be overridden, e.g. --config.data.window=100. Data: the
 from ae_jax import evaluators
 from ae_jax.config import default_config
 from ae_jax.data import data_config, timeseries
+from ae_jax.errors import ConfigError
 from ae_jax.models import model_config
 
 # data set: (batch size, steps, LSTM width, anomaly options)
@@ -60,7 +61,7 @@ def get_config(arg: str = "power_demand"):
   model = options.pop("model", "lstm_encdec_ad")
   unsupervised = name == "series" and options.pop("mode", "unsupervised") == "unsupervised"
   if options or name not in SETTINGS or model not in WIDTH:
-    raise ValueError(
+    raise ConfigError(
       f"lstm_anomaly.py:{arg}: use DATASET[,model=NAME][,mode=supervised] with DATASET in {list(SETTINGS)} "
       f"and NAME in {list(WIDTH)}"
     )

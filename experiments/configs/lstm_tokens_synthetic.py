@@ -15,6 +15,7 @@ import ml_collections
 
 from ae_jax.config import default_config
 from ae_jax.data import data_config
+from ae_jax.errors import ConfigError
 from ae_jax.models import model_config
 
 VOCAB, TIME = 32, 32
@@ -29,7 +30,7 @@ ARGS = tuple(WIDTH)  # the arguments the config sweep test checks
 
 def get_config(model: str = "lstm_ae_seq"):
   if model not in WIDTH:
-    raise ValueError(f"lstm_tokens_synthetic.py:{model}: choose a family in {list(WIDTH)}")
+    raise ConfigError(f"lstm_tokens_synthetic.py:{model}: choose a family in {list(WIDTH)}")
   config = default_config()
   config.model = model_config(model, vocab_size=VOCAB, embed_dim=16, **{WIDTH[model]: 64})
   config.loss = ml_collections.ConfigDict({"token_xent": 1.0, "token_accuracy": 0.0})

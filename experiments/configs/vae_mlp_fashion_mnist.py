@@ -85,5 +85,6 @@ def get_config(arg: str = "objective=elbo"):
   config.evals.samples = evaluators.section("samples")
   config.evals.latents = evaluators.section("latents", split="test")
   config.evals.likelihood = evaluators.section("likelihood", split="test", num_samples=1000)
+  config.evals.activity = evaluators.section("latent_activity", split="test")  # active latent dims
   set_objective(config, objective, num_pixels=28 * 28)
   return config
