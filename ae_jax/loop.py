@@ -4,7 +4,7 @@
 
 The host stays ahead of the devices: batches are assembled and placed on the devices ahead of time by a
 background thread (`config.prefetch`), `config.steps_per_dispatch` optimisation steps run per dispatch
-(`train.train_steps`, a lax.scan), up to IN_FLIGHT dispatches are queued, and metrics stay on the devices
+(`train.train_steps`), up to IN_FLIGHT dispatches are queued, and metrics stay on the devices
 until a log step fetches them all at once. Logging, evaluation and checkpoints happen between dispatches.
 
 What happens when things fail:

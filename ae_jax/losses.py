@@ -122,11 +122,14 @@ CONSTANTS: dict[str, tuple[str, ...]] = {}  # term name -> the dataset constants
 
 def register(name: str, constants: Sequence[str] = ()) -> Callable[[LossTerm], LossTerm]:
   """Decorator adding `fn(outputs, batch) -> [batch]` to `LOSSES` under `name`; `constants` names the
-  dataset constants (e.g. "data_variance", "dataset_size") it reads from the batch."""
+  dataset constants (e.g. "data_variance", "dataset_size") it reads from the batch. The same function
+  registered again (a module reloaded, a notebook cell run twice) replaces itself; another function under
+  a taken name is refused."""
 
   def add(fn: LossTerm) -> LossTerm:
-    if name in LOSSES:
-      raise ValueError(f"loss term '{name}' is already registered; pick another name")
+    old = LOSSES.get(name)
+    if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
+      raise ValueError(f"loss term '{name}' is already registered by {old.__module__}; pick another name")
     LOSSES[name] = fn
     CONSTANTS[name] = tuple(constants)
     return fn

@@ -1,6 +1,7 @@
 """Evaluators end to end: built from config sections, run during and after training, checked before it,
 re-run on a checkpoint, and their metrics against direct computations."""
 
+import functools
 import glob
 import json
 import os
@@ -204,3 +205,39 @@ def test_evaluation_sums_are_the_same_on_one_device_and_eight(tiny_config):
   eight = run(parallel.replicate(state), 0, False).metrics
   one = run(parallel.replicate(state, jax.local_devices()[:1]), 0, False).metrics
   chex.assert_trees_all_close(eight, one, rtol=1e-6)
+
+
+def _abs_error_sums(state, batch, *, model):
+  """The README's custom evaluator: this device's sum of per-example mean |x - recon|, and the count."""
+  recon = batches.model_outputs(model, state, batch)["recon"]
+  err = jax.numpy.abs(recon - batch["x"]).reshape(batch["x"].shape[0], -1).mean(axis=1)
+  return {"sum": jax.numpy.sum(err * batch["valid"]), "count": jax.numpy.sum(batch["valid"])}
+
+
+def _build_mae(name, section, ctx):
+  sums_fn = functools.partial(_abs_error_sums, model=ctx.model)
+
+  def evaluate(rstate, step, final):
+    s = batches.section_sums(sums_fn, rstate, ctx, section)
+    return evaluators.Result({"mae": float(s["sum"] / s["count"])})
+
+  return evaluate
+
+
+def test_a_custom_evaluator_as_the_readme_writes_it_runs_during_and_after_training(tiny_config, tmp_path):
+  evaluators.register(
+    evaluators.EvaluatorSpec(
+      type="test_mae", build=_build_mae, options={"max_examples": None}, description="mean absolute error"
+    )
+  )
+  try:
+    tiny_config.evals.mae = evaluators.section("test_mae", split="test", every=6)
+    summary = loop.train_and_evaluate(tiny_config, str(tmp_path))
+  finally:
+    evaluators.EVALUATORS.pop("test_mae")
+  with open(tmp_path / "metrics.jsonl") as f:
+    assert [r["step"] for r in map(json.loads, f) if "mae/mae" in r] == [6, 12]
+  dataset, state, model = summary["dataset"], summary["state"], summary["model"]
+  x = batches.stack_examples(dataset.split("test"), dataset.info, range(len(dataset.split("test"))))["x"]
+  recon = batches.reconstruct(model, state, x)["recon"]
+  np.testing.assert_allclose(summary["metrics"]["mae/mae"], np.mean(np.abs(recon - x)), rtol=1e-5)

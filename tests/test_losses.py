@@ -329,6 +329,17 @@ def test_register_duplicate_raises(registered_term):
     assert losses.LOSSES[existing] is before
 
 
+def test_the_same_function_registered_again_replaces_itself(registered_term):
+  """A notebook cell or module run twice defines an equal function again: it replaces the first."""
+  name, fn = registered_term
+
+  def again(outputs, batch):
+    return fn(outputs, batch)
+
+  again.__module__, again.__qualname__ = fn.__module__, fn.__qualname__
+  assert losses.register(name)(again) is again and losses.LOSSES[name] is again
+
+
 def test_make_objective_weighted_sum():
   """make_objective({'mse': 1, 'kl': 0.5}) returns total = mse + 0.5 kl per example, plus each term."""
   outputs, batch = _outputs_and_batch()
