@@ -4,7 +4,8 @@ the config saved with its latest checkpoint).
     python -m experiments.table runs/vq_ema runs/vq_rotation \
         --columns "test NMSE=test/nmse,codes used=codebook/codes_used,bits=bits,ms/step=ms_per_step"
 
-A column is LABEL=KEY (or just KEY): a key of results.json, or one of the derived values
+A column is LABEL=KEY (or just KEY; KEY|KEY2 takes the first a run has): a key of results.json, or one
+of the derived values
   bits         bits per example of a quantized model's code (positions x sum of log2 K, as ae_jax.inspect)
   ms_per_step  median over the logged intervals of global batch / examples_per_sec: training wall time
                per step, compilation excluded (the trainer leaves the first dispatch out of its rates)
@@ -54,7 +55,9 @@ def row_values(workdir: str, keys: list[str]) -> dict[str, Any]:
   """The value of every key for one run (None where the run has none)."""
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
-  values: dict[str, Any] = {k: results.get(k) for k in keys if k not in DERIVED}
+  values: dict[str, Any] = {
+    k: next((results[a] for a in k.split("|") if a in results), None) for k in keys if k not in DERIVED
+  }
   if set(keys) & set(DERIVED):
     config = saved_config(workdir)
     if "ms_per_step" in keys:
