@@ -231,7 +231,9 @@ def inspect_model(
   step_ratio = input_shape[1] / code_shape[2] if seq and len(code_shape) == 3 else None
   grid = codebooks = bits = None
   if "quantized" in models.abilities(model) and "indices" in outputs:
-    grid, codebooks = tuple(outputs["indices"][0][1:]), tuple(model.codebooks())
+    codebooks = tuple(model.codebooks())
+    shape = tuple(outputs["indices"][0][1:])  # [h, w] or, with several codebooks, [h, w, S]
+    grid = shape[:-1] if len(codebooks) > 1 else shape
     bits = math.prod(grid) * sum(math.log2(k) for k in codebooks)
   elif len(input_shape) == 3 and code_shape is not None and len(code_shape) == 4:
     grid = tuple(code_shape[1:3])  # an image model's [B, h, w, D] latent map

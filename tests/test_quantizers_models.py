@@ -105,7 +105,6 @@ def test_code_usage_evaluator_counts_each_residual_stage():
     )
 
 
-@pytest.mark.xfail(reason="ae_jax/inspect.py takes every non-batch axis of indices [B, h, w, S] as the grid")
 def test_inspector_counts_the_bits_of_residual_stages():
   report = inspect_model(
     VQVAE(**{**TINY, "input_shape": (16, 16, 3)}, quantizer="rvq", num_stages=4), (16, 16, 3)
