@@ -120,9 +120,7 @@ def _semi_supervised(reconstruct, a, splits: AnomalySplits, name: str, path: str
     a.beta,
     "",
   )
-  metrics.update(
-    {"beta": float(a.beta), "num_validation_units": float(len(units["validation"].errors))}
-  )
+  metrics.update({"beta": float(a.beta), "num_validation_units": float(len(units["validation"].errors))})
   what = "window" if splits.unit == "window" else "point"
   summary = f"anomaly detection ({name}, {a.score}): per {what}: {phrase}"
   if splits.unit == "point":
@@ -210,9 +208,7 @@ def _unsupervised(reconstruct, a, splits: AnomalySplits, name: str, path: str | 
         hits.append(
           {"series": seg.series, "start": (seg.lo + lo) * f, "end": (seg.lo + hi) * f, "found": hit}
         )
-    metrics.update(
-      {"intervals": hits, "intervals_found": float(sum(h["found"] for h in hits))}
-    )
+    metrics.update({"intervals": hits, "intervals_found": float(sum(h["found"] for h in hits))})
     summary += (
       f"\n  labelled intervals found {sum(h['found'] for h in hits)}/{len(hits)}; per point: precision "
       f"{counts['precision']:.3f} recall {counts['recall']:.3f} F{a.beta:g} {counts['fbeta']:.3f} "
