@@ -134,14 +134,20 @@ def comparison_config(comparison: Comparison) -> ml_collections.ConfigDict:
   return shipped_config(comparison.model, comparison.arg, overrides)
 
 
-def example_shape(config_data: ml_collections.ConfigDict, shape: tuple[int, ...] | None) -> tuple[int, ...]:
-  """The example shape of config_data's dataset; `shape` when it is read from data that is absent."""
+def example_spec(config_data: ml_collections.ConfigDict, shape: tuple[int, ...] | None) -> data.ExampleSpec:
+  """config_data's example (`data.example_spec`); a float32 example of `shape` when the shape is read
+  from data that is absent (DataNotFoundError is raised when no `shape` is given)."""
   try:
-    return tuple(data.example_spec(config_data).shape)
+    return data.example_spec(config_data)
   except DataNotFoundError:
     if shape is None:
       raise
-    return tuple(shape)
+    return data.ExampleSpec(tuple(shape))
+
+
+def example_shape(config_data: ml_collections.ConfigDict, shape: tuple[int, ...] | None) -> tuple[int, ...]:
+  """The example shape of config_data's dataset; `shape` when it is read from data that is absent."""
+  return tuple(example_spec(config_data, shape).shape)
 
 
 def check_counterpart(config: ml_collections.ConfigDict, comparison: Comparison) -> None:
@@ -212,12 +218,7 @@ def standin_data(
   config's scale and binarisation) for uint8 image data, else random examples of the same shape and dtype
   (of `shape` when the shape is read from data that is absent)."""
   spec = data.get_spec(config_data.name)
-  try:
-    example = data.example_spec(config_data)
-  except DataNotFoundError:
-    if shape is None:
-      raise
-    example = data.ExampleSpec(tuple(shape))
+  example = example_spec(config_data, shape)
   if spec.bits_per_value == 8 and spec.drawable and len(example.shape) == 3:
     options = {k: config_data[k] for k in ("scale", "binarize") if k in config_data}
     return data.data_config("synthetic", shape=tuple(example.shape), num_train=num_train, **options)

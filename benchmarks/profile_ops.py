@@ -27,22 +27,18 @@ import jax
 from benchmarks import measure
 
 
-def op_totals(trace_file: str) -> tuple[dict[str, float], float]:
-  """({XLA operation: summed duration in ms}, the operations' wall span in ms) of a Chrome-format trace
-  file; numbered instances (fusion.3, fusion.12) are summed under one name."""
+def op_totals(trace_file: str) -> dict[str, float]:
+  """{XLA operation: summed duration in ms} of a Chrome-format trace file; numbered instances (fusion.3,
+  fusion.12) are summed under one name."""
   opener = gzip.open if trace_file.endswith(".gz") else open
   with opener(trace_file, "rt") as f:
     events = json.load(f)["traceEvents"]
   totals: dict[str, float] = collections.defaultdict(float)
-  starts, ends = [], []
   for e in events:
     if e.get("ph") == "X" and "dur" in e and "hlo_op" in e.get("args", {}):  # XLA operations only
       name = re.sub(r"\.\d+$", "", str(e["args"]["hlo_op"]))  # fusion.12 and fusion.3 count together
       totals[name] += e["dur"] / 1e3
-      starts.append(e["ts"])
-      ends.append(e["ts"] + e["dur"])
-  span = (max(ends) - min(starts)) / 1e3 if starts else 0.0
-  return dict(totals), span
+  return dict(totals)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
   files = sorted(glob.glob(os.path.join(out, "**", "*.trace.json.gz"), recursive=True), key=os.path.getmtime)
   if not files:
     raise SystemExit(f"error: jax.profiler wrote no Perfetto trace under {out}")
-  totals, _ = op_totals(files[-1])
+  totals = op_totals(files[-1])
   print(f"{args.model} ({used}), batch {config.batch_size}: {wall_ms / args.steps:.2f} ms/step traced")
   print(f"trace: {out} (tensorboard --logdir {out})\n")
   print("| operation | ms/step | % of step |\n|---|---|---|")
