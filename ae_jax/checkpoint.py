@@ -13,6 +13,7 @@ import glob
 import json
 import logging
 import os
+import re
 import shutil
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ae_jax.console import LOG_ONLY
 from ae_jax.errors import AEJaxError
 
 log = logging.getLogger(__name__)
@@ -83,9 +85,13 @@ _KNOWN_CAUSES = (
 )
 
 
+_STATUS = re.compile(r"^[A-Z][A-Z_]{3,}: ")  # a tensorstore / absl status, e.g. "OUT_OF_RANGE: Error reading"
+
+
 def _cause(error: BaseException) -> str:
   """The most telling one-line cause of an exception chain: an OS error's text (e.g. "No space left on
-  device"), else the first line of the first error's message."""
+  device"), a known cause named anywhere in the chain, the innermost tensorstore status message (what was
+  read and why it failed), else the first line of the first error's message (200 characters at most)."""
   chain, e = [], error
   while e is not None and e not in chain:
     chain.append(e)
@@ -95,8 +101,22 @@ def _cause(error: BaseException) -> str:
   for known in _KNOWN_CAUSES:
     if any(known in str(e) for e in chain):
       return known
-  first = (str(error).strip().splitlines() or [""])[0]
-  return f"{type(error).__name__}: {first[:200]}"
+  statuses = [str(e).strip() for e in chain if _STATUS.match(str(e).strip())]
+  first = (statuses[-1] if statuses else (str(error).strip().splitlines() or [""])[0]).splitlines()[0]
+  text = first if statuses else f"{type(error).__name__}: {first}"
+  return re.sub(r' (in OCDBT database at|of|at) local file "[^"]*"', "", text)[:200]
+
+
+def _cause_text(error: BaseException | str | None) -> str:
+  """`_cause` of an exception, or of a logged error message (a string), or "unknown (see log.txt)"."""
+  if error is None:
+    return "cause unknown (see the workdir's log.txt)"
+  if isinstance(error, BaseException):
+    return _cause(error)
+  for known in _KNOWN_CAUSES:
+    if known in error:
+      return known
+  return (error.strip().splitlines() or [""])[0][:200]
 
 
 def _all_processes_agree(ok: bool) -> bool:
@@ -130,29 +150,47 @@ def _metadata_mismatch(saved: Any, target: Any) -> str | None:
   return None
 
 
+class _OrbaxErrors(logging.Handler):
+  """Keeps the first error Orbax logs while a save is in flight: an asynchronous save's failure is logged
+  by Orbax's background threads (and may never be raised), so its cause is read from here."""
+
+  def __init__(self) -> None:
+    super().__init__(logging.ERROR)
+    self.first: str | None = None
+
+  def emit(self, record: logging.LogRecord) -> None:
+    if self.first is None:
+      self.first = record.getMessage()
+
+
 class Checkpointer:
   """Saves and restores `TrainState` pytrees with the run's config (a JSON dict) beside them.
 
-  Guarantees: a step directory appears only once complete (Orbax writes `<step>.orbax-checkpoint-tmp-*`
-  and renames it), so a run killed mid-save leaves the previous step as the latest; temporary directories
-  left by a killed or failed save are removed when the next run opens the directory; a failed save raises
-  CheckpointSaveError (one line: the step, the directory, the OS error) at the next `check` (one process),
-  `save` or `wait`; `restore_latest` falls back to older steps past unreadable ones, which it moves aside
-  (renamed `<step>.corrupt`) and never deletes.
+  Guarantees:
+  * a step directory appears only once complete (Orbax writes `<step>.orbax-checkpoint-tmp*` and renames
+    it), so a run killed mid-save leaves the previous step as the latest; temporary directories left by a
+    killed or failed save are removed when the next run opens the directory;
+  * whether a save succeeded is decided from the disk (its step directory exists), never from Orbax's
+    error reporting alone, which can lose an asynchronous failure: a failed save raises
+    CheckpointSaveError naming that step, its cause and the newest complete step, and removes its partial
+    files. Asynchronously, a single process finds out at the first `check` after the background write
+    ends, and every process at the next `save` or `wait` at the latest;
+  * older steps are deleted only after a newer one is complete (at most `keep` complete steps are kept),
+    so a failed save never costs a good checkpoint;
+  * `restore_latest` falls back to older steps past unreadable ones, which it moves aside (renamed
+    `<step>.corrupt`) and never deletes.
 
   Args:
-    directory: where step directories go (created if missing).
-    keep: how many of the latest checkpoints to keep (an Orbax LatestN preservation policy).
+    directory: where step directories go (created if missing); a local path.
+    keep: how many of the newest complete checkpoints to keep.
     async_save: write in a background thread; `wait()` blocks until every save is on disk.
   """
 
   def __init__(self, directory: str, *, keep: int, async_save: bool = True):
     self.directory = os.path.abspath(directory)
+    self._keep = int(keep)
     options = ocp.CheckpointManagerOptions(
-      preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
-      enable_async_checkpointing=async_save,
-      cleanup_tmp_directories=True,
-      create=True,
+      enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=True
     )
     if jax.process_index() == 0:  # a killed or failed save's partial step: never a finished checkpoint
       for tmp in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
@@ -163,51 +201,93 @@ class Checkpointer:
     self._async = async_save
     self._failed = False  # a failed save was reported; later waits do not raise it again
     self._pending: int | None = None  # the step of the save in flight
-    self._last_good: int | None = self.latest_step()
+    self._errors = _OrbaxErrors()
+
+  def complete_steps(self) -> list[int]:
+    """The steps whose directory is complete on disk, oldest first (a save in flight is not one)."""
+    if not os.path.isdir(self.directory):
+      return []
+    names = os.listdir(self.directory)
+    return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(self.directory, n)))
 
   def latest_step(self) -> int | None:
     """The newest complete checkpoint's step, or None."""
-    return self._manager.latest_step()
+    steps = self.complete_steps()
+    return steps[-1] if steps else None
 
   def all_steps(self) -> list[int]:
-    return list(self._manager.all_steps())
+    """Every complete step, oldest first."""
+    return self.complete_steps()
 
-  def _save_failed(self, step: int | None, error: BaseException) -> CheckpointSaveError:
+  def _save_failed(self, step: int, error: BaseException | str | None) -> CheckpointSaveError:
+    """The error for a failed save of `step`, once its partial files are removed."""
     if self._async:  # let the background save stop before its partial files are removed
       try:
         self._manager.wait_until_finished()
       except Exception:  # noqa: BLE001 - the failure being reported
         pass
-    self._failed = True
-    if jax.process_index() == 0 and step is not None:
+    self._failed, self._pending = True, None
+    if jax.process_index() == 0:
       for tmp in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
         shutil.rmtree(tmp, ignore_errors=True)  # the failed save's partial files, never a finished step
-    kept = f"step {self._last_good} is intact" if self._last_good is not None else "no earlier step exists"
-    self._pending = None
-    return CheckpointSaveError(
-      f"saving checkpoint {step} to {self.directory} failed: {_cause(error)}; {kept}. Free space (or fix "
-      "the cause) and rerun the same command to resume"
+    kept = self.latest_step()
+    cause = _cause_text(error if error is not None else self._errors.first)
+    where = (
+      f"the newest complete checkpoint is step {kept} (kept); free space (or fix the cause) and rerun the "
+      "same command to resume from it"
+      if kept is not None
+      else "no complete checkpoint exists yet; free space (or fix the cause) and rerun the same command"
     )
+    return CheckpointSaveError(f"saving checkpoint {step} to {self.directory} failed: {cause}; {where}")
+
+  def _finish_pending(self, *, block: bool) -> None:
+    """Settles the save in flight: done when its step directory is complete on disk, else failed
+    (CheckpointSaveError). Without `block`, returns at once while the background write goes on."""
+    step, error = self._pending, None
+    if step is None:
+      return
+    if block:
+      try:
+        self._manager.wait_until_finished()
+      except Exception as e:  # noqa: BLE001 - Orbax and tensorstore raise assorted types for I/O failures
+        error = e
+    elif self._manager.is_saving_in_progress():
+      return
+    if os.path.isdir(os.path.join(self.directory, str(step))):
+      if error is not None:
+        log.warning("checkpoint %d is complete, but Orbax reported: %s", step, _cause(error))
+      self._pending = None
+      self._prune()
+      return
+    raise self._save_failed(step, error) from (error if isinstance(error, BaseException) else None)
+
+  def _prune(self) -> None:
+    """Deletes all but the newest `keep` complete steps."""
+    steps = self.complete_steps()
+    if len(steps) <= self._keep:
+      return
+    self._manager.reload()
+    for step in steps[: len(steps) - self._keep]:
+      self._manager.delete(step)
 
   def check(self) -> None:
-    """Raises CheckpointSaveError if an asynchronous save has failed. With several processes it does
-    nothing (Orbax's error check waits on its metadata store, which can stall processes that are not in
-    step): a failed save then surfaces at the next `save` or at `wait`."""
-    if jax.process_count() > 1:
+    """Raises CheckpointSaveError if the asynchronous save in flight has failed. With several processes
+    it does nothing (Orbax's progress check may wait on other processes): a failed save then surfaces at
+    the next `save` or at `wait`."""
+    if jax.process_count() > 1 or self._failed:
       return
-    try:
-      self._manager.check_for_errors()
-    except Exception as e:  # noqa: BLE001 - Orbax and tensorstore raise assorted types for I/O failures
-      raise self._save_failed(self._pending, e) from e
+    self._finish_pending(block=False)
 
   def save(self, step: int, state: Any, config: dict) -> None:
-    """Saves `state` (unreplicated pytree) and `config` (JSON-able dict) as checkpoint `step`."""
-    self.check()
-    if step in self._manager.all_steps():
+    """Saves `state` (unreplicated pytree) and `config` (JSON-able dict) as checkpoint `step`; raises
+    CheckpointSaveError when this save (synchronous) or the previous one (asynchronous) failed."""
+    self._finish_pending(block=True)
+    if step in self.complete_steps():
       return  # already on disk (e.g. the final step coincides with a periodic save)
-    if self._pending is not None and self._pending in self._manager.all_steps():
-      self._last_good = self._pending
-    self._pending = step
+    self._pending, self._errors.first = step, None
+    orbax_log = logging.getLogger("absl")
+    if self._errors not in orbax_log.handlers:
+      orbax_log.addHandler(self._errors)
     try:
       self._manager.save(
         step,
@@ -216,8 +296,10 @@ class Checkpointer:
         ),
         force=True,
       )
-    except Exception as e:  # noqa: BLE001 - as in `check`
+    except Exception as e:  # noqa: BLE001 - as in `_finish_pending`
       raise self._save_failed(step, e) from e
+    if not self._async:
+      self._finish_pending(block=True)
 
   def restore_config(self, step: int) -> dict:
     """The config saved with checkpoint `step`."""
@@ -254,7 +336,7 @@ class Checkpointer:
       )
     except Exception as e:  # noqa: BLE001 - as above
       raise CheckpointCorruptError(f"step {step}: its state cannot be read ({_cause(e)})") from e
-    log.info("restored step %d from %s", step, self.directory)
+    log.info("restored step %d from %s", step, self.directory, extra=LOG_ONLY)
     return _host_local(restored["state"])
 
   def restore_latest(
@@ -276,14 +358,28 @@ class Checkpointer:
         state, cause = None, str(e).split(": ", 1)[-1]
       if not _all_processes_agree(cause is None):
         failures.append((step, cause or "unreadable on another process"))
-        log.warning(
-          "checkpoint step %d in %s cannot be restored: %s; trying an older step",
+        log.info(
+          "checkpoint step %d in %s cannot be restored: %s",
           step,
           self.directory,
           failures[-1][1],
+          extra=LOG_ONLY,
         )
         continue
       self._set_aside(failures)
+      if failures:
+        log.warning(
+          "checkpoint step%s %s in %s cannot be restored (%s); resumed from step %d, and the unreadable "
+          "step%s moved aside as <step>.corrupt (kept, not deleted; details in log.txt)",
+          "s" if len(failures) > 1 else "",
+          ", ".join(str(s) for s, _ in failures),
+          self.directory,
+          failures[0][1],
+          step,
+          "s were" if len(failures) > 1 else " was",
+        )
+      else:
+        log.info("restored step %d from %s", step, self.directory)
       return step, state
     if failures and not fresh_if_unreadable:
       steps = ", ".join(str(s) for s, _ in failures)
@@ -291,6 +387,13 @@ class Checkpointer:
         f"no checkpoint in {self.directory} can be restored (steps {steps}; newest: {failures[0][1]}); "
         "nothing was changed. Move the damaged steps away, or set config.fresh_start_if_unreadable=True to "
         "start afresh (they are then renamed <step>.corrupt)"
+      )
+    if failures:
+      log.warning(
+        "no checkpoint in %s can be restored (steps %s); starting afresh, the unreadable steps moved aside "
+        "as <step>.corrupt (config.fresh_start_if_unreadable; kept, not deleted)",
+        self.directory,
+        ", ".join(str(s) for s, _ in failures),
       )
     self._set_aside(failures)
     return 0, None
@@ -304,34 +407,30 @@ class Checkpointer:
         target, n = f"{source}.corrupt.{n}", n + 1
       if jax.process_index() == 0 and os.path.exists(source):
         os.rename(source, target)
-      log.warning("moved the unreadable checkpoint step %d aside to %s (kept, not deleted)", step, target)
+      log.info("moved the unreadable checkpoint step %d aside to %s", step, target, extra=LOG_ONLY)
     if failures:
       if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("ae_jax: checkpoint steps moved aside")
       self._manager.reload()
-      self._last_good = self.latest_step()
 
   def wait(self) -> None:
-    """Blocks until pending asynchronous saves are complete; raises CheckpointSaveError if one failed."""
-    try:
-      self._manager.wait_until_finished()
-    except Exception as e:  # noqa: BLE001 - as in `check`
-      if self._failed:
-        log.warning("a checkpoint save failed after the failure already reported: %s", _cause(e))
-        return
-      raise self._save_failed(self._pending, e) from e
+    """Blocks until the save in flight is on disk; raises CheckpointSaveError if it failed (once: after a
+    reported failure, later calls only log)."""
     if self._failed:
+      try:
+        self._manager.wait_until_finished()
+      except Exception as e:  # noqa: BLE001 - the failure already reported
+        log.info("after the failed save: %s", _cause(e))
       return
-    self.check()
-    if self._pending is not None:
-      self._last_good, self._pending = self._pending, None
+    self._finish_pending(block=True)
 
   def close(self) -> None:
     try:
       self.wait()
     finally:
+      logging.getLogger("absl").removeHandler(self._errors)
       self._manager.close()
 
 

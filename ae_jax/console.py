@@ -1,8 +1,11 @@
 """What a run shows on the console, and the full log kept beside it (the command-line tools' setup).
 
 `setup(workdir)` sends every log record (INFO and up: absl, Orbax, tfds, jax, ae_jax) to WORKDIR/log.txt
-and to the console only ae_jax's messages and everyone's warnings, one plain line each; tfds' progress
-bars and preparation banners are off (`quiet_tfds`). Library code never configures logging itself.
+and to the console only ae_jax's own messages, one plain line each: other libraries' warnings and errors,
+Python warnings, and tracebacks printed from background threads (Orbax's and tensorstore's I/O threads
+print many when a disk fills) go to the log only. An uncaught exception of the main thread (a bug) keeps
+its traceback on the console. tfds' progress bars and preparation banners are off (`quiet_tfds`). Library
+code never configures logging itself.
 """
 
 from __future__ import annotations
@@ -12,14 +15,46 @@ import io
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator
 
 LOG_NAME = "log.txt"
 
 
+LOG_ONLY = {"console": False}  # `log.info(..., extra=LOG_ONLY)`: an ae_jax record for log.txt alone
+
+
 class _ConsoleFilter(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or record.name.startswith("ae_jax")
+    ours = record.name == "ae_jax" or record.name.startswith("ae_jax.")
+    return ours and getattr(record, "console", True)
+
+
+_background = logging.getLogger("background")  # tracebacks of other threads: the log file only
+
+
+def _log_background_traceback(exc_type, exc, tb) -> None:
+  _background.error("uncaught in a background thread", exc_info=(exc_type, exc, tb))
+
+
+def _excepthook(exc_type, exc, tb) -> None:
+  """The main thread's uncaught exceptions keep Python's traceback; other threads' go to the log."""
+  if threading.current_thread() is threading.main_thread():
+    sys.__excepthook__(exc_type, exc, tb)
+  else:
+    _log_background_traceback(exc_type, exc, tb)
+
+
+def _route_background_errors() -> None:
+  """Tracebacks that threads and native callbacks print to stderr go to the log instead."""
+  sys.excepthook = _excepthook
+  threading.excepthook = lambda args: _log_background_traceback(
+    args.exc_type, args.exc_value, args.exc_traceback
+  )
+  sys.unraisablehook = lambda u: _background.error(
+    "unraisable exception in %r", u.object, exc_info=(u.exc_type, u.exc_value, u.exc_traceback)
+  )
+  logging.captureWarnings(True)
 
 
 class _ConsoleFormatter(logging.Formatter):
@@ -45,6 +80,7 @@ def setup(workdir: str | None = None) -> str | None:
   for noisy in ("absl", "orbax", "jax", "tensorflow_datasets", "grain"):
     logging.getLogger(noisy).setLevel(logging.INFO)
   quiet_tfds()
+  _route_background_errors()
   return add_log_file(workdir) if workdir is not None else None
 
 

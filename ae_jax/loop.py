@@ -34,7 +34,7 @@ from ae_jax import checkpoint, data, evaluators, metrics_log, optim, parallel, w
 from ae_jax import config as config_checks
 from ae_jax.data import pipeline
 from ae_jax.errors import AEJaxError, ConfigError
-from ae_jax.preemption import Preemption
+from ae_jax.preemption import PreemptedError, Preemption
 from ae_jax.train import (
   build,
   create_train_state,
@@ -180,6 +180,29 @@ def evaluate_checkpoint(
   return step, result, write_results(path, step, result, f"eval_{step}.json")
 
 
+def _final_evaluation(
+  built: dict[str, tuple[int, Callable]],
+  best: checkpoint.BestCheckpoint | None,
+  rstate: Any,
+  state: Any,
+  step: int,
+  writer: metrics_log.MetricWriter,
+  config_dict: dict,
+) -> tuple[evaluators.Result, int, Any]:
+  """Every evaluator on the final state (or, with keep_best, on the best one): (result, step, state)."""
+  periodic = run_evaluators(built, rstate, step, final=True, only=lambda every: every > 0)
+  writer.write(step, periodic.metrics)
+  if best is not None and best.improves(periodic.metrics):
+    best.save(step, periodic.metrics, state, config_dict)
+  elif best is not None and best.step != step:  # an earlier evaluated state was better: report it
+    state, step = best.restore(state, config_dict), best.step
+    periodic = evaluators.Result(dict(best.metrics))
+    rstate = parallel.replicate(state)
+    writer.message(f"reporting the state of step {step}: lowest {best.metric} ({best.value:.5g})")
+  rest = run_evaluators(built, rstate, step, final=True, only=lambda every: every == 0)
+  return evaluators.merge([periodic, rest]), step, state
+
+
 def _train(config: ml_collections.ConfigDict, path: str) -> dict[str, Any]:
   dataset, model, objective, tx, schedule, state = _setup(config)
   info, train_src = dataset.info, dataset.split("train")
@@ -249,15 +272,20 @@ def _train(config: ml_collections.ConfigDict, path: str) -> dict[str, Any]:
     flags = np.concatenate([np.asarray(f)[0] for f in host])
     pending_check.clear()
     if flags.any():
-      bad = step - len(flags) + 1 + int(np.argmax(flags))
+      first = int(np.argmax(flags > 0))
+      bad = step - len(flags) + 1 + first
       kept = ckpt.latest_step()
       where = (
         f"the last good checkpoint (step {kept}) is kept in" if kept else "no checkpoint is saved yet in"
       )
+      fix = (
+        "The batch itself held a NaN or infinity: check the data (config.data) for non-finite values"
+        if flags[first] > 1
+        else "Lower config.optimizer.learning_rate or set config.optimizer.grad_clip_norm"
+      )
       raise NonFiniteLossError(
-        f"loss became non-finite at step {bad}; training stopped and {where} {ckpt.directory}. Lower "
-        "config.optimizer.learning_rate or set config.optimizer.grad_clip_norm, then rerun the same command "
-        "to resume from it."
+        f"loss became non-finite at step {bad}; training stopped and {where} {ckpt.directory}. {fix}, then "
+        "rerun the same command to resume from it."
       )
 
   def log_train_metrics() -> None:
@@ -319,18 +347,16 @@ def _train(config: ml_collections.ConfigDict, path: str) -> dict[str, Any]:
     ckpt.wait()
     state = parallel.unreplicate(rstate)
     if not preempted:
-      periodic = run_evaluators(built, rstate, step, final=True, only=lambda every: every > 0)
-      writer.write(step, periodic.metrics)
-      if best is not None and best.improves(periodic.metrics):
-        best.save(step, periodic.metrics, state, config_dict)
-      elif best is not None and best.step != step:  # an earlier evaluated state was better: report it
-        state, step = best.restore(state, config_dict), best.step
-        periodic = evaluators.Result(dict(best.metrics))
-        rstate = parallel.replicate(state)
-        writer.message(f"reporting the state of step {step}: lowest {best.metric} ({best.value:.5g})")
-      rest = run_evaluators(built, rstate, step, final=True, only=lambda every: every == 0)
-      final = evaluators.merge([periodic, rest])
-      write_results(path, step, final)
+      try:
+        with preemption.interrupting():  # the state is saved: a SIGTERM abandons the evaluation at once
+          final, step, state = _final_evaluation(built, best, rstate, state, step, writer, config_dict)
+        write_results(path, step, final)
+      except PreemptedError:
+        preempted, final = True, evaluators.Result()
+        writer.message(
+          f"preempted during the final evaluation: step {step} is saved in {ckpt.directory}; rerun the "
+          "command to evaluate it"
+        )
   finally:
     profile.close()
     prefetch.close()

@@ -8,19 +8,28 @@ must be asked at every step); no Python handler is installed then, since it woul
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 
 import jax
 from jax.experimental import multihost_utils
 
 
+class PreemptedError(Exception):
+  """Raised inside `Preemption.interrupting()` when SIGTERM arrives: what was running is abandoned."""
+
+
 class Preemption:
-  """`reached(step)` is True once the job should save and stop (see the module docstring). `restore`
-  undoes the signal handler installed by a single process (only from the main thread)."""
+  """`reached(step)` is True once the job should save and stop (see the module docstring). Inside
+  `interrupting()` (work that needs no saving, such as the final evaluation of a saved state) a single
+  process's SIGTERM raises PreemptedError at once instead. `restore` undoes the signal handler installed
+  by a single process (only from the main thread)."""
 
   def __init__(self) -> None:
     self.requested = False
+    self._interrupt = False
     self._previous = None
     self._sync = jax.process_count() > 1
     if not self._sync and threading.current_thread() is threading.main_thread():
@@ -28,6 +37,21 @@ class Preemption:
 
   def _handle(self, signum, frame) -> None:
     self.requested = True
+    if self._interrupt:
+      self._interrupt = False
+      raise PreemptedError("SIGTERM")
+
+  @contextlib.contextmanager
+  def interrupting(self) -> Iterator[None]:
+    """Within the block, SIGTERM (one process) raises PreemptedError in the main thread right away; a
+    SIGTERM that came before the block raises on entry."""
+    if self.requested and not self._sync:
+      raise PreemptedError("SIGTERM")
+    self._interrupt = not self._sync and self._previous is not None
+    try:
+      yield
+    finally:
+      self._interrupt = False
 
   def reached(self, step: int) -> bool:
     """Whether the job stops after `step`; with several processes call it at every step, in order."""

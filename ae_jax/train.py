@@ -144,7 +144,8 @@ def train_step(
 
   Gradients, loss terms and the new model state are averaged over `axis_name`, so every device applies
   the same update: the result equals one step on the whole global batch. A step whose loss or gradient is
-  not finite leaves the state untouched and reports `nonfinite` = 1, so no bad state is ever saved.
+  not finite leaves the state untouched and reports `nonfinite` = 1 (2 when the batch itself held a NaN or
+  an infinity), so no bad state is ever saved.
 
   Args:
     state: this device's copy of the train state.
@@ -189,6 +190,7 @@ def train_step(
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+  bad_input = jax.lax.pmax(nonfinite_input(batch), axis_name)
   metrics = {
     "loss": loss,
     **terms,
@@ -197,9 +199,16 @@ def train_step(
     **module_norms(grads, "grad_norm"),
     **module_norms(state.params, "param_norm"),
     "learning_rate": learning_rate(state.step),
-    "nonfinite": 1.0 - finite.astype(jnp.float32),
+    # 0: finite; 1: the loss or gradient was not; 2: neither was the batch itself
+    "nonfinite": (1.0 - finite.astype(jnp.float32)) * (1.0 + bad_input),
   }
   return new_state, metrics
+
+
+def nonfinite_input(batch: Mapping[str, jax.Array]) -> jax.Array:
+  """1.0 when any floating-point entry of the batch is NaN or infinite, else 0.0 (float32 scalar)."""
+  flags = [~jnp.all(jnp.isfinite(v)) for v in batch.values() if jnp.issubdtype(v.dtype, jnp.floating)]
+  return jnp.any(jnp.stack(flags)).astype(jnp.float32) if flags else jnp.float32(0.0)
 
 
 def module_norms(tree: Any, prefix: str) -> dict[str, jax.Array]:

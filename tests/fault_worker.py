@@ -1,7 +1,7 @@
 """A training run for fault-injection tests (run by tests/test_fault_processes.py in a subprocess).
 
-argv: workdir config_arg [slow_eval_marker]. With a marker path, the first evaluation during training
-creates that file and then takes 3 s, so the test can send SIGTERM while an evaluation is running. Prints
+argv: workdir config_arg [slow_eval_marker [seconds]]. With a marker path, the first evaluation creates
+that file and then takes 3 s (or `seconds`), so the test can send SIGTERM while an evaluation runs. Prints
 one JSON line {"step", "preempted"} and exits 0 after a preemption, as the command line does.
 """
 
@@ -19,6 +19,7 @@ from tiny_experiment import get_config  # noqa: E402
 from ae_jax import loop  # noqa: E402
 
 workdir, arg, *marker = sys.argv[1:]
+pause = float(marker[1]) if len(marker) > 1 else 3.0
 if marker:
   from ae_jax.evaluators import batches
 
@@ -28,7 +29,7 @@ if marker:
     calls.append(1)
     if len(calls) == 1:
       pathlib.Path(marker[0]).touch()
-      time.sleep(3.0)
+      time.sleep(pause)
     return split_sums(*args, **kwargs)
 
   batches.split_sums = slow_split_sums

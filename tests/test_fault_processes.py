@@ -150,3 +150,36 @@ def test_sigterm_during_an_evaluation_saves_and_exits_0(tmp_path):
   result = json.loads(out.strip().splitlines()[-1])
   assert result == {"step": 20, "preempted": True}
   assert _final_params(tmp_path / "run")[0] == 20
+
+
+def test_sigterm_during_the_final_evaluation_stops_at_once(tmp_path):
+  """The last step is saved before the final evaluation, so a SIGTERM abandons it (here a 600 s one)
+  instead of waiting; the rerun evaluates the saved step."""
+  marker = tmp_path / "evaluating"
+  worker = [
+    sys.executable,
+    str(ROOT / "tests" / "fault_worker.py"),
+    str(tmp_path / "run"),
+    "steps=20,ckpt=10",
+  ]
+  proc = subprocess.Popen(
+    [*worker, str(marker), "600"],
+    cwd=ROOT,
+    env=ENV,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
+  _wait_for(marker.exists, proc)
+  proc.send_signal(signal.SIGTERM)
+  code, out = _finish(proc, timeout=60)
+  assert code == 0 and "preempted during the final evaluation: step 20 is saved" in out, out[-2000:]
+  assert json.loads(out.strip().splitlines()[-1]) == {"step": 20, "preempted": True}
+  assert not (tmp_path / "run" / "results.json").exists()
+  code, out = _finish(
+    subprocess.Popen(worker, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  )
+  assert code == 0 and json.loads(out.strip().splitlines()[-1]) == {"step": 20, "preempted": False}, out[
+    -2000:
+  ]
+  assert json.loads((tmp_path / "run" / "results.json").read_text())["step"] == 20

@@ -1,12 +1,16 @@
 """Fault injection in one process: damaged checkpoints fall back, failed saves stop the run, one writer per
 workdir, bad workdirs, and metrics logs that survive resumption. (Killed processes: test_fault_processes.)"""
 
+import contextlib
 import errno
 import glob
 import json
 import os
+import pathlib
+import re
 import struct
 import subprocess
+import sys
 
 import chex
 import jax
@@ -16,6 +20,8 @@ import pytest
 
 from ae_jax import checkpoint, loop, workdir
 from ae_jax.errors import WorkdirError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _params(summary):
@@ -64,8 +70,11 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_step(
   resumed = loop.train_and_evaluate(tiny_config, str(tmp_path))
   chex.assert_trees_all_equal(_params(reference), _params(resumed))  # resumed from step 8, exactly
   warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "ae_jax" in r.name]
-  assert any("step 12" in w and "cannot be restored" in w for w in warnings), warnings
-  assert any("12.corrupt" in w for w in warnings)
+  assert len(warnings) == 1, warnings  # one line on the console; the details are in log.txt
+  assert (
+    "step 12" in warnings[0] and "cannot be restored" in warnings[0] and "resumed from step 8" in warnings[0]
+  )
+  assert "\n" not in warnings[0] and "<bound method" not in warnings[0]
   assert os.path.isdir(tmp_path / "checkpoints" / "12.corrupt")  # moved aside, not deleted
   assert checkpoint.Checkpointer(str(tmp_path / "checkpoints"), keep=3).all_steps() == [8, 12, 16]
 
@@ -116,7 +125,7 @@ def test_a_failed_save_stops_the_run_and_keeps_the_previous_checkpoint(
   assert (
     "saving checkpoint 8" in message
     and "No space left on device" in message
-    and "step 4 is intact" in message
+    and "the newest complete checkpoint is step 4 (kept)" in message
   )
   assert "\n" not in message
   ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), keep=3)
@@ -127,27 +136,71 @@ def test_a_failed_save_stops_the_run_and_keeps_the_previous_checkpoint(
   chex.assert_trees_all_equal(_params(reference), _params(resumed))
 
 
-def test_a_full_disk_stops_the_run_with_one_line(tiny_config, tmp_path):
-  """A real small filesystem (a 600 KB tmpfs) fills up after a checkpoint or two of ~200 KB."""
-  mount = tmp_path / "small"
-  mount.mkdir()
-  if subprocess.run(
-    ["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)], capture_output=True
-  ).returncode:
+@contextlib.contextmanager
+def _small_filesystem(path, size):
+  """A real tmpfs of `size` mounted at `path` (skips the test where mounting is not allowed)."""
+  path.mkdir()
+  mounted = subprocess.run(
+    ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+  )
+  if mounted.returncode:
     pytest.skip("mounting a tmpfs is not allowed here (needs root and mount permission)")
   try:
-    tiny_config.model.hidden = (128,)  # ~200 KB of parameters and Adam moments a checkpoint
-    tiny_config.total_steps = 40
-    with pytest.raises(
-      checkpoint.CheckpointSaveError, match=r"No space left on device; step (\d+) is intact"
-    ) as e:
-      loop.train_and_evaluate(tiny_config, str(mount / "run"))
-    intact = int(str(e.value).split("; step ")[1].split()[0])
-    ckpt = checkpoint.Checkpointer(str(mount / "run" / "checkpoints"), keep=3)
-    assert ckpt.latest_step() == intact and not glob.glob(str(mount / "run" / "checkpoints" / "*tmp*"))
-    ckpt.close()
+    yield path
   finally:
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _assert_names_the_failed_and_the_newest_complete_step(message, checkpoints, every):
+  """The message names the first step that is not on disk and the newest one that is; no partial files."""
+  failed = int(re.search(r"saving checkpoint (\d+)", message).group(1))
+  kept = re.search(r"the newest complete checkpoint is step (\d+)", message)
+  ckpt = checkpoint.Checkpointer(str(checkpoints), keep=3)
+  try:
+    assert ckpt.latest_step() == (int(kept.group(1)) if kept else None), message
+    assert failed == (ckpt.latest_step() or 0) + every and failed not in ckpt.all_steps(), message
+  finally:
+    ckpt.close()
+  assert not glob.glob(str(checkpoints / "*tmp*")), os.listdir(checkpoints)
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_a_full_disk_names_the_save_that_failed(tiny_config, tmp_path, async_save):
+  """A real small filesystem (a 600 KB tmpfs) fills up after a checkpoint or two of ~200 KB."""
+  with _small_filesystem(tmp_path / "small", "600k") as mount:
+    tiny_config.model.hidden = (128,)  # ~200 KB of parameters and Adam moments a checkpoint
+    tiny_config.total_steps, tiny_config.async_checkpoints = 40, async_save
+    with pytest.raises(checkpoint.CheckpointSaveError, match="No space left on device") as e:
+      loop.train_and_evaluate(tiny_config, str(mount / "run"))
+    _assert_names_the_failed_and_the_newest_complete_step(
+      str(e.value), mount / "run" / "checkpoints", tiny_config.checkpoint_every
+    )
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_asynchronous_saves_is_one_line_on_the_console(tmp_path):
+  """The command line on a 3 MB tmpfs, asynchronous saves of ~1 MB: stderr holds the progress bar and the
+  one error line; Orbax's and tensorstore's tracebacks go to log.txt."""
+  with _small_filesystem(tmp_path / "small", "3m") as mount:
+    command = [
+      sys.executable,
+      "-m",
+      "experiments.main",
+      "--config=tests/tiny_experiment.py:steps=300,ckpt=50,hidden=256x256",
+      f"--workdir={mount / 'run'}",
+      "--config.async_checkpoints=True",
+    ]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    lines = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    messages = [
+      line for line in lines if "step/s" not in line and "s/step" not in line and "?step" not in line
+    ]
+    assert done.returncode == 1 and len(messages) == 1 and messages[0].startswith("error: "), done.stderr[
+      -3000:
+    ]
+    _assert_names_the_failed_and_the_newest_complete_step(messages[0], mount / "run" / "checkpoints", 50)
+    assert "No space left on device" in (mount / "run" / "log.txt").read_text()  # the details are kept
 
 
 def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(tiny_config, tmp_path):

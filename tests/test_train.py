@@ -84,6 +84,25 @@ def test_nonfinite_step_leaves_state_untouched(tiny_config, monkeypatch):
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(s.params))
 
 
+def test_a_nonfinite_batch_is_reported_as_such(tiny_config):
+  """`nonfinite` is 2 when the batch itself held a NaN (on any device), 1 for a NaN loss of finite data."""
+  state, step_fn, batches = _setup(tiny_config)
+  clean = next(batches)
+  dirty = {**clean, "x": clean["x"].copy()}
+  dirty["x"][-1, 0, 0, 0] = np.nan  # the last device's share
+  _, metrics = run_pmapped_steps(step_fn, state, [clean, dirty], jax.local_devices())
+  assert [float(m["nonfinite"][0]) for m in metrics] == [0.0, 2.0]
+
+
+def test_the_nonfinite_message_blames_the_data_when_the_batch_held_nan(tiny_config, tmp_path, monkeypatch):
+  from ae_jax.data import images
+
+  scale, unit = images.SCALES["symmetric"]
+  monkeypatch.setitem(images.SCALES, "symmetric", (lambda u: scale(u) * np.float32(np.nan), unit))
+  with pytest.raises(loop.NonFiniteLossError, match="batch itself held a NaN or infinity: check the data"):
+    loop.train_and_evaluate(tiny_config, str(tmp_path))
+
+
 def _params(summary):
   return jax.device_get(summary["state"].params)
 
