@@ -8,9 +8,9 @@ positions [s * B, (s + 1) * B), whatever the number of processes or devices, and
 from s alone: a run resumed at step s reads the same batches as one that never stopped.
 
 A batch is read with one `sources.gather` (a numpy gather for data in memory) and preprocessed as a
-whole by the dataset's batch function (`DatasetInfo.batch_preprocess_for`), in background threads that
-stay a few batches ahead. Given only a per-record preprocess, each record is preprocessed on its own
-and the outputs stacked (`registry.per_record`): the same batches, computed record by record.
+whole by the dataset's batch function (`DatasetInfo.batch_preprocess_for`), either when asked or by
+background threads a few batches ahead (`num_threads`). Given only a per-record preprocess, each
+gathered record is preprocessed on its own and the outputs stacked (`registry.per_record`).
 """
 
 from __future__ import annotations
@@ -108,8 +108,11 @@ def train_batches(
   `batch_preprocess(records, positions)` (e.g. `info.batch_preprocess_for(True)`) turns the gathered
   records {field: [b, ...]} into arrays; `positions` int64 [b] are the examples' positions in the global
   stream, so per-example randomness (e.g. dynamic binarisation) can be derived from them. Without it,
-  `preprocess(record, position)` is applied record by record. `num_threads` background threads assemble
-  batches ahead (0: each is assembled when asked).
+  `preprocess(record, position)` is applied record by record.
+
+  num_threads: 1 assembles each batch in the thread that asks for it (the trainer's prefetch thread
+  already runs ahead of the devices; for data in memory a second thread only adds hand-offs on 2 cores);
+  N > 1 uses N background threads, 2N batches ahead (decode- or resize-heavy data).
   """
   nproc, pid = jax.process_count(), jax.process_index()
   _local_batch(global_batch, nproc)
@@ -176,9 +179,10 @@ def eval_batches(
 
 
 def _assembled(make: Callable[[int], Example], steps: Iterable[int], num_threads: int) -> Iterator[Example]:
-  """make(s) for s in steps, in order, computed by `num_threads` threads up to 2 * num_threads batches
-  ahead (0: in the caller's thread, when asked). Errors are raised where the batch is consumed."""
-  if num_threads <= 0:
+  """make(s) for s in steps, in order: in the caller's thread when asked (num_threads <= 1), else by
+  `num_threads` background threads up to 2 * num_threads batches ahead. Errors are raised where the
+  batch is consumed."""
+  if num_threads <= 1:
     yield from map(make, steps)
     return
   steps = iter(steps)

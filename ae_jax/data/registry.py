@@ -32,7 +32,7 @@ COMMON_OPTIONS: dict[str, Any] = {
   "root": "",  # local data folder; "": $AE_JAX_DATA, else ../shared/data beside the project
   "data_dir": ml_collections.config_dict.placeholder(str),  # tfds data_dir; None: tfds' default
   "download": False,  # let tfds download and prepare (needs TensorFlow: pip install 'ae-jax[tfds-download]')
-  "num_threads": 1,  # grain read threads; records are cheap numpy views, more threads only add GIL contention
+  "num_threads": 1,  # threads assembling input batches: 1 the caller's; more for decode/resize-heavy data
   "cache_in_memory": True,  # read every split into RAM once (fast random access for small datasets)
   "validation_size": 0,  # > 0: the last N training records become the validation split (if there is none)
 }

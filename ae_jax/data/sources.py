@@ -98,7 +98,7 @@ def gather(source: Sequence[Record], indices: np.ndarray | Sequence[int]) -> dic
   """
   indices = np.asarray(indices, np.int64).reshape(-1)
   if isinstance(source, ArraySource):
-    return {k: v[indices] for k, v in source.arrays.items()}
+    return {k: np.take(v, indices, axis=0) for k, v in source.arrays.items()}
   if isinstance(source, SplitView):
     return gather(source.source, source.indices[indices])
   keys = indices.tolist()  # Python ints: tfds sources take integer keys only
