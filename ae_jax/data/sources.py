@@ -90,7 +90,7 @@ class SplitView:
 
 
 def gather(source: Sequence[Record], indices: np.ndarray | Sequence[int]) -> dict[str, np.ndarray]:
-  """Records `indices` [n] of `source`, one array [n, ...] per field (fresh copies, safe to modify).
+  """Records `indices` [n] of `source`, one array [n, ...] per field (numeric fields are fresh copies).
 
   An ArraySource is indexed with numpy (one copy per field), a SplitView maps the indices and gathers
   from its source, a source with `__getitems__` (tfds data sources) reads them in one call, any other
