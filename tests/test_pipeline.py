@@ -8,7 +8,7 @@ import pytest
 
 from ae_jax.data import data_config, get_dataset, pipeline, synthetic_images
 
-N = 64  # records; grain's shuffle is slow on tiny sources, fast enough at this size
+N = 64  # records
 B = 16  # global batch
 STEPS_PER_EPOCH = N // B
 
@@ -241,7 +241,7 @@ def test_eval_batches_multi_process(as_process, n):
   np.testing.assert_array_equal(np.sort(index[valid > 0]), np.arange(n))
 
 
-# ------------------------------------------------------------------------- _PaddedSource, num_eval_batches
+# --------------------------------------------------------------------- eval_batch_indices, num_eval_batches
 
 
 @pytest.mark.parametrize(
@@ -253,23 +253,18 @@ def test_num_eval_batches(n, batch, expected):
   assert pipeline.num_eval_batches(n, batch) == expected
 
 
-def test_padded_source_exact_multiple_has_no_padding():
-  """Padding a source to its own length changes nothing: every item is (record, True, index)."""
-  source = _indexed_source(32)
-  padded = pipeline._PaddedSource(source, pipeline.num_eval_batches(32, 16) * 16)
-  assert len(padded) == 32
-  for i in range(32):
-    record, valid, index = padded[i]
-    assert record is source[i] and valid and index == i
+def test_eval_indices_exact_multiple_has_no_padding():
+  """32 records in batches of 16: every position is its own record, valid."""
+  for step in range(pipeline.num_eval_batches(32, 16)):
+    positions, records, valid = pipeline.eval_batch_indices(step, 16, 32)
+    np.testing.assert_array_equal(positions, step * 16 + np.arange(16))
+    np.testing.assert_array_equal(records, positions)
+    assert valid.all()
 
 
-def test_padded_source_one_extra_record():
-  """33 records in batches of 16 pad to 48: item 32 is real, items 33..47 repeat record 0 with valid False."""
-  source = _indexed_source(33)
-  padded = pipeline._PaddedSource(source, pipeline.num_eval_batches(33, 16) * 16)
-  assert len(padded) == 48
-  record, valid, index = padded[32]
-  assert record is source[32] and valid and index == 32
-  for i in range(33, 48):
-    record, valid, index = padded[i]
-    assert record is source[0] and not valid and index == i
+def test_eval_indices_one_extra_record():
+  """33 records in batches of 16 pad to 48: position 32 is real, positions 33..47 read record 0, invalid."""
+  positions, records, valid = pipeline.eval_batch_indices(2, 16, 33)
+  np.testing.assert_array_equal(positions, 32 + np.arange(16))
+  np.testing.assert_array_equal(records, [32] + [0] * 15)
+  np.testing.assert_array_equal(valid, [True] + [False] * 15)

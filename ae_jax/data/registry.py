@@ -32,7 +32,7 @@ COMMON_OPTIONS: dict[str, Any] = {
   "root": "",  # local data folder; "": $AE_JAX_DATA, else ../shared/data beside the project
   "data_dir": ml_collections.config_dict.placeholder(str),  # tfds data_dir; None: tfds' default
   "download": False,  # let tfds download and prepare (needs TensorFlow: pip install 'ae-jax[tfds-download]')
-  "num_threads": 1,  # grain read threads; records are cheap numpy views, more threads only add GIL contention
+  "num_threads": 1,  # threads assembling input batches: 1 the caller's; more for decode/resize-heavy data
   "cache_in_memory": True,  # read every split into RAM once (fast random access for small datasets)
   "validation_size": 0,  # > 0: the last N training records become the validation split (if there is none)
 }
@@ -47,6 +47,31 @@ class ExampleSpec:
   masked: bool = False
 
 
+Preprocess = Callable[[Record, int], dict[str, np.ndarray]]
+# (records {field: [n, ...]} as `sources.gather` returns them, stream positions int64 [n]) -> batch [n, ...]
+BatchPreprocess = Callable[[Mapping[str, np.ndarray], np.ndarray], dict[str, np.ndarray]]
+
+
+def stack_examples(examples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+  """Examples (dicts of arrays with the same keys) stacked into one batch {key: [n, ...]}."""
+  return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
+
+
+def per_record(preprocess: Preprocess) -> BatchPreprocess:
+  """The batch form of a per-record preprocess: applied to each record of the batch, outputs stacked.
+
+  Record j is {field: records[field][j]}: a stacked field gives numpy scalars or array views where the
+  source held Python scalars or arrays, an object field the values as the source held them.
+  """
+
+  def batch_preprocess(records: Mapping[str, np.ndarray], indices: np.ndarray) -> dict[str, np.ndarray]:
+    return stack_examples(
+      [preprocess({k: v[j] for k, v in records.items()}, int(i)) for j, i in enumerate(indices)]
+    )
+
+  return batch_preprocess
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
   """How records become model inputs, known once the data is opened.
@@ -55,15 +80,22 @@ class DatasetInfo:
   same for evaluation (deterministic: e.g. a center crop where training crops at random). to_image maps
   x [N, ...] to images [N, H, W, C] in [0, 1] for display, or is None. variance_fn: () -> per-element
   variance of the training inputs in model units (computed on first use, then cached), or None.
+
+  batch_preprocess(records, stream_indices) is preprocess on a whole batch: records {field: [n, ...]}
+  (as `sources.gather` returns them) and stream_indices int64 [n] -> {"x": [n, ...], ...}, bitwise equal
+  to stacking preprocess(record_j, stream_indices[j]); eval_batch_preprocess likewise for
+  eval_preprocess. None: `batch_preprocess_for` applies the per-record function to each record.
   """
 
   example: ExampleSpec
-  preprocess: Callable[[Record, int], dict[str, np.ndarray]]
-  eval_preprocess: Callable[[Record, int], dict[str, np.ndarray]] | None = None
+  preprocess: Preprocess
+  eval_preprocess: Preprocess | None = None
   class_names: tuple[str, ...] | None = None
   to_image: Callable[[np.ndarray], np.ndarray] | None = None
   variance_fn: Callable[[], float] | None = None
   to_unit: Callable[[Any], Any] | None = None  # image datasets: model range -> [0, 1] (works on jax arrays)
+  batch_preprocess: BatchPreprocess | None = None
+  eval_batch_preprocess: BatchPreprocess | None = None
 
   @property
   def shape(self) -> tuple[int, ...]:
@@ -74,9 +106,18 @@ class DatasetInfo:
     """The training inputs' per-element variance (computed once, on first use), or None."""
     return None if self.variance_fn is None else float(self.variance_fn())
 
-  def preprocess_for(self, train: bool) -> Callable[[Record, int], dict[str, np.ndarray]]:
+  def preprocess_for(self, train: bool) -> Preprocess:
     """The training or evaluation preprocessing."""
     return self.preprocess if train or self.eval_preprocess is None else self.eval_preprocess
+
+  def batch_preprocess_for(self, train: bool) -> BatchPreprocess:
+    """The training or evaluation preprocessing of whole batches: the dataset's own batch function, else
+    `per_record(preprocess_for(train))`."""
+    if train or self.eval_preprocess is None:
+      fn = self.batch_preprocess
+    else:
+      fn = self.eval_batch_preprocess
+    return fn if fn is not None else per_record(self.preprocess_for(train))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -371,7 +371,9 @@ def load(data: ml_collections.ConfigDict) -> registry.Dataset:
   if not len(split_sources["train"]):
     raise DataError("no training window without an anomaly: widen train_ranges or shorten config.data.window")
   info = registry.DatasetInfo(
-    registry.ExampleSpec(split_sources["train"][0]["x"].shape), lambda r, i: dict(r)
+    registry.ExampleSpec(split_sources["train"][0]["x"].shape),
+    lambda r, i: dict(r),
+    batch_preprocess=lambda records, indices: dict(records),
   )
   return registry.Dataset("series_file", split_sources, info, anomaly=splits)
 

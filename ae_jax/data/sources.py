@@ -63,17 +63,11 @@ class ArraySource:
 
   @classmethod
   def from_source(cls, source: Sequence[Record], chunk: int = 10_000) -> ArraySource:
-    """Reads every record of `source` (in chunks, with `__getitems__` when it has one)."""
+    """Reads every record of `source` (`gather`ed in chunks, so with `__getitems__` when it has one)."""
     if isinstance(source, ArraySource):
       return source
-    fields: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(source), chunk):
-      keys = list(range(start, min(start + chunk, len(source))))
-      getitems = getattr(source, "__getitems__", None)
-      records = getitems(keys) if getitems else [source[i] for i in keys]
-      for k in records[0]:
-        fields.setdefault(k, []).append(np.stack([np.asarray(r[k]) for r in records]))
-    return cls({k: np.concatenate(v) for k, v in fields.items()})
+    chunks = [gather(source, np.arange(s, min(s + chunk, len(source)))) for s in range(0, len(source), chunk)]
+    return cls({k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]})
 
   def __len__(self) -> int:
     return self._len
@@ -86,13 +80,56 @@ class SplitView:
   """Random-access view of the records `indices` of `source` (a subset, a hold-out, a filtered split)."""
 
   def __init__(self, source: Sequence[Record], indices: Sequence[int]):
-    self._source, self._indices = source, np.asarray(indices, np.int64)
+    self.source, self.indices = source, np.asarray(indices, np.int64)
 
   def __len__(self) -> int:
-    return len(self._indices)
+    return len(self.indices)
 
   def __getitem__(self, i: int) -> Any:
-    return self._source[int(self._indices[i])]
+    return self.source[int(self.indices[i])]
+
+
+def gather(source: Sequence[Record], indices: np.ndarray | Sequence[int]) -> dict[str, np.ndarray]:
+  """Records `indices` [n] of `source`, one array [n, ...] per field (numeric fields are fresh copies).
+
+  An ArraySource is indexed with numpy (one copy per field), a SplitView maps the indices and gathers
+  from its source, a source with `__getitems__` (tfds data sources) reads them in one call, any other
+  sequence record by record; records read one at a time are stacked by `stack_records`.
+  """
+  indices = np.asarray(indices, np.int64).reshape(-1)
+  if isinstance(source, ArraySource):
+    return {k: np.take(v, indices, axis=0) for k, v in source.arrays.items()}
+  if isinstance(source, SplitView):
+    return gather(source.source, source.indices[indices])
+  keys = indices.tolist()  # Python ints: tfds sources take integer keys only
+  records = None
+  if hasattr(source, "__getitems__"):
+    try:
+      records = source.__getitems__(keys)
+    except TypeError:  # tfds.testing.mock_data's __getitems__ cannot be called; a real error recurs below
+      pass
+  return stack_records([source[i] for i in keys] if records is None else records)
+
+
+def stack_records(records: Sequence[Record]) -> dict[str, np.ndarray]:
+  """Records (dicts with the keys of the first) as one array [n, ...] per field.
+
+  A field whose values are numbers or numeric arrays of one shape is stacked (`np.stack` promotes
+  Python scalars to numpy ones); any other field (arrays of different shapes, bytes, text, nested dicts)
+  becomes an object array [n] holding the values as they are, so nothing is padded, truncated or
+  converted (numpy's bytes dtype would drop trailing NUL bytes of encoded images).
+  """
+  out = {}
+  for k in records[0]:
+    values = [r[k] for r in records]
+    arrays = [np.asarray(v) for v in values]
+    if all(a.dtype.kind in "biufc" and a.shape == arrays[0].shape for a in arrays):
+      out[k] = np.stack(arrays)
+    else:
+      out[k] = np.empty(len(values), object)
+      for j, v in enumerate(values):
+        out[k][j] = v
+  return out
 
 
 def hold_out(source: Sequence[Record], n: int) -> tuple[Sequence[Record], Sequence[Record]]:

@@ -256,9 +256,20 @@ def _load(data: ml_collections.ConfigDict) -> registry.Dataset:
       feats = spectrogram_features(np.asarray(record["audio"]), **opts)
     return {**feats, "label": np.int32(record["label"])}
 
-  return registry.Dataset(
-    "spoken_digit", splits, registry.DatasetInfo(_example(data), preprocess, None, CLASS_NAMES, to_image)
+  def batch_preprocess(records: dict[str, np.ndarray], indices: np.ndarray) -> dict[str, np.ndarray]:
+    del indices
+    label = records["label"].astype(np.int32)
+    return {"x": records["spectrogram"], "mask": records["mask"], "label": label}
+
+  info = registry.DatasetInfo(
+    _example(data),
+    preprocess,
+    None,
+    CLASS_NAMES,
+    to_image,
+    batch_preprocess=batch_preprocess if data.cache_in_memory else None,  # else: audio, record by record
   )
+  return registry.Dataset("spoken_digit", splits, info)
 
 
 registry.register(

@@ -122,7 +122,9 @@ def _load_synthetic(data: ml_collections.ConfigDict) -> registry.Dataset:
     synthetic_sequences(n, int(data.time), int(data.features), seed, int(data.vocab_size))
   )
   splits = {"train": make(int(data.num_train), 1), "test": make(int(data.num_test), 2)}
-  info = registry.DatasetInfo(_synthetic_example(data), lambda r, i: dict(r))
+  info = registry.DatasetInfo(
+    _synthetic_example(data), lambda r, i: dict(r), batch_preprocess=lambda records, indices: dict(records)
+  )
   return registry.Dataset("synthetic_sequences", splits, info)
 
 
