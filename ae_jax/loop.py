@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ae_jax import checkpoint, data, evaluators, metrics_log, optim, parallel, workdir
+from ae_jax import checkpoint, data, device_input, evaluators, metrics_log, optim, parallel, workdir
 from ae_jax import config as config_checks
 from ae_jax.data import pipeline
 from ae_jax.errors import AEJaxError, ConfigError
@@ -47,6 +48,8 @@ from ae_jax.train import (
 # an unbounded queue of collective programs can deadlock XLA:CPU's in-process collectives (devices of
 # different queued executions wait for each other once its thread pool is exhausted).
 IN_FLIGHT = 2
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(AEJaxError, FloatingPointError):
@@ -180,6 +183,62 @@ def evaluate_checkpoint(
   return step, result, write_results(path, step, result, f"eval_{step}.json")
 
 
+class _Feed:
+  """Runs one dispatch of `size` steps: on batches the host pipeline assembles and places ahead
+  (`parallel.Prefetcher`), or, device-resident (`device_input`), on batches each step gathers on the
+  devices. `bytes_placed` counts the host-to-device bytes of input placed during training."""
+
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    dataset: data.Dataset,
+    input_plan: device_input.Plan,
+    sizes: list[int],
+    start: int,
+    step_options: dict[str, Any],
+  ):
+    self.bytes_placed = 0
+    self._prefetch = None
+    if input_plan.enabled:
+      self._resident = device_input.Resident(dataset, config, input_plan)
+      self._p_steps = device_input.pmapped_steps(
+        self._resident, dataset.info.device_preprocess, **step_options
+      )
+      return
+    info = dataset.info
+    batches = pipeline.train_batches(
+      dataset.split("train"),
+      info.preprocess,
+      global_batch=config.batch_size,
+      seed=config.seed,
+      start_step=start,
+      num_threads=config.data.num_threads,
+      batch_preprocess=info.batch_preprocess_for(True),
+    )
+    self._prefetch = parallel.Prefetcher(batches, sizes, int(config.prefetch))
+    self._p_steps = jax.pmap(
+      functools.partial(train_steps, **step_options), axis_name=parallel.AXIS, donate_argnums=(0,)
+    )
+
+  def dispatch(self, rstate: Any, step: int, size: int) -> tuple[Any, dict[str, jax.Array]]:
+    """Steps [step, step + size): (new replicated state, metrics [devices, size] each)."""
+    if self._prefetch is not None:
+      batch = self._prefetch.next()
+      self.bytes_placed += sum(x.nbytes for x in jax.tree.leaves(batch))
+      with jax.transfer_guard_host_to_device("disallow"):  # the step reads only what is on the devices
+        return self._p_steps(rstate, batch)
+    resident = self._resident
+    placed = resident.order_bytes_placed
+    order = resident.order_for(step, size)
+    self.bytes_placed += resident.order_bytes_placed - placed
+    with jax.transfer_guard("disallow"):  # no transfer of any kind: the batch is made on the devices
+      return self._p_steps(rstate, resident.arrays, order, resident.slots, size)
+
+  def close(self) -> None:
+    if self._prefetch is not None:
+      self._prefetch.close()
+
+
 def _final_evaluation(
   built: dict[str, tuple[int, Callable]],
   best: checkpoint.BestCheckpoint | None,
@@ -219,20 +278,16 @@ def _train(config: ml_collections.ConfigDict, path: str) -> dict[str, Any]:
     best = checkpoint.BestCheckpoint(
       os.path.join(path, "best"), config.keep_best, async_save=config.async_checkpoints
     )
-  p_train = jax.pmap(
-    functools.partial(
-      train_steps,
-      model=model,
-      objective=objective,
-      tx=tx,
-      learning_rate=schedule,
-      trainable=optim.trainable_mask(freeze_patterns(config)),
-      trim_fraction=float(config.trim.fraction),
-      trim_after=int(config.trim.after),
-    ),
-    axis_name=parallel.AXIS,
-    donate_argnums=(0,),
+  step_options = dict(
+    model=model,
+    objective=objective,
+    tx=tx,
+    learning_rate=schedule,
+    trainable=optim.trainable_mask(freeze_patterns(config)),
+    trim_fraction=float(config.trim.fraction),
+    trim_after=int(config.trim.after),
   )
+  input_plan = device_input.plan(config, dataset)
   built = evaluators.build(config, evaluators.Context(model, objective, dataset, config, path))
   intervals = tuple(every for every, _ in built.values())
 
@@ -248,15 +303,8 @@ def _train(config: ml_collections.ConfigDict, path: str) -> dict[str, Any]:
       else (),
     )
   )
-  batches = pipeline.train_batches(
-    train_src,
-    info.preprocess,
-    global_batch=config.batch_size,
-    seed=config.seed,
-    start_step=start,
-    num_threads=config.data.num_threads,
-  )
-  prefetch = parallel.Prefetcher(batches, sizes, int(config.prefetch))
+  feed = _Feed(config, dataset, input_plan, sizes, start, step_options)
+  log.info("%s", input_plan.line)
   writer = metrics_log.MetricWriter(path, total_steps=config.total_steps, start_step=start)
   preemption = Preemption()
   pending: list[dict[str, jax.Array]] = []  # metrics since the last log line
@@ -305,9 +353,7 @@ def _train(config: ml_collections.ConfigDict, path: str) -> dict[str, Any]:
   try:
     for size in sizes:
       profile.before(step)
-      batch = prefetch.next()
-      with jax.transfer_guard_host_to_device("disallow"):  # the step reads only what is on the devices
-        rstate, metrics = p_train(rstate, batch)
+      rstate, metrics = feed.dispatch(rstate, step, size)
       in_flight.append(metrics)
       if len(in_flight) > IN_FLIGHT:
         jax.block_until_ready(in_flight.popleft())  # waits for the device, transfers nothing
@@ -343,7 +389,7 @@ def _train(config: ml_collections.ConfigDict, path: str) -> dict[str, Any]:
       if preempted:
         writer.message(f"preempted: saved step {step} to {ckpt.directory}; rerun the command to resume")
         break
-    prefetch.close()
+    feed.close()
     ckpt.wait()
     state = parallel.unreplicate(rstate)
     if not preempted:
@@ -359,7 +405,7 @@ def _train(config: ml_collections.ConfigDict, path: str) -> dict[str, Any]:
         )
   finally:
     profile.close()
-    prefetch.close()
+    feed.close()
     preemption.restore()
     writer.close()
     try:
@@ -376,4 +422,6 @@ def _train(config: ml_collections.ConfigDict, path: str) -> dict[str, Any]:
     "results": final,
     "preempted": preempted,
     "compile_seconds": compile_seconds,
+    "input": input_plan.line,
+    "input_bytes_placed": feed.bytes_placed,
   }

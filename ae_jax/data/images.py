@@ -221,10 +221,20 @@ def image_info(
 
     return batch_preprocess
 
+  levels = to_model(np.arange(256, dtype=np.uint8))  # float32 [256]: the model value of each pixel value
+
+  def device_preprocess(records: Mapping[str, Any], indices: Any) -> dict[str, Any]:
+    """The training batch on the device: a lookup of the 256 host-computed levels, so bitwise the host's."""
+    import jax.numpy as jnp
+
+    x = jnp.asarray(levels)[records[image_key].astype(jnp.int32)]
+    n = indices.shape[0]
+    label = records[label_key] if label_key and label_key in records else jnp.full(n, -1)
+    return {"x": x, "label": label.astype(jnp.int32)}
+
   variance_fn = None
   if train is not None and not dynamic:
     transform = None if geometry is None else (lambda im, i: geometry.apply(im, i, False))
-    levels = to_model(np.arange(256, dtype=np.uint8))
     variance_fn = functools.cache(
       lambda: training_variance(_stacked_images(train, transform, variance_examples, image_key), levels)
     )
@@ -238,6 +248,7 @@ def image_info(
     to_unit=to_unit,
     batch_preprocess=make_batch(True),
     eval_batch_preprocess=make_batch(False),
+    device_preprocess=device_preprocess if geometry is None and not dynamic else None,
   )
 
 

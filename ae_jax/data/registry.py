@@ -35,6 +35,11 @@ COMMON_OPTIONS: dict[str, Any] = {
   "num_threads": 1,  # threads assembling input batches: 1 the caller's; more for decode/resize-heavy data
   "cache_in_memory": True,  # read every split into RAM once (fast random access for small datasets)
   "validation_size": 0,  # > 0: the last N training records become the validation split (if there is none)
+  # "auto": the training split lives on the devices and each step gathers its own batch there, when the
+  # dataset allows it and the split takes at most on_device_memory_fraction of device memory; "true" insists
+  # (one error line saying why not), "false": the host pipeline
+  "on_device": "auto",
+  "on_device_memory_fraction": 0.25,
 }
 
 
@@ -85,6 +90,10 @@ class DatasetInfo:
   (as `sources.gather` returns them) and stream_indices int64 [n] -> {"x": [n, ...], ...}, bitwise equal
   to stacking preprocess(record_j, stream_indices[j]); eval_batch_preprocess likewise for
   eval_preprocess. None: `batch_preprocess_for` applies the per-record function to each record.
+
+  device_preprocess is batch_preprocess written for jax arrays (traceable: it runs inside the pmapped
+  step on records gathered on the device, with int32 stream positions), bitwise equal to it; None: the
+  training split cannot be device-resident (`config.data.on_device`, see ae_jax/device_input.py).
   """
 
   example: ExampleSpec
@@ -96,6 +105,7 @@ class DatasetInfo:
   to_unit: Callable[[Any], Any] | None = None  # image datasets: model range -> [0, 1] (works on jax arrays)
   batch_preprocess: BatchPreprocess | None = None
   eval_batch_preprocess: BatchPreprocess | None = None
+  device_preprocess: BatchPreprocess | None = None
 
   @property
   def shape(self) -> tuple[int, ...]:

@@ -374,6 +374,7 @@ def load(data: ml_collections.ConfigDict) -> registry.Dataset:
     registry.ExampleSpec(split_sources["train"][0]["x"].shape),
     lambda r, i: dict(r),
     batch_preprocess=lambda records, indices: dict(records),
+    device_preprocess=lambda records, indices: dict(records),
   )
   return registry.Dataset("series_file", split_sources, info, anomaly=splits)
 

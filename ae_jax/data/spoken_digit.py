@@ -268,6 +268,7 @@ def _load(data: ml_collections.ConfigDict) -> registry.Dataset:
     CLASS_NAMES,
     to_image,
     batch_preprocess=batch_preprocess if data.cache_in_memory else None,  # else: audio, record by record
+    device_preprocess=batch_preprocess if data.cache_in_memory else None,  # array methods only: traceable
   )
   return registry.Dataset("spoken_digit", splits, info)
 

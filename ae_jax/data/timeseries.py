@@ -123,7 +123,10 @@ def _load_synthetic(data: ml_collections.ConfigDict) -> registry.Dataset:
   )
   splits = {"train": make(int(data.num_train), 1), "test": make(int(data.num_test), 2)}
   info = registry.DatasetInfo(
-    _synthetic_example(data), lambda r, i: dict(r), batch_preprocess=lambda records, indices: dict(records)
+    _synthetic_example(data),
+    lambda r, i: dict(r),
+    batch_preprocess=lambda records, indices: dict(records),
+    device_preprocess=lambda records, indices: dict(records),
   )
   return registry.Dataset("synthetic_sequences", splits, info)
 

@@ -1,0 +1,227 @@
+"""Device-resident training input: the training split is placed on every device once, and each step
+gathers and preprocesses its own batch inside the pmapped step, from its step number alone.
+
+    plan = device_input.plan(config, dataset)       # decided before any placement; plan.line says why
+    resident = device_input.Resident(dataset, config, plan)
+    order = resident.order_for(step, size)          # the epochs' record orders, placed between dispatches
+    p_steps(rstate, resident.arrays, order, resident.slots, size)
+
+The batches are bitwise the host pipeline's (`pipeline.train_batch_indices` then the dataset's
+`batch_preprocess`): stream positions p + P * (step * b + j) and records
+`epoch_permutation(seed, position // n, n)[position % n]`. Those permutations are numpy's (the host path's),
+so the host computes them and places a table of the orders of W consecutive epochs [W, n] int32: the whole
+run's when it takes at most ORDER_BYTES, else a window that is re-placed between dispatches when a dispatch
+reaches past it. A step itself transfers nothing (the loop runs it under `jax.transfer_guard("disallow")`).
+
+Positions are int32 on the device: a run whose total_steps * batch_size reaches 2**31 stays on the host
+path. A step whose loss is not finite does not advance `state.step`, so the next one would gather the same
+batch; the loop stops such a run at its next check, before anything is saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ae_jax import parallel, train
+from ae_jax.data import pipeline, sources
+from ae_jax.data.registry import Dataset
+from ae_jax.errors import ConfigError
+
+ORDER_BYTES = 64 * 2**20  # the epoch-order table placed at once: the whole run's when it fits
+CHOICES = ("auto", "true", "false")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Whether the training split goes on the devices, and the one line that says so (and why)."""
+
+  enabled: bool
+  line: str
+  data_bytes: int = 0
+
+
+def _numeric(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  return {k: v for k, v in arrays.items() if v.dtype != object}
+
+
+def _held_in_memory(source: Any) -> bool:
+  if isinstance(source, sources.SplitView):
+    return _held_in_memory(source.source)
+  return isinstance(source, (list, sources.ArraySource))
+
+
+def training_arrays(dataset: Dataset) -> dict[str, np.ndarray] | None:
+  """The training split as numeric arrays {field: [n, ...]} when it is held in memory, else None."""
+  source = dataset.split("train")
+  if not _held_in_memory(source):
+    return None
+  if isinstance(source, sources.ArraySource):
+    return _numeric(source.arrays)
+  return _numeric(sources.gather(source, np.arange(len(source))))
+
+
+def device_memory_bytes() -> int:
+  """Memory of one local device: its allocator's limit where it reports one (GPU, TPU), else this host's
+  physical memory shared by its local devices (CPU)."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // jax.local_device_count()
+
+
+def plan(config: ml_collections.ConfigDict, dataset: Dataset) -> Plan:
+  """Decides config.data.on_device ("auto", "true", "false") for this run; "true" where the split cannot
+  be device-resident raises ConfigError naming why."""
+  choice = str(config.data.get("on_device", "auto")).lower()
+  if choice not in CHOICES:
+    raise ConfigError(f"config.data.on_device must be one of {CHOICES}, not {config.data.on_device!r}")
+  if choice == "false":
+    return Plan(False, "input: host pipeline (config.data.on_device=false)")
+  arrays = training_arrays(dataset)
+  size = sum(v.nbytes for v in arrays.values()) if arrays is not None else 0
+  budget = float(config.data.get("on_device_memory_fraction", 0.25)) * device_memory_bytes()
+  why_not = None
+  if dataset.info.device_preprocess is None:
+    why_not = (
+      f"dataset '{dataset.name}' preprocesses on the host under this config (e.g. resizing, binarising)"
+    )
+  elif arrays is None:
+    why_not = "the training split is not held in memory (config.data.cache_in_memory=False)"
+  elif int(config.total_steps) * int(config.batch_size) >= 2**31:
+    why_not = "total_steps * batch_size reaches 2**31, past int32 stream positions on the device"
+  elif size > budget:
+    why_not = (
+      f"the training split ({size / 2**20:.1f} MB) is over config.data.on_device_memory_fraction of a "
+      f"device's memory ({budget / 2**20:.0f} MB)"
+    )
+  if why_not is not None:
+    if choice == "true":
+      raise ConfigError(f"config.data.on_device=true, but {why_not}; set config.data.on_device=auto or false")
+    return Plan(False, f"input: host pipeline ({why_not})")
+  return Plan(
+    True,
+    f"input: device-resident, {size / 2**20:.1f} MB of training data on each of {jax.local_device_count()} "
+    "devices; each step gathers its batch there (no host work or transfer per step)",
+    size,
+  )
+
+
+class Resident:
+  """The training split on this process's devices ([devices, n, ...] each field), each device's place
+  in the local batch (`slots`), and the epoch-order table (`order_for`)."""
+
+  def __init__(self, dataset: Dataset, config: ml_collections.ConfigDict, plan_: Plan):
+    if not plan_.enabled:
+      raise ValueError(f"not device-resident: {plan_.line}")
+    arrays = training_arrays(dataset)
+    self.n = len(next(iter(arrays.values())))
+    self.seed, self.global_batch = int(config.seed), int(config.batch_size)
+    self.process_count, self.process_index = jax.process_count(), jax.process_index()
+    self.local_batch = self.global_batch // self.process_count
+    devices = jax.local_device_count()
+    if self.local_batch % devices:
+      raise ConfigError(f"batch of {self.local_batch} examples does not split over {devices} local devices")
+    self.per_device = self.local_batch // devices
+    self.arrays = parallel.replicate(arrays)
+    self.slots = parallel.shard(np.arange(devices, dtype=np.int32) * self.per_device)
+    last_position = int(config.total_steps) * self.global_batch
+    self._run_epochs = (0, last_position // self.n + 1)
+    self.window = max(1, min(self._run_epochs[1], ORDER_BYTES // (4 * self.n)))
+    self._order: Any = None
+    self._first = -1
+    self.order_bytes_placed = 0  # host-to-device bytes of epoch orders placed so far
+
+  def _epochs(self, step: int, size: int) -> tuple[int, int]:
+    """The first and last epoch that steps [step, step + size) read."""
+    first = step * self.global_batch
+    return first // self.n, ((step + size) * self.global_batch - 1) // self.n
+
+  def order_for(self, step: int, size: int) -> dict[str, jax.Array]:
+    """The placed order table covering the dispatch of steps [step, step + size) (placing a new one first
+    when the current one does not): {"table": [devices, W, n] int32, "first": [devices] int32}."""
+    lo, hi = self._epochs(step, size)
+    if self._order is None or lo < self._first or hi >= self._first + self.window:
+      if hi - lo + 1 > self.window:
+        self.window = hi - lo + 1
+      table = np.stack(
+        [pipeline.epoch_permutation(self.seed, e, self.n) for e in range(lo, lo + self.window)]
+      ).astype(np.int32)
+      self._order = {
+        "table": parallel.replicate(table),
+        "first": parallel.replicate(np.int32(lo)),
+      }
+      self._first = lo
+      self.order_bytes_placed += table.nbytes * jax.local_device_count()
+    return self._order
+
+  def batch(
+    self,
+    arrays: Mapping[str, jax.Array],
+    order: Mapping[str, jax.Array],
+    slot: jax.Array,
+    step: jax.Array,
+    preprocess: Any,
+  ) -> dict[str, jax.Array]:
+    """This device's share of training batch `step` (traced, inside the pmapped step)."""
+    local = step * self.local_batch + slot + jnp.arange(self.per_device, dtype=jnp.int32)
+    positions = self.process_index + self.process_count * local
+    epochs, offsets = positions // self.n, positions % self.n
+    records = order["table"][epochs - order["first"], offsets]
+    gathered = {k: jnp.take(v, records, axis=0) for k, v in arrays.items()}
+    return preprocess(gathered, positions)
+
+
+def train_steps(
+  state: train.TrainState,
+  arrays: Mapping[str, jax.Array],
+  order: Mapping[str, jax.Array],
+  slot: jax.Array,
+  k: int,
+  *,
+  resident: Resident,
+  preprocess: Any,
+  **step_options: Any,
+) -> tuple[train.TrainState, dict[str, jax.Array]]:
+  """k optimisation steps, each on the batch it gathers from the resident split for its own step number
+  (`state.step`); as `train.train_steps` otherwise (scanned on accelerators, traced one after another on
+  XLA:CPU), returning every step's metrics [k]."""
+
+  def one(state: train.TrainState, _: Any) -> tuple[train.TrainState, dict[str, jax.Array]]:
+    batch = resident.batch(arrays, order, slot, state.step, preprocess)
+    return train.train_step(state, batch, **step_options)
+
+  if jax.default_backend() != "cpu":
+    return jax.lax.scan(one, state, None, length=k)
+  metrics = []
+  for _ in range(k):
+    state, m = one(state, None)
+    metrics.append(m)
+  return state, jax.tree.map(lambda *ms: jnp.stack(ms), *metrics)
+
+
+def pmapped_steps(resident: Resident, preprocess: Any, **step_options: Any) -> Any:
+  """`train_steps` pmapped as the loop calls it: (rstate, arrays, order, slots, k) -> (rstate, metrics)."""
+  fn = functools.partial(train_steps, resident=resident, preprocess=preprocess, **step_options)
+  return jax.pmap(fn, axis_name=parallel.AXIS, donate_argnums=(0,), static_broadcasted_argnums=(4,))
+
+
+def batches(resident: Resident, preprocess: Any, step: int, size: int) -> dict[str, np.ndarray]:
+  """The device-gathered batches of steps [step, step + size), on the host as [size, local_batch, ...]:
+  what the resident path trains on, for comparing with the host pipeline."""
+
+  def gather(arrays, order, slot, first):
+    return jax.vmap(lambda s: resident.batch(arrays, order, slot, s, preprocess))(first + jnp.arange(size))
+
+  fn = jax.pmap(gather, axis_name=parallel.AXIS, in_axes=(0, 0, 0, None))
+  out = jax.device_get(fn(resident.arrays, resident.order_for(step, size), resident.slots, np.int32(step)))
+  # [devices, size, per_device, ...] -> [size, devices * per_device, ...]
+  return {k: np.swapaxes(v, 0, 1).reshape(size, -1, *v.shape[3:]) for k, v in out.items()}
