@@ -127,7 +127,7 @@ def test_fsq_grid_indices_and_gradients(levels):
     -1, lv.size
   )
   half, offset = (lv - 1) * (1 - 1e-3) / 2, np.where(lv % 2, 0.0, 0.5)
-  z_grid = np.arctanh((0.9 * grid + offset) / half) - np.arctanh(offset / half)  # 0.9: inside the bound
+  z_grid = np.arctanh((0.9 * grid + offset) / half)  # the bound's inverse at 0.9 x each grid point
   indices = np.asarray(q.fsq(jnp.asarray(z_grid, jnp.float32), levels).indices)
   np.testing.assert_array_equal(np.sort(indices), np.arange(int(np.prod(levels))))
   g = jax.grad(lambda z: jnp.sum(q.fsq(z, levels).quantized))(z[:5])

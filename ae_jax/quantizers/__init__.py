@@ -66,13 +66,28 @@ from ae_jax.quantizers.gumbel import (
   gumbel_temperature,
 )
 from ae_jax.quantizers.rvq import ResidualVectorQuantizer, dropout_stages, residual_quantize
-from ae_jax.quantizers.scalar import FiniteScalarQuantizer, LookupFreeQuantizer, fsq, fsq_bound, lfq
+from ae_jax.quantizers.scalar import (
+  MAX_CODES,
+  MAX_JOINT_ENTROPY_BITS,
+  MAX_LFQ_BITS,
+  FiniteScalarQuantizer,
+  LookupFreeQuantizer,
+  check_fsq_levels,
+  fsq,
+  fsq_bound,
+  joint_codebook_entropy,
+  lfq,
+  per_bit_entropy,
+)
 from ae_jax.quantizers.vq import VectorQuantizer
 
 __all__ = [
   "CODEBOOK_INITS",
   "EMA_COLLECTION",
   "GRADIENTS",
+  "MAX_CODES",
+  "MAX_JOINT_ENTROPY_BITS",
+  "MAX_LFQ_BITS",
   "EMAStats",
   "FiniteScalarQuantizer",
   "GumbelQuantizer",
@@ -82,6 +97,7 @@ __all__ = [
   "VectorQuantizer",
   "assigned_sums",
   "broadcast_from_first",
+  "check_fsq_levels",
   "code_counts",
   "code_entropy_penalty",
   "codebook_init",
@@ -97,11 +113,13 @@ __all__ = [
   "gumbel_quantize",
   "gumbel_temperature",
   "initial_stats",
+  "joint_codebook_entropy",
   "kmeans_plus_plus",
   "l2_normalize",
   "lfq",
   "nearest_code",
   "nearest_code_and_distances",
+  "per_bit_entropy",
   "per_example_mean",
   "random_rows",
   "reseed_dead_codes",

@@ -30,13 +30,24 @@ def per_example_mean(x: jax.Array) -> jax.Array:
   return x.reshape(x.shape[0], -1).mean(axis=1)
 
 
-def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
-  """x / max(|x|, eps) along the last axis: [..., D] -> [..., D]."""
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """x / max(|x|, eps) along the last axis, torch.nn.functional.normalize's definition and default eps
+  (as vector-quantize-pytorch's cosine codebooks use): [..., D] -> [..., D].
+
+  The gradient is finite everywhere: the norm of a vector whose squares sum to 0 is taken of ones and masked
+  to 0 (the gradient of sqrt at 0 is infinite, and 0 x inf = NaN), so at x = 0 the output is 0 with
+  Jacobian I / eps; elsewhere values and gradients are those of the plain formula, bit for bit.
+  """
+  positive = jnp.sum(x * x, axis=-1, keepdims=True) > 0
+  norm = jnp.linalg.norm(jnp.where(positive, x, 1.0), axis=-1, keepdims=True)
+  return x / jnp.maximum(jnp.where(positive, norm, 0.0), eps)
 
 
 def squared_distances(x: jax.Array, codebook: jax.Array) -> jax.Array:
-  """|x - e|^2 as |x|^2 + |e|^2 - 2 x.e (one matmul): x [N, D], codebook [K, D] -> [N, K]."""
+  """|x - e|^2 as |x|^2 + |e|^2 - 2 x.e (one matmul): x [N, D], codebook [K, D] -> [N, K], computed in (at
+  least) float32 whatever the inputs' dtype: in bfloat16 the sum cancels and picks wrong nearest codes."""
+  dtype = jnp.promote_types(jnp.result_type(x, codebook), jnp.float32)
+  x, codebook = x.astype(dtype), codebook.astype(dtype)
   xe = jnp.matmul(x, codebook.T, precision=jax.lax.Precision.HIGHEST)
   return jnp.sum(x * x, -1, keepdims=True) + jnp.sum(codebook * codebook, -1) - 2.0 * xe
 
