@@ -94,9 +94,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.freeze = ()
 
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = "adam"  # adam | adamw | sgd
+  c.optimizer.name = "adam"  # adam | adamw | sgd (optim.OPTIMIZERS)
   c.optimizer.learning_rate = 1e-3
-  c.optimizer.schedule = "constant"  # constant | cosine | warmup_cosine
+  c.optimizer.schedule = "constant"  # constant | cosine | warmup_cosine | piecewise (optim.SCHEDULES)
   c.optimizer.warmup_steps = 0
   c.optimizer.boundaries = ()  # piecewise: steps where the next scale starts
   c.optimizer.scales = (1.0,)  # piecewise: learning_rate multipliers, one more than boundaries
@@ -141,9 +141,10 @@ def _check_keys(config: ml_collections.ConfigDict, schema: ml_collections.Config
 
 def check_config(config: ml_collections.ConfigDict, *, num_processes: int, local_devices: int) -> None:
   """Raises ConfigError with one line naming the bad key or value and how to fix it."""
-  from ae_jax import data, evaluators
+  from ae_jax import data, evaluators, optim
 
   _check_keys(config, default_config(), "")
+  optim.check_options(config.optimizer)
   data.resolve(config.data)
   evaluators.check(config)
   if config.dtype not in ("float32", "bfloat16"):

@@ -10,9 +10,41 @@ import jax
 import ml_collections
 import optax
 
+from ae_jax.errors import ConfigError, did_you_mean
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "piecewise")
+
+
+def check_options(cfg: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError for a config.optimizer that make_optimizer cannot build (checked before any data is
+  read): an unknown name or schedule (naming the closest), or piecewise boundaries that do not fit scales."""
+  for key, choices in (("name", OPTIMIZERS), ("schedule", SCHEDULES)):
+    value = str(cfg[key])
+    if value not in choices:
+      raise ConfigError(
+        f"unknown config.optimizer.{key} '{value}'; {did_you_mean(value, choices)}choose "
+        f"{', '.join(choices[:-1])} or {choices[-1]}"
+      )
+  if int(cfg.warmup_steps) < 0:
+    raise ConfigError(f"config.optimizer.warmup_steps must be >= 0, got {cfg.warmup_steps}")
+  if cfg.schedule == "piecewise":
+    boundaries, scales = list(cfg.boundaries), list(cfg.scales)
+    if len(scales) != len(boundaries) + 1:
+      raise ConfigError(
+        f"config.optimizer.scales needs one entry more than boundaries: {len(scales)} vs {len(boundaries)}"
+      )
+    if any(b <= a for a, b in zip(boundaries, boundaries[1:], strict=False)) or any(
+      b <= 0 for b in boundaries
+    ):
+      raise ConfigError(
+        f"config.optimizer.boundaries must be positive and increasing, got {tuple(boundaries)}"
+      )
+
 
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-  """Learning rate per step: constant, cosine decay, or linear warm-up then cosine decay."""
+  """Learning rate per step: constant, cosine decay, linear warm-up then cosine decay, or piecewise."""
+  check_options(cfg)
   lr, warmup = float(cfg.learning_rate), int(cfg.warmup_steps)
   if cfg.schedule == "constant":
     if warmup:
@@ -24,16 +56,9 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1))
   if cfg.schedule == "piecewise":
     # lr * scales[i] from step boundaries[i - 1] on (scales are absolute multipliers of learning_rate).
-    boundaries, scales = list(cfg.boundaries), list(cfg.scales)
-    if len(scales) != len(boundaries) + 1:
-      raise ValueError(
-        f"config.optimizer.scales needs one entry more than boundaries: {len(scales)} vs {len(boundaries)}"
-      )
-    values = [lr * s for s in scales]
-    return optax.join_schedules([optax.constant_schedule(v) for v in values], boundaries)
-  raise ValueError(
-    f"unknown config.optimizer.schedule '{cfg.schedule}'; choose constant, cosine, warmup_cosine or piecewise"
-  )
+    values = [lr * s for s in cfg.scales]
+    return optax.join_schedules([optax.constant_schedule(v) for v in values], list(cfg.boundaries))
+  raise AssertionError(f"schedule {cfg.schedule!r} passed check_options but has no implementation")
 
 
 def param_path(path: tuple) -> str:
@@ -94,7 +119,7 @@ def make_optimizer(
   elif cfg.name == "sgd":
     tx = optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
   else:
-    raise ValueError(f"unknown config.optimizer.name '{cfg.name}'; choose adam, adamw or sgd")
+    raise AssertionError(f"optimizer {cfg.name!r} passed check_options but has no implementation")
   if cfg.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
   if freeze:

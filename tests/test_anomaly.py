@@ -268,3 +268,55 @@ def test_unsupervised_training_and_scoring_find_the_planted_anomalies(tmp_path):
     assert any(d_lo < hi and lo < d_hi for d_lo, d_hi in found), (intervals, found)
   assert summary["metrics"]["anomaly/intervals_found"] == 3.0
   assert os.path.exists(tmp_path / "run" / "anomaly.png")
+
+
+def _discord_parts(n, labelled, times=None):
+  labels = np.zeros(n, bool)
+  labels[50:60] = labelled
+  seg = series.Segment("s.csv", "score", np.sin(np.arange(n) / 5.0)[:, None], labels, 0, n, times)
+  units = anomaly.UnitErrors(np.zeros((n, 1)), labels, [(seg, slice(0, n))])
+  return units, series.AnomalySplits({"score": [seg]}, 10, 1, "point", supervised=False, labelled=labelled)
+
+
+@pytest.mark.parametrize("labelled", [False, True])
+def test_discord_plot_says_what_it_shades_and_its_rank_numbers_do_not_overlap(labelled):
+  import matplotlib.pyplot as plt
+
+  from ae_jax.anomaly import plot
+
+  n = 5000
+  times = np.datetime64("2024-01-01T00:00") + np.arange(n) * np.timedelta64(15, "m")
+  units, splits = _discord_parts(n, labelled, times)
+  discords = [(0, 100 + 10 * k, 110 + 10 * k, 5.0 - k) for k in range(6)] + [(0, 4000, 4010, 0.1)]
+  fig = plot.discord_figure(units, np.linspace(0, 1, n), discords, splits, "title")
+  try:
+    top = fig.axes[0]
+    assert ("labelled anomalies red" in top.get_title()) == labelled
+    assert "no labels" in top.get_title() or labelled
+    np.testing.assert_array_equal(top.lines[0].get_xdata(), times)  # the time column is the x axis
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = {t.get_text(): t.get_window_extent(renderer) for t in top.texts}
+    assert sorted(boxes) == [f"#{k}" for k in range(1, 8)]
+    for (a, box_a), (b, box_b) in itertools.combinations(boxes.items(), 2):
+      assert not box_a.padded(1.0).overlaps(box_b), (a, box_a, b, box_b)  # at least a pixel apart
+  finally:
+    plt.close(fig)
+
+
+def test_unsupervised_discords_carry_the_time_column(tmp_path):
+  n = 300
+  values = np.sin(np.arange(n) / 5.0)
+  values[200:210] += 6.0
+  times = np.datetime64("2024-03-01T00:00") + np.arange(n) * np.timedelta64(1, "h")
+  lines = [f"{t},{v}" for t, v in zip(times.astype(str), values, strict=True)]
+  (tmp_path / "s.csv").write_text("when,value\n" + "\n".join(lines) + "\n")
+  c = data.data_config("series_file", path=str(tmp_path / "s.csv"), time_column="when", window=20, stride=2)
+  model, state = _stand_in()
+  report = anomaly.detect(
+    model, state, _anomaly_options(top_k=1), data.get_dataset(c), str(tmp_path / "d.png")
+  )
+  (d,) = report.metrics["discords"]
+  assert d["start"] < 210 and 200 < d["end"]  # the spike
+  assert (d["start_time"], d["last_time"]) == (str(times[d["start"]]), str(times[d["end"] - 1]))
+  assert f"({d['start_time']} to {d['last_time']})" in report.summary

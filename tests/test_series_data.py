@@ -218,3 +218,20 @@ def test_synthetic_sequences_are_padded_prefixes():
   assert dataset.split("train")[0]["x"].shape == (12,) and "mask" in dataset.info.preprocess(
     dataset.split("test")[0], 0
   )
+
+
+def test_a_window_longer_than_the_series_says_so_with_the_numbers(tmp_path):
+  np.savetxt(tmp_path / "s.txt", _series(300))
+  c = data.data_config("series_file", path=str(tmp_path / "s.txt"), window=500)
+  with pytest.raises(ConfigError, match=r"window=500 is longer than the series s.txt \(300 points\); set "):
+    data.get_dataset(c)
+  c.update(window=100, downsample=4)
+  with pytest.raises(
+    ConfigError, match=r"\(75 points after downsample=4\); set config.data.window to at most 75"
+  ):
+    data.get_dataset(c)
+  c.update(window=50, downsample=1, train_ranges="0:40", validation_ranges="40:200", test_ranges="200:300")
+  with pytest.raises(
+    ConfigError, match="train_ranges: the longest range is 40 points, shorter than .*window=50"
+  ):
+    data.get_dataset(c)

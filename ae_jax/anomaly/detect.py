@@ -29,9 +29,10 @@ Semi-supervised (the dataset gives train / validation / threshold / test ranges)
 Unsupervised (no ranges: the model was trained on the whole series, with the largest training errors left
 out of the loss by `config.trim`): every point is scored as above against a Gaussian fitted to all points
 but the `contamination` share with the largest errors, and the `top_k` highest-scoring windows that do
-not overlap are reported as discords (start, end, score, in rows of the original file). With labels, the
-points inside the discords are the predicted anomalies (precision, recall, F-beta, and ROC-AUC of the
-point scores), and each labelled interval counts as found when a discord overlaps it.
+not overlap are reported as discords (start, end, score, in rows of the original file; with a time column
+also the times of their first and last points). With labels, the points inside the discords are the
+predicted anomalies (precision, recall, F-beta, and ROC-AUC of the point scores), and each labelled
+interval counts as found when a discord overlaps it.
 
 Everything but the reconstruction is numpy; `detect` runs the whole procedure for a trained model.
 """
@@ -50,6 +51,7 @@ from ae_jax.anomaly.reconstruction import position_scale, sequence_scores, unit_
 from ae_jax.anomaly.scores import SCORES, best_threshold, fit_gaussian, precision_recall_fbeta, roc_auc
 from ae_jax.data.registry import Dataset
 from ae_jax.data.series import AnomalySplits, Segment
+from ae_jax.data.series_table import format_time
 from ae_jax.errors import ConfigError
 from ae_jax.evaluators.batches import reconstruct as reconstruct_batches
 from ae_jax.train import TrainState
@@ -165,6 +167,21 @@ def _intervals(labels: np.ndarray) -> list[tuple[int, int]]:
   return list(zip(runs[::2].tolist(), runs[1::2].tolist(), strict=True))
 
 
+def _discord(seg: Segment, lo: int, hi: int, score: float, factor: int) -> dict[str, object]:
+  """A discord's record: points [lo, hi) of a segment as rows [start, end) of the original file, its score,
+  and with a time column the times of its first and last point (block starts when downsampled)."""
+  out: dict[str, object] = {
+    "series": seg.series,
+    "start": (seg.lo + lo) * factor,
+    "end": (seg.lo + hi) * factor,
+    "score": score,
+  }
+  if seg.times is not None:
+    out["start_time"] = format_time(seg.times[seg.lo + lo])
+    out["last_time"] = format_time(seg.times[seg.lo + hi - 1])
+  return out
+
+
 def _unsupervised(reconstruct, a, splits: AnomalySplits, name: str, path: str | None) -> AnomalyReport:
   segments = splits.segments["score"]
   errors = window_errors(segments, reconstruct, splits.window, a.stride)
@@ -177,17 +194,13 @@ def _unsupervised(reconstruct, a, splits: AnomalySplits, name: str, path: str | 
   per_segment = [scores[part] for _, part in units.parts]
   found = top_discords(segments, per_segment, splits.window, a.top_k)
   f = splits.downsample
-  discords = [
-    {
-      "series": segments[i].series,
-      "start": (segments[i].lo + lo) * f,
-      "end": (segments[i].lo + hi) * f,
-      "score": v,
-    }
-    for i, lo, hi, v in found
-  ]
+  discords = [_discord(segments[i], lo, hi, v, f) for i, lo, hi, v in found]
   metrics: dict[str, object] = {"discords": discords, "num_points": float(len(scores))}
-  lines = [f"  {d['series']} [{d['start']}, {d['end']}) score {d['score']:.4g}" for d in discords]
+  lines = [
+    f"  {d['series']} [{d['start']}, {d['end']}) score {d['score']:.4g}"
+    + (f" ({d['start_time']} to {d['last_time']})" if "start_time" in d else "")
+    for d in discords
+  ]
   summary = (
     f"anomaly detection ({name}, unsupervised, {a.score}): top {len(discords)} discords\n" + "\n".join(lines)
   )

@@ -2,12 +2,17 @@
 the segments anomaly detection scores.
 
 A series is a CSV or whitespace-separated text file (a header row of names is allowed) or a `.npy`
-array, one row per time step; `columns` picks the value columns (indices or header names; default all but
-the label column). Several files (`path` joined with ",") are several series sharing one model. Anomaly
-labels, optional: a JSON file of anomalous `[start, end)` intervals (a list for one file, or
-{file name: list}), or a label column (`label_column`; values in `normal_values` are normal). Values are
-downsampled by block means (`downsample`; a block is anomalous when any point is) and normalised with the
-mean and standard deviation of the training points.
+array, one row per time step (reading and its checks: `ae_jax.data.series_table`); `columns` picks the value
+columns (0-based indices or header names; default all but the label and time columns), and only the picked
+columns are read, so other columns may hold text. `time_column` (optional) is the time axis: ISO-8601 dates /
+times or numbers, strictly increasing; the plots draw it and the discords report it. Several files (`path`
+joined with ",") are several series sharing one model. Anomaly labels, optional: a JSON file of anomalous
+`[start, end)` intervals (a list for one file, or {file name: list}), or a label column (`label_column`:
+numbers or text; a row is normal when its label is one of `normal_values`, anything else is anomalous).
+Values are downsampled by block means (`downsample`; a block is anomalous when any point is, and its time is
+its first point's) and normalised with the mean and standard deviation of the training points. Rows, in
+ranges and intervals, count a file's data rows from 0 (a header is not a row); messages about a file's
+content name its 1-based line numbers instead, as an editor shows them.
 
 Two modes:
 * semi-supervised: index ranges per role, in rows of the original files ("lo:hi", several joined with
@@ -31,12 +36,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from pathlib import Path
 
 import ml_collections
 import numpy as np
 
-from ae_jax.data import registry, sources
+from ae_jax.data import registry, series_table, sources
 from ae_jax.errors import ConfigError, DataError
 
 ROLES = ("train", "validation", "threshold", "test")
@@ -54,6 +58,7 @@ class Segment:
   labels: np.ndarray
   lo: int
   hi: int
+  times: np.ndarray | None = None  # [n] datetime64 or float64 (config.data.time_column), or None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,9 +79,15 @@ class AnomalySplits:
 SERIES_OPTIONS = {
   "path": "",  # CSV / text / .npy file(s) joined with ","; relative: to the cwd, else to the data root
   "layout": "series",  # series: a row per time step | windows: a row per window (UCR format)
-  "columns": "",  # value columns: indices or header names joined with ","; "": every column but the label one
-  "label_column": "",  # index or name of a label column; "": none
-  "normal_values": "0",  # label-column values that mean normal, joined with ","
+  # value columns: 0-based indices or header names joined with ","; "": every column but the label / time one
+  "columns": "",
+  # index or header name of a label column (numbers or text); "": none. A row is anomalous unless its label is
+  # one of normal_values (numbers compare as numbers when every label is one, else labels compare as text).
+  "label_column": "",
+  "normal_values": "0",  # label-column values that mean normal, joined with ",", e.g. "0" or "ok,normal"
+  # index or header name of a time column (series layout): ISO-8601 dates / times (2024-01-31T14:00:00) or
+  # numbers, strictly increasing; the x axis of the plots and the discords' times. "": row numbers.
+  "time_column": "",
   "labels": "",  # JSON of anomalous intervals: [[start, end), ...] or {file name: [...]}; "": none
   "label_ends": "half_open",  # half_open: start <= i < end | open: start < i < end
   "window": 0,  # points per window (series layout; required)
@@ -148,58 +159,7 @@ def all_windows(segments: Sequence[Segment], length: int, stride: int) -> np.nda
 # ----------------------------------------------------------------------------- reading files
 
 
-def _split_list(text: str) -> list[str]:
-  return [t.strip() for t in str(text).split(",") if t.strip()]
-
-
-def read_table(path: Path) -> tuple[np.ndarray, list[str] | None]:
-  """A file's rows as float64 [n, k] and its header names (None without a header). `.npy`: the array
-  ([n] or [n, k]); text: comma-, tab- or space-separated numbers, optionally after one header row."""
-  if path.suffix == ".npy":
-    table = np.load(path, allow_pickle=False)
-    return np.asarray(table, np.float64).reshape(len(table), -1), None
-  with open(path) as f:
-    first = f.readline()
-  delimiter = "," if "," in first else None
-  header = None
-  try:
-    [float(t) for t in first.replace(",", " ").split()]
-  except ValueError:
-    header = [t.strip().strip('"') for t in (first.split(",") if delimiter else first.split())]
-  try:
-    table = np.loadtxt(path, delimiter=delimiter, skiprows=1 if header else 0, ndmin=2)
-  except ValueError as e:
-    raise DataError(f"{path}: not a table of numbers ({' '.join(str(e).split())[:160]})") from None
-  if not len(table):
-    raise DataError(f"{path}: no rows")
-  return table, header
-
-
-def _column(spec: str, header: list[str] | None, width: int, path: Path) -> int:
-  if spec.lstrip("-").isdigit():
-    index = int(spec)
-  elif header is not None and spec in header:
-    index = header.index(spec)
-  else:
-    raise ConfigError(f"{path}: no column {spec!r} (columns: {header or list(range(width))})")
-  if not -width <= index < width:
-    raise ConfigError(f"{path}: column {index} is out of range (the file has {width} columns)")
-  return index % width
-
-
-def read_series(path: Path, data: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray | None]:
-  """(values [n, d] float64 of config.data.columns, label-column labels [n] bool or None) of one file."""
-  table, header = read_table(path)
-  label = _column(str(data.label_column), header, table.shape[1], path) if data.label_column != "" else None
-  columns = [_column(c, header, table.shape[1], path) for c in _split_list(data.columns)]
-  columns = columns or [i for i in range(table.shape[1]) if i != label]
-  if not columns:
-    raise ConfigError(f"{path}: no value column left; set config.data.columns")
-  labels = None
-  if label is not None:
-    normal = [float(v) for v in _split_list(data.normal_values)]
-    labels = ~np.isin(table[:, label], normal)
-  return table[:, columns], labels
+_split_list = series_table.split_list
 
 
 def _interval_file(data: ml_collections.ConfigDict, names: list[str]) -> dict[str, list]:
@@ -246,12 +206,17 @@ def _series_splits(data: ml_collections.ConfigDict) -> AnomalySplits:
   intervals = _interval_file(data, names) if data.labels else {}
   factor = int(data.downsample)
   series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+  times: dict[str, np.ndarray | None] = {}
   labelled = bool(data.labels) or data.label_column != ""
   for path in paths:
-    values, labels = read_series(path, data)
+    file = series_table.read_series(path, data)
+    labels = file.labels
     if labels is None:
-      labels = interval_labels(len(values), intervals.get(path.name, []), str(data.label_ends))
-    series[path.name] = downsample(values, labels, factor)
+      labels = interval_labels(len(file.values), intervals.get(path.name, []), str(data.label_ends))
+    series[path.name] = downsample(file.values, labels, factor)
+    times[path.name] = (
+      None if file.times is None else file.times[: len(series[path.name][0]) * factor : factor]
+    )
   ranges = {role: _parse_ranges(data[f"{role}_ranges"], names, f"{role}_ranges") for role in ROLES}
   supervised = any(ranges.values())
   if supervised and not (ranges["train"] and ranges["validation"] and ranges["test"]):
@@ -260,6 +225,7 @@ def _series_splits(data: ml_collections.ConfigDict) -> AnomalySplits:
       "none of them for unsupervised scoring of the whole series"
     )
   if not supervised:
+    _check_window_fits(series, int(data.window), factor)
     ranges = {"train": [(n, 0, len(series[n][0]) * factor) for n in names]}
   elif not ranges["threshold"]:
     ranges["threshold"] = ranges["validation"]
@@ -273,9 +239,8 @@ def _series_splits(data: ml_collections.ConfigDict) -> AnomalySplits:
         raise ConfigError(
           f"config.data.{role}_ranges: {file}:{lo}:{hi} ends past the series ({len(values) * factor} rows)"
         )
-      segments[role].append(
-        Segment(file, role, ((values - mean) / std).astype(np.float32), labels, lo // factor, hi // factor)
-      )
+      normalised = ((values - mean) / std).astype(np.float32)
+      segments[role].append(Segment(file, role, normalised, labels, lo // factor, hi // factor, times[file]))
   if not supervised:
     segments["score"] = [dataclasses.replace(s, role="score") for s in segments["train"]]
   return AnomalySplits(
@@ -283,10 +248,41 @@ def _series_splits(data: ml_collections.ConfigDict) -> AnomalySplits:
   )
 
 
+def _check_window_fits(series: dict[str, tuple[np.ndarray, np.ndarray]], window: int, factor: int) -> None:
+  """ConfigError when a series (unsupervised: each is scored whole) is shorter than one window."""
+  name, (values, _) = min(series.items(), key=lambda item: len(item[1][0]))
+  if len(values) < window:
+    after = f" after downsample={factor}" if factor > 1 else ""
+    raise ConfigError(
+      f"config.data.window={window} is longer than the series {name} ({len(values)} points{after}); set "
+      f"config.data.window to at most {len(values)}"
+      + (" or lower config.data.downsample" if factor > 1 else "")
+    )
+
+
+def _no_windows(segments: list[Segment], length: int, role: str, splits: AnomalySplits) -> Exception:
+  """Why the train / validation segments hold no anomaly-free window of `length` points."""
+  longest = max(s.hi - s.lo for s in segments)
+  after = f" after downsample={splits.downsample}" if splits.downsample > 1 else ""
+  where = f"config.data.{role}_ranges" if splits.supervised else "the series"
+  if longest < length:
+    return ConfigError(
+      f"{where}: the longest range is {longest} points{after}, shorter than config.data.window={length}; "
+      f"widen {role}_ranges or shorten config.data.window"
+    )
+  fix = f"widen {role}_ranges to anomaly-free stretches" if splits.supervised else "check the labels"
+  return DataError(
+    f"every window of {where} contains a labelled anomaly; {fix} or shorten config.data.window"
+  )
+
+
 def _windows_splits(data: ml_collections.ConfigDict) -> AnomalySplits:
   """Rows as windows [length, 1] (UCR format), split per role by fractions of the normal / anomalous rows."""
   (path,) = [sources.resolve_path(p, data, "config.data.path") for p in _split_list(data.path)]
-  rows, labels = read_series(path, data)
+  if str(data.time_column) != "":
+    raise ConfigError("config.data.time_column is for layout='series' (a row per time step); set it to ''")
+  file = series_table.read_series(path, data)
+  rows, labels = file.values, file.labels
   if labels is None:
     raise ConfigError("layout='windows' needs config.data.label_column (which rows are anomalous)")
   fractions = {"normal": tuple(data.normal_fractions), "anomalous": tuple(data.anomalous_fractions)}
@@ -322,27 +318,18 @@ def anomaly_splits(data: ml_collections.ConfigDict) -> AnomalySplits:
   return _windows_splits(data) if data.layout == "windows" else _series_splits(data)
 
 
-def _row_width(path: Path) -> int:
-  """Columns of a table file, from its shape (.npy) or its first data row, without reading it all."""
-  if path.suffix == ".npy":
-    shape = np.load(path, mmap_mode="r").shape
-    return int(np.prod(shape[1:], dtype=int)) if len(shape) > 1 else 1
-  with open(path) as f:
-    rows = [f.readline(), f.readline()]
-  row = rows[1] if rows[1].strip() else rows[0]
-  return len(row.replace(",", " ").split())
-
-
 def _example(data: ml_collections.ConfigDict) -> registry.ExampleSpec:
   """[window, channels] (series layout) or [row length - label column, 1] (windows layout), from the
-  config and the first file's first row."""
+  config and the first file's header and first row."""
   paths = _split_list(data.path)
   if not paths:
     raise ConfigError("config.data.path is empty: name the series file(s) (CSV, text or .npy)")
   columns = _split_list(data.columns)
   if data.layout == "series" and columns:
     return registry.ExampleSpec((int(data.window), len(columns)))
-  width = _row_width(sources.resolve_path(paths[0], data, "config.data.path")) - (data.label_column != "")
+  table = series_table.read_table(sources.resolve_path(paths[0], data, "config.data.path"), peek=True)
+  others = {table.index(data[key], key) for key in ("label_column", "time_column") if str(data[key]) != ""}
+  width = table.width - len(others)
   if data.layout == "windows":
     return registry.ExampleSpec((width, 1))
   return registry.ExampleSpec((int(data.window), width))
@@ -368,8 +355,11 @@ def load(data: ml_collections.ConfigDict) -> registry.Dataset:
   if splits.supervised:
     split_sources["validation"] = windows_source(normal_windows(seg["validation"], length, eval_stride))
     split_sources["test"] = windows_source(all_windows(seg["test"], length, eval_stride))
-  if not len(split_sources["train"]):
-    raise DataError("no training window without an anomaly: widen train_ranges or shorten config.data.window")
+  if splits.unit == "window" and not len(split_sources["train"]):
+    raise DataError("layout='windows': no row trains the model; raise config.data.normal_fractions[0]")
+  for role in ("train", "validation") if splits.unit == "point" else ():
+    if role in split_sources and not len(split_sources[role]):
+      raise _no_windows(seg[role], length, role, splits)
   info = registry.DatasetInfo(
     registry.ExampleSpec(split_sources["train"][0]["x"].shape),
     lambda r, i: dict(r),

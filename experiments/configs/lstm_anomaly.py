@@ -9,7 +9,8 @@ r"""LSTM autoencoders for anomaly detection (Malhotra et al. 2016, EncDec-AD): d
     python -m experiments.main --workdir runs/ad_ecg5k \
         --config experiments/configs/lstm_anomaly.py:ecg5000
     python -m experiments.main --workdir runs/ad_mine --config experiments/configs/lstm_anomaly.py:series \
-        --config.data.path=my_sensor.csv --config.data.columns=temperature --config.data.window=64
+        --config.data.path=my_sensor.csv --config.data.columns=temperature --config.data.window=64 \
+        --config.data.time_column=timestamp
 
 `series` is your own series (`series_file`, ae_jax/data/series.py), scored unsupervised: trained on the
 whole series with the 5% largest training errors left out of the loss after 1,000 steps, then the top
