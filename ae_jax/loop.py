@@ -264,7 +264,6 @@ def _final_evaluation(
 
 def _train(config: ml_collections.ConfigDict, path: str) -> dict[str, Any]:
   dataset, model, objective, tx, schedule, state = _setup(config)
-  info, train_src = dataset.info, dataset.split("train")
   ckpt = checkpoint.Checkpointer(
     os.path.join(path, "checkpoints"), keep=config.keep_checkpoints, async_save=config.async_checkpoints
   )
