@@ -8,7 +8,7 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 DEMO_WORKDIR ?= runs/demo_conv_ae
 DEMO_STEPS ?= 2000
 
-.PHONY: demo test venv data clean
+.PHONY: demo test test-fast venv data clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=python3 ...'"; exit 1; }
@@ -38,9 +38,15 @@ demo: venv data
 	  --workdir $(DEMO_WORKDIR) --config.total_steps=$(DEMO_STEPS)
 
 # Two workers, one test file each at a time. A worker that crashes ends the run (xdist otherwise waits for it
-# forever), and the whole suite is bounded in time.
+# forever); a test that runs past its timeout fails with its name and stack (pytest-timeout), and the run
+# ends with the summary and the slowest tests.
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile --max-worker-restart=0 --timeout=600 --durations=10
 test: venv data
-	timeout 1500 $(PY) -m pytest -q -n 2 --dist loadfile --max-worker-restart=0 tests
+	$(PYTEST) tests
+
+# The unit tests alone: no process tests (`slow`) and no training on real data (`integration`).
+test-fast: venv
+	$(PYTEST) -m "not slow and not integration" --timeout=120 tests
 
 clean:
 	rm -rf $(VENV) runs

@@ -290,25 +290,17 @@ def build(config: ml_collections.ConfigDict) -> Bench:
   return Bench(config, dataset, model, fn, jax.pmap(fn, **PMAP_OPTIONS), state)
 
 
-def grain_available() -> bool:
-  """Whether grain (the trainer's input pipeline) is installed, not a stand-in module."""
-  return not getattr(pipeline.grain, "BENCHMARK_STUB", False)
-
-
 def host_batches(bench: Bench) -> Iterator[dict[str, np.ndarray]]:
-  """The trainer's training batches of the bench's config (pipeline.train_batches from step 0); without
-  grain, the training records in order, batched with numpy."""
+  """The trainer's host-pipeline training batches of the bench's config (pipeline.train_batches with the
+  dataset's batch_preprocess, from step 0)."""
   info, config = bench.dataset.info, bench.config
-  if not grain_available():
-    source, size = bench.dataset.split("train"), config.batch_size
-    examples = (info.preprocess(source[i % len(source)], i) for i in range(2**62))
-    return ({k: np.stack([e[k] for e in b]) for k in b[0]} for b in zip(*[examples] * size, strict=False))
   return pipeline.train_batches(
     bench.dataset.split("train"),
     info.preprocess,
     global_batch=config.batch_size,
     seed=config.seed,
     num_threads=config.data.num_threads,
+    batch_preprocess=info.batch_preprocess_for(True),
   )
 
 
@@ -440,27 +432,10 @@ def time_loop(config: ml_collections.ConfigDict) -> dict[str, Any]:
     "checkpoints_timed": sum(1 for s in range(sizes[0] + 1, config.total_steps) if every and s % every == 0),
     "first_dispatch_s": float(summary["compile_seconds"]),
     "wall_s": wall,
+    "input": "device" if summary["input"].startswith("input: device-resident") else "host",
+    "input_line": summary["input"],
+    "input_bytes_per_step": summary["input_bytes_placed"] / config.total_steps,
   }
-
-
-def time_resident_loop(bench: Bench, steps: int, k: int, log_every: int) -> dict[str, Any]:
-  """A minimal loop with the batches already on the devices (two dispatches, alternated): the trainer's
-  dispatch of the pmapped step, its metrics kept on the devices and fetched every log_every steps."""
-  batches = host_batches(bench)
-  pool = [dispatch(batches, k), dispatch(batches, k)]
-  rstate, pending = parallel.replicate(bench.state), []
-  rstate, metrics = bench.p_train(rstate, pool[0])
-  jax.block_until_ready(metrics)
-  start, done = time.perf_counter(), 0
-  for i in range(max(2, steps // k)):
-    rstate, metrics = bench.p_train(rstate, pool[i % 2])
-    pending.append(metrics)
-    done += k
-    if done % log_every == 0:
-      loop.mean_metrics(pending)
-      pending.clear()
-  jax.block_until_ready(rstate)
-  return {"k": k, "ms": 1e3 * (time.perf_counter() - start) / done, "timed_steps": done}
 
 
 def matmul_peak(n: int, repeats: int) -> dict[str, Any]:

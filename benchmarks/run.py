@@ -50,9 +50,7 @@ How each number is measured:
   imported) at the same global batch; pmap overhead = its time / the one-device time - 1.
 * --gpu: every model at its config batch and at --gpu-batches (out of memory is reported), the step, its
   images/s and its share of the loop's time per step, and the baselines in PyTorch eager on CUDA. Without
-  grain the loop is a minimal device-resident one (the trainer's dispatches and metric fetches over
-  batches already on the GPU); without tensorflow_datasets the data is the stand-in (ml_collections is
-  still needed).
+  tensorflow_datasets the data is the stand-in (ml_collections is still needed).
 """
 
 from __future__ import annotations
@@ -88,7 +86,7 @@ GPU_COLUMNS = tuple(
   "model|data|batch|JAX step ms|JAX img/s|loop ms|step ÷ loop|PyTorch ms|PyTorch/JAX".split("|")
 )
 SMOKE_WORKERS = 2  # --smoke (no timings): worker processes at a time, as XLA compiles on one core
-OPTIONAL = ("grain", "tensorflow_datasets")  # may be missing on a GPU machine (see _stub_missing)
+OPTIONAL = ("tensorflow_datasets",)  # may be missing on a GPU machine (see _stub_missing)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -138,7 +136,15 @@ def model_columns(s: dict[str, Any]) -> list[str]:
   """The model table's columns under these settings."""
   cols = ["model", "config", "data", "batch", "params", "compile s"]
   cols += [f"step ms (K={k})" for k in s["ks"]] + [f"loop ms (K={k})" for k in s["ks"]]
-  cols += ["loop ÷ step", "pipeline batch/s", "pipeline ÷ step", "GFLOP/step", "% matmul peak", "peak RSS MB"]
+  cols += [
+    "input",
+    "H2D bytes/step",
+    "loop ÷ step",
+    "host-input loop ms",
+    "pipeline batch/s",
+    "pipeline ÷ step",
+  ]
+  cols += ["GFLOP/step", "% matmul peak", "peak RSS MB"]
   return cols + ([f"step ms ({s['device_count']} dev)", "pmap overhead"] if s["device_count"] > 1 else [])
 
 
@@ -158,6 +164,17 @@ def _config(name: str, s: dict[str, Any], cmp: Any = None, **overrides: Any) -> 
   return config, measure.resolve_data(config, s["data"], s["num_train"], shape)
 
 
+def _with(config: Any, key: str, value: Any) -> Any:
+  """A copy of `config` with the dotted `key` set to `value`."""
+  import copy
+
+  from benchmarks import measure
+
+  c = copy.deepcopy(config)
+  measure.set_path(c, key, value)
+  return c
+
+
 def _timed_loops(bench: Any, step_ms: float, k: int, s: dict[str, Any]) -> list[dict[str, Any]]:
   """--loop-rounds trainer runs of the bench's config, as long as --budget allows (smoke: --loop-steps)."""
   from benchmarks import measure
@@ -168,7 +185,11 @@ def _timed_loops(bench: Any, step_ms: float, k: int, s: dict[str, Any]) -> list[
 
 
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
-  return {"ms": statistics.median(r["ms"] for r in runs), "runs": runs}
+  out = {"ms": statistics.median(r["ms"] for r in runs), "runs": runs}
+  if "input" in runs[0]:  # trainer runs: which input path, and its host-to-device bytes per step
+    out["input"] = runs[0]["input"]
+    out["input_bytes_per_step"] = statistics.median(r["input_bytes_per_step"] for r in runs)
+  return out
 
 
 def run_model(name: str, s: dict[str, Any]) -> dict[str, Any]:
@@ -185,6 +206,8 @@ def run_model(name: str, s: dict[str, Any]) -> dict[str, Any]:
   for k in s["ks"]:
     out["step"][str(k)] = step = measure.time_step(bench, k, s["steps"], s["rounds"], s["budget"])
     out["loop"][str(k)] = _median(_timed_loops(bench, step["ms"], k, s))
+  host = measure.build(_with(config, "data.on_device", "false"))  # the host pipeline's loop, beside it
+  out["loop_host"] = _median(_timed_loops(host, out["step"][str(s["ks"][0])]["ms"], s["ks"][0], s))
   out["pipeline"] = measure.time_pipeline(bench, s["ks"][0], s["steps"], s["rounds"], s["budget"])
   out["peak_rss_mb"] = measure.peak_rss_mb()
   return out
@@ -254,11 +277,7 @@ def run_gpu(entry: str, s: dict[str, Any]) -> dict[str, Any]:
       config.batch_size = batch
       bench = measure.build(config)
       row["step"] = measure.time_step(bench, 1, s["steps"], s["rounds"], s["budget"])
-      if measure.grain_available():
-        row["loop"], row["loop_kind"] = _median(_timed_loops(bench, row["step"]["ms"], 1, s)), "trainer"
-      else:
-        row["loop"] = measure.time_resident_loop(bench, max(3 * config.log_every, 30), 1, config.log_every)
-        row["loop_kind"] = "device-resident (grain is not installed)"
+      row["loop"], row["loop_kind"] = _median(_timed_loops(bench, row["step"]["ms"], 1, s)), "trainer"
       if cmp:
         from benchmarks import torch_models
 
@@ -297,7 +316,7 @@ def run_peak(_: str, s: dict[str, Any]) -> dict[str, Any]:
 
 def _stub_missing(names: tuple[str, ...]) -> None:
   """Permissive stand-ins for missing modules that ae_jax's data modules import but the step does not
-  need, so that ae_jax imports (`measure.grain_available()` then says grain is absent)."""
+  need, so that ae_jax imports."""
 
   class Meta(type):
     def __getattr__(cls, name: str) -> Any:
@@ -465,7 +484,9 @@ def model_row(name: str, m: dict[str, Any], s: dict[str, Any]) -> list[Any]:
   )
   row = [name, m["config"], m["data"], m["batch"], m["params"], m["step"][k]["compile_s"]]
   row += [m["step"][x]["ms"] for x in ks] + [m["loop"][x]["ms"] for x in ks]
-  row += [m["loop_over_step"], m["pipeline"]["batches_per_s"], m["pipeline_over_step"]]
+  loop = m["loop"][k]
+  row += [loop.get("input"), loop.get("input_bytes_per_step"), m["loop_over_step"], m["loop_host"]["ms"]]
+  row += [m["pipeline"]["batches_per_s"], m["pipeline_over_step"]]
   row += [flops / 1e9 if flops else None, 100 * frac if frac else None, m["peak_rss_mb"]]
   pmap = m.get("pmap")
   return row + (

@@ -23,7 +23,6 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-import grain  # noqa: F401 - unused here; benchmarks.measure.grain_available() reads pipeline.grain
 import jax
 import numpy as np
 
