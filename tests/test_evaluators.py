@@ -164,6 +164,52 @@ def test_a_checkpoint_can_be_evaluated_again(image_config, tmp_path):
     loop.evaluate_checkpoint(image_config, str(tmp_path / "empty"))
 
 
+def test_evaluating_a_checkpoint_writes_its_own_files_and_says_which(image_config, tmp_path, capsys):
+  """Re-evaluation writes eval_<step>.json and eval_<step>_<name>.png beside the run's results.json and
+  pictures, which stay as the run wrote them; its report names the files it wrote."""
+  loop.train_and_evaluate(image_config, str(tmp_path))
+  run_files = {n: (tmp_path / n).read_bytes() for n in ("results.json", "reconstructions.png", "latents.png")}
+  image_config.evals.reconstructions.num = 3  # a different picture than the run's
+  step, result, path = loop.evaluate_checkpoint(image_config, str(tmp_path), names=["reconstructions"])
+  assert path == str(tmp_path / "eval_12.json") and result.files == [
+    str(tmp_path / "eval_12_reconstructions.png")
+  ]
+  assert os.path.getsize(result.files[0]) > 100
+  assert {n: (tmp_path / n).read_bytes() for n in run_files} == run_files
+  cli.report(step, result, str(tmp_path), evaluation=path)
+  out = capsys.readouterr().out
+  assert f"results:     {path}\n" in out and f"files:       {result.files[0]}" in out
+  assert "results.json" not in out and "metrics.jsonl" not in out  # an evaluation updates neither
+
+
+def test_the_reconstruction_grid_labels_its_rows(tmp_path):
+  """Rows alternate originals and reconstructions, each named in a white margin on the left: the tiles
+  start right of it, and each label's dark pixels lie beside its own row ("reconstruction" is longer)."""
+  from PIL import Image
+
+  from ae_jax import visualize
+
+  originals = np.full((10, 8, 8, 1), 0.5, np.float32)  # 8 per row: 2 row pairs, the second short
+  path = visualize.save_reconstructions(str(tmp_path / "r.png"), originals, originals, ncols=8)  # 3x
+  img = np.asarray(Image.open(path), np.float32)
+  blank = np.ones((6, 8, 8, 1), np.float32)  # the short row pair is padded with white tiles
+  tiles = np.concatenate([originals[:8], originals[:8], originals[8:], blank, originals[8:], blank])
+  grid = visualize.image_grid(tiles, 8).repeat(3, 0).repeat(3, 1)[..., 0]
+  margin = img.shape[1] - grid.shape[1]
+  assert margin > 0 and img.shape[0] == grid.shape[0]
+  np.testing.assert_array_equal(img[:, margin:], grid)  # the grid itself, unchanged, right of the labels
+  pitch, pad = (8 + 2) * 3, 2 * 3
+  label_extent = []
+  for row in range(4):
+    band = img[pad + row * pitch : pad + row * pitch + 8 * 3, :margin]
+    dark = np.nonzero((band < 128).any(axis=0))[0]
+    assert dark.size, f"row {row} has no label"
+    label_extent.append(dark.max())
+  gaps = np.concatenate([img[row * pitch : row * pitch + pad, :margin] for row in range(4)])
+  assert (gaps > 128).all()  # no label spills between rows
+  assert label_extent[0] == label_extent[2] < label_extent[1] == label_extent[3]
+
+
 def test_only_project_errors_become_one_line(capsys):
   def config_error():
     raise ConfigError("config.x is bad; use y")
