@@ -58,7 +58,7 @@ def save_latent_scatter(
 ) -> str:
   """Scatter PNG of the codes of the first `num` examples of `source`, coloured by label."""
   batch = stack_examples(source, info, range(min(num, len(source))))
-  codes = reconstruct(model, state, batch["x"])["code"]
+  codes = reconstruct(model, state, batch["x"], label="latent codes")["code"]
   points, title = latent_points(codes)
   return visualize.save_scatter(path, points, batch["label"], info.class_names, title)
 
