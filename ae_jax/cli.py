@@ -30,16 +30,21 @@ def initialize(
     jax.distributed.initialize(coordinator, processes, process_id)
 
 
-def report(step: int, result: Any, workdir: str) -> None:
-  """Prints the final metrics, each evaluator's own lines, and where the files went."""
+def report(step: int, result: Any, workdir: str, *, evaluation: str | None = None) -> None:
+  """Prints the final metrics, each evaluator's own lines, and where the files went: a run's checkpoints,
+  metrics and results.json, or with `evaluation` (the eval_<step>.json an evaluation of a checkpoint
+  wrote) that file alone."""
   scalars = ", ".join(f"{k} {v:.5g}" for k, v in sorted(result.metrics.items()))
   print(f"step {step}: {scalars}")
   for line in result.lines:
     print(line)
-  print(
-    f"checkpoints: {workdir}/checkpoints\n"
-    f"metrics:     {workdir}/metrics.jsonl (TensorBoard: {workdir}/tensorboard; log: {workdir}/log.txt)\n"
-    f"results:     {workdir}/results.json"
-  )
+  if evaluation is None:
+    print(
+      f"checkpoints: {workdir}/checkpoints\n"
+      f"metrics:     {workdir}/metrics.jsonl (TensorBoard: {workdir}/tensorboard; log: {workdir}/log.txt)\n"
+      f"results:     {workdir}/results.json"
+    )
+  else:
+    print(f"results:     {evaluation}")
   if result.files:
     print(f"files:       {', '.join(result.files)}")

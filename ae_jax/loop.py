@@ -150,7 +150,8 @@ def evaluate_checkpoint(
   """Runs the evaluators of config.evals (or only `names`) on a run's checkpoint, without training.
 
   The checkpoint is WORKDIR/checkpoints' latest (past unreadable ones), the given `step`, or with `best`
-  the state config.keep_best kept. Writes WORKDIR/eval_<step>.json; returns (step, result, its path).
+  the state config.keep_best kept. Writes WORKDIR/eval_<step>.json (the evaluators' files as
+  WORKDIR/eval_<step>_<name>.png); returns (step, result, its path).
   """
   config_checks.check_config(
     config, num_processes=jax.process_count(), local_devices=jax.local_device_count()
@@ -174,7 +175,9 @@ def evaluate_checkpoint(
       restored = ckpt.restore(step, state, config.to_dict())
   finally:
     ckpt.close()
-  built = evaluators.build(config, evaluators.Context(model, objective, dataset, config, path))
+  built = evaluators.build(
+    config, evaluators.Context(model, objective, dataset, config, path, f"eval_{step}_")
+  )
   unknown = set(names or ()) - set(built)
   if unknown:
     raise ConfigError(f"no evaluator named {sorted(unknown)} in config.evals (it has {sorted(built)})")
@@ -343,7 +346,7 @@ def _train(config: ml_collections.ConfigDict, path: str) -> dict[str, Any]:
     elapsed = max(time.perf_counter() - timer_start, 1e-9)
     if timed_steps:
       metrics["examples_per_sec"] = timed_steps * config.batch_size / elapsed
-    writer.write(step, metrics)
+    writer.write(step, metrics, train_window=True)
     pending.clear()
     timer_start, timed_steps = time.perf_counter(), 0
 

@@ -22,13 +22,13 @@ def image_grid(images: np.ndarray, ncols: int, pad: int = 2) -> np.ndarray:
   return (grid * 255).round().astype(np.uint8)
 
 
-def save_png(path: str, grid: np.ndarray, scale: int = 3) -> str:
-  """Writes a uint8 image [H, W, C] (C = 1 or 3) as PNG, enlarged `scale` times; returns the path.
-
-  Writes to a temporary name then renames, so an interrupted run never leaves a truncated PNG.
-  """
+def _enlarged(grid: np.ndarray, scale: int) -> Image.Image:
   img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-  img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+  return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+
+
+def _write(path: str, img: Image.Image) -> str:
+  """Writes to a temporary name then renames, so an interrupted run never leaves a truncated PNG."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + ".tmp"
   img.save(tmp, format="PNG")
@@ -36,8 +36,32 @@ def save_png(path: str, grid: np.ndarray, scale: int = 3) -> str:
   return path
 
 
-def save_reconstructions(path: str, originals: np.ndarray, recons: np.ndarray, ncols: int = 8) -> str:
-  """PNG of originals [N, H, W, C] in [0, 1] with their reconstructions below them, row pair by row pair."""
+def save_png(path: str, grid: np.ndarray, scale: int = 3) -> str:
+  """Writes a uint8 image [H, W, C] (C = 1 or 3) as PNG, enlarged `scale` times; returns the path."""
+  return _write(path, _enlarged(grid, scale))
+
+
+def label_rows(img: Image.Image, labels: list[str], tile: int, pad: int) -> Image.Image:
+  """`img` with a white margin on its left naming each row of tiles: labels[r] beside row r, whose tiles
+  are `tile` pixels high with `pad` pixels around them (the layout of `image_grid`, enlarged)."""
+  from PIL import ImageDraw, ImageFont
+
+  font = ImageFont.load_default(size=int(np.clip(tile // 4, 10, 16)))
+  width = max(int(font.getlength(label)) for label in labels) + 2 * max(pad, 4)
+  out = Image.new(img.mode, (img.width + width, img.height), "white")
+  out.paste(img, (width, 0))
+  draw = ImageDraw.Draw(out)
+  for r, label in enumerate(labels):
+    middle = pad + r * (tile + pad) + tile // 2
+    draw.text((max(pad, 4), middle), label, fill="black", font=font, anchor="lm")
+  return out
+
+
+def save_reconstructions(
+  path: str, originals: np.ndarray, recons: np.ndarray, ncols: int = 8, scale: int = 3
+) -> str:
+  """PNG of originals [N, H, W, C] in [0, 1] with their reconstructions below them, row pair by row pair,
+  each row labelled "original" or "reconstruction" on the left."""
   n = len(originals)
   rows = []
   for start in range(0, n, ncols):
@@ -47,7 +71,10 @@ def save_reconstructions(path: str, originals: np.ndarray, recons: np.ndarray, n
     if missing:  # pad a short last row pair with blank tiles
       blank = np.ones((missing, *originals.shape[1:]), np.float32)
       rows[-2], rows[-1] = np.concatenate([rows[-2], blank]), np.concatenate([rows[-1], blank])
-  return save_png(path, image_grid(np.concatenate(rows), ncols))
+  pad = 2
+  img = _enlarged(image_grid(np.concatenate(rows), ncols, pad), scale)
+  labels = ["original", "reconstruction"] * (len(rows) // 2)
+  return _write(path, label_rows(img, labels, originals.shape[1] * scale, pad * scale))
 
 
 def save_scatter(

@@ -1,4 +1,5 @@
-r"""Runs evaluators on a run's checkpoint without training; writes WORKDIR/eval_<step>.json.
+r"""Runs evaluators on a run's checkpoint without training; writes WORKDIR/eval_<step>.json, and the
+evaluators' files as WORKDIR/eval_<step>_<name>.png (the run's own results.json and pictures stay).
 
     python -m experiments.evaluate --workdir runs/vqvae_cifar10                     # latest checkpoint
     python -m experiments.evaluate --workdir runs/ad_power --best                   # the keep_best state
@@ -85,8 +86,7 @@ def main(argv: list[str]) -> None:
     step, result, out = loop.evaluate_checkpoint(
       FLAGS.config, path, step=FLAGS.step, best=FLAGS.best, names=FLAGS.only or None
     )
-    cli.report(step, result, path)
-    print(f"evaluation:  {out}")
+    cli.report(step, result, path, evaluation=out)
 
   cli.run_or_exit(evaluate)
 

@@ -4,6 +4,7 @@ re-run on a checkpoint, and their metrics against direct computations."""
 import functools
 import glob
 import json
+import logging
 import os
 
 import chex
@@ -164,6 +165,52 @@ def test_a_checkpoint_can_be_evaluated_again(image_config, tmp_path):
     loop.evaluate_checkpoint(image_config, str(tmp_path / "empty"))
 
 
+def test_evaluating_a_checkpoint_writes_its_own_files_and_says_which(image_config, tmp_path, capsys):
+  """Re-evaluation writes eval_<step>.json and eval_<step>_<name>.png beside the run's results.json and
+  pictures, which stay as the run wrote them; its report names the files it wrote."""
+  loop.train_and_evaluate(image_config, str(tmp_path))
+  run_files = {n: (tmp_path / n).read_bytes() for n in ("results.json", "reconstructions.png", "latents.png")}
+  image_config.evals.reconstructions.num = 3  # a different picture than the run's
+  step, result, path = loop.evaluate_checkpoint(image_config, str(tmp_path), names=["reconstructions"])
+  assert path == str(tmp_path / "eval_12.json") and result.files == [
+    str(tmp_path / "eval_12_reconstructions.png")
+  ]
+  assert os.path.getsize(result.files[0]) > 100
+  assert {n: (tmp_path / n).read_bytes() for n in run_files} == run_files
+  cli.report(step, result, str(tmp_path), evaluation=path)
+  out = capsys.readouterr().out
+  assert f"results:     {path}\n" in out and f"files:       {result.files[0]}" in out
+  assert "results.json" not in out and "metrics.jsonl" not in out  # an evaluation updates neither
+
+
+def test_the_reconstruction_grid_labels_its_rows(tmp_path):
+  """Rows alternate originals and reconstructions, each named in a white margin on the left: the tiles
+  start right of it, and each label's dark pixels lie beside its own row ("reconstruction" is longer)."""
+  from PIL import Image
+
+  from ae_jax import visualize
+
+  originals = np.full((10, 8, 8, 1), 0.5, np.float32)  # 8 per row: 2 row pairs, the second short
+  path = visualize.save_reconstructions(str(tmp_path / "r.png"), originals, originals, ncols=8)  # 3x
+  img = np.asarray(Image.open(path), np.float32)
+  blank = np.ones((6, 8, 8, 1), np.float32)  # the short row pair is padded with white tiles
+  tiles = np.concatenate([originals[:8], originals[:8], originals[8:], blank, originals[8:], blank])
+  grid = visualize.image_grid(tiles, 8).repeat(3, 0).repeat(3, 1)[..., 0]
+  margin = img.shape[1] - grid.shape[1]
+  assert margin > 0 and img.shape[0] == grid.shape[0]
+  np.testing.assert_array_equal(img[:, margin:], grid)  # the grid itself, unchanged, right of the labels
+  pitch, pad = (8 + 2) * 3, 2 * 3
+  label_extent = []
+  for row in range(4):
+    band = img[pad + row * pitch : pad + row * pitch + 8 * 3, :margin]
+    dark = np.nonzero((band < 128).any(axis=0))[0]
+    assert dark.size, f"row {row} has no label"
+    label_extent.append(dark.max())
+  gaps = np.concatenate([img[row * pitch : row * pitch + pad, :margin] for row in range(4)])
+  assert (gaps > 128).all()  # no label spills between rows
+  assert label_extent[0] == label_extent[2] < label_extent[1] == label_extent[3]
+
+
 def test_only_project_errors_become_one_line(capsys):
   def config_error():
     raise ConfigError("config.x is bad; use y")
@@ -241,3 +288,76 @@ def test_a_custom_evaluator_as_the_readme_writes_it_runs_during_and_after_traini
   x = batches.stack_examples(dataset.split("test"), dataset.info, range(len(dataset.split("test"))))["x"]
   recon = batches.reconstruct(model, state, x)["recon"]
   np.testing.assert_allclose(summary["metrics"]["mae/mae"], np.mean(np.abs(recon - x)), rtol=1e-5)
+
+
+def test_a_long_evaluation_logs_its_progress_and_a_short_one_nothing(caplog):
+  """Progress lines (fake clock, seconds): none in the first 5 s, then at most one every 15 s, with the
+  examples done and the time left at the rate since the first update (compilation excluded)."""
+  caplog.set_level(logging.INFO, logger="ae_jax")
+  now = [0.0]
+  progress = batches.Progress("likelihood on test", 1000, clock=lambda: now[0])
+  for t, done in [(2.0, 100), (4.0, 300), (7.0, 600), (9.0, 700), (23.0, 800), (30.0, 1000)]:
+    now[0] = t
+    progress.update(done)
+  progress.close()
+  lines = [r.getMessage() for r in caplog.records if r.name == "ae_jax.evaluators.batches"]
+  assert lines == [
+    # 500 examples in the 5 s since the first update: 100 a second, 400 left
+    "likelihood on test: 600 / 1,000 examples (60%), 0m07s so far, about 0m04s left",
+    # (700 at 9 s: within 15 s of the last line) 700 in 21 s: 200 left at 33 a second
+    "likelihood on test: 800 / 1,000 examples (80%), 0m23s so far, about 0m06s left",
+    "likelihood on test: 1,000 examples in 0m30s",
+  ]
+  caplog.clear()
+  short = batches.Progress("losses on test", 1000, clock=lambda: now[0])
+  for done in (500, 1000):
+    now[0] += 2.0
+    short.update(done)
+  short.close()
+  assert not [r for r in caplog.records if r.name == "ae_jax.evaluators.batches"]
+
+
+def test_a_vae_run_shorter_than_its_schedule_gets_the_stated_quick_likelihood(tiny_config, tmp_path):
+  """full_from_step (the config's own schedule) above the trained steps: the likelihood is estimated on
+  quick_max_examples examples with quick_num_samples samples, equal to that estimate made directly, and
+  results and result line say so; the same checkpoint with full_from_step 0 gets the whole split."""
+  from ae_jax.evaluators.likelihood import evaluate_likelihood
+
+  c = tiny_config
+  c.model = {"name": "vae_mlp", "hidden": (16,), "latent_dim": 4}
+  c.data.scale, c.data.binarize = "unit", "dynamic"
+  c.loss = {"bernoulli_nll": 1.0, "kl": 1.0}
+  c.total_steps = 4
+  c.evals.likelihood = evaluators.section(
+    "likelihood",
+    num_samples=8,
+    chunk_size=4,
+    batch_size=8,
+    full_from_step=100,
+    quick_max_examples=16,
+    quick_num_samples=2,
+  )
+  summary = loop.train_and_evaluate(c, str(tmp_path))
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["likelihood/estimate"] == "quick"
+  assert results["likelihood/num_examples"] == 16 and results["likelihood/num_samples"] == 2
+  line = next(x for x in summary["results"].lines if x.startswith("likelihood:"))
+  assert "16 examples, K = 2; quick estimate: the state has 4 of the 100 steps" in line
+  assert "(40 examples, K = 8)" in line  # what the full estimate would be
+  rstate, dataset = parallel.replicate(summary["state"]), summary["dataset"]
+  direct = evaluate_likelihood(
+    summary["model"],
+    rstate,
+    dataset.split("test"),
+    dataset.info,
+    num_samples=2,
+    chunk_size=2,
+    batch_size=8,
+    max_examples=16,
+  )
+  assert results["likelihood/nll"] == pytest.approx(direct["nll"], rel=1e-6)
+  c.evals.likelihood.full_from_step = 0
+  _, full, _ = loop.evaluate_checkpoint(c, str(tmp_path), names=["likelihood"])
+  assert full.details["likelihood/estimate"] == "full"
+  assert full.metrics["likelihood/num_examples"] == 40 and full.metrics["likelihood/num_samples"] == 8
+  assert full.lines[0].endswith("40 examples, K = 8; full estimate")

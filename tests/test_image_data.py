@@ -1,6 +1,7 @@
 """Image datasets from your own data: any tfds image dataset (mocked tfds), image folders, resizing."""
 
 import io
+import logging
 import tarfile
 
 import chex
@@ -13,7 +14,7 @@ from PIL import Image
 from ae_jax import data, loop
 from ae_jax.config import default_config
 from ae_jax.data import cifar10, image_folder, images, pipeline
-from ae_jax.errors import ConfigError, DataError
+from ae_jax.errors import ConfigError, DataError, DataNotFoundError
 
 # ----------------------------------------------------------------------------- geometry
 
@@ -265,3 +266,29 @@ def test_vqvae_celeba64_config_trains_on_mocked_celeb_a(tmp_path):
     method="encode",
   )
   assert out.shape == (1, 8, 8, 8)
+
+
+# ----------------------------------------------------------------------------- what the console shows
+
+
+def _warnings(caplog) -> list[str]:
+  return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_first_preparation_and_a_missing_dataset_warn_nothing(folder, tmp_path, caplog):
+  """tfds warns "Variant folder ... has no dataset_info.json" when asked whether a dataset that was never
+  prepared is: the first preparation of a folder, a truncated JPEG in it, and a missing dataset show
+  no warning (the console prints every warning)."""
+  caplog.set_level(logging.INFO)
+  c = data.data_config("image_folder", path=str(folder), image_size=8, data_dir=str(tmp_path / "tfds"))
+  assert len(data.get_dataset(c).split("test")) == 6
+  assert any(r.getMessage().startswith("preparing image_folder") for r in caplog.records)
+  truncated = folder / "train" / "apples" / "cut.jpg"
+  _save(truncated, np.zeros((16, 16, 3), np.uint8))
+  truncated.write_bytes(truncated.read_bytes()[:200])
+  with pytest.raises(DataError, match="cut.jpg: cannot decode this image"):
+    data.get_dataset(c)
+  missing = data.data_config("cifar10", data_dir=str(tmp_path / "empty"), archive=str(tmp_path / "no.tar.gz"))
+  with pytest.raises(DataNotFoundError, match="nothing prepared"):
+    data.get_dataset(missing)
+  assert _warnings(caplog) == []

@@ -9,13 +9,16 @@ import jax
 import jax.numpy as jnp
 import pytest
 from flax import linen as nn
+from test_configs import _stand_in_data, _variants
 
 import ae_jax.inspect as ae_inspect
-from ae_jax.inspect import Report, format_report, inspect_model
+from ae_jax.errors import DataNotFoundError
+from ae_jax.inspect import Report, format_report, inspect_config, inspect_model
 from ae_jax.models import get_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONV_CONFIG = "experiments/configs/conv_ae_fashion_mnist.py"
+WIDTH = 110  # the longest line the report may print (the project's line length)
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +118,56 @@ def test_vae_like_model_uses_mean_and_labels_folded_batch():
   assert rows["out"].shape == ("B*10", 6) and rows["out"].size == 60
   assert report.other_variables == {"batch_stats": 12}
   assert "batch_stats" in format_report(report)
+
+
+class _ManyOutputs(nn.Module):
+  """A submodule whose output is a long dict of arrays with a nested dict of scalars (like a quantizer's)."""
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.Dense(8, name="inner")(x)
+    metrics = {f"perplexity_stage{i}": h.mean() for i in range(6)}
+    return {f"output_number_{i}": h[..., : i + 1] for i in range(8)} | {"metrics": metrics}
+
+
+class _WithManyOutputs(nn.Module):
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    out = _ManyOutputs(name="quantizer_with_a_long_name")(x)
+    return {"code": out["output_number_3"], "recon": nn.Dense(x.shape[-1])(out["output_number_7"])}
+
+
+def test_long_outputs_wrap_within_the_width_between_entries():
+  """A 300-character dict of output shapes is wrapped between its entries (never inside a shape), every
+  line within WIDTH, and the wrapped lines put back together give the unwrapped shape."""
+  report = inspect_model(_WithManyOutputs(), (5,))
+  lines = format_report(report).splitlines()
+  assert max(map(len, lines)) <= WIDTH
+  first = next(i for i, line in enumerate(lines) if line.startswith("quantizer_with_a_long_name "))
+  column = lines[first].index("{output_number_0")
+  # the other columns stay on the first line: 1 + ... + 8 numbers per example and 6 scalars; no own params
+  assert lines[first].split()[-2:] == [str(sum(range(1, 9)) + 6), "0"]
+  wrapped = [lines[first][column:].split("  ")[0]]
+  for line in lines[first + 1 :]:
+    if line[:column].strip():
+      break
+    wrapped.append(line[column:].strip())
+  assert len(wrapped) > 2
+  row = next(r for r in report.rows if r.path == "quantizer_with_a_long_name")
+  assert " ".join(wrapped) == ae_inspect._fmt_shape(row.shape)
+  assert all(w.endswith(",") or w.endswith("}") for w in wrapped)  # cut after an entry, not inside one
+
+
+@pytest.mark.parametrize("module, arg", list(_variants()))
+def test_every_shipped_config_reports_within_the_line_width(module, arg, tmp_path):
+  config = module.get_config() if arg is None else module.get_config(arg)
+  _stand_in_data(config, tmp_path)
+  try:
+    text = format_report(inspect_config(config))
+  except DataNotFoundError as e:
+    pytest.skip(f"data not available: {e}")
+  too_long = [line for line in text.splitlines() if len(line) > WIDTH]
+  assert not too_long, "\n".join(too_long)
 
 
 def test_module_name_does_not_shadow_stdlib_inspect():

@@ -208,7 +208,7 @@ def _load(data: ml_collections.ConfigDict) -> registry.Dataset:
   fingerprint = _fingerprint(listing, geometry, float(data.test_fraction), shape[-1])
   folder_dir = Path(sources.tfds_root(data.data_dir)) / "image_folder" / f"{listing.root.name}-{fingerprint}"
   builder = ImageFolderBuilder(listing=listing, geometry=geometry, shape=shape, data_dir=str(folder_dir))
-  if not builder.is_prepared():
+  if not sources.is_prepared(builder):
     sources.prepare(builder, listing.root)
   roles = [r for r in registry.ROLES if listing.count(r)]
   splits = {role: builder.as_data_source(split=role) for role in roles}

@@ -177,7 +177,7 @@ def _prepared_tfds(name: str, split: str, data_dir: str | None) -> Sequence[Reco
   if not os.path.isdir(os.path.join(tfds_root(data_dir), name)):
     return None
   builder = tfds.builder(name, data_dir=data_dir)
-  if not builder.is_prepared():
+  if not is_prepared(builder):
     return None
   try:
     source = builder.as_data_source(split=split)
@@ -222,7 +222,7 @@ def tfds_or_local(
     if source is not None:
       return source if tfds_select is None else tfds_select(source)
   builder = local_builder()
-  if not builder.is_prepared():
+  if not is_prepared(builder):
     if not (local_input.exists() if local_ready is None else local_ready):
       raise DataNotFoundError(
         f"{tfds_name or builder.name}: nothing prepared in {tfds_root(data.data_dir)} and no local copy at "
@@ -239,6 +239,13 @@ def tfds_or_local(
     len(source),
   )
   return source
+
+
+def is_prepared(builder: Any) -> bool:
+  """Whether a tfds builder's dataset is prepared (`builder.is_prepared()`), asking tfds only when its
+  folder has a dataset_info.json: tfds warns about every folder without one, i.e. on every first
+  preparation and every missing dataset, where "not prepared" is the whole answer."""
+  return (builder.data_path / "dataset_info.json").exists() and builder.is_prepared()
 
 
 def prepare(builder: Any, source: Any) -> None:

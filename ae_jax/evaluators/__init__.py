@@ -15,9 +15,11 @@ cannot serve fails before training with the reason. `check(config)` runs those c
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 import ml_collections
 
 from ae_jax.errors import ConfigError, did_you_mean
@@ -39,13 +41,22 @@ class Result:
 @dataclasses.dataclass(frozen=True)
 class Context:
   """What every evaluator of a run may use: the model, the objective, the opened dataset, the config,
-  and the workdir (None: write no files)."""
+  the workdir (None: write no files), and the start of the names of the files evaluators write there
+  ("eval_<step>_" when a checkpoint is evaluated again, so a run's own files are not overwritten)."""
 
   model: Any
   objective: Callable
   dataset: Any
   config: ml_collections.ConfigDict
   workdir: str | None
+  file_prefix: str = ""
+
+  def output_path(self, name: str, suffix: str = ".png") -> str | None:
+    """WORKDIR/<file_prefix><name><suffix>, where evaluator `name` writes its file; None when this run
+    writes no files or this is not process 0."""
+    if self.workdir is None or jax.process_index() != 0:
+      return None
+    return os.path.join(self.workdir, f"{self.file_prefix}{name}{suffix}")
 
 
 # build(name, section, context) -> evaluate(rstate [replicated over local devices], step) -> Result

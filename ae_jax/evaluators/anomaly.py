@@ -1,12 +1,9 @@
 """The `anomaly` evaluator: reconstruction-error anomaly detection on a series dataset's own segments
 (`ae_jax.anomaly`), semi-supervised (threshold on the threshold split, report on the test split) or
-unsupervised (top-k discords). Writes WORKDIR/<name>.png."""
+unsupervised (top-k discords). Writes WORKDIR/<name>.png (`Context.output_path`)."""
 
 from __future__ import annotations
 
-import os
-
-import jax
 import ml_collections
 
 from ae_jax import anomaly, evaluators, parallel
@@ -30,7 +27,7 @@ def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
     raise ConfigError("anomaly detection scores real-valued reconstructions: set config.model.vocab_size=0")
 
   def evaluate(rstate, step: int, final: bool) -> evaluators.Result:
-    path = os.path.join(ctx.workdir, f"{name}.png") if ctx.workdir and jax.process_index() == 0 else None
+    path = ctx.output_path(name)
     report = anomaly.detect(ctx.model, parallel.unreplicate(rstate), sec, ctx.dataset, path)
     scalars = {k: v for k, v in report.metrics.items() if isinstance(v, float)}
     details = {k: v for k, v in report.metrics.items() if not isinstance(v, float)}

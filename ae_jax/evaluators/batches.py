@@ -1,20 +1,91 @@
-"""Machinery the evaluators share: examples stacked into batches, jitted reconstruction on one device, and
-exact sums of per-example values over a whole split, pmapped over every device and process."""
+"""Machinery the evaluators share: examples stacked into batches, jitted reconstruction on one device,
+exact sums of per-example values over a whole split, pmapped over every device and process, and progress
+lines for the evaluations that take a while (`Progress`)."""
 
 from __future__ import annotations
 
 import functools
+import logging
+import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
+import tqdm
 from flax import linen as nn
 
 from ae_jax import parallel
 from ae_jax.data import DatasetInfo
 from ae_jax.data.pipeline import eval_batches
 from ae_jax.train import TrainState, apply_model, eval_rng
+
+log = logging.getLogger(__name__)  # ae_jax's INFO lines reach the console (`console.setup`)
+
+PROGRESS_AFTER_S = 5.0  # an evaluation says nothing for its first seconds ...
+PROGRESS_EVERY_S = 15.0  # ... then a progress line at most this often
+
+
+def _duration(seconds: float) -> str:
+  seconds = max(int(round(seconds)), 0)
+  hours, rest = divmod(seconds, 3600)
+  return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class Progress:
+  """Progress lines (the ae_jax logger, INFO: console and log.txt, process 0 only) for a loop over
+  `total` examples, like training's progress bar: nothing while it is short, then, once it has run
+  `after` seconds, at most one line every `every` seconds,
+
+      likelihood on test: 3,000 / 10,000 examples (30%), 0m41s so far, about 1m36s left
+
+  and a last line with its duration when it printed any. The time left extrapolates the rate since the
+  first update (which includes compilation); `clock` (seconds) is replaceable for tests.
+  """
+
+  def __init__(
+    self,
+    what: str,
+    total: int,
+    *,
+    after: float = PROGRESS_AFTER_S,
+    every: float = PROGRESS_EVERY_S,
+    clock: Callable[[], float] = time.monotonic,
+  ):
+    self.what, self.total, self.after, self.every, self.clock = what, int(total), after, every, clock
+    self.start = self.last_line = clock()
+    self.first: tuple[float, int] | None = None  # (time, examples) of the first update
+    self.printed = False
+    self.enabled = jax.process_index() == 0
+
+  def update(self, done: int) -> None:
+    """`done` of the `total` examples are evaluated."""
+    now = self.clock()
+    if self.first is None:
+      self.first = (now, done)
+      return
+    if (
+      not self.enabled
+      or now - self.start < self.after
+      or (self.printed and now - self.last_line < self.every)
+    ):
+      return
+    t0, n0 = self.first
+    left = (now - t0) / max(done - n0, 1) * (self.total - done)
+    share = 100 * done // max(self.total, 1)
+    so_far = _duration(now - self.start)
+    self._log(f"{done:,} / {self.total:,} examples ({share}%), {so_far} so far, about {_duration(left)} left")
+    self.printed, self.last_line = True, now
+
+  def close(self) -> None:
+    if self.enabled and self.printed:
+      self._log(f"{self.total:,} examples in {_duration(self.clock() - self.start)}")
+
+  def _log(self, text: str) -> None:
+    # a progress bar (training's) is cleared for the line and drawn again below it
+    with tqdm.tqdm.external_write_mode(file=sys.stderr):
+      log.info("%s: %s", self.what, text)
 
 
 def stack_examples(source: Sequence, info: DatasetInfo, indices: Sequence[int]) -> dict[str, np.ndarray]:
@@ -25,14 +96,14 @@ def stack_examples(source: Sequence, info: DatasetInfo, indices: Sequence[int]) 
 
 
 def reconstruct(
-  model: nn.Module, state: TrainState, x: np.ndarray, batch_size: int = 500
+  model: nn.Module, state: TrainState, x: np.ndarray, batch_size: int = 500, label: str = "reconstruction"
 ) -> dict[str, np.ndarray]:
   """The model's batch-first outputs for inputs x [n, ...] in evaluation mode (one device, no pmap),
   computed `batch_size` examples at a time with one jitted function (one compile: a short last chunk is
   padded with zeros, and its padding's outputs dropped).
 
   Outputs that are not batch-first (a VAE's sample-first [k, B] log-densities) are kept only when x fits
-  in one batch.
+  in one batch. A long one logs its progress as `label` (`Progress`).
   """
 
   def fn(s: TrainState, x: jax.Array) -> dict[str, jax.Array]:
@@ -44,11 +115,14 @@ def reconstruct(
   if len(x) <= batch_size:
     return jax.device_get(run(state, x))
   chunks, sizes = [], []
+  progress = Progress(label, len(x))
   for i in range(0, len(x), batch_size):
     chunk = np.asarray(x[i : i + batch_size])
     sizes.append(len(chunk))
     padding = np.zeros((batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)
     chunks.append(jax.device_get(run(state, np.concatenate([chunk, padding]))))
+    progress.update(i + len(chunk))
+  progress.close()
   batch_first = [k for k in chunks[0] if np.shape(chunks[0][k])[:1] == (batch_size,)]
   return {k: np.concatenate([c[k][:n] for c, n in zip(chunks, sizes, strict=True)]) for k in batch_first}
 
@@ -62,6 +136,7 @@ def split_sums(
   batch_size: int,
   num_threads: int = 1,
   max_examples: int | None = None,
+  label: str = "evaluation",
 ) -> dict[str, np.ndarray]:
   """Exact sums over every example of `source` of what `sums_fn(state, batch)` (one device's share of a
   global batch, run under pmap with the device axis bound) returns, psum'd over devices: the caller's fn
@@ -70,7 +145,7 @@ def split_sums(
   e.g. a code histogram).
 
   `sums_fn` must be hashable across calls (a module-level function or a functools.partial of one) for
-  its compilation to be reused.
+  its compilation to be reused. A long evaluation logs its progress as `label` (`Progress`).
   """
   devices = parallel.devices_of(rstate)
   p_sums = _pmapped(sums_fn, devices)
@@ -79,19 +154,23 @@ def split_sums(
   batches = eval_batches(
     source, preprocess, global_batch=batch_size, num_threads=num_threads, max_examples=max_examples
   )
-  for batch in batches:
+  n = len(source) if max_examples is None else min(len(source), max_examples)
+  progress = Progress(label, n)
+  for i, batch in enumerate(batches):
     values = jax.device_get(
       p_sums(rstate, parallel.shard(parallel.split_for_devices(batch, len(devices)), devices))
     )
     for k, v in values.items():
       v = np.asarray(v, np.float64)[0]
       out[k] = out[k] + v if k in out else v
+    progress.update(min((i + 1) * batch_size, n))
+  progress.close()
   return out
 
 
 def section_sums(sums_fn: Callable, rstate: TrainState, context: Any, section: Any) -> dict[str, np.ndarray]:
   """`split_sums` over the split an evaluator section names, with the run's evaluation batch size and
-  read threads and the section's `max_examples`."""
+  read threads and the section's `max_examples`; its progress lines say "<type> on <split>"."""
   return split_sums(
     sums_fn,
     rstate,
@@ -100,6 +179,7 @@ def section_sums(sums_fn: Callable, rstate: TrainState, context: Any, section: A
     batch_size=context.config.eval_batch_size,
     num_threads=context.config.data.num_threads,
     max_examples=section.get("max_examples"),
+    label=f"{section.get('type', 'evaluation')} on {section.split}",
   )
 
 

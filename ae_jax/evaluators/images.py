@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import jax
@@ -59,19 +58,21 @@ def save_latent_scatter(
 ) -> str:
   """Scatter PNG of the codes of the first `num` examples of `source`, coloured by label."""
   batch = stack_examples(source, info, range(min(num, len(source))))
-  codes = reconstruct(model, state, batch["x"])["code"]
+  codes = reconstruct(model, state, batch["x"], label="latent codes")["code"]
   points, title = latent_points(codes)
   return visualize.save_scatter(path, points, batch["label"], info.class_names, title)
 
 
 def _picture(save, needs_source: bool = True):
-  """A builder whose evaluation writes WORKDIR/<name>.png: save(path, model, state, [source,] info, num)."""
+  """A builder whose evaluation writes WORKDIR/<name>.png (`Context.output_path`):
+  save(path, model, state, [source,] info, num)."""
 
   def build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
     def evaluate(rstate, step: int, final: bool) -> evaluators.Result:
-      if ctx.workdir is None or jax.process_index() != 0:
+      path = ctx.output_path(name)
+      if path is None:
         return evaluators.Result()
-      path, state = os.path.join(ctx.workdir, f"{name}.png"), parallel.unreplicate(rstate)
+      state = parallel.unreplicate(rstate)
       source = (ctx.dataset.split(sec.split),) if needs_source else ()
       return evaluators.Result(files=[save(path, ctx.model, state, *source, ctx.dataset.info, sec.num)])
 

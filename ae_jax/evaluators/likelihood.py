@@ -7,6 +7,15 @@ with q(z|x) as proposal:
 
 which is also the IWAE bound with K samples (Burda et al. 2015): it increases with K towards log p(x).
 Samples are drawn in chunks of `chunk_size` (K = 1000 does not fit in memory at once for a whole batch).
+
+The `likelihood` evaluator's cost is examples x K decoder passes (10,000 x 1,000 for Fashion-MNIST's test
+split: minutes on a CPU), which a short trial run should not pay. Its options say when the full estimate
+is made: a state trained `full_from_step` steps or more (a config sets it to its own schedule,
+`full_from_step=config.total_steps`, so `--config.total_steps=150` is a short run; 0: always) gets
+`num_samples` samples for each of the split's examples (or `max_examples` of them); an earlier state
+gets a quick estimate, `quick_num_samples` samples for each of the first `quick_max_examples` examples.
+Its result line says which ("full estimate" / "quick estimate ..."), and its results hold
+"estimate" ("full" / "quick"), "num_examples" and "num_samples". A long estimate logs its progress.
 """
 
 from __future__ import annotations
@@ -100,15 +109,19 @@ def evaluate_likelihood(
   chunk_size: int = 100,
   batch_size: int = 100,
   max_examples: int | None = None,
+  label: str = "likelihood",
 ) -> dict[str, float]:
   """Importance-sampled negative log-likelihood of `source` under a trained VAE, over every device.
 
   Returns nats per example ("nll", with "nll_stderr", the standard error of the dataset mean from the
   sampling), bits per dimension ("bits_per_dim" = nll / (dims * ln 2), meaningful for binary data), the
-  negative ELBO ("neg_elbo", closed-form KL) and the number of examples. `rstate` is replicated.
+  negative ELBO ("neg_elbo", closed-form KL) and the number of examples. `rstate` is replicated; `label`
+  names it in progress lines.
   """
   step = _likelihood_sums(model, num_samples, chunk_size)
-  sums = batches.split_sums(step, rstate, source, info, batch_size=batch_size, max_examples=max_examples)
+  sums = batches.split_sums(
+    step, rstate, source, info, batch_size=batch_size, max_examples=max_examples, label=label
+  )
   n = float(sums["count"])
   dims = int(np.prod(info.shape))
   nll = -float(sums["log_px"]) / n
@@ -127,29 +140,55 @@ def _likelihood_sums(model: nn.Module, num_samples: int, chunk_size: int):
   return functools.partial(likelihood_step, model=model, num_samples=num_samples, chunk_size=chunk_size)
 
 
+def _chunk_for(name: str, key: str, num_samples: int, chunk_size: int) -> int:
+  """The chunk K is drawn in: chunk_size, or K itself when smaller; K must be a multiple of it."""
+  chunk = min(chunk_size, num_samples)
+  if num_samples < 1 or num_samples % chunk:
+    raise ConfigError(
+      f"config.evals.{name}.{key}={num_samples} must be a positive multiple of chunk_size={chunk_size}"
+    )
+  return chunk
+
+
 def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
   if sec.num_samples % sec.chunk_size:
     raise ConfigError(
       f"config.evals.{name}.num_samples={sec.num_samples} must be a multiple of chunk_size={sec.chunk_size}"
     )
+  quick_chunk = _chunk_for(name, "quick_num_samples", sec.quick_num_samples, sec.chunk_size)
+  if sec.quick_max_examples < 1:
+    raise ConfigError(f"config.evals.{name}.quick_max_examples must be >= 1, got {sec.quick_max_examples}")
   source = ctx.dataset.split(sec.split)
+  full_examples = len(source) if sec.max_examples is None else min(len(source), sec.max_examples)
 
   def evaluate(rstate, step: int, final: bool) -> evaluators.Result:
+    quick = step < sec.full_from_step
+    if quick:
+      k, chunk, max_examples = sec.quick_num_samples, quick_chunk, min(sec.quick_max_examples, full_examples)
+    else:
+      k, chunk, max_examples = sec.num_samples, sec.chunk_size, sec.max_examples
     est = evaluate_likelihood(
       ctx.model,
       rstate,
       source,
       ctx.dataset.info,
-      num_samples=sec.num_samples,
-      chunk_size=sec.chunk_size,
+      num_samples=k,
+      chunk_size=chunk,
       batch_size=sec.batch_size,
-      max_examples=sec.max_examples,
+      max_examples=max_examples,
+      label=f"likelihood on {sec.split} (K = {k:,})",
+    )
+    which = (
+      f"quick estimate: the state has {step:,} of the {sec.full_from_step:,} steps of the full one "
+      f"({full_examples:,} examples, K = {sec.num_samples:,})"
+      if quick
+      else "full estimate"
     )
     line = (
       f"{name}: NLL {est['nll']:.3f} +- {est['nll_stderr']:.3f} nats ({est['bits_per_dim']:.4f} bits/dim), "
-      f"negative ELBO {est['neg_elbo']:.3f} nats, {int(est['num_examples'])} examples, K = {sec.num_samples}"
+      f"negative ELBO {est['neg_elbo']:.3f} nats, {int(est['num_examples']):,} examples, K = {k:,}; {which}"
     )
-    return evaluators.Result(est, lines=[line])
+    return evaluators.Result(est, {"estimate": "quick" if quick else "full"}, lines=[line])
 
   return evaluate
 
@@ -163,6 +202,9 @@ evaluators.register(
       "chunk_size": 100,
       "batch_size": 100,
       "max_examples": ml_collections.config_dict.placeholder(int),
+      "full_from_step": 0,  # states trained fewer steps get the quick estimate (0: always the full one)
+      "quick_max_examples": 1000,
+      "quick_num_samples": 100,
     },
     abilities=frozenset({"likelihood"}),
     description="importance-sampled log-likelihood (nats, bits/dim) and ELBO of a split",

@@ -38,7 +38,10 @@ def get_config(arg: str = "objective=elbo"):
   config.checkpoint_every = 1000
   config.evals.samples = evaluators.section("samples")
   config.evals.latents = evaluators.section("latents", split="test")
-  config.evals.likelihood = evaluators.section("likelihood", split="test", num_samples=1000)
+  # the full estimate for a run of this schedule; a shorter one gets the quick estimate (see the evaluator)
+  config.evals.likelihood = evaluators.section(
+    "likelihood", split="test", num_samples=1000, full_from_step=config.total_steps
+  )
   config.evals.activity = evaluators.section("latent_activity", split="test")  # active latent dims
   set_objective(config, objective, num_pixels=28 * 28)
   return config
