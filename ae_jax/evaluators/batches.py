@@ -17,7 +17,7 @@ import tqdm
 from flax import linen as nn
 
 from ae_jax import parallel
-from ae_jax.data import DatasetInfo
+from ae_jax.data import DatasetInfo, sources
 from ae_jax.data.pipeline import eval_batches
 from ae_jax.train import TrainState, apply_model, eval_rng
 
@@ -90,9 +90,8 @@ class Progress:
 
 def stack_examples(source: Sequence, info: DatasetInfo, indices: Sequence[int]) -> dict[str, np.ndarray]:
   """source[i] for i in `indices`, preprocessed for evaluation, as one batch {"x": [n, ...], ...}."""
-  preprocess = info.preprocess_for(train=False)
-  examples = [preprocess(source[int(i)], int(i)) for i in indices]
-  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+  indices = np.asarray(indices, np.int64)
+  return info.batch_preprocess_for(False)(sources.gather(source, indices), indices)
 
 
 def reconstruct(
@@ -150,9 +149,13 @@ def split_sums(
   devices = parallel.devices_of(rstate)
   p_sums = _pmapped(sums_fn, devices)
   out: dict[str, np.ndarray] = {}
-  preprocess = info.preprocess_for(train=False)
   batches = eval_batches(
-    source, preprocess, global_batch=batch_size, num_threads=num_threads, max_examples=max_examples
+    source,
+    info.preprocess_for(train=False),
+    global_batch=batch_size,
+    num_threads=num_threads,
+    max_examples=max_examples,
+    batch_preprocess=info.batch_preprocess_for(False),
   )
   n = len(source) if max_examples is None else min(len(source), max_examples)
   progress = Progress(label, n)
