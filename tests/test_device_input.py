@@ -1,6 +1,8 @@
 """The device-resident training input: the same batches as the host pipeline (bitwise), the same training,
 nothing placed per step, and a plan that says why a split stays on the host."""
 
+import dataclasses
+
 import chex
 import jax
 import numpy as np
@@ -29,9 +31,10 @@ def _host_batches(dataset, config, steps):
     data_config("synthetic", shape=(8, 8, 1), num_train=40, num_test=8, scale="symmetric"),
     data_config("synthetic", shape=(4, 4, 3), num_train=40, num_test=8, scale="unit"),
     data_config("synthetic", shape=(8, 8, 1), num_train=40, num_test=8, scale="centered"),
+    data_config("synthetic", shape=(8, 8, 1), num_train=40, num_test=8, binarize="dynamic"),
     data_config("synthetic_sequences", num_train=40, num_test=8),
   ],
-  ids=["symmetric", "unit_rgb", "centered", "sequences"],
+  ids=["symmetric", "unit_rgb", "centered", "binarized", "sequences"],
 )
 def test_device_gathered_batches_equal_the_host_pipelines_bitwise(tiny_config, data, monkeypatch):
   """Steps 0-11 over 40 records at batch 16 cross epochs inside batches; a one-epoch order window is
@@ -89,6 +92,9 @@ def test_resuming_on_the_device_equals_not_stopping(tiny_config, tmp_path):
 def test_the_plan_says_why_a_split_stays_on_the_host(tiny_config):
   dataset = get_dataset(tiny_config.data)
   assert device_input.plan(tiny_config, dataset).enabled  # "auto" on a small in-memory split
+  host_only = dataclasses.replace(dataset, info=dataclasses.replace(dataset.info, device_preprocess=None))
+  plan = device_input.plan(tiny_config, host_only)
+  assert not plan.enabled and "preprocesses on the host" in plan.line
   tiny_config.data.on_device_memory_fraction = 1e-12
   plan = device_input.plan(tiny_config, dataset)
   assert not plan.enabled and "on_device_memory_fraction" in plan.line
@@ -98,9 +104,6 @@ def test_the_plan_says_why_a_split_stays_on_the_host(tiny_config):
   tiny_config.data.on_device = "yes"
   with pytest.raises(ConfigError, match="must be one of"):
     device_input.plan(tiny_config, dataset)
-  tiny_config.data = data_config("synthetic", shape=(8, 8, 1), num_train=96, num_test=40, binarize="dynamic")
-  tiny_config.data.on_device = "auto"
-  plan = device_input.plan(tiny_config, get_dataset(tiny_config.data))
-  assert not plan.enabled and "preprocesses on the host" in plan.line
-  tiny_config.data.binarize, tiny_config.total_steps = "none", 2**31 // tiny_config.batch_size
-  assert "int32" in device_input.plan(tiny_config, get_dataset(tiny_config.data)).line
+  tiny_config.data.on_device, tiny_config.data.on_device_memory_fraction = "auto", 0.25
+  tiny_config.total_steps = 2**31 // tiny_config.batch_size
+  assert "int32" in device_input.plan(tiny_config, dataset).line

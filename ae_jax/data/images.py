@@ -16,7 +16,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from ae_jax.data import registry, sources
+from ae_jax.data import philox, registry, sources
 from ae_jax.errors import ConfigError, DataError
 
 # Options of every image dataset.
@@ -53,10 +53,11 @@ def binarize(image: np.ndarray, index: int) -> np.ndarray:
   return (u * 255.0 < image).astype(np.float32)
 
 
-def binarize_batch(images: np.ndarray, indices: np.ndarray) -> np.ndarray:
-  """`binarize` of a batch: uint8 images [n, ...] and stream positions int64 [n] -> float32 {0, 1}
-  [n, ...], image j binarised with key indices[j] (one Philox generator per image)."""
-  return np.stack([binarize(np.asarray(image), int(i)) for image, i in zip(images, indices, strict=True)])
+def binarize_batch(images: Any, indices: Any, xp: Any = np) -> Any:
+  """`binarize` of a batch: uint8 images [n, ...] and stream positions [n] -> float32 {0, 1} [n, ...],
+  bitwise; the Philox draws of all images at once (`philox.binarize_batch`), in numpy or, with
+  xp=jax.numpy, inside a jitted step (positions as int32 there)."""
+  return philox.binarize_batch(images, indices, xp)
 
 
 def convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -224,10 +225,12 @@ def image_info(
   levels = to_model(np.arange(256, dtype=np.uint8))  # float32 [256]: the model value of each pixel value
 
   def device_preprocess(records: Mapping[str, Any], indices: Any) -> dict[str, Any]:
-    """The training batch on the device: a lookup of the 256 host-computed levels, so bitwise the host's."""
+    """The training batch on the device, bitwise the host's: a lookup of the 256 host-computed levels, or
+    the same Philox draws."""
     import jax.numpy as jnp
 
-    x = jnp.asarray(levels)[records[image_key].astype(jnp.int32)]
+    images = records[image_key]
+    x = binarize_batch(images, indices, jnp) if dynamic else jnp.asarray(levels)[images.astype(jnp.int32)]
     n = indices.shape[0]
     label = records[label_key] if label_key and label_key in records else jnp.full(n, -1)
     return {"x": x, "label": label.astype(jnp.int32)}
@@ -248,7 +251,7 @@ def image_info(
     to_unit=to_unit,
     batch_preprocess=make_batch(True),
     eval_batch_preprocess=make_batch(False),
-    device_preprocess=device_preprocess if geometry is None and not dynamic else None,
+    device_preprocess=device_preprocess if geometry is None else None,
   )
 
 
