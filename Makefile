@@ -8,7 +8,7 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 DEMO_WORKDIR ?= runs/demo_conv_ae
 DEMO_STEPS ?= 2000
 
-.PHONY: demo test test-fast venv data clean
+.PHONY: demo test test-fast notebook venv data clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=python3 ...'"; exit 1; }
@@ -47,6 +47,11 @@ test: venv data
 # The unit tests alone: no process tests (`slow`) and no training on real data (`integration`).
 test-fast: venv
 	$(PYTEST) -m "not slow and not integration" --timeout=120 tests
+
+# The tutorial, run as a user runs it: its kernel starts in docs/ and imports the installed package.
+notebook: venv data
+	$(PY) -m pip install --quiet -e '.[notebook]'
+	$(VENV)/bin/jupyter execute docs/tutorial.ipynb
 
 clean:
 	rm -rf $(VENV) runs

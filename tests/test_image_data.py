@@ -2,6 +2,7 @@
 
 import io
 import logging
+import pathlib
 import tarfile
 
 import chex
@@ -292,3 +293,24 @@ def test_first_preparation_and_a_missing_dataset_warn_nothing(folder, tmp_path, 
   with pytest.raises(DataNotFoundError, match="nothing prepared"):
     data.get_dataset(missing)
   assert _warnings(caplog) == []
+
+
+def test_a_failed_download_leaves_no_empty_folders_behind(tmp_path, monkeypatch):
+  """tfds creates the dataset's folders before it fails offline; the one error line is all that remains."""
+  from ae_jax.data import sources
+
+  kept = tmp_path / "other" / "downloads"
+  kept.mkdir(parents=True)
+  (kept / "partial.zip").write_bytes(b"x")
+
+  def failing(name, split, data_dir, download):
+    (pathlib.Path(data_dir) / "celeb_a" / "2.1.0" / "incomplete").mkdir(parents=True)
+    (pathlib.Path(data_dir) / "other" / "empty").mkdir(parents=True)
+    raise ConnectionError("Retrying ... failed")
+
+  monkeypatch.setattr(tfds, "data_source", failing)
+  config = data.data_config("tfds", tfds_name="celeb_a", data_dir=str(tmp_path), download=True)
+  with pytest.raises(DataNotFoundError, match="tfds dataset 'celeb_a'"):
+    sources.tfds_source("celeb_a", "train", config)
+  assert not (tmp_path / "celeb_a").exists()
+  assert (kept / "partial.zip").exists()  # another dataset's folder is not touched

@@ -158,15 +158,30 @@ def tfds_source(name: str, split: str, data: ml_collections.ConfigDict) -> Seque
   config.data.download; that needs TensorFlow). Raises DataNotFoundError saying how to prepare it."""
   import tensorflow_datasets as tfds
 
+  folder = Path(tfds_root(data.data_dir)) / name.split("/")[0].split(":")[0]
+  existed = folder.exists()
   try:
     return tfds.data_source(name, split=split, data_dir=data.data_dir, download=bool(data.download))
   except Exception as e:  # noqa: BLE001 - tfds raises assorted types for a missing or unpreparable dataset
+    if not existed:
+      remove_empty_folders(folder)  # a failed download leaves its empty folders behind
     raise DataNotFoundError(
       f"tfds dataset '{name}' split '{split}' is not prepared as ArrayRecord in "
       f"{tfds_root(data.data_dir)} ({type(e).__name__}: {' '.join(str(e).split())[:160]}); prepare it "
       "online with `pip install 'ae-jax[tfds-download]'` and --config.data.download=True, or point "
       "--config.data.data_dir at a tfds directory that has it"
     ) from e
+
+
+def remove_empty_folders(folder: Path) -> None:
+  """Removes `folder` and the folders under it that hold no file (a folder with a file stays)."""
+  if not folder.is_dir():
+    return
+  for path in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+    if not any(path.iterdir()):
+      path.rmdir()
+  if not any(folder.iterdir()):
+    folder.rmdir()
 
 
 def _prepared_tfds(name: str, split: str, data_dir: str | None) -> Sequence[Record] | None:
