@@ -40,6 +40,14 @@ ORDER_BYTES = 64 * 2**20  # the epoch-order table placed at once: the whole run'
 CHOICES = ("auto", "true", "false")
 
 
+def size_text(nbytes: float) -> str:
+  """A byte count for people: "216 B", "4.3 KB", "47.0 MB", "1.2 GB"."""
+  for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+    if nbytes >= scale:
+      return f"{nbytes / scale:.1f} {unit}"
+  return f"{int(nbytes)} B"
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """Whether the training split goes on the devices, and the one line that says so (and why)."""
@@ -100,8 +108,8 @@ def plan(config: ml_collections.ConfigDict, dataset: Dataset) -> Plan:
     why_not = "total_steps * batch_size reaches 2**31, past int32 stream positions on the device"
   elif size > budget:
     why_not = (
-      f"the training split ({size / 2**20:.1f} MB) is over config.data.on_device_memory_fraction of a "
-      f"device's memory ({budget / 2**20:.0f} MB)"
+      f"the training split ({size_text(size)}) is over config.data.on_device_memory_fraction of a "
+      f"device's memory ({size_text(budget)})"
     )
   if why_not is not None:
     if choice == "true":
@@ -109,7 +117,7 @@ def plan(config: ml_collections.ConfigDict, dataset: Dataset) -> Plan:
     return Plan(False, f"input: host pipeline ({why_not})")
   return Plan(
     True,
-    f"input: device-resident, {size / 2**20:.1f} MB of training data on each of {jax.local_device_count()} "
+    f"input: device-resident, {size_text(size)} of training data on each of {jax.local_device_count()} "
     "devices; each step gathers its batch there (no host work or transfer per step)",
     size,
   )

@@ -63,6 +63,7 @@ def test_smoke_run_reports_every_column_and_model(tmp_path):
 def test_the_timed_step_is_the_trainers(tiny_config, monkeypatch):
   """The trainer's pmapped function (captured from a run of the suite's timed loop) lowers to the same
   program, with the same FLOPs, as the step the suite times."""
+  tiny_config.data.on_device = "false"  # the host-input trainer: its step is the timed one
   captured, pmap = [], jax.pmap
   monkeypatch.setattr(jax, "pmap", lambda fn, **kw: captured.append((fn, kw)) or pmap(fn, **kw))
   timed = measure.time_loop(measure.loop_config(tiny_config, 6, 1))
@@ -90,12 +91,13 @@ def test_loop_time_is_read_from_the_logged_examples_per_sec(tiny_config, monkeyp
   def fake_run(config, workdir):
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in rows)
-    return {"compile_seconds": 1.0}
+    return {"compile_seconds": 1.0, "input": "input: host pipeline (a test)", "input_bytes_placed": 600}
 
   monkeypatch.setattr(loop, "train_and_evaluate", fake_run)
   config = measure.loop_config(tiny_config, 6, 1, {"log_every": 3, "checkpoint_every": 0})
   timed = measure.time_loop(config)  # batch 16: steps 2-3 in 0.2 s, steps 4-6 in 0.1 s
   assert timed["timed_steps"] == 5 and timed["ms"] == pytest.approx(1e3 * 0.3 / 5)
+  assert timed["input"] == "host" and timed["input_bytes_per_step"] == 100
 
 
 def test_plans_fit_the_budget():

@@ -90,11 +90,12 @@ def test_steps_per_dispatch_and_prefetch_give_the_same_run(tiny_config, tmp_path
     chex.assert_trees_all_equal(_params(fast), _params(resumed))
 
 
-def test_no_device_to_host_transfer_between_log_steps(tiny_config, tmp_path, monkeypatch):
+@pytest.mark.parametrize("on_device", ["false", "true"])
+def test_no_device_to_host_transfer_between_log_steps(tiny_config, tmp_path, monkeypatch, on_device):
   """With checkpoints and evaluation off, arrays come back from the devices only at log steps and at the
-  end. (The loop dispatches under jax.transfer_guard_host_to_device("disallow"); on CPU, whose arrays
-  live in host memory, device-to-host reads bypass transfer guards, so they are counted where every read
-  goes through, ArrayImpl._value, and placed between the dispatches, Prefetcher.next.)"""
+  end, with host input or device-resident. (The loop dispatches under a transfer guard; on CPU, whose
+  arrays live in host memory, device-to-host reads bypass transfer guards, so they are counted where every
+  read goes through, ArrayImpl._value, and placed between the dispatches, at the loop's feed.)"""
   from jax._src import array as jax_array
 
   events = []
@@ -102,9 +103,10 @@ def test_no_device_to_host_transfer_between_log_steps(tiny_config, tmp_path, mon
   monkeypatch.setattr(
     jax_array.ArrayImpl, "_value", property(lambda a: events.append("read") or value.fget(a))
   )
-  serve = parallel.Prefetcher.next
-  monkeypatch.setattr(parallel.Prefetcher, "next", lambda self: events.append("dispatch") or serve(self))
+  serve = loop._Feed.dispatch
+  monkeypatch.setattr(loop._Feed, "dispatch", lambda self, *a: events.append("dispatch") or serve(self, *a))
   tiny_config.update({"checkpoint_every": 0, "steps_per_dispatch": 2, "log_every": 6})
+  tiny_config.data.on_device = on_device
   summary = loop.train_and_evaluate(tiny_config, str(tmp_path))
   assert summary["step"] == 12
   dispatches = [i for i, e in enumerate(events) if e == "dispatch"]
