@@ -55,6 +55,7 @@ def test_every_choice_builds_an_optimizer():
       assert float(sched(5)) > 0 and tx.init({"w": np.zeros(2, np.float32)}) is not None
 
 
+@pytest.mark.slow
 def test_a_binary_series_file_is_one_error_line_from_the_command_line(tmp_path):
   path = tmp_path / "series.csv"
   path.write_bytes(bytes(range(256)) * 4)

@@ -26,6 +26,7 @@ def _suite(args: list[str], out: Path) -> subprocess.CompletedProcess:
   return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_smoke_run_reports_every_column_and_model(tmp_path):
   done = _suite(SMOKE_ARGS, tmp_path)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -142,6 +143,7 @@ def test_every_baseline_is_timed_against_its_counterpart():
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="this machine has a GPU")
+@pytest.mark.slow
 def test_gpu_mode_fails_clearly_without_a_gpu(tmp_path):
   done = _suite(["--gpu", "--models", "mlp_ae"], tmp_path)
   assert done.returncode != 0 and "--gpu needs an NVIDIA GPU" in done.stderr

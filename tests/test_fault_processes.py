@@ -15,6 +15,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+pytestmark = pytest.mark.slow  # starts processes: in make test, not in make test-fast
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = "tests/tiny_experiment.py"
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PYTHONUNBUFFERED": "1"}

@@ -190,6 +190,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
   )
 
 
+@pytest.mark.slow
 def test_cli_conv_ae():
   out = _cli()
   assert out.returncode == 0, out.stderr
@@ -198,12 +199,14 @@ def test_cli_conv_ae():
   assert "encoder/Conv_0" in out.stdout
 
 
+@pytest.mark.slow
 def test_cli_override_changes_ratio():
   out = _cli("--config.model.code_dim=32")
   assert out.returncode == 0, out.stderr
   assert "784 / 32 = 24.5" in out.stdout
 
 
+@pytest.mark.slow
 def test_cli_bad_override_is_one_line_naming_the_key():
   out = _cli("--config.model.code_dims=3")
   assert out.returncode != 0

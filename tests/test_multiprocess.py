@@ -18,6 +18,8 @@ import time
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # starts processes: in make test, not in make test-fast
+
 WORKER = os.path.join(os.path.dirname(__file__), "multiprocess_worker.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEADLINE = 240  # seconds for one group of processes

@@ -10,6 +10,8 @@ import pytest
 
 from ae_jax.data import fashion_mnist
 
+pytestmark = pytest.mark.slow  # starts processes: in make test, not in make test-fast
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "docs" / "tutorial.ipynb"
 
