@@ -60,6 +60,18 @@ def make_tiny_config():
   return c
 
 
+@pytest.fixture
+def as_process(monkeypatch):
+  """as_process(pid, nproc) makes the input pipeline believe it runs as process pid of nproc."""
+  from ae_jax.data import pipeline
+
+  def set_process(pid, nproc):
+    monkeypatch.setattr(pipeline.jax, "process_count", lambda: nproc)
+    monkeypatch.setattr(pipeline.jax, "process_index", lambda: pid)
+
+  return set_process
+
+
 def pytest_report_header(config):
   return f"jax {jax.__version__}, {jax.local_device_count()} local devices ({jax.default_backend()})"
 

@@ -55,15 +55,6 @@ def _train(source, info, steps, *, seed=0, start_step=0, num_threads=1, global_b
   return list(itertools.islice(it, steps))
 
 
-@pytest.fixture
-def as_process(monkeypatch):
-  def set_process(pid, nproc):
-    monkeypatch.setattr(pipeline.jax, "process_count", lambda: nproc)
-    monkeypatch.setattr(pipeline.jax, "process_index", lambda: pid)
-
-  return set_process
-
-
 def _image_config(**overrides):
   return ml_collections.ConfigDict({"scale": "symmetric", "binarize": "none", **overrides})
 

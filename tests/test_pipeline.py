@@ -40,17 +40,6 @@ def _train(source=None, *, seed=0, start_step=0, global_batch=B, steps=2 * STEPS
   return _take(it, steps)
 
 
-@pytest.fixture
-def as_process(monkeypatch):
-  """as_process(pid, nproc) makes the pipeline believe it runs as process pid of nproc."""
-
-  def set_process(pid, nproc):
-    monkeypatch.setattr(pipeline.jax, "process_count", lambda: nproc)
-    monkeypatch.setattr(pipeline.jax, "process_index", lambda: pid)
-
-  return set_process
-
-
 # ----------------------------------------------------------------------------- train_batches
 
 
