@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from typing import Any
 
 import jax
@@ -150,6 +151,19 @@ def _metadata_mismatch(saved: Any, target: Any) -> str | None:
   return None
 
 
+def _remove_partial(pattern: str, seconds: float = 10.0) -> None:
+  """Removes the directories matching `pattern` (a failed save's partial files, never a finished step).
+  tensorstore's writer threads can still be finishing writes after Orbax reports the failure, so the
+  removal is retried until nothing matches, for at most `seconds`."""
+  deadline = time.monotonic() + seconds
+  while True:
+    for tmp in glob.glob(pattern):
+      shutil.rmtree(tmp, ignore_errors=True)
+    if not glob.glob(pattern) or time.monotonic() > deadline:
+      return
+    time.sleep(0.05)
+
+
 class _OrbaxErrors(logging.Handler):
   """Keeps the first error Orbax logs while a save is in flight: an asynchronous save's failure is logged
   by Orbax's background threads (and may never be raised), so its cause is read from here."""
@@ -199,7 +213,7 @@ class Checkpointer:
     handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
     self._async = async_save
-    self._failed = False  # a failed save was reported; later waits do not raise it again
+    self._failed: int | None = None  # the step of a reported failed save; later waits do not raise it again
     self._pending: int | None = None  # the step of the save in flight
     self._errors = _OrbaxErrors()
 
@@ -226,10 +240,8 @@ class Checkpointer:
         self._manager.wait_until_finished()
       except Exception:  # noqa: BLE001 - the failure being reported
         pass
-    self._failed, self._pending = True, None
-    if jax.process_index() == 0:
-      for tmp in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
-        shutil.rmtree(tmp, ignore_errors=True)  # the failed save's partial files, never a finished step
+    self._failed, self._pending = step, None
+    self._remove_failed_partial()
     kept = self.latest_step()
     cause = _cause_text(error if error is not None else self._errors.first)
     where = (
@@ -274,7 +286,7 @@ class Checkpointer:
     """Raises CheckpointSaveError if the asynchronous save in flight has failed. With several processes
     it does nothing (Orbax's progress check may wait on other processes): a failed save then surfaces at
     the next `save` or at `wait`."""
-    if jax.process_count() > 1 or self._failed:
+    if jax.process_count() > 1 or self._failed is not None:
       return
     self._finish_pending(block=False)
 
@@ -418,7 +430,7 @@ class Checkpointer:
   def wait(self) -> None:
     """Blocks until the save in flight is on disk; raises CheckpointSaveError if it failed (once: after a
     reported failure, later calls only log)."""
-    if self._failed:
+    if self._failed is not None:
       try:
         self._manager.wait_until_finished()
       except Exception as e:  # noqa: BLE001 - the failure already reported
@@ -426,12 +438,23 @@ class Checkpointer:
       return
     self._finish_pending(block=True)
 
+  def _remove_failed_partial(self) -> None:
+    if self._failed is not None and jax.process_index() == 0:
+      _remove_partial(os.path.join(self.directory, f"{self._failed}.orbax-checkpoint-tmp*"))
+
   def close(self) -> None:
     try:
       self.wait()
     finally:
       logging.getLogger("absl").removeHandler(self._errors)
-      self._manager.close()
+      try:
+        self._manager.close()
+      except Exception as e:  # noqa: BLE001 - after a reported failed save, its writers fail too
+        if self._failed is None:
+          raise
+        log.info("closing after the failed save of step %d: %s", self._failed, _cause(e), extra=LOG_ONLY)
+      # Orbax's metadata writer can still recreate a failed step's temporary directory until it is closed
+      self._remove_failed_partial()
 
 
 class BestCheckpoint:

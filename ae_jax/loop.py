@@ -2,10 +2,12 @@
 
     summary = loop.train_and_evaluate(config, workdir)
 
-The host stays ahead of the devices: batches are assembled and placed on the devices ahead of time by a
-background thread (`config.prefetch`), `config.steps_per_dispatch` optimisation steps run per dispatch
-(`train.train_steps`), up to IN_FLIGHT dispatches are queued, and metrics stay on the devices
-until a log step fetches them all at once. Logging, evaluation and checkpoints happen between dispatches.
+The devices never wait for the host: where the training split fits (`config.data.on_device`), it lives on
+the devices and each step gathers its own batch there (`device_input`); otherwise batches are assembled
+and placed ahead of time by a background thread (`config.prefetch`). `config.steps_per_dispatch`
+optimisation steps run per dispatch, up to IN_FLIGHT dispatches are queued, and metrics stay on the
+devices until a log step fetches them all at once. Logging, evaluation and checkpoints happen between
+dispatches.
 
 What happens when things fail:
 * a non-finite loss or gradient leaves the state untouched, and the run stops at the next log or
