@@ -99,7 +99,10 @@ def plan(config: ml_collections.ConfigDict, dataset: Dataset) -> Plan:
   budget = float(config.data.get("on_device_memory_fraction", 0.25)) * device_memory_bytes()
   why_not = None
   if dataset.info.device_preprocess is None:
-    why_not = f"dataset '{dataset.name}' preprocesses on the host under this config (e.g. resizing or cropping as it reads)"
+    why_not = (
+      f"dataset '{dataset.name}' preprocesses on the host under this config "
+      "(e.g. resizing or cropping as it reads)"
+    )
   elif arrays is None:
     why_not = "the training split is not held in memory (config.data.cache_in_memory=False)"
   elif int(config.total_steps) * int(config.batch_size) >= 2**31:
