@@ -217,7 +217,7 @@ class Checkpointer:
     self._pending: int | None = None  # the step of the save in flight
     self._errors = _OrbaxErrors()
 
-  def complete_steps(self) -> list[int]:
+  def all_steps(self) -> list[int]:
     """The steps whose directory is complete on disk, oldest first (a save in flight is not one)."""
     if not os.path.isdir(self.directory):
       return []
@@ -226,12 +226,8 @@ class Checkpointer:
 
   def latest_step(self) -> int | None:
     """The newest complete checkpoint's step, or None."""
-    steps = self.complete_steps()
+    steps = self.all_steps()
     return steps[-1] if steps else None
-
-  def all_steps(self) -> list[int]:
-    """Every complete step, oldest first."""
-    return self.complete_steps()
 
   def _save_failed(self, step: int, error: BaseException | str | None) -> CheckpointSaveError:
     """The error for a failed save of `step`, once its partial files are removed."""
@@ -271,11 +267,11 @@ class Checkpointer:
       self._pending = None
       self._prune()
       return
-    raise self._save_failed(step, error) from (error if isinstance(error, BaseException) else None)
+    raise self._save_failed(step, error) from error
 
   def _prune(self) -> None:
     """Deletes all but the newest `keep` complete steps."""
-    steps = self.complete_steps()
+    steps = self.all_steps()
     if len(steps) <= self._keep:
       return
     self._manager.reload()
@@ -294,7 +290,7 @@ class Checkpointer:
     """Saves `state` (unreplicated pytree) and `config` (JSON-able dict) as checkpoint `step`; raises
     CheckpointSaveError when this save (synchronous) or the previous one (asynchronous) failed."""
     self._finish_pending(block=True)
-    if step in self.complete_steps():
+    if step in self.all_steps():
       return  # already on disk (e.g. the final step coincides with a periodic save)
     self._pending, self._errors.first = step, None
     orbax_log = logging.getLogger("absl")

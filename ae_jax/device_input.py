@@ -2,7 +2,7 @@
 gathers and preprocesses its own batch inside the pmapped step, from its step number alone.
 
     plan = device_input.plan(config, dataset)       # decided before any placement; plan.line says why
-    resident = device_input.Resident(dataset, config, plan)
+    resident = device_input.Resident(config, plan)
     order = resident.order_for(step, size)          # the epochs' record orders, placed between dispatches
     p_steps(rstate, resident.arrays, order, resident.slots, size)
 
@@ -50,11 +50,13 @@ def size_text(nbytes: float) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """Whether the training split goes on the devices, and the one line that says so (and why)."""
+  """Whether the training split goes on the devices, the one line that says so (and why), and, when it
+  does, the split's arrays as read for the decision (placed by `Resident`)."""
 
   enabled: bool
   line: str
   data_bytes: int = 0
+  arrays: dict[str, np.ndarray] | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
 def _numeric(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -94,7 +96,8 @@ def plan(config: ml_collections.ConfigDict, dataset: Dataset) -> Plan:
     raise ConfigError(f"config.data.on_device must be one of {CHOICES}, not {config.data.on_device!r}")
   if choice == "false":
     return Plan(False, "input: host pipeline (config.data.on_device=false)")
-  arrays = training_arrays(dataset)
+  # the split is read (a gather, for a split not already held as arrays) only when it could be placed
+  arrays = training_arrays(dataset) if dataset.info.device_preprocess is not None else None
   size = sum(v.nbytes for v in arrays.values()) if arrays is not None else 0
   budget = float(config.data.get("on_device_memory_fraction", 0.25)) * device_memory_bytes()
   why_not = None
@@ -121,6 +124,7 @@ def plan(config: ml_collections.ConfigDict, dataset: Dataset) -> Plan:
     f"input: device-resident, {size_text(size)} of training data on each of {jax.local_device_count()} "
     "devices; each step gathers its batch there (no host work or transfer per step)",
     size,
+    arrays,
   )
 
 
@@ -128,10 +132,10 @@ class Resident:
   """The training split on this process's devices ([devices, n, ...] each field), each device's place
   in the local batch (`slots`), and the epoch-order table (`order_for`)."""
 
-  def __init__(self, dataset: Dataset, config: ml_collections.ConfigDict, plan_: Plan):
+  def __init__(self, config: ml_collections.ConfigDict, plan_: Plan):
     if not plan_.enabled:
       raise ValueError(f"not device-resident: {plan_.line}")
-    arrays = training_arrays(dataset)
+    arrays = plan_.arrays
     self.n = len(next(iter(arrays.values())))
     self.seed, self.global_batch = int(config.seed), int(config.batch_size)
     self.process_count, self.process_index = jax.process_count(), jax.process_index()
@@ -143,8 +147,8 @@ class Resident:
     self.arrays = parallel.replicate(arrays)
     self.slots = parallel.shard(np.arange(devices, dtype=np.int32) * self.per_device)
     last_position = int(config.total_steps) * self.global_batch
-    self._run_epochs = (0, last_position // self.n + 1)
-    self.window = max(1, min(self._run_epochs[1], ORDER_BYTES // (4 * self.n)))
+    run_epochs = last_position // self.n + 1
+    self.window = max(1, min(run_epochs, ORDER_BYTES // (4 * self.n)))  # epochs in the order table
     self._order: Any = None
     self._first = -1
     self.order_bytes_placed = 0  # host-to-device bytes of epoch orders placed so far
@@ -159,8 +163,7 @@ class Resident:
     when the current one does not): {"table": [devices, W, n] int32, "first": [devices] int32}."""
     lo, hi = self._epochs(step, size)
     if self._order is None or lo < self._first or hi >= self._first + self.window:
-      if hi - lo + 1 > self.window:
-        self.window = hi - lo + 1
+      self.window = max(self.window, hi - lo + 1)
       table = np.stack(
         [pipeline.epoch_permutation(self.seed, e, self.n) for e in range(lo, lo + self.window)]
       ).astype(np.int32)

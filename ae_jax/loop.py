@@ -205,7 +205,7 @@ class _Feed:
     self.bytes_placed = 0
     self._prefetch = None
     if input_plan.enabled:
-      self._resident = device_input.Resident(dataset, config, input_plan)
+      self._resident = device_input.Resident(config, input_plan)
       self._p_steps = device_input.pmapped_steps(
         self._resident, dataset.info.device_preprocess, **step_options
       )

@@ -24,6 +24,8 @@ from collections.abc import Mapping
 import jax
 import tqdm
 
+from ae_jax.console import LOG_ONLY
+
 log = logging.getLogger(__name__)
 
 
@@ -66,7 +68,7 @@ class MetricWriter:
     if step != self._last_step:
       self._last_step, self._names_at_last = step, set()
     if names in self._names_at_last:
-      log.info("step %d: these metrics are in metrics.jsonl already; not written again", step)
+      log.info("step %d: these metrics are in metrics.jsonl already; not written again", step, extra=LOG_ONLY)
       return
     self._names_at_last.add(names)
     row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}

@@ -44,7 +44,7 @@ def test_device_gathered_batches_equal_the_host_pipelines_bitwise(tiny_config, d
   dataset = get_dataset(data)
   plan = device_input.plan(tiny_config, dataset)
   assert plan.enabled, plan.line
-  resident = device_input.Resident(dataset, tiny_config, plan)
+  resident = device_input.Resident(tiny_config, plan)
   host = _host_batches(dataset, tiny_config, 12)
   for step, size in [(0, 3), (3, 1), (4, 5), (9, 3)]:
     device = device_input.batches(resident, dataset.info.device_preprocess, step, size)

@@ -30,7 +30,7 @@ from ae_jax.data import registry, sources
 
 Record = Mapping[str, Any]
 Example = dict[str, np.ndarray]
-Preprocess = Callable[[Record, int], Example]
+Preprocess = registry.Preprocess
 BatchPreprocess = registry.BatchPreprocess
 
 

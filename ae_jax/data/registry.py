@@ -57,7 +57,7 @@ Preprocess = Callable[[Record, int], dict[str, np.ndarray]]
 BatchPreprocess = Callable[[Mapping[str, np.ndarray], np.ndarray], dict[str, np.ndarray]]
 
 
-def stack_examples(examples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+def stack_outputs(examples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
   """Examples (dicts of arrays with the same keys) stacked into one batch {key: [n, ...]}."""
   return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
 
@@ -70,7 +70,7 @@ def per_record(preprocess: Preprocess) -> BatchPreprocess:
   """
 
   def batch_preprocess(records: Mapping[str, np.ndarray], indices: np.ndarray) -> dict[str, np.ndarray]:
-    return stack_examples(
+    return stack_outputs(
       [preprocess({k: v[j] for k, v in records.items()}, int(i)) for j, i in enumerate(indices)]
     )
 
