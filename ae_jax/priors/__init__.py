@@ -20,11 +20,14 @@ from ae_jax.priors.maskgit import (
   maskgit_decode_history,
   random_mask,
 )
+from ae_jax.priors.mixture import COVARIANCES, GaussianMixture, fit_gaussian_mixture
 from ae_jax.priors.sampling import filter_top_k, filter_top_p, sample_logits
 from ae_jax.priors.transformer import ARTransformer, sample_autoregressive, token_nll
 
 __all__ = [
   "ARTransformer",
+  "COVARIANCES",
+  "GaussianMixture",
   "MASK_SCHEDULES",
   "MaskGITTransformer",
   "SequenceTransformer",
@@ -33,6 +36,7 @@ __all__ = [
   "decode_mask_counts",
   "filter_top_k",
   "filter_top_p",
+  "fit_gaussian_mixture",
   "mask_schedule",
   "maskgit_decode",
   "maskgit_decode_history",
