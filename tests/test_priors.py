@@ -159,6 +159,14 @@ def test_top_k_and_top_p_filters_closed_form():
   assert set(np.asarray(draws[:, 1]).tolist()) == {0, 2}
 
 
+def test_zero_temperature_is_exact_argmax():
+  """Near-tied logits (1e-6 apart): greedy picks the larger every time, dividing by no small number."""
+  logits = jnp.tile(jnp.asarray([0.0, 1e-6, -1.0]), (2000, 1))
+  for temperature in (0.0, 1e-9):
+    draws = jax.jit(sample_logits)(jax.random.key(19), logits, temperature)
+    assert np.all(np.asarray(draws) == 1)
+
+
 # ----------------------------------------------------------------------------- MaskGIT
 
 MK, ML = 5, 16  # MaskGIT's vocabulary (mask id 5) and length
@@ -187,7 +195,8 @@ def test_decode_mask_counts_by_hand():
   # floor(16 cos(pi/2 (t+1)/8)) for t = 0..6: 15.69, 14.78, 13.30, 11.31, 8.89, 6.12, 3.12; 0 at the end.
   assert decode_mask_counts(16, 8).tolist() == [15, 14, 13, 11, 8, 6, 3, 0]
   assert decode_mask_counts(16, 4, "linear").tolist() == [12, 8, 4, 0]
-  assert decode_mask_counts(3, 3, "linear").tolist() == [2, 1, 0]  # 3 (1 - 1/3) = 2, not floored to 1
+  # 10 (1 - 4/5) is 1.9999999999999996 in float64: still 2 left masked, not 1.
+  assert decode_mask_counts(10, 5, "linear").tolist() == [8, 6, 4, 2, 0]
   # More steps than tokens: at least one fixed per step, at least one left until the last.
   assert decode_mask_counts(4, 6).tolist() == [3, 2, 1, 1, 1, 0]
 
