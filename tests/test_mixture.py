@@ -111,6 +111,18 @@ def test_degenerate_data_gives_finite_results(x, covariance):
   assert gm.log_prob(x).min() > 0.0
 
 
+@pytest.mark.parametrize("covariance", ["full", "diag"])
+def test_identical_points_give_regularised_point_components(covariance):
+  """Every component collapses onto the one point: mean the point, covariance exactly reg (times I)."""
+  point = np.asarray([1.0, -2.0, 0.5])
+  gm = fit_gaussian_mixture(np.tile(point, (40, 1)), 3, covariance=covariance, reg=1e-4)
+  np.testing.assert_allclose(gm.means, np.tile(point, (3, 1)), rtol=1e-12)
+  want = 1e-4 * (np.eye(3) if covariance == "full" else np.ones(3))
+  np.testing.assert_allclose(gm.covariances, np.broadcast_to(want, gm.covariances.shape), rtol=1e-9)
+  # log N(mu; mu, reg I) = -D/2 log(2 pi reg), whatever the weights.
+  np.testing.assert_allclose(gm.log_prob(point[None]), [-1.5 * np.log(2 * np.pi * 1e-4)], rtol=1e-9)
+
+
 def test_bad_arguments_raise_project_errors():
   x = _draw(VARIANCES, n=30)
   with pytest.raises(ConfigError, match="did you mean 'full'"):

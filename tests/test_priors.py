@@ -47,6 +47,22 @@ def ar():
   return {"cond": (cond, v_cond, apply_cond), "uncond": (uncond, v_uncond, apply_uncond)}
 
 
+def test_logits_are_float32_with_bfloat16_compute():
+  tokens = jax.random.randint(jax.random.key(20), (2, L), 0, K)
+  f32 = ARTransformer(vocab_size=K, seq_len=L, **TINY)
+  variables = _init(f32, tokens)
+  bf16 = ARTransformer(vocab_size=K, seq_len=L, dtype=jnp.bfloat16, **TINY)
+  want = jax.jit(lambda v, t: f32.apply(v, t, train=False))(variables, tokens)["logits"]
+  got = jax.jit(lambda v, t: bf16.apply(v, t, train=False))(variables, tokens)
+  assert got["logits"].dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(got["logits"]), np.asarray(want), atol=0.05)
+  # Unconditional MaskGIT in bfloat16, with the mask token as input: K real-token logits in float32.
+  maskgit = MaskGITTransformer(vocab_size=K, seq_len=L, dtype=jnp.bfloat16, **TINY)
+  masked = jnp.full((2, L), K, jnp.int32)
+  logits = jax.jit(lambda v, t: maskgit.apply(v, t, train=False))(_init(maskgit, masked), masked)["logits"]
+  assert logits.shape == (2, L, K) and logits.dtype == jnp.float32 and np.all(np.isfinite(logits))
+
+
 def _all_sequences(k, length):
   return jnp.asarray(list(itertools.product(range(k), repeat=length)), jnp.int32)
 

@@ -87,6 +87,9 @@ def test_precision_recall_hand_built_1d():
   # 3.2 of 3.9; 0 lies within no fake ball (0.5 > 0.2, 0.7 > 0.2, 3.9 > 3.2, 10 > 6.1).
   assert precision_recall(real, fake, k=1) == {"precision": 0.75, "recall": 0.75}
   assert precision_recall(real, fake, k=1, chunk=1) == {"precision": 0.75, "recall": 0.75}
+  # Points on a ball's border count as inside (<=, as the reference code): 4 is 1 from 3, and 2 is 2
+  # (the fake radius) from 4; 6 and 0, 1 lie outside every ball. Exact in float32.
+  assert precision_recall(real, np.asarray([[4.0], [6.0]]), k=1) == {"precision": 0.5, "recall": 0.5}
 
 
 @pytest.mark.parametrize("chunk", [7, 64, 10_000])

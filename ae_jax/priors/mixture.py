@@ -6,7 +6,8 @@ float64: k-means++ seeding from `seed` (deterministic), one hard assignment to t
 M-step give the starting parameters; then E-steps (responsibilities by log-sum-exp) and M-steps until the
 mean log-likelihood improves by less than `tol` nats or `iterations` EM steps ran. `reg` is added to every
 variance (the diagonal of C_k), so a component that collapses onto one point, or is left with no point,
-keeps a positive-definite covariance: log-densities stay finite. Weights are N_k / N with N_k >= 1e-10.
+keeps a positive-definite covariance: log-densities stay finite. Weights are N_k / N with N_k >= 1e-10;
+a component left with no point keeps its last mean (its k-means++ seed at first).
 
 Log-densities (nats) use the Cholesky factor of each C_k: log N(x; mu, C) = -0.5 (|L^-1 (x - mu)|^2
 + log det C + D log 2 pi). The project's Gaussian log-densities (`ae_jax.divergences`) are float32 jax
@@ -135,12 +136,13 @@ def _kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.nda
 
 
 def _m_step(
-  x: np.ndarray, resp: np.ndarray, covariance: str, reg: float
+  x: np.ndarray, resp: np.ndarray, previous_means: np.ndarray, covariance: str, reg: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Weights [k], means [k, D] and covariances (+ reg) from responsibilities resp [N, k]."""
+  """Weights [k], means [k, D] and covariances (+ reg) from responsibilities resp [N, k]. A component
+  with (almost) no responsibility keeps its previous mean instead of falling to the origin."""
   counts = resp.sum(axis=0) + _MIN_COUNT  # [k]
   weights = counts / counts.sum()
-  means = resp.T @ x / counts[:, None]
+  means = (resp.T @ x + _MIN_COUNT * previous_means) / counts[:, None]
   dim = x.shape[1]
   covs = np.empty((means.shape[0], dim) if covariance == "diag" else (means.shape[0], dim, dim))
   for k in range(means.shape[0]):
@@ -179,14 +181,14 @@ def fit_gaussian_mixture(
   centers = _kmeans_plus_plus(x, num_components, rng)
   nearest = np.argmin(np.stack([np.sum((x - c) ** 2, axis=1) for c in centers], axis=1), axis=1)
   resp = np.eye(num_components)[nearest]
-  weights, means, covs = _m_step(x, resp, covariance, reg)
+  weights, means, covs = _m_step(x, resp, centers, covariance, reg)
   previous, converged, steps = -np.inf, False, 0
   while steps < iterations:
     steps += 1
     log_joint = np.log(weights)[None] + _gaussian_log_prob(x, means, covs)  # E-step: [N, k]
     log_norm = _logsumexp(log_joint, axis=1)
     resp = np.exp(log_joint - log_norm[:, None])
-    weights, means, covs = _m_step(x, resp, covariance, reg)
+    weights, means, covs = _m_step(x, resp, means, covariance, reg)
     mean_ll = float(np.mean(log_norm))
     if abs(mean_ll - previous) < tol:
       converged = True
