@@ -14,7 +14,7 @@ from typing import Any
 
 import ml_collections
 
-from ae_jax.errors import ConfigError, did_you_mean  # noqa: F401 - did_you_mean is re-exported
+from ae_jax.errors import ConfigError, did_you_mean
 
 
 def parse_flags_or_exit(
@@ -57,7 +57,7 @@ RENAMED = {
 
 def default_config() -> ml_collections.ConfigDict:
   """The shared experiment schema with its defaults."""
-  from ae_jax import data, evaluators  # here: they import this module's helpers
+  from ae_jax import data, evaluators  # on use: importing this module stays light (no jax)
 
   c = ml_collections.ConfigDict()
   c.seed = 0

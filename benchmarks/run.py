@@ -50,7 +50,7 @@ How each number is measured:
   imported) at the same global batch; pmap overhead = its time / the one-device time - 1.
 * --gpu: every model at its config batch and at --gpu-batches (out of memory is reported), the step, its
   images/s and its share of the loop's time per step, and the baselines in PyTorch eager on CUDA. Without
-  tensorflow_datasets the data is the stand-in (ml_collections is still needed).
+  tensorflow_datasets (ae_jax imports it only to read tfds data) the data is the stand-in.
 """
 
 from __future__ import annotations
@@ -70,7 +70,6 @@ import sys
 import tempfile
 import time
 import traceback
-import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -86,7 +85,6 @@ GPU_COLUMNS = tuple(
   "model|data|batch|JAX step ms|JAX img/s|loop ms|step ÷ loop|PyTorch ms|PyTorch/JAX".split("|")
 )
 SMOKE_WORKERS = 2  # --smoke (no timings): worker processes at a time, as XLA compiles on one core
-OPTIONAL = ("tensorflow_datasets",)  # may be missing on a GPU machine (see _stub_missing)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -314,36 +312,11 @@ def run_peak(_: str, s: dict[str, Any]) -> dict[str, Any]:
   return {**out, "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind}
 
 
-def _stub_missing(names: tuple[str, ...]) -> None:
-  """Permissive stand-ins for missing modules that ae_jax's data modules import but the step does not
-  need, so that ae_jax imports."""
-
-  class Meta(type):
-    def __getattr__(cls, name: str) -> Any:
-      return Stub
-
-  class Stub(metaclass=Meta):
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-      pass
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-      pass
-
-  for name in names:
-    if sys.modules.get(name) is None and importlib.util.find_spec(name) is None:
-      module = types.ModuleType(name)
-      module.__getattr__ = lambda attr: Stub  # type: ignore[method-assign]
-      module.BENCHMARK_STUB = True  # type: ignore[attr-defined]
-      sys.modules[name] = module
-
-
 def worker(path: str) -> None:
   """Runs one job file's items ([kind, name] pairs) in this process and writes its result file."""
   with open(path) as f:
     job = json.load(f)
   s = job["settings"]
-  if s["gpu"]:
-    _stub_missing(OPTIONAL)
   run = {"peak": run_peak, "model": run_model, "devices": run_devices, "compare": run_compare, "gpu": run_gpu}
   result: dict[str, Any] = {"items": {}, "errors": {}}
   for kind, item in job["items"]:
@@ -556,8 +529,6 @@ def main(argv: list[str] | None = None) -> int:
   if args.worker:
     worker(args.worker)
     return 0
-  if args.gpu:
-    _stub_missing(OPTIONAL)
   from benchmarks import measure
 
   s = settings(args, list(measure.MODELS))

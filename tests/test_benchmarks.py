@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import jax
@@ -84,6 +85,25 @@ def test_the_timed_step_is_the_trainers(tiny_config, monkeypatch):
   assert ours.as_text() == theirs.as_text()
   timer = measure.StepTimer(bench, 1)
   assert timer.flops() == theirs.compile().cost_analysis()["flops"] > 0
+
+
+def test_ae_jax_and_the_suite_need_no_tensorflow_datasets():
+  """A GPU machine may lack tensorflow_datasets: ae_jax, the configs and the suite's measurements import
+  and build a model without it (nothing stubs it), the data falling back to the stand-in."""
+  code = textwrap.dedent(
+    """
+    import sys
+    sys.modules["tensorflow_datasets"] = None  # any import of it raises ImportError
+    from benchmarks import measure, run
+    config = measure.shipped_config("mlp_ae")
+    used = measure.resolve_data(config, "auto", 64)
+    assert used.startswith("stand-in") and "tensorflow_datasets" in used, used
+    assert measure.build(config).num_params > 0
+    print("ok")
+    """
+  )
+  done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
 def test_loop_time_is_read_from_the_logged_examples_per_sec(tiny_config, monkeypatch):

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ae_jax import cli, data, evaluators, image_quality, loop, parallel
+from ae_jax import cli, data, evaluators, image_quality, loop, outputs, parallel
 from ae_jax.config import check_config, default_config
 from ae_jax.errors import ConfigError
 from ae_jax.evaluators import batches, codebook, latents
@@ -46,7 +46,7 @@ def test_training_runs_every_evaluator_and_writes_results(image_config, tmp_path
   # the image-quality metrics equal a direct computation on the whole test split
   dataset, state, model = summary["dataset"], summary["state"], summary["model"]
   x = batches.stack_examples(dataset.split("test"), dataset.info, range(40))["x"]
-  recon = batches.reconstruct(model, state, x)["recon"]
+  recon = outputs.reconstruct(model, state, x)["recon"]
   unit = lambda v: np.clip(dataset.info.to_unit(np.asarray(v)), 0.0, 1.0)  # noqa: E731
   np.testing.assert_allclose(
     results["quality/ssim"], np.mean(image_quality.ssim(unit(x), unit(recon))), rtol=1e-5
@@ -74,7 +74,7 @@ def test_codebook_usage_over_the_whole_split_matches_a_histogram_and_one_device(
   one = run(parallel.replicate(state, jax.local_devices()[:1]), 0, True).metrics
   assert eight == one
   x = batches.stack_examples(dataset.split("test"), dataset.info, range(40))["x"]
-  indices = batches.reconstruct(model, state, x)["indices"]
+  indices = outputs.reconstruct(model, state, x)["indices"]
   counts = np.bincount(indices.reshape(-1), minlength=32)
   assert eight == codebook.usage(counts)
   assert eight["codes_used"] == np.mean(counts > 0) and eight["dead_codes"] == np.sum(counts == 0)
@@ -286,7 +286,7 @@ def test_a_custom_evaluator_as_the_readme_writes_it_runs_during_and_after_traini
     assert [r["step"] for r in map(json.loads, f) if "mae/mae" in r] == [6, 12]
   dataset, state, model = summary["dataset"], summary["state"], summary["model"]
   x = batches.stack_examples(dataset.split("test"), dataset.info, range(len(dataset.split("test"))))["x"]
-  recon = batches.reconstruct(model, state, x)["recon"]
+  recon = outputs.reconstruct(model, state, x)["recon"]
   np.testing.assert_allclose(summary["metrics"]["mae/mae"], np.mean(np.abs(recon - x)), rtol=1e-5)
 
 
@@ -295,12 +295,12 @@ def test_a_long_evaluation_logs_its_progress_and_a_short_one_nothing(caplog):
   examples done and the time left at the rate since the first update (compilation excluded)."""
   caplog.set_level(logging.INFO, logger="ae_jax")
   now = [0.0]
-  progress = batches.Progress("likelihood on test", 1000, clock=lambda: now[0])
+  progress = outputs.Progress("likelihood on test", 1000, clock=lambda: now[0])
   for t, done in [(2.0, 100), (4.0, 300), (7.0, 600), (9.0, 700), (23.0, 800), (30.0, 1000)]:
     now[0] = t
     progress.update(done)
   progress.close()
-  lines = [r.getMessage() for r in caplog.records if r.name == "ae_jax.evaluators.batches"]
+  lines = [r.getMessage() for r in caplog.records if r.name == "ae_jax.outputs"]
   assert lines == [
     # 500 examples in the 5 s since the first update: 100 a second, 400 left
     "likelihood on test: 600 / 1,000 examples (60%), 0m07s so far, about 0m04s left",
@@ -309,12 +309,12 @@ def test_a_long_evaluation_logs_its_progress_and_a_short_one_nothing(caplog):
     "likelihood on test: 1,000 examples in 0m30s",
   ]
   caplog.clear()
-  short = batches.Progress("losses on test", 1000, clock=lambda: now[0])
+  short = outputs.Progress("losses on test", 1000, clock=lambda: now[0])
   for done in (500, 1000):
     now[0] += 2.0
     short.update(done)
   short.close()
-  assert not [r for r in caplog.records if r.name == "ae_jax.evaluators.batches"]
+  assert not [r for r in caplog.records if r.name == "ae_jax.outputs"]
 
 
 def test_a_vae_run_shorter_than_its_schedule_gets_the_stated_quick_likelihood(tiny_config, tmp_path):
