@@ -45,8 +45,9 @@ class TrainState:
   rng: jax.Array
 
 
-def _compile_once_quickly(fn: Callable, *args: Any) -> Any:
-  """Runs `fn(*args)` jitted with XLA's backend optimisation off: for code that runs once.
+def run_once(fn: Callable, *args: Any) -> Any:
+  """`fn(*args)`, jitted with XLA's backend optimisation off: for code that runs once, such as a model's
+  `init` (`create_train_state`; tests initialise their models with it too).
 
   On CPU, optimising the threefry random-number kernels of a model's init takes ~1 s per parameter
   (12 s for conv_ae); unoptimised it takes 2 s. Results differ from an optimised compile by float32
@@ -69,7 +70,7 @@ def create_train_state(
   keys = jax.random.split(init_key, 1 + len(RNG_STREAMS))
   rngs = {"params": keys[0], **dict(zip(RNG_STREAMS, keys[1:], strict=True))}
   init = parallel.with_named_axis(lambda r, x: model.init(r, x, train=False))  # models may psum over devices
-  variables = dict(_compile_once_quickly(init, rngs, example_x))
+  variables = dict(run_once(init, rngs, example_x))
   params = variables.pop("params")
   return TrainState(
     step=jnp.zeros((), jnp.int32),

@@ -8,8 +8,8 @@ input pipeline on this machine, and the PyTorch baselines measured interleaved w
 
 Writes DIR/benchmark.md (also printed) and DIR/benchmark.json (every number, the date, the machine and
 the command line); DIR/logs/ holds each worker's output. Models (`measure.MODELS`) are the shipped configs
-of experiments/configs/, built as the trainer builds them (`loop._setup`: `train.build`,
-`train.create_train_state`) with the step pmapped as `loop._train` binds it (`measure.step_function`).
+of experiments/configs/, built as the trainer builds them (`experiment.setup`) with the step the trainer
+dispatches (`experiment.pmapped_train_steps`).
 Each model is measured in a fresh worker process with its own persistent compilation cache, so its first
 dispatch compiles and the trainer runs after it reuse that; --smoke shares its processes and one cache.
 Measure on a quiet machine: the JSON records the load average at the start and the end (PyTorch's

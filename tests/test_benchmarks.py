@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from ae_jax import data, loop, parallel, train
+from ae_jax import data, experiment, loop, parallel, train
 from benchmarks import measure, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,10 +74,10 @@ def test_the_timed_step_is_the_trainers(tiny_config, monkeypatch):
   (trainer_fn, trainer_kw), *_ = [
     (f, kw) for f, kw in captured if getattr(f, "func", None) is train.train_steps
   ]
-  assert trainer_kw == measure.PMAP_OPTIONS
+  assert trainer_kw == experiment.PMAP_OPTIONS
 
   bench = measure.build(tiny_config)
-  assert bench.step_fn.func is train.train_steps and set(bench.step_fn.keywords) == set(trainer_fn.keywords)
+  assert set(bench.experiment.step_options) == set(trainer_fn.keywords)
   rstate = parallel.replicate(bench.state)
   batch = measure.dispatch(measure.host_batches(bench), 1)
   ours = bench.p_train.lower(rstate, batch)

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ae_jax import cli, data, evaluators, image_quality, loop, outputs, parallel
+from ae_jax import cli, data, evaluators, experiment, image_quality, loop, outputs, parallel
 from ae_jax.config import check_config, default_config
 from ae_jax.errors import ConfigError
 from ae_jax.evaluators import batches, codebook, latents
@@ -64,8 +64,8 @@ def test_codebook_usage_over_the_whole_split_matches_a_histogram_and_one_device(
   config.model = model_config("vqvae", hidden=8, res_hidden=4, num_res_layers=1, num_codes=32, code_dim=4)
   config.data = data.data_config("synthetic", shape=(8, 8, 3), num_train=16, num_test=40)
   config.eval_batch_size = 16
-  dataset, model, objective, *_, state = loop._setup(config)
-  ctx = evaluators.Context(model, objective, dataset, config, None)
+  exp = experiment.setup(config)
+  dataset, model, state, ctx = exp.dataset, exp.model, exp.state, exp.context()
   evaluate = evaluators.build(config, ctx)  # (just to see the registry builds it)
   assert "test" in evaluate
   section = evaluators.section("codebook", split="test")
@@ -90,11 +90,12 @@ def test_active_latent_dimensions_follow_the_variance_of_the_posterior_means():
   config.model = model_config("vae_mlp", hidden=(16,), latent_dim=6)
   config.data = data.data_config("synthetic", shape=(8, 8, 1), num_train=16, num_test=40)
   config.eval_batch_size = 16
-  dataset, model, objective, *_, state = loop._setup(config)
+  exp = experiment.setup(config)
+  dataset, model, state = exp.dataset, exp.model, exp.state
   params = jax.tree.map(np.array, jax.device_get(state.params))
   params["encoder"]["code"]["kernel"][:, 2] = 0.0  # the mean's dimension 2 collapses to its bias
   state = state.replace(params=params)
-  ctx = evaluators.Context(model, objective, dataset, config, None)
+  ctx = exp.context()
   section = evaluators.section("latent_activity", split="test", threshold=1e-4)
   run = evaluators.EVALUATORS["latent_activity"].build("activity", section, ctx)
   eight = run(parallel.replicate(state), 0, True).metrics
@@ -246,8 +247,8 @@ def test_parameters_and_gradients_are_logged_per_module(tiny_config, tmp_path):
 
 def test_evaluation_sums_are_the_same_on_one_device_and_eight(tiny_config):
   """split_sums psums over every device: the test losses of 8 devices equal those of 1."""
-  dataset, model, objective, *_, state = loop._setup(tiny_config)
-  ctx = evaluators.Context(model, objective, dataset, tiny_config, None)
+  exp = experiment.setup(tiny_config)
+  state, ctx = exp.state, exp.context()
   run = evaluators.EVALUATORS["losses"].build("test", evaluators.section("losses"), ctx)
   eight = run(parallel.replicate(state), 0, False).metrics
   one = run(parallel.replicate(state, jax.local_devices()[:1]), 0, False).metrics

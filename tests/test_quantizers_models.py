@@ -36,7 +36,7 @@ def _x(n=4):
 
 def _init(model, x):
   init = parallel.with_named_axis(lambda r, x: model.init(r, x, train=False))
-  return train._compile_once_quickly(init, RNGS, x)
+  return train.run_once(init, RNGS, x)
 
 
 def test_codebooks_of_each_quantizer():
