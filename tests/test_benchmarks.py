@@ -16,6 +16,7 @@ import pytest
 
 from ae_jax import data, experiment, loop, parallel, train
 from benchmarks import measure, run
+from benchmarks import report as reports
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
@@ -40,7 +41,7 @@ def test_smoke_run_reports_every_column_and_model(tmp_path):
   assert report["matmul_peak"]["flops_per_s"] > 0
 
   s = run.settings(run.parse_args(SMOKE_ARGS), list(measure.MODELS))
-  header = "| " + " | ".join(run.model_columns(s)) + " |"
+  header = "| " + " | ".join(reports.model_columns(s)) + " |"
   assert header in text and "step ms (K=2)" in header and "pmap overhead" in header
   assert sorted(report["models"]) == ["mlp_ae", "tied_ae"]
   for name, m in report["models"].items():
@@ -53,7 +54,7 @@ def test_smoke_run_reports_every_column_and_model(tmp_path):
     assert m["params"] == report["models"][name]["params"] > 0
   if HAVE_TORCH:
     assert sorted(report["comparisons"]) == ["mlp_ae@128", "mlp_ae@256"]
-    assert "| " + " | ".join(run.COMPARE_COLUMNS) + " |" in text
+    assert "| " + " | ".join(reports.COMPARE_COLUMNS) + " |" in text
     for label, c in report["comparisons"].items():
       assert text.count(f"| {label} |") == 1
       assert c["ratio_step"]["counterpart"] > 0 and c["ratio_loop"] > 0
