@@ -3,18 +3,28 @@
 Experiment files (`experiments/configs/*.py`) start from `default_config()` and override fields. A config
 may not add keys the trainer would silently ignore: `check_config` rejects them with the closest valid key.
 Sections owned by a registry are checked against it: `config.model` against the model's fields,
-`config.loss` against the registered loss terms, `config.data` against the dataset's declared options.
+`config.loss` against the registered loss terms, `config.data` against the dataset's declared options,
+`config.evals` against the evaluator types.
+
+On the command line (`experiments.main`, `experiments.evaluate`) flags may also add loss terms, loss
+warm-ups and evaluator sections, which `complete_config` completes and checks before any compute:
+
+    --config.loss.l1=0.1                               # a registered loss term with its weight
+    --config.loss_schedules.kl=5000                    # a linear warm-up of a term's weight
+    --config.evals.psnr=image_quality                  # an evaluator of a registered type, its defaults
+    --config.evals.val="{'type': 'losses', 'split': 'validation', 'every': 500}"  # ... with options
 """
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
 from typing import Any
 
 import ml_collections
 
-from ae_jax.errors import ConfigError, did_you_mean  # noqa: F401 - did_you_mean is re-exported
+from ae_jax.errors import ConfigError, did_you_mean
 
 
 def parse_flags_or_exit(
@@ -30,6 +40,14 @@ def parse_flags_or_exit(
     return rest
   except Exception as e:  # noqa: BLE001 - absl / ml_collections raise several types for bad flags
     text = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split())
+    key = re.fullmatch(r"\"?'(\w+)'\"?", text)  # ml_collections' KeyError for --config.A.B.KEY, no A.B
+    missing = [a.split("=")[0] for a in argv if key and f".{key.group(1)}." in a]
+    if missing:
+      section = missing[0].lstrip("-").rsplit(".", 1)[0]
+      text = (
+        f"{missing[0]}: there is no {section} to set a key of; add a section whole, e.g. an evaluator "
+        f"--config.evals.NAME=TYPE or --config.evals.NAME=\"{{'type': TYPE, 'split': 'test'}}\""
+      )
     if m := re.search(r"Traceback \(most recent call last\):.*?ae_jax\.errors\.\w+: (.*)$", text):
       text = m.group(1)  # a config file's get_config raised the project's own error: its message only
     if m := re.match(r"^'*([\w.]+)'*\s+Did you mean \"([\w.]+)\"", text):  # ml_collections' unknown key
@@ -38,6 +56,65 @@ def parse_flags_or_exit(
       if re.search(rf"\b{old}\b", text):
         text = replacement
     sys.exit(f"error: {text} (usage: {usage})")
+
+
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """A config file's `get_config(arg)` argument (`--config=FILE.py:ARG`) as typed values.
+
+  ARG is `key=value` items joined by commas; a bare `key` sets a bool option to True; a leading bare item
+  that names no bool option is the value of the first option (`lstm_anomaly.py:ecg5000,model=NAME` sets
+  the first option, the data set). Each value takes the type of its default: bool (true/false, 1/0,
+  yes/no), int, float, str, or a tuple with items separated by ":" (`levels=8:5:5:5`, each item of the
+  type of the default's first item); a default of None takes a Python literal, else the text. Returns
+  every option of `defaults`, given or not. An unknown, repeated or ill-typed option is one ConfigError.
+
+      args = parse_arg("k=50", k=1)            # args.k == 50
+      args = parse_arg(None, k=1, full=False)  # the defaults
+  """
+  given: dict[str, Any] = {}
+  items = [item for item in (arg or "").split(",") if item]
+  for position, item in enumerate(items):
+    key, eq, text = item.partition("=")
+    key = key.strip()
+    if not eq:
+      if isinstance(defaults.get(key), bool):
+        text = "true"
+      elif position == 0 and defaults and key not in defaults:
+        key, text = next(iter(defaults)), item
+      else:
+        raise ConfigError(f"config argument '{arg}': '{item}' needs a value ({item}=VALUE)")
+    if key not in defaults:
+      raise ConfigError(
+        f"config argument '{arg}': unknown option '{key}'; {did_you_mean(key, defaults)}"
+        f"options: {sorted(defaults)}"
+      )
+    if key in given:
+      raise ConfigError(f"config argument '{arg}': '{key}' is given twice")
+    given[key] = _typed(text, defaults[key], f"config argument '{arg}': {key}")
+  return ml_collections.ConfigDict({**defaults, **given})
+
+
+def _typed(text: str, default: Any, where: str) -> Any:
+  """`text` converted to the type of `default` (see parse_arg)."""
+  if isinstance(default, bool):
+    if text.lower() not in _TRUE + _FALSE:
+      raise ConfigError(f"{where} must be true or false, got '{text}'")
+    return text.lower() in _TRUE
+  if isinstance(default, tuple):
+    first = default[0] if default else None
+    return tuple(_typed(part, first, where) for part in text.split(":") if part)
+  if default is None:
+    try:
+      return ast.literal_eval(text)
+    except (SyntaxError, ValueError):
+      return text
+  try:
+    return type(default)(text)
+  except ValueError:
+    raise ConfigError(f"{where} must be {type(default).__name__}, got '{text}'") from None
 
 
 # Sections whose keys are owned by a registry or a dataset and validated there.
@@ -57,7 +134,7 @@ RENAMED = {
 
 def default_config() -> ml_collections.ConfigDict:
   """The shared experiment schema with its defaults."""
-  from ae_jax import data, evaluators  # here: they import this module's helpers
+  from ae_jax import data, evaluators  # on use: importing this module stays light (no jax)
 
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -139,11 +216,61 @@ def _check_keys(config: ml_collections.ConfigDict, schema: ml_collections.Config
       _check_keys(config[key], schema[key], path + ".")
 
 
-def check_config(config: ml_collections.ConfigDict, *, num_processes: int, local_devices: int) -> None:
-  """Raises ConfigError with one line naming the bad key or value and how to fix it."""
-  from ae_jax import data, evaluators, optim
+def complete_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config a command line made (its file and --config.KEY=VALUE flags), completed, checked and locked
+  before anything is written or computed; returns it.
+
+  The flags may add keys (main's config flag accepts new ones): a loss term with its weight
+  (`--config.loss.l1=0.1`), a warm-up (`--config.loss_schedules.kl=5000`), or an evaluator
+  section by its type (`--config.evals.psnr=image_quality`) or as a dict of its type and options
+  (`--config.evals.val="{'type': 'losses', 'split': 'validation', 'every': 500}"`), which gets the type's
+  other options at their defaults (`evaluators.section`). `check_config` then rejects any unknown key,
+  term or type with the closest valid one (devices are checked when training starts).
+  """
+  from ae_jax import evaluators
+
+  for name in list(config.evals.keys()):
+    section = config.evals[name]
+    if isinstance(section, str):  # --config.evals.NAME=TYPE (an unknown TYPE is reported by check_config)
+      section = ml_collections.ConfigDict({"type": section})
+    if isinstance(section, ml_collections.ConfigDict) and section.get("type") in evaluators.EVALUATORS:
+      complete = evaluators.section(section.type)  # every option at its default, then the given ones
+      for key, value in section.items():
+        try:
+          complete[key] = value  # an unknown key is added here and rejected by check_config
+        except TypeError as e:
+          raise ConfigError(f"config.evals.{name}.{key}: {e}") from None
+      section = complete
+    if section is not config.evals[name]:
+      del config.evals[name]  # (a str field cannot take a section)
+      config.evals[name] = section
+  check_config(config)
+  config.lock()
+  return config
+
+
+def check_config(
+  config: ml_collections.ConfigDict, *, num_processes: int | None = None, local_devices: int | None = None
+) -> None:
+  """Raises ConfigError with one line naming the bad key or value and how to fix it. Without
+  num_processes and local_devices, whether the batches split over the devices is left unchecked."""
+  from ae_jax import data, evaluators, losses, models, optim, train
 
   _check_keys(config, default_config(), "")
+  if "name" not in config.model:
+    raise ConfigError("config.model.name is missing; set it to a registered model, e.g. 'conv_ae'")
+  fields = models.model_fields(config.model.name)
+  for key in config.model.keys():
+    if key != "name" and key not in fields:
+      raise ConfigError(
+        f"config.model.{key} is not an option of model '{config.model.name}'; {did_you_mean(key, fields)}"
+        f"its options: {fields}"
+      )
+  losses.check_loss_names(config.loss)
+  for name, weight in config.loss.items():
+    if isinstance(weight, bool) or not isinstance(weight, int | float):
+      raise ConfigError(f"config.loss.{name} is the term's weight, a number; got {weight!r}")
+  train.loss_weights(config)  # loss_schedules names only terms of config.loss
   optim.check_options(config.optimizer)
   data.resolve(config.data)
   evaluators.check(config)
@@ -181,6 +308,8 @@ def check_config(config: ml_collections.ConfigDict, *, num_processes: int, local
         f"config.keep_best='{config.keep_best}' selects on the test split, which is only reported; select on "
         "a validation split (config.data.validation_size=N holds one out of the training data)"
       )
+  if num_processes is None or local_devices is None:
+    return
   devices = num_processes * local_devices
   for key in ("batch_size", "eval_batch_size"):
     if config[key] % devices:
@@ -188,5 +317,3 @@ def check_config(config: ml_collections.ConfigDict, *, num_processes: int, local
         f"config.{key}={config[key]} does not split over {devices} devices "
         f"({num_processes} process(es) x {local_devices} local); use a multiple of {devices}"
       )
-  if "name" not in config.model:
-    raise ConfigError("config.model.name is missing; set it to a registered model, e.g. 'conv_ae'")

@@ -21,7 +21,6 @@ What happens when things fail:
 from __future__ import annotations
 
 import collections
-import functools
 import json
 import logging
 import os
@@ -33,18 +32,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from ae_jax import checkpoint, data, device_input, evaluators, metrics_log, optim, parallel, workdir
+from ae_jax import checkpoint, device_input, evaluators, experiment, metrics_log, parallel, workdir
 from ae_jax import config as config_checks
 from ae_jax.data import pipeline
 from ae_jax.errors import AEJaxError, ConfigError
 from ae_jax.preemption import PreemptedError, Preemption
-from ae_jax.train import (
-  build,
-  create_train_state,
-  freeze_patterns,
-  objective_constants,
-  train_steps,
-)
 
 # Dispatches queued on the devices at most. Two keep an accelerator busy while the host enqueues the next;
 # an unbounded queue of collective programs can deadlock XLA:CPU's in-process collectives (devices of
@@ -132,15 +124,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
     return _train(config, path)
 
 
-def _setup(config: ml_collections.ConfigDict) -> tuple:
-  """(dataset, model, objective, optimizer, schedule, fresh state) of a config."""
-  dataset = data.get_dataset(config.data)
-  info = dataset.info
-  model, objective, tx, schedule = build(config, info.shape, objective_constants(config, dataset))
-  example = info.preprocess(dataset.split("train")[0], 0)["x"][None]
-  return dataset, model, objective, tx, schedule, create_train_state(model, tx, example, config.seed)
-
-
 def evaluate_checkpoint(
   config: ml_collections.ConfigDict,
   workdir_path: str,
@@ -164,7 +147,8 @@ def evaluate_checkpoint(
     raise checkpoint.NoValidCheckpointError(
       f"{path} has no {'best state' if best else 'checkpoint'} to evaluate"
     )
-  dataset, model, objective, _, _, state = _setup(config)
+  exp = experiment.setup(config, path)
+  state = exp.state
   ckpt = checkpoint.Checkpointer(directory, keep=config.keep_checkpoints, async_save=False)
   try:
     if step is None:
@@ -177,9 +161,7 @@ def evaluate_checkpoint(
       restored = ckpt.restore(step, state, config.to_dict())
   finally:
     ckpt.close()
-  built = evaluators.build(
-    config, evaluators.Context(model, objective, dataset, config, path, f"eval_{step}_")
-  )
+  built = evaluators.build(config, exp.context(f"eval_{step}_"))
   unknown = set(names or ()) - set(built)
   if unknown:
     raise ConfigError(f"no evaluator named {sorted(unknown)} in config.evals (it has {sorted(built)})")
@@ -193,21 +175,14 @@ class _Feed:
   (`parallel.Prefetcher`), or, device-resident (`device_input`), on batches each step gathers on the
   devices. `bytes_placed` counts the host-to-device bytes of input placed during training."""
 
-  def __init__(
-    self,
-    config: ml_collections.ConfigDict,
-    dataset: data.Dataset,
-    input_plan: device_input.Plan,
-    sizes: list[int],
-    start: int,
-    step_options: dict[str, Any],
-  ):
+  def __init__(self, exp: experiment.Experiment, input_plan: device_input.Plan, sizes: list[int], start: int):
+    config, dataset = exp.config, exp.dataset
     self.bytes_placed = 0
     self._prefetch = None
     if input_plan.enabled:
       self._resident = device_input.Resident(config, input_plan)
       self._p_steps = device_input.pmapped_steps(
-        self._resident, dataset.info.device_preprocess, **step_options
+        self._resident, dataset.info.device_preprocess, **exp.step_options
       )
       return
     info = dataset.info
@@ -221,9 +196,7 @@ class _Feed:
       batch_preprocess=info.batch_preprocess_for(True),
     )
     self._prefetch = parallel.Prefetcher(batches, sizes, int(config.prefetch))
-    self._p_steps = jax.pmap(
-      functools.partial(train_steps, **step_options), axis_name=parallel.AXIS, donate_argnums=(0,)
-    )
+    self._p_steps = experiment.pmapped_train_steps(exp)
 
   def dispatch(self, rstate: Any, step: int, size: int) -> tuple[Any, dict[str, jax.Array]]:
     """Steps [step, step + size): (new replicated state, metrics [devices, size] each)."""
@@ -268,7 +241,8 @@ def _final_evaluation(
 
 
 def _train(config: ml_collections.ConfigDict, path: str) -> dict[str, Any]:
-  dataset, model, objective, tx, schedule, state = _setup(config)
+  exp = experiment.setup(config, path)
+  state = exp.state
   ckpt = checkpoint.Checkpointer(
     os.path.join(path, "checkpoints"), keep=config.keep_checkpoints, async_save=config.async_checkpoints
   )
@@ -282,17 +256,8 @@ def _train(config: ml_collections.ConfigDict, path: str) -> dict[str, Any]:
     best = checkpoint.BestCheckpoint(
       os.path.join(path, "best"), config.keep_best, async_save=config.async_checkpoints
     )
-  step_options = dict(
-    model=model,
-    objective=objective,
-    tx=tx,
-    learning_rate=schedule,
-    trainable=optim.trainable_mask(freeze_patterns(config)),
-    trim_fraction=float(config.trim.fraction),
-    trim_after=int(config.trim.after),
-  )
-  input_plan = device_input.plan(config, dataset)
-  built = evaluators.build(config, evaluators.Context(model, objective, dataset, config, path))
+  input_plan = device_input.plan(config, exp.dataset)
+  built = evaluators.build(config, exp.context())
   intervals = tuple(every for every, _ in built.values())
 
   rstate = parallel.replicate(state)
@@ -307,7 +272,7 @@ def _train(config: ml_collections.ConfigDict, path: str) -> dict[str, Any]:
       else (),
     )
   )
-  feed = _Feed(config, dataset, input_plan, sizes, start, step_options)
+  feed = _Feed(exp, input_plan, sizes, start)
   log.info("%s", input_plan.line)
   writer = metrics_log.MetricWriter(path, total_steps=config.total_steps, start_step=start)
   preemption = Preemption()
@@ -420,8 +385,8 @@ def _train(config: ml_collections.ConfigDict, path: str) -> dict[str, Any]:
   return {
     "step": step,
     "state": state,
-    "model": model,
-    "dataset": dataset,
+    "model": exp.model,
+    "dataset": exp.dataset,
     "metrics": final.metrics,
     "results": final,
     "preempted": preempted,

@@ -1,6 +1,6 @@
-"""The pure train and eval steps (written per device, run under `jax.pmap`) and the train state.
+"""The pure train step and evaluation sums (written per device, run under `jax.pmap`) and the train state.
 
-Both steps take their dependencies (model, objective, optimizer) as keyword-only arguments, so a trainer
+Both take their dependencies (model, objective, optimizer) as keyword-only arguments, so a trainer
 binds them once with `functools.partial` and pmaps the result; `ae_jax.loop.train_and_evaluate` is the
 loop, and `build` makes the model, objective and optimizer from a config.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax
 import jax
@@ -18,9 +18,12 @@ import ml_collections
 import optax
 from flax import linen as nn
 
-from ae_jax import data, losses, models, optim, parallel
+from ae_jax import losses, models, optim, parallel
 from ae_jax.errors import ConfigError
 from ae_jax.losses import Weight
+
+if TYPE_CHECKING:  # for annotations only: the steps never touch the data
+  from ae_jax.data import Dataset
 
 Objective = Callable[[Mapping[str, jax.Array], Mapping[str, jax.Array], jax.Array], tuple[jax.Array, dict]]
 RNG_STREAMS = ("sample", "dropout")  # the rng names a model may ask for with self.make_rng(...)
@@ -42,8 +45,9 @@ class TrainState:
   rng: jax.Array
 
 
-def _compile_once_quickly(fn: Callable, *args: Any) -> Any:
-  """Runs `fn(*args)` jitted with XLA's backend optimisation off: for code that runs once.
+def run_once(fn: Callable, *args: Any) -> Any:
+  """`fn(*args)`, jitted with XLA's backend optimisation off: for code that runs once, such as a model's
+  `init` (`create_train_state`; tests initialise their models with it too).
 
   On CPU, optimising the threefry random-number kernels of a model's init takes ~1 s per parameter
   (12 s for conv_ae); unoptimised it takes 2 s. Results differ from an optimised compile by float32
@@ -66,7 +70,7 @@ def create_train_state(
   keys = jax.random.split(init_key, 1 + len(RNG_STREAMS))
   rngs = {"params": keys[0], **dict(zip(RNG_STREAMS, keys[1:], strict=True))}
   init = parallel.with_named_axis(lambda r, x: model.init(r, x, train=False))  # models may psum over devices
-  variables = dict(_compile_once_quickly(init, rngs, example_x))
+  variables = dict(run_once(init, rngs, example_x))
   params = variables.pop("params")
   return TrainState(
     step=jnp.zeros((), jnp.int32),
@@ -250,11 +254,6 @@ def eval_sums(
   return sums
 
 
-def eval_step(state: TrainState, batch: Mapping[str, jax.Array], **kwargs: Any) -> dict[str, jax.Array]:
-  """`eval_sums` summed over the device axis: the sums over the whole global batch."""
-  return jax.lax.psum(eval_sums(state, batch, **kwargs), kwargs.get("axis_name", parallel.AXIS))
-
-
 def train_steps(
   state: TrainState, batches: Mapping[str, jax.Array], **step_options: Any
 ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -298,7 +297,7 @@ def freeze_patterns(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return (config.freeze,) if isinstance(config.freeze, str) else tuple(config.freeze)
 
 
-def objective_constants(config: ml_collections.ConfigDict, dataset: data.Dataset) -> dict[str, float]:
+def objective_constants(config: ml_collections.ConfigDict, dataset: Dataset) -> dict[str, float]:
   """Dataset constants the configured loss terms read from the batch (`losses.needed_constants`): the
   training variance `data_variance` (nmse) and the training split's length `dataset_size` (the β-TCVAE
   terms), each only when a term in config.loss needs it."""

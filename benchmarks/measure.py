@@ -1,9 +1,9 @@
 """The measurements of the benchmark suite (`python -m benchmarks.run`), one function each.
 
 Everything here runs inside the suite's worker processes (see `benchmarks/run.py` for the method of each
-number). The models are the shipped configs (`MODELS`), built by the trainer's own code: `loop._setup`
-(`train.build`, the dataset's first example, `train.create_train_state`) and the step pmapped as
-`loop._train` binds it (`step_function`, `PMAP_OPTIONS`). `COMPARISONS` pairs each PyTorch baseline
+number). The models are the shipped configs (`MODELS`), built by the trainer's own code:
+`experiment.setup` and the step the trainer dispatches, `experiment.pmapped_train_steps`. `COMPARISONS`
+pairs each PyTorch baseline
 (`benchmarks/torch_models.py`) with the config of its ae-jax counterpart.
 
     bench = measure.build(measure.shipped_config("conv_ae"))
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import importlib
 import json
 import math
@@ -31,7 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ae_jax import data, loop, optim, parallel, train
+from ae_jax import data, experiment, loop, parallel, train
 from ae_jax.data import pipeline
 from ae_jax.errors import DataNotFoundError
 
@@ -102,7 +101,6 @@ TORCH_LAYOUT: dict[str, Callable[[Any], Any]] = {
   "lstm_ae_stacked": lambda x: x,
   "seq_vae_conv": lambda x: x.permute(0, 2, 1),
 }
-PMAP_OPTIONS = {"axis_name": parallel.AXIS, "donate_argnums": (0,)}
 STANDIN = "benchmark_standin"
 
 
@@ -251,43 +249,35 @@ def resolve_data(
 # ----------------------------------------------------------------------------- the trainer's step
 
 
-def step_function(
-  config: ml_collections.ConfigDict, model: Any, objective: Any, tx: Any, schedule: Any
-) -> Any:
-  """train.train_steps with its dependencies bound, exactly as loop._train binds it."""
-  return functools.partial(
-    train.train_steps,
-    model=model,
-    objective=objective,
-    tx=tx,
-    learning_rate=schedule,
-    trainable=optim.trainable_mask(train.freeze_patterns(config)),
-    trim_fraction=float(config.trim.fraction),
-    trim_after=int(config.trim.after),
-  )
-
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Bench:
-  """A config built as the trainer builds it: dataset, model, fresh state and the pmapped step."""
+  """A config built as the trainer builds it (`experiment.setup`) and its pmapped step
+  (`experiment.pmapped_train_steps`, the state donated at every call)."""
 
-  config: ml_collections.ConfigDict
-  dataset: data.Dataset
-  model: Any
-  step_fn: Any
-  p_train: Any
-  state: train.TrainState
+  experiment: experiment.Experiment
+  p_train: Callable
+
+  @property
+  def config(self) -> ml_collections.ConfigDict:
+    return self.experiment.config
+
+  @property
+  def dataset(self) -> data.Dataset:
+    return self.experiment.dataset
+
+  @property
+  def state(self) -> train.TrainState:
+    return self.experiment.state
 
   @property
   def num_params(self) -> int:
-    return int(sum(np.size(x) for x in jax.tree.leaves(self.state.params)))
+    return self.experiment.num_params
 
 
 def build(config: ml_collections.ConfigDict) -> Bench:
-  """`loop._setup` (dataset, train.build, train.create_train_state) and the step pmapped as the loop does."""
-  dataset, model, objective, tx, schedule, state = loop._setup(config)
-  fn = step_function(config, model, objective, tx, schedule)
-  return Bench(config, dataset, model, fn, jax.pmap(fn, **PMAP_OPTIONS), state)
+  """`experiment.setup(config)` and the trainer's pmapped step of it."""
+  exp = experiment.setup(config)
+  return Bench(exp, experiment.pmapped_train_steps(exp))
 
 
 def host_batches(bench: Bench) -> Iterator[dict[str, np.ndarray]]:

@@ -8,8 +8,9 @@ evaluators' files as WORKDIR/eval_<step>_<name>.png (the run's own results.json 
         --config.evals.quality.split=test --config.evals.test.max_examples=1000
 
 The config is the one the run saved with its checkpoint; `--config.KEY=VALUE` overrides any of it (an
-evaluator's options included), `--add NAME:TYPE` adds an evaluator section with its defaults first, and
-`--only NAME,NAME` runs just those. A workdir without a checkpoint stops with one `error:` line.
+evaluator's options included), `--add NAME:TYPE` (or `--config.evals.NAME=TYPE`, see
+`ae_jax.config.complete_config`) adds an evaluator section with its defaults first, and `--only NAME,NAME`
+runs just those. A workdir without a checkpoint stops with one `error:` line.
 """
 
 from __future__ import annotations
@@ -77,9 +78,11 @@ def saved_config(argv: list[str]):
 
 def main(argv: list[str]) -> None:
   from ae_jax import cli, console, loop
+  from ae_jax import config as configs
   from ae_jax import workdir as workdirs
 
   def evaluate() -> None:
+    configs.complete_config(FLAGS.config)
     console.setup()
     cli.initialize(FLAGS.distributed, None, None, None)
     path = workdirs.prepare(FLAGS.workdir)
@@ -97,6 +100,10 @@ if __name__ == "__main__":
 
   config = cli.run_or_exit(lambda: saved_config(sys.argv))
   config_flags.DEFINE_config_dict(
-    "config", config, "The run's saved config; override with --config.KEY=VALUE."
+    "config",
+    config,
+    "The run's saved config; override with --config.KEY=VALUE.",
+    lock_config=False,
+    accept_new_attributes=True,  # evaluators and loss terms added by flags: complete_config checks them
   )
   app.run(main, flags_parser=lambda argv: parse_flags_or_exit(argv, FLAGS, USAGE))

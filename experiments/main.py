@@ -10,6 +10,14 @@ Everything is written under WORKDIR: checkpoints/ (Orbax), metrics.jsonl, tensor
 line), the evaluators' files (config.evals: reconstructions.png, ...) and results.json (their final
 metrics). A bad config, data or workdir stops with one `error:` line; anything else is a bug and keeps its
 traceback.
+
+Flags may also add loss terms and evaluators to the config file's (`ae_jax.config.complete_config`):
+
+    --config.loss.l1=0.1 --config.loss_schedules.kl=5000
+    --config.evals.psnr=image_quality --config.evals.val="{'type': 'losses', 'split': 'validation'}"
+
+A misspelled key, term or evaluator type is one `error:` line naming the closest valid one, before any
+compute.
 """
 
 from __future__ import annotations
@@ -18,17 +26,55 @@ from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-  "config", None, "Experiment config file (a .py with get_config()).", lock_config=True
-)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and images; reruns resume from it.")
-flags.DEFINE_bool(
-  "distributed", False, "Multi-host: call jax.distributed.initialize() (auto-detected on TPU pods and SLURM)."
-)
-flags.DEFINE_string("coordinator_address", None, "With --distributed off a cluster: host:port of process 0.")
-flags.DEFINE_integer("num_processes", None, "With --distributed off a cluster: the number of processes.")
-flags.DEFINE_integer("process_id", None, "With --distributed off a cluster: this process's index.")
-flags.mark_flags_as_required(["config", "workdir"])
+USAGE = "python -m experiments.main --config FILE.py[:ARG] [--config.KEY=VALUE ...] --workdir DIR"
+
+
+def define_flags(flag_values: flags.FlagValues, sys_argv: list[str] | None = None) -> None:
+  """Defines this command's flags on `flag_values`; the config flag reads its --config.KEY overrides from
+  `sys_argv` (default: sys.argv) and accepts new keys, which `complete_config` checks."""
+  config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Experiment config file (a .py with get_config()).",
+    flag_values=flag_values,
+    lock_config=False,
+    accept_new_attributes=True,
+    sys_argv=sys_argv,
+  )
+  fv = flag_values
+  flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, metrics and images; reruns resume from it.", flag_values=fv
+  )
+  flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Multi-host: call jax.distributed.initialize() (auto-detected on TPU pods and SLURM).",
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    "coordinator_address", None, "With --distributed off a cluster: host:port of process 0.", flag_values=fv
+  )
+  flags.DEFINE_integer(
+    "num_processes", None, "With --distributed off a cluster: the number of processes.", flag_values=fv
+  )
+  flags.DEFINE_integer(
+    "process_id", None, "With --distributed off a cluster: this process's index.", flag_values=fv
+  )
+  flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
+
+
+def parse_command_line(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> list[str]:
+  """Parses argv into flag_values (`define_flags`) and completes and checks its config
+  (`config.complete_config`); a bad command line or config exits with one `error:` line."""
+  from ae_jax import cli
+  from ae_jax import config as configs
+
+  rest = configs.parse_flags_or_exit(argv, flag_values, USAGE)
+  cli.run_or_exit(lambda: configs.complete_config(flag_values.config))
+  return rest
+
+
+define_flags(FLAGS)
 
 
 def main(argv: list[str]) -> None:
@@ -59,9 +105,5 @@ def _train(config, workdir: str) -> None:
   cli.report(summary["step"], summary["results"], path)
 
 
-USAGE = "python -m experiments.main --config FILE.py[:ARG] [--config.KEY=VALUE ...] --workdir DIR"
-
 if __name__ == "__main__":
-  from ae_jax.config import parse_flags_or_exit
-
-  app.run(main, flags_parser=lambda argv: parse_flags_or_exit(argv, FLAGS, USAGE))
+  app.run(main, flags_parser=parse_command_line)

@@ -8,13 +8,15 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import jax
 import pytest
 
-from ae_jax import data, loop, parallel, train
+from ae_jax import data, experiment, loop, parallel, train
 from benchmarks import measure, run
+from benchmarks import report as reports
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
@@ -39,7 +41,7 @@ def test_smoke_run_reports_every_column_and_model(tmp_path):
   assert report["matmul_peak"]["flops_per_s"] > 0
 
   s = run.settings(run.parse_args(SMOKE_ARGS), list(measure.MODELS))
-  header = "| " + " | ".join(run.model_columns(s)) + " |"
+  header = "| " + " | ".join(reports.model_columns(s)) + " |"
   assert header in text and "step ms (K=2)" in header and "pmap overhead" in header
   assert sorted(report["models"]) == ["mlp_ae", "tied_ae"]
   for name, m in report["models"].items():
@@ -52,7 +54,7 @@ def test_smoke_run_reports_every_column_and_model(tmp_path):
     assert m["params"] == report["models"][name]["params"] > 0
   if HAVE_TORCH:
     assert sorted(report["comparisons"]) == ["mlp_ae@128", "mlp_ae@256"]
-    assert "| " + " | ".join(run.COMPARE_COLUMNS) + " |" in text
+    assert "| " + " | ".join(reports.COMPARE_COLUMNS) + " |" in text
     for label, c in report["comparisons"].items():
       assert text.count(f"| {label} |") == 1
       assert c["ratio_step"]["counterpart"] > 0 and c["ratio_loop"] > 0
@@ -73,10 +75,10 @@ def test_the_timed_step_is_the_trainers(tiny_config, monkeypatch):
   (trainer_fn, trainer_kw), *_ = [
     (f, kw) for f, kw in captured if getattr(f, "func", None) is train.train_steps
   ]
-  assert trainer_kw == measure.PMAP_OPTIONS
+  assert trainer_kw == experiment.PMAP_OPTIONS
 
   bench = measure.build(tiny_config)
-  assert bench.step_fn.func is train.train_steps and set(bench.step_fn.keywords) == set(trainer_fn.keywords)
+  assert set(bench.experiment.step_options) == set(trainer_fn.keywords)
   rstate = parallel.replicate(bench.state)
   batch = measure.dispatch(measure.host_batches(bench), 1)
   ours = bench.p_train.lower(rstate, batch)
@@ -84,6 +86,25 @@ def test_the_timed_step_is_the_trainers(tiny_config, monkeypatch):
   assert ours.as_text() == theirs.as_text()
   timer = measure.StepTimer(bench, 1)
   assert timer.flops() == theirs.compile().cost_analysis()["flops"] > 0
+
+
+def test_ae_jax_and_the_suite_need_no_tensorflow_datasets():
+  """A GPU machine may lack tensorflow_datasets: ae_jax, the configs and the suite's measurements import
+  and build a model without it (nothing stubs it), the data falling back to the stand-in."""
+  code = textwrap.dedent(
+    """
+    import sys
+    sys.modules["tensorflow_datasets"] = None  # any import of it raises ImportError
+    from benchmarks import measure, run
+    config = measure.shipped_config("mlp_ae")
+    used = measure.resolve_data(config, "auto", 64)
+    assert used.startswith("stand-in") and "tensorflow_datasets" in used, used
+    assert measure.build(config).num_params > 0
+    print("ok")
+    """
+  )
+  done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
 def test_loop_time_is_read_from_the_logged_examples_per_sec(tiny_config, monkeypatch):

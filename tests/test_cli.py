@@ -110,3 +110,63 @@ def test_the_console_shows_what_matters_and_the_log_keeps_the_rest(tmp_path):
   assert "preparing image_folder from" in console and "step 20:" in out.stdout
   log = (tmp_path / "run" / "log.txt").read_text()
   assert "Downloading and preparing" in log and "INFO" in log
+
+
+def _parse(*args):
+  """experiments.main's parse of `--config=CONFIG ARGS --workdir=...`, in this process: the config."""
+  from absl import flags
+
+  from experiments import main
+
+  argv = ["main", f"--config={CONFIG}", *args, "--workdir=/nonexistent/run"]
+  flag_values = flags.FlagValues()
+  main.define_flags(flag_values, sys_argv=argv)
+  main.parse_command_line(argv, flag_values)
+  return flag_values.config
+
+
+def test_flags_add_loss_terms_warm_ups_and_evaluators():
+  from ae_jax import evaluators, train
+
+  config = _parse(
+    "--config.loss.l1=0.1",
+    "--config.loss_schedules.l1=100",
+    "--config.evals.quality=image_quality",
+    "--config.evals.val={'type': 'losses', 'split': 'test', 'every': 7}",
+  )
+  assert config.loss.to_dict() == {"mse": 1.0, "l1": 0.1}
+  assert set(train.loss_weights(config)) == {"mse", "l1"}  # the objective's terms
+  assert config.loss_schedules.to_dict() == {"l1": 100}
+  assert config.evals.quality.to_dict() == evaluators.section("image_quality").to_dict()
+  assert config.evals.val.to_dict() == evaluators.section("losses", split="test", every=7).to_dict()
+  with pytest.raises(AttributeError):  # locked again once checked
+    config.new_key = 1
+
+
+@pytest.mark.parametrize(
+  "args, expected",
+  [
+    (("--config.loss.l11=0.1",), "error: unknown loss term 'l11' in config.loss; did you mean 'l1'?"),
+    (("--config.loss.l1=abc",), "error: config.loss.l1 is the term's weight, a number; got 'abc'"),
+    (
+      ("--config.evals.quality=image_qualty",),
+      "error: unknown config.evals.quality.type 'image_qualty'; did you mean 'image_quality'?",
+    ),
+    (
+      ("--config.evals.val={'type': 'losses', 'splt': 'test'}",),
+      "error: config.evals.val.splt is not an option of type 'losses'; did you mean 'split'?",
+    ),
+    (("--config.batchsize=3",), "error: unknown config key 'batchsize'; did you mean 'batch_size'?"),
+    (
+      ("--config.optimizer.learning_rat=3",),
+      "error: unknown config key 'optimizer.learning_rat'; did you mean 'optimizer.learning_rate'?",
+    ),
+    (("--config.model.code_dims=3",), "error: config.model.code_dims is not an option of model 'conv_ae'"),
+    (("--config.evals.val.split=test",), "error: --config.evals.val.split: there is no config.evals.val"),
+  ],
+)
+def test_a_misspelled_added_key_is_one_error_line_before_any_compute(capsys, args, expected):
+  with pytest.raises(SystemExit) as e:
+    _parse(*args)
+  message = str(e.value.code) if e.value.code != 1 else capsys.readouterr().err.strip()
+  assert message.startswith(expected) and "\n" not in message, message

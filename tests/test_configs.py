@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from ae_jax import data
-from ae_jax.errors import DataNotFoundError
+from ae_jax.config import parse_arg
+from ae_jax.errors import ConfigError, DataNotFoundError
 from ae_jax.inspect import format_report, inspect_config
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs"
@@ -52,3 +53,55 @@ def test_shipped_config_checks_builds_and_inspects(module, arg, tmp_path):
   assert "compression ratio" in text and "total parameters" in text
   spec = data.example_spec(config.data)
   assert report.input_shape == spec.shape
+
+
+# ----------------------------------------------------------------------------- config arguments
+
+
+def test_config_arguments_take_the_types_of_their_defaults():
+  defaults = dict(dataset="power_demand", k=1, rate=0.5, full=False, levels=(8, 5), name=None)
+  assert parse_arg(None, **defaults).to_dict() == defaults
+  args = parse_arg("ecg5000,k=50,rate=1e-3,full,levels=8:5:5:5,name=3", **defaults)
+  assert args.to_dict() == dict(dataset="ecg5000", k=50, rate=1e-3, full=True, levels=(8, 5, 5, 5), name=3)
+  assert type(args.k) is int and type(args.rate) is float and type(args.levels[0]) is int
+  assert parse_arg("full=no,name=abc", **defaults).to_dict() == {**defaults, "name": "abc"}
+  assert parse_arg("k=2", k=1, dataset="x").to_dict() == {"k": 2, "dataset": "x"}
+
+
+@pytest.mark.parametrize(
+  "arg, message",
+  [
+    (
+      "modle=x",
+      "config argument 'modle=x': unknown option 'modle'; did you mean 'model'? options: ['k', 'model']",
+    ),
+    ("k=two", "config argument 'k=two': k must be int, got 'two'"),
+    ("k=1,k=2", "config argument 'k=1,k=2': 'k' is given twice"),
+    ("model=a,k", "config argument 'model=a,k': 'k' needs a value (k=VALUE)"),
+  ],
+)
+def test_a_bad_config_argument_is_one_config_error(arg, message):
+  with pytest.raises(ConfigError) as e:
+    parse_arg(arg, model="lstm_encdec_ad", k=1)
+  assert str(e.value) == message
+
+
+def test_shipped_configs_parse_their_arguments_with_parse_arg():
+  """A misspelled option of a shipped config's argument names the option it meant (the configs used to
+  ignore some of them or fail with a bare ValueError)."""
+  from experiments.configs import images, iwae_mnist, lstm_anomaly, vae_mlp_fashion_mnist, vqvae_cifar10
+
+  for module, arg, hint in [
+    (lstm_anomaly, "ecg5000,modl=lstm_ae_seq", "did you mean 'model'"),
+    (images, "tfds,sizes=64", "did you mean 'size'?"),
+    (iwae_mnist, "kk=5", "did you mean 'k'?"),
+    (vae_mlp_fashion_mnist, "objectve=beta", "did you mean 'objective'?"),
+    (vqvae_cifar10, "quantizer=fsq,num_code=8", "did you mean 'num_codes'?"),
+  ]:
+    with pytest.raises(ConfigError, match=hint):
+      module.get_config(arg)
+  assert lstm_anomaly.get_config("ecg5000,model=lstm_ae_seq").model.name == "lstm_ae_seq"
+  assert iwae_mnist.get_config("k=5").model.num_samples == 5
+  rvq = vqvae_cifar10.get_config("rvq,num_codes=8,quantizer_dropout=false")  # the argument beats the preset
+  assert (rvq.model.quantizer, rvq.model.num_codes, rvq.model.quantizer_dropout) == ("rvq", 8, False)
+  assert vqvae_cifar10.get_config("rvq").model.num_codes == 6

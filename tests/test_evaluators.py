@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ae_jax import cli, data, evaluators, image_quality, loop, parallel
+from ae_jax import cli, data, evaluators, experiment, image_quality, loop, outputs, parallel
 from ae_jax.config import check_config, default_config
 from ae_jax.errors import ConfigError
 from ae_jax.evaluators import batches, codebook, latents
@@ -46,7 +46,7 @@ def test_training_runs_every_evaluator_and_writes_results(image_config, tmp_path
   # the image-quality metrics equal a direct computation on the whole test split
   dataset, state, model = summary["dataset"], summary["state"], summary["model"]
   x = batches.stack_examples(dataset.split("test"), dataset.info, range(40))["x"]
-  recon = batches.reconstruct(model, state, x)["recon"]
+  recon = outputs.reconstruct(model, state, x)["recon"]
   unit = lambda v: np.clip(dataset.info.to_unit(np.asarray(v)), 0.0, 1.0)  # noqa: E731
   np.testing.assert_allclose(
     results["quality/ssim"], np.mean(image_quality.ssim(unit(x), unit(recon))), rtol=1e-5
@@ -64,8 +64,8 @@ def test_codebook_usage_over_the_whole_split_matches_a_histogram_and_one_device(
   config.model = model_config("vqvae", hidden=8, res_hidden=4, num_res_layers=1, num_codes=32, code_dim=4)
   config.data = data.data_config("synthetic", shape=(8, 8, 3), num_train=16, num_test=40)
   config.eval_batch_size = 16
-  dataset, model, objective, *_, state = loop._setup(config)
-  ctx = evaluators.Context(model, objective, dataset, config, None)
+  exp = experiment.setup(config)
+  dataset, model, state, ctx = exp.dataset, exp.model, exp.state, exp.context()
   evaluate = evaluators.build(config, ctx)  # (just to see the registry builds it)
   assert "test" in evaluate
   section = evaluators.section("codebook", split="test")
@@ -74,7 +74,7 @@ def test_codebook_usage_over_the_whole_split_matches_a_histogram_and_one_device(
   one = run(parallel.replicate(state, jax.local_devices()[:1]), 0, True).metrics
   assert eight == one
   x = batches.stack_examples(dataset.split("test"), dataset.info, range(40))["x"]
-  indices = batches.reconstruct(model, state, x)["indices"]
+  indices = outputs.reconstruct(model, state, x)["indices"]
   counts = np.bincount(indices.reshape(-1), minlength=32)
   assert eight == codebook.usage(counts)
   assert eight["codes_used"] == np.mean(counts > 0) and eight["dead_codes"] == np.sum(counts == 0)
@@ -90,11 +90,12 @@ def test_active_latent_dimensions_follow_the_variance_of_the_posterior_means():
   config.model = model_config("vae_mlp", hidden=(16,), latent_dim=6)
   config.data = data.data_config("synthetic", shape=(8, 8, 1), num_train=16, num_test=40)
   config.eval_batch_size = 16
-  dataset, model, objective, *_, state = loop._setup(config)
+  exp = experiment.setup(config)
+  dataset, model, state = exp.dataset, exp.model, exp.state
   params = jax.tree.map(np.array, jax.device_get(state.params))
   params["encoder"]["code"]["kernel"][:, 2] = 0.0  # the mean's dimension 2 collapses to its bias
   state = state.replace(params=params)
-  ctx = evaluators.Context(model, objective, dataset, config, None)
+  ctx = exp.context()
   section = evaluators.section("latent_activity", split="test", threshold=1e-4)
   run = evaluators.EVALUATORS["latent_activity"].build("activity", section, ctx)
   eight = run(parallel.replicate(state), 0, True).metrics
@@ -246,8 +247,8 @@ def test_parameters_and_gradients_are_logged_per_module(tiny_config, tmp_path):
 
 def test_evaluation_sums_are_the_same_on_one_device_and_eight(tiny_config):
   """split_sums psums over every device: the test losses of 8 devices equal those of 1."""
-  dataset, model, objective, *_, state = loop._setup(tiny_config)
-  ctx = evaluators.Context(model, objective, dataset, tiny_config, None)
+  exp = experiment.setup(tiny_config)
+  state, ctx = exp.state, exp.context()
   run = evaluators.EVALUATORS["losses"].build("test", evaluators.section("losses"), ctx)
   eight = run(parallel.replicate(state), 0, False).metrics
   one = run(parallel.replicate(state, jax.local_devices()[:1]), 0, False).metrics
@@ -286,7 +287,7 @@ def test_a_custom_evaluator_as_the_readme_writes_it_runs_during_and_after_traini
     assert [r["step"] for r in map(json.loads, f) if "mae/mae" in r] == [6, 12]
   dataset, state, model = summary["dataset"], summary["state"], summary["model"]
   x = batches.stack_examples(dataset.split("test"), dataset.info, range(len(dataset.split("test"))))["x"]
-  recon = batches.reconstruct(model, state, x)["recon"]
+  recon = outputs.reconstruct(model, state, x)["recon"]
   np.testing.assert_allclose(summary["metrics"]["mae/mae"], np.mean(np.abs(recon - x)), rtol=1e-5)
 
 
@@ -295,12 +296,12 @@ def test_a_long_evaluation_logs_its_progress_and_a_short_one_nothing(caplog):
   examples done and the time left at the rate since the first update (compilation excluded)."""
   caplog.set_level(logging.INFO, logger="ae_jax")
   now = [0.0]
-  progress = batches.Progress("likelihood on test", 1000, clock=lambda: now[0])
+  progress = outputs.Progress("likelihood on test", 1000, clock=lambda: now[0])
   for t, done in [(2.0, 100), (4.0, 300), (7.0, 600), (9.0, 700), (23.0, 800), (30.0, 1000)]:
     now[0] = t
     progress.update(done)
   progress.close()
-  lines = [r.getMessage() for r in caplog.records if r.name == "ae_jax.evaluators.batches"]
+  lines = [r.getMessage() for r in caplog.records if r.name == "ae_jax.outputs"]
   assert lines == [
     # 500 examples in the 5 s since the first update: 100 a second, 400 left
     "likelihood on test: 600 / 1,000 examples (60%), 0m07s so far, about 0m04s left",
@@ -309,12 +310,12 @@ def test_a_long_evaluation_logs_its_progress_and_a_short_one_nothing(caplog):
     "likelihood on test: 1,000 examples in 0m30s",
   ]
   caplog.clear()
-  short = batches.Progress("losses on test", 1000, clock=lambda: now[0])
+  short = outputs.Progress("losses on test", 1000, clock=lambda: now[0])
   for done in (500, 1000):
     now[0] += 2.0
     short.update(done)
   short.close()
-  assert not [r for r in caplog.records if r.name == "ae_jax.evaluators.batches"]
+  assert not [r for r in caplog.records if r.name == "ae_jax.outputs"]
 
 
 def test_a_vae_run_shorter_than_its_schedule_gets_the_stated_quick_likelihood(tiny_config, tmp_path):

@@ -8,8 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ae_jax import models, parallel, train
-from ae_jax.evaluators import batches
+from ae_jax import models, outputs, parallel, train
 from ae_jax.inspect import inspect_model
 
 
@@ -78,9 +77,9 @@ def test_mask_reaches_models_that_take_it(monkeypatch, tiny_config):
 def test_models_with_a_device_axis_run_outside_pmap(monkeypatch, tiny_config):
   """Reconstruction grids and the inspector run such models on one device (axis bound with size 1)."""
   model, state, _, _, x = _setup(monkeypatch, tiny_config)
-  out = batches.reconstruct(model, state, x)
+  out = outputs.reconstruct(model, state, x)
   assert out["recon"].shape == (16, 4) and "metrics" not in out
-  chunked = batches.reconstruct(model, state, x, batch_size=5)  # 5 + 5 + 5 + 1, one jitted function
+  chunked = outputs.reconstruct(model, state, x, batch_size=5)  # 5 + 5 + 5 + 1, one jitted function
   np.testing.assert_allclose(chunked["recon"], out["recon"], rtol=1e-6, atol=1e-6)
   report = inspect_model(model, (4,))
   assert report.total_params == sum(p.size for p in jax.tree.leaves(state.params))

@@ -172,7 +172,9 @@ def test_padding_of_an_evaluation_batch_changes_no_term():
       model, state.params, state.model_state, batch, train=False, rng=train.eval_rng(state, batch)
     )[0]
     keys = ("z", "mean", "logvar", "prior_z", "logits", "recon")
-    return train.eval_step(state, batch, model=model, objective=objective), {k: outputs[k] for k in keys}
+    # summed over the devices as the evaluators' split_sums does
+    sums = jax.lax.psum(train.eval_sums(state, batch, model=model, objective=objective), parallel.AXIS)
+    return sums, {k: outputs[k] for k in keys}
 
   p_eval = jax.pmap(sums_and_outputs, axis_name=parallel.AXIS)
   rstate = parallel.replicate(state)

@@ -36,7 +36,7 @@ def _x(n=4):
 
 def _init(model, x):
   init = parallel.with_named_axis(lambda r, x: model.init(r, x, train=False))
-  return train._compile_once_quickly(init, RNGS, x)
+  return train.run_once(init, RNGS, x)
 
 
 def test_codebooks_of_each_quantizer():
@@ -130,5 +130,5 @@ def test_cifar10_config_quantizer_argument():
   assert all(isinstance(a, str) for a in module.ARGS)
   with pytest.raises(ConfigError, match="choose one of"):
     module.get_config("quantizer=pq")
-  with pytest.raises(ConfigError, match="not a config.model option"):
+  with pytest.raises(ConfigError, match="unknown option 'num_stage'; did you mean 'num_stages'"):
     module.get_config("quantizer=vq,num_stage=3")

@@ -20,7 +20,7 @@ F, Z, T = 5, 4, 6  # tiny sizes for everything that runs
 def _init(module, x, **kwargs):
   """Variables of `module` for inputs like x, compiled the cheap way (an op-by-op init compiles slowly)."""
   init = lambda rngs, x: module.init(rngs, x, **kwargs)  # noqa: E731
-  return train._compile_once_quickly(init, {"params": jax.random.key(0), "sample": jax.random.key(1)}, x)
+  return train.run_once(init, {"params": jax.random.key(0), "sample": jax.random.key(1)}, x)
 
 
 @pytest.mark.parametrize("dilation", [1, 2])

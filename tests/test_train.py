@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import run_pmapped_steps
 
-from ae_jax import checkpoint, evaluators, loop, parallel, train
+from ae_jax import checkpoint, evaluators, experiment, loop, parallel, train
 from ae_jax.config import check_config
 from ae_jax.data import get_dataset
 from ae_jax.data.pipeline import train_batches
@@ -20,13 +20,12 @@ from ae_jax.preemption import Preemption
 
 
 def _setup(config):
-  dataset = get_dataset(config.data)
-  train_src, info = dataset.split("train"), dataset.info
-  model, objective, tx, schedule = train.build(config, info.shape)
-  state = train.create_train_state(model, tx, info.preprocess(train_src[0], 0)["x"][None], config.seed)
-  step = functools.partial(train.train_step, model=model, objective=objective, tx=tx, learning_rate=schedule)
-  batches = train_batches(train_src, info.preprocess, global_batch=config.batch_size, seed=0, num_threads=1)
-  return state, step, batches
+  """The fresh state, the trainer's single step with its dependencies bound, and host training batches."""
+  exp = experiment.setup(config)
+  step = functools.partial(train.train_step, **exp.step_options)
+  info = exp.dataset.info
+  batches = train_batches(exp.dataset.split("train"), info.preprocess, global_batch=config.batch_size, seed=0)
+  return exp.state, step, batches
 
 
 def test_eight_devices_match_one_device(tiny_config):

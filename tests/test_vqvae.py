@@ -25,7 +25,7 @@ def _init(model, x):
   """Variables of `model` (device axis bound), compiled without XLA optimisation as the trainer does: an
   optimised compile of the random initialisers costs ~20 s on CPU."""
   init = parallel.with_named_axis(lambda r, x: model.init(r, x, train=False))
-  return train._compile_once_quickly(
+  return train.run_once(
     init, {"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)}, x
   )
 

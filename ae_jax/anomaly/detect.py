@@ -53,7 +53,7 @@ from ae_jax.data.registry import Dataset
 from ae_jax.data.series import AnomalySplits, Segment
 from ae_jax.data.series_table import format_time
 from ae_jax.errors import ConfigError
-from ae_jax.evaluators.batches import reconstruct as reconstruct_batches
+from ae_jax.outputs import reconstruct as reconstruct_batches
 from ae_jax.train import TrainState
 
 

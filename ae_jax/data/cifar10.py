@@ -15,16 +15,15 @@ from __future__ import annotations
 import io
 import os
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 
 from ae_jax.data import images, sources
-from ae_jax.errors import DataError, DataNotFoundError
+from ae_jax.errors import DataError
 
 # tfds' cifar10 label order; the archive's folder names.
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -73,52 +72,6 @@ def decode_jpeg(data: bytes) -> np.ndarray:
   return image
 
 
-class Cifar10Jpeg(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """CIFAR-10 from an archive of JPEG files, decoded with Pillow and stored as array_record.
-
-  Not in tfds' global registry (use the class, not `tfds.builder(name)`). Features: image uint8 Tensor
-  [32, 32, 3] (tfds' Image feature would need TensorFlow to encode), label ClassLabel (10 classes, from the
-  folder names). Splits `train` and `test`, records in `read_archive`'s order (no shuffling on write).
-  """
-
-  name = "cifar10_jpeg"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release, from JPEG files in {train,test}/<class>/."}
-
-  def __init__(self, *, archive: str | os.PathLike | None = None, **kwargs: Any):
-    """`archive` is only read by `download_and_prepare`; other kwargs go to tfds."""
-    self._archive = None if archive is None else os.fspath(archive)
-    kwargs.setdefault("file_format", "array_record")
-    super().__init__(**kwargs)
-    self._original_state = dict(self._original_state, archive=self._archive)  # tfds re-creates on unpickling
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description="CIFAR-10 (Krizhevsky 2009) decoded from a JPEG re-encoding (lossy).",
-      features=tfds.features.FeaturesDict(
-        {
-          "image": tfds.features.Tensor(shape=SHAPE, dtype=np.uint8),
-          "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
-        }
-      ),
-      supervised_keys=("image", "label"),
-      homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
-      disable_shuffling=True,
-    )
-
-  def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
-    del dl_manager  # everything is local
-    if not self._archive or not os.path.isfile(self._archive):
-      raise DataNotFoundError(f"CIFAR-10 JPEG archive not found: {self._archive!r}")
-    files = read_archive(self._archive)
-    return {split: self._generate_examples(files[split]) for split in SPLITS}
-
-  def _generate_examples(self, items: list[tuple[str, int, bytes]]) -> Iterator[tuple[str, dict]]:
-    for path, label, data in items:
-      yield path, {"image": decode_jpeg(data), "label": label}
-
-
 ARCHIVE = Path("cifar10-jpeg") / "cifar10-jpeg.tar.gz"  # under the data root
 
 
@@ -132,7 +85,7 @@ def load_split(split: str, data: ml_collections.ConfigDict) -> Sequence[dict[str
     "cifar10",
     split,
     data,
-    lambda: Cifar10Jpeg(archive=archive, data_dir=data.data_dir),
+    lambda: sources.builders().Cifar10Jpeg(archive=archive, data_dir=data.data_dir),
     archive,
     "set config.data.archive to a tar(.gz) of {train,test}/<class>/*.jpg, or install "
     "ae-jax[tfds-download] (TensorFlow) and set config.data.download=True to fetch tfds' cifar10",

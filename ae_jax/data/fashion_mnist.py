@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 
 from ae_jax.data import images, sources
 from ae_jax.errors import DataError, DataNotFoundError
@@ -116,56 +115,6 @@ def read_idx_split(idx_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, 
   return pixels[..., None], labels
 
 
-class FashionMnistIdx(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Fashion-MNIST built from the four original idx files, stored as array_record.
-
-  Not added to tfds' global registry (`skip_registration=True`), so the module
-  can be re-imported/reloaded and same-named classes defined without tfds'
-  "already registered" error; use the class directly, not `tfds.builder(name)`.
-
-  Features: image uint8 [28, 28, 1], label ClassLabel (10 classes). Splits
-  `train` and `test` with sizes taken from the files (60000 / 10000).
-  Records keep the idx files' order (shuffling on write is disabled).
-  """
-
-  name = "fashion_mnist_idx"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release, from the original idx files."}
-
-  def __init__(self, *, idx_dir: str | os.PathLike | None = None, **kwargs: Any):
-    """`idx_dir` is only read by `download_and_prepare`; other kwargs go to tfds."""
-    self._idx_dir = None if idx_dir is None else os.fspath(idx_dir)
-    kwargs.setdefault("file_format", "array_record")
-    super().__init__(**kwargs)
-    # tfds re-creates builders on unpickling via `__init__(**_original_state)`.
-    self._original_state = dict(self._original_state, idx_dir=self._idx_dir)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description="Fashion-MNIST (Xiao et al., 2017) read from the original idx files.",
-      features=tfds.features.FeaturesDict(
-        {
-          "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
-          "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
-        }
-      ),
-      supervised_keys=("image", "label"),
-      homepage="https://github.com/zalandoresearch/fashion-mnist",
-      disable_shuffling=True,
-    )
-
-  def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
-    del dl_manager  # Everything is local.
-    if not has_idx_files(self._idx_dir):
-      raise DataNotFoundError(f"Fashion-MNIST idx files not found in idx_dir={self._idx_dir!r}")
-    return {split: self._generate_examples(*read_idx_split(self._idx_dir, split)) for split in IDX_FILES}
-
-  def _generate_examples(self, images: np.ndarray, labels: np.ndarray) -> Iterator[tuple[int, dict]]:
-    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
-      yield i, {"image": image, "label": int(label)}
-
-
 DEBIAN_IDX_DIR = "/usr/share/datasets/fashion-mnist"  # apt-get install dataset-fashion-mnist
 
 
@@ -187,7 +136,7 @@ def load_split(split: str, data: ml_collections.ConfigDict) -> Sequence[dict[str
     "fashion_mnist",
     split,
     data,
-    lambda: FashionMnistIdx(idx_dir=folder, data_dir=data.data_dir),
+    lambda: sources.builders().FashionMnistIdx(idx_dir=folder, data_dir=data.data_dir),
     folder,
     "run `apt-get install dataset-fashion-mnist` (puts the four idx files in "
     f"{DEBIAN_IDX_DIR}), or set config.data.idx_dir to a folder with train-images-idx3-ubyte, "

@@ -18,13 +18,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 
 from ae_jax.data import images, registry, sources
 from ae_jax.errors import ConfigError, DataError, DataNotFoundError
@@ -128,52 +125,6 @@ def _fingerprint(listing: Listing, geometry: images.Geometry, test_fraction: flo
   return h.hexdigest()[:12]
 
 
-class ImageFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Writes a `Listing` as ArrayRecord: image uint8 Tensor [S, S, C], label int64, path Text."""
-
-  name = "image_folder"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Images decoded with Pillow, converted, cropped and resized once."}
-
-  def __init__(self, *, listing: Listing, geometry: images.Geometry, shape: tuple[int, ...], **kwargs: Any):
-    self._listing, self._geometry, self._shape = listing, geometry, tuple(shape)
-    kwargs.setdefault("file_format", "array_record")
-    super().__init__(**kwargs)
-    self._original_state = dict(self._original_state, listing=listing, geometry=geometry, shape=self._shape)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description=f"The images under {self._listing.root}, {self._geometry}.",
-      features=tfds.features.FeaturesDict(
-        {
-          "image": tfds.features.Tensor(shape=self._shape, dtype=np.uint8),
-          "label": tfds.features.Scalar(dtype=np.int64),
-          "path": tfds.features.Text(),
-        }
-      ),
-      disable_shuffling=True,
-    )
-
-  def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
-    del dl_manager  # everything is local
-    splits = sorted({split for _, split, _ in self._listing.files})
-    return {split: self._generate_examples(split) for split in splits}
-
-  def _generate_examples(self, split: str) -> Iterator[tuple[str, dict]]:
-    for rel, file_split, label in self._listing.files:
-      if file_split != split:
-        continue
-      path = self._listing.root / rel
-      image = self._geometry.apply(read_image(path), 0, train=False)
-      if image.shape != self._shape:
-        raise DataError(
-          f"{path}: {image.shape[1]}x{image.shape[0]} pixels, but the first image has "
-          f"{self._shape[1]}x{self._shape[0]}; set config.data.image_size to resize them all"
-        )
-      yield rel, {"image": image, "label": label, "path": rel}
-
-
 def _geometry(data: ml_collections.ConfigDict) -> images.Geometry:
   geometry = images.Geometry.from_config(data)
   if geometry.crop == "random":
@@ -207,7 +158,9 @@ def _load(data: ml_collections.ConfigDict) -> registry.Dataset:
   listing = scan(sources.resolve_path(data.path, data, "config.data.path"), float(data.test_fraction))
   fingerprint = _fingerprint(listing, geometry, float(data.test_fraction), shape[-1])
   folder_dir = Path(sources.tfds_root(data.data_dir)) / "image_folder" / f"{listing.root.name}-{fingerprint}"
-  builder = ImageFolderBuilder(listing=listing, geometry=geometry, shape=shape, data_dir=str(folder_dir))
+  builder = sources.builders().ImageFolderBuilder(
+    listing=listing, geometry=geometry, shape=shape, data_dir=str(folder_dir)
+  )
   if not sources.is_prepared(builder):
     sources.prepare(builder, listing.root)
   roles = [r for r in registry.ROLES if listing.count(r)]

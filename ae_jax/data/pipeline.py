@@ -114,7 +114,7 @@ def train_batches(
   N > 1 uses N background threads, 2N batches ahead (decode- or resize-heavy data).
   """
   nproc, pid = jax.process_count(), jax.process_index()
-  _local_batch(global_batch, nproc)
+  _local_batch(global_batch, nproc)  # raises here, not at the first batch
   make = _batch_fn(source, preprocess, batch_preprocess)
   n = len(source)
 
@@ -161,7 +161,7 @@ def eval_batches(
   """
   n = len(source) if max_examples is None else min(len(source), max_examples)
   nproc, pid = jax.process_count(), jax.process_index()
-  _local_batch(global_batch, nproc, "eval batch")
+  _local_batch(global_batch, nproc, "eval batch")  # raises here, not at the first batch
   if num_eval_batches(n, global_batch) * global_batch > np.iinfo(np.int32).max:
     raise ValueError(f"{n} evaluation records do not fit the int32 'index' of an example")
   make = _batch_fn(source, preprocess, batch_preprocess)

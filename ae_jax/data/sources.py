@@ -153,6 +153,14 @@ def tfds_root(data_dir: str | None) -> str:
   return data_dir or os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
 
 
+def builders() -> Any:
+  """The module of the local datasets' tfds builders (`ae_jax.data.tfds_builders`), imported on first use:
+  it imports tensorflow_datasets, which `ae_jax.data` itself does not need."""
+  from ae_jax.data import tfds_builders
+
+  return tfds_builders
+
+
 def tfds_source(name: str, split: str, data: ml_collections.ConfigDict) -> Sequence[Record]:
   """`tfds.data_source(name, split)` over prepared ArrayRecord files (downloaded and prepared first when
   config.data.download; that needs TensorFlow). Raises DataNotFoundError saying how to prepare it."""

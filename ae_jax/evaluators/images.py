@@ -18,7 +18,8 @@ from flax import linen as nn
 
 from ae_jax import evaluators, parallel, visualize
 from ae_jax.data import DatasetInfo
-from ae_jax.evaluators.batches import reconstruct, stack_examples
+from ae_jax.evaluators.batches import stack_examples
+from ae_jax.outputs import reconstruct
 from ae_jax.train import TrainState
 
 

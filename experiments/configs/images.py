@@ -15,7 +15,7 @@ pixels in [-1, 1]). Every data and model option can be overridden, e.g. --config
 """
 
 from ae_jax import evaluators
-from ae_jax.config import default_config
+from ae_jax.config import default_config, parse_arg
 from ae_jax.data import data_config
 from ae_jax.errors import ConfigError
 from ae_jax.models import model_config
@@ -28,10 +28,9 @@ def _levels(size: int) -> int:
 
 
 def get_config(arg: str = "image_folder"):
-  dataset, *options = arg.split(",")
-  options = dict(kv.split("=") for kv in options)
-  size, model = int(options.pop("size", 32)), options.pop("model", "vqvae")
-  if dataset not in ("image_folder", "tfds") or model not in ("vqvae", "conv_ae") or options:
+  args = parse_arg(arg, dataset="image_folder", size=32, model="vqvae")
+  dataset, size, model = args.dataset, args.size, args.model
+  if dataset not in ("image_folder", "tfds") or model not in ("vqvae", "conv_ae"):
     raise ConfigError(f"images.py:{arg}: use image_folder|tfds[,size=N][,model=vqvae|conv_ae]")
   config = default_config()
   levels = _levels(size)

@@ -15,8 +15,9 @@ quick estimate unless --config.evals.likelihood.full_from_step=0.
 """
 
 from ae_jax import evaluators
-from ae_jax.config import default_config
+from ae_jax.config import default_config, parse_arg
 from ae_jax.data import data_config
+from ae_jax.errors import ConfigError
 from ae_jax.models import model_config
 
 STEPS_PER_EPOCH = 60_000 // 20
@@ -24,7 +25,9 @@ ARGS = ("k=1", "k=50")  # the arguments the config sweep test checks
 
 
 def get_config(arg: str = "k=50"):
-  k = int(dict(kv.split("=") for kv in arg.split(","))["k"])
+  k = parse_arg(arg, k=50).k
+  if k < 1:
+    raise ConfigError(f"iwae_mnist.py:{arg}: k is the number of importance samples, at least 1")
   config = default_config()
   config.model = model_config(
     "vae_mlp", hidden=(200, 200), act="tanh", latent_dim=50, likelihood="bernoulli", num_samples=k

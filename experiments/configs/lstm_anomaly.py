@@ -31,7 +31,7 @@ any of their options can be overridden, e.g. --config.data.window=100. Data: the
 """
 
 from ae_jax import evaluators
-from ae_jax.config import default_config
+from ae_jax.config import default_config, parse_arg
 from ae_jax.data import data_config, timeseries
 from ae_jax.errors import ConfigError
 from ae_jax.models import model_config
@@ -57,11 +57,10 @@ WIDTH = {
 
 
 def get_config(arg: str = "power_demand"):
-  name, *options = arg.split(",")
-  options = dict(kv.split("=") for kv in options)
-  model = options.pop("model", "lstm_encdec_ad")
-  unsupervised = name == "series" and options.pop("mode", "unsupervised") == "unsupervised"
-  if options or name not in SETTINGS or model not in WIDTH:
+  args = parse_arg(arg, dataset="power_demand", model="lstm_encdec_ad", mode="unsupervised")
+  name, model = args.dataset, args.model
+  unsupervised = name == "series" and args.mode == "unsupervised"
+  if name not in SETTINGS or model not in WIDTH or args.mode not in ("unsupervised", "supervised"):
     raise ConfigError(
       f"lstm_anomaly.py:{arg}: use DATASET[,model=NAME][,mode=supervised] with DATASET in {list(SETTINGS)} "
       f"and NAME in {list(WIDTH)}"

@@ -31,7 +31,7 @@ Result (README "Results"): see the table there for the ELBO and importance-sampl
 """
 
 from ae_jax import evaluators
-from ae_jax.config import default_config
+from ae_jax.config import default_config, parse_arg
 from ae_jax.errors import ConfigError
 from ae_jax.models import model_config
 
@@ -39,9 +39,9 @@ OBJECTIVES = ("elbo", "beta", "tcvae", "infovae", "wae")
 ARGS = tuple(f"objective={name}" for name in OBJECTIVES)  # the arguments the config sweep test checks
 
 
-def parse_objective(arg: str, config_file: str) -> str:
-  """The objective of a config argument `objective=NAME` (or just NAME)."""
-  name = arg.split("=", 1)[1] if arg.startswith("objective=") else arg
+def parse_objective(arg: str | None, config_file: str) -> str:
+  """The objective of a config argument `objective=NAME` (or just NAME; none: elbo)."""
+  name = parse_arg(arg, objective="elbo").objective
   if name not in OBJECTIVES:
     raise ConfigError(f"{config_file}:{arg}: use objective=NAME with NAME in {OBJECTIVES}")
   return name

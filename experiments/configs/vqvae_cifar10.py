@@ -14,10 +14,11 @@ assigned fewer than 1 of the batch's 2,048 vectors per step (EMA count < 1.0; 4 
 re-seeded from the current batch's encoder outputs (as Jukebox's random restarts).
 `--config.model.codebook_init=uniform --config.model.dead_code_threshold=0` is the reference exactly.
 
-Other quantizers (ae_jax/quantizers/): an argument after the path, `vqvae_cifar10.py:quantizer=NAME`, sets
-the model options below and adds the loss terms they need (config.loss keys cannot be added with flags);
-further `KEY=VALUE` pairs set config.model options, and `code_entropy=W` adds the codebook entropy penalty
-(vq, rvq, gumbel) with weight W. Every option can then be changed with --config.model.* flags.
+Other quantizers (ae_jax/quantizers/): an argument after the path, `vqvae_cifar10.py:quantizer=NAME`, sets the
+model options below and adds the loss terms they need (or add them with flags:
+`--config.loss.lfq_entropy=0.1`); further `KEY=VALUE` pairs set config.model options, and `code_entropy=W`
+adds the codebook entropy penalty (vq, rvq, gumbel) with weight W. Every option can then be changed with
+--config.model.* flags.
 
   quantizer=fsq     finite scalar quantisation, levels 8,5,5,5 (1,000 codes; --config.model.fsq_levels)
   quantizer=rvq     4 residual stages (--config.model.num_stages) of 6 codes each (4 log2 6 = 10.3 bits per
@@ -35,7 +36,7 @@ further `KEY=VALUE` pairs set config.model options, and `code_entropy=W` adds th
 """
 
 from ae_jax import evaluators
-from ae_jax.config import default_config
+from ae_jax.config import default_config, parse_arg
 from ae_jax.data import data_config
 from ae_jax.errors import ConfigError
 from ae_jax.models import model_config
@@ -58,29 +59,25 @@ ARGS = (  # checked by the config sweep
 )
 
 
-def _typed(value: str, default):
-  if isinstance(default, bool):
-    if value.lower() not in ("true", "false", "1", "0"):
-      raise ConfigError(f"vqvae_cifar10.py: expected true or false, got '{value}'")
-    return value.lower() in ("true", "1")
-  return type(default)(value)
+def _options(config) -> dict:
+  """parse_arg's defaults: the quantizer (first: `vqvae_cifar10.py:fsq` works too), the code_entropy
+  weight (None: no term), then every other config.model option at its current value."""
+  model = {k: v for k, v in config.model.to_dict().items() if k not in ("name", "quantizer")}
+  return {"quantizer": "vq", "code_entropy": None, **model}
 
 
 def _apply(config, arg: str) -> None:
   """Sets the quantizer preset, the loss terms and the model options named in `arg` (module docstring)."""
-  options = dict(kv.split("=", 1) for kv in arg.split(","))
-  name = options.pop("quantizer", "vq")
+  name = parse_arg(arg, **_options(config)).quantizer
   if name not in QUANTIZERS:
     raise ConfigError(f"vqvae_cifar10.py:quantizer={name}: choose one of {list(QUANTIZERS)}")
   model, loss = QUANTIZERS[name]
   config.model.update(model)
   config.loss.update(loss)
-  if "code_entropy" in options:
-    config.loss.code_entropy = float(options.pop("code_entropy"))
-  for key, value in options.items():
-    if key not in config.model:
-      raise ConfigError(f"vqvae_cifar10.py: '{key}' is not a config.model option of vqvae")
-    config.model[key] = _typed(value, config.model[key])
+  args = parse_arg(arg, **_options(config))  # again, on the preset: options given in `arg` win over it
+  if args.code_entropy is not None:
+    config.loss.code_entropy = float(args.code_entropy)
+  config.model.update({k: v for k, v in args.items() if k not in ("quantizer", "code_entropy")})
 
 
 def get_config(arg: str = ""):

@@ -10,9 +10,12 @@ The quantizer is chosen with flags, as vqvae_cifar10.py documents for its option
 `--config.model.quantizer=rvq --config.model.num_stages=4 --config.model.quantizer_dropout=True`,
 `--config.model.quantizer=fsq`, `--config.model.gradient=rotation`, `--config.model.cosine=True
 --config.model.codebook_dim=8`, `--config.model.quantizer=lfq --config.model.code_dim=8` or
-`--config.model.quantizer=gumbel`. This config's loss holds no lfq_entropy, gumbel_kl or code_entropy term
-(flags cannot add config.loss keys): LFQ then trains with its commitment term only and Gumbel without its
-KL; vqvae_cifar10.py's `:quantizer=NAME` argument adds them.
+`--config.model.quantizer=gumbel`. This config's loss holds no lfq_entropy, gumbel_kl or code_entropy term:
+add the one a quantizer needs with its weight, e.g. `--config.model.quantizer=lfq
+--config.loss.lfq_entropy=0.1` or `--config.model.quantizer=gumbel --config.loss.gumbel_kl=5e-4` (a misspelled
+term is an error naming the closest registered one); vqvae_cifar10.py's `:quantizer=NAME` argument adds them
+itself. Evaluators are added the same way, e.g. `--config.evals.quality=image_quality`
+(`ae_jax.config.complete_config`).
 """
 
 from ae_jax import evaluators
