@@ -77,6 +77,17 @@ def test_builder_prepares_decoded_uint8_records(archive, tmp_path):
   assert len(_load("train", data_dir=str(tmp_path / "tfds"), archive=archive)) == 9
 
 
+def test_a_relative_archive_is_found_under_the_data_root_as_other_paths_are(tmp_path, monkeypatch):
+  root = tmp_path / "root"
+  (root / "mine").mkdir(parents=True)
+  _write_archive(root / "mine" / "c10.tar.gz")
+  monkeypatch.chdir(tmp_path)  # the working directory does not hold mine/c10.tar.gz
+  assert len(_load("train", data_dir=str(tmp_path / "tfds"), archive="mine/c10.tar.gz", root=str(root))) == 9
+  with pytest.raises(FileNotFoundError, match="set config.data.archive") as e:
+    _load("train", data_dir=str(tmp_path / "tfds2"), archive="other.tar.gz", root=str(root))
+  assert str(root / "other.tar.gz") in str(e.value)
+
+
 def test_missing_data_is_one_clear_error_naming_the_data_root(tmp_path):
   with pytest.raises(FileNotFoundError, match="set config.data.archive") as e:
     _load("train", data_dir=str(tmp_path / "tfds"), root=str(tmp_path / "nowhere"))

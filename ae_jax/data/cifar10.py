@@ -78,9 +78,13 @@ ARCHIVE = Path("cifar10-jpeg") / "cifar10-jpeg.tar.gz"  # under the data root
 def load_split(split: str, data: ml_collections.ConfigDict) -> Sequence[dict[str, Any]]:
   """A random-access CIFAR-10 split: tfds' `cifar10` if prepared in config.data.data_dir (or downloaded
   with config.data.download), else the local `cifar10_jpeg` dataset, prepared once from the JPEG archive
-  (config.data.archive, else <data root>/cifar10-jpeg/cifar10-jpeg.tar.gz). Records: {'image': uint8
-  [32, 32, 3], 'label': int64}."""
-  archive = Path(data.archive) if data.archive else sources.data_root(data) / ARCHIVE
+  (config.data.archive, relative to the working directory or else the data root; by default
+  <data root>/cifar10-jpeg/cifar10-jpeg.tar.gz). Records: {'image': uint8 [32, 32, 3], 'label': int64}."""
+  # A prepared dataset no longer needs its archive, so a missing one is reported only if it is needed.
+  candidates = (
+    sources.path_candidates(data.archive, data) if data.archive else [sources.data_root(data) / ARCHIVE]
+  )
+  archive = next((c for c in candidates if c.exists()), candidates[-1])
   return sources.tfds_or_local(
     "cifar10",
     split,

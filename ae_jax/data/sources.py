@@ -35,11 +35,16 @@ def data_root(data: ml_collections.ConfigDict | None = None) -> Path:
   return Path(root) if root else DEFAULT_ROOT
 
 
-def resolve_path(path: str, data: ml_collections.ConfigDict, what: str) -> Path:
-  """An absolute path as given; a relative one from the working directory if it exists there, else under
-  the data root. Raises DataNotFoundError naming every place that was tried."""
+def path_candidates(path: str, data: ml_collections.ConfigDict) -> list[Path]:
+  """Where a configured path may be, in order: an absolute path as given; a relative one from the working
+  directory, then under the data root."""
   p = Path(os.path.expanduser(path))
-  candidates = [p] if p.is_absolute() else [Path.cwd() / p, data_root(data) / p]
+  return [p] if p.is_absolute() else [Path.cwd() / p, data_root(data) / p]
+
+
+def resolve_path(path: str, data: ml_collections.ConfigDict, what: str) -> Path:
+  """The first of `path_candidates` that exists. Raises DataNotFoundError naming every place tried."""
+  candidates = path_candidates(path, data)
   for c in candidates:
     if c.exists():
       return c
