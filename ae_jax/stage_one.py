@@ -235,16 +235,16 @@ def _decode_indices(module: nn.Module, indices: jax.Array, variables: Any) -> ja
   return module.decode(code_vectors(module, variables, indices))
 
 
-@functools.lru_cache(maxsize=16)
 def _pmapped(model: nn.Module, kind: str, devices: tuple) -> Any:
+  """The pmapped encoder ("encode": images -> indices) or decoder ("decode": indices -> images)."""
+
   def encode(variables: Any, x: jax.Array) -> jax.Array:
     return model.apply(variables, x, method=_indices_of)
 
   def decode(variables: Any, indices: jax.Array) -> jax.Array:
     return model.apply(variables, indices, variables, method=_decode_indices)
 
-  fn = encode if kind == "encode" else decode
-  return jax.pmap(fn, axis_name=parallel.AXIS, devices=devices)
+  return jax.pmap(encode if kind == "encode" else decode, axis_name=parallel.AXIS, devices=devices)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,13 +262,20 @@ class StageOne:
   def _replicated(self) -> Any:
     return parallel.replicate(self.run.variables)
 
+  @functools.cached_property
+  def _functions(self) -> dict:
+    # one compile per StageOne (a model built from a saved config holds lists: it cannot key a cache)
+    return {}
+
   def _batched(self, kind: str, inputs: np.ndarray, batch_size: int, out_dtype: Any) -> np.ndarray:
     """`kind` ("encode" or "decode") over inputs [N, ...], `batch_size` at a time (rounded up to a multiple
     of the local devices; the last chunk zero-padded, so one compile), split over the local devices."""
     devices = tuple(jax.local_devices())
     per_device = max(1, -(-int(batch_size) // len(devices)))
     batch = per_device * len(devices)
-    fn = _pmapped(self.run.model, kind, devices)
+    if kind not in self._functions:
+      self._functions[kind] = _pmapped(self.run.model, kind, devices)
+    fn = self._functions[kind]
     outputs = []
     for start in range(0, len(inputs), batch):
       chunk = np.asarray(inputs[start : start + batch])
