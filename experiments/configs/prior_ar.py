@@ -6,7 +6,8 @@ r"""An autoregressive transformer prior (stage two) over a trained VQ-VAE's code
     python -m experiments.sample --workdir runs/prior_ar --num 64 --temperature 1.0 --top_k 0
 
 The argument is the stage one's workdir, optionally with `,step=N` (a checkpoint step; default the latest),
-`,best` (its config.keep_best state) and `,conditional` (one start token per class of its dataset: then
+`,best` (its config.keep_best state; the step is pinned in the config, so a stage one trained further
+later is not mistaken for this one) and `,conditional` (one start token per class of its dataset: then
 `experiments.sample --label C` draws class C). The codes dataset (`ae_jax.data.codes`) encodes the stage
 one's dataset once and caches the codes under STAGE_ONE_WORKDIR/codes/<fingerprint>/; the vocabulary K
 and the sequence length (Fashion-MNIST: 7x7 = 49 codes) are read from the stage one. Defaults: 4 layers of
@@ -14,7 +15,7 @@ width 128, batch 64, 3,000 steps (a few minutes on a CPU); `prior_likelihood` re
 beside the uniform prior's log2 K.
 """
 
-from ae_jax import evaluators
+from ae_jax import evaluators, stage_one
 from ae_jax.config import default_config
 from ae_jax.data import codes, data_config
 from ae_jax.errors import ConfigError
@@ -49,11 +50,10 @@ def prior_config(model: str, arg: str):
   """The shared config of both priors: the codes of the stage one `arg` names, model `model`."""
   options = parse_arg(arg)
   config = default_config()
+  # the step is pinned (the latest one now, by default), so the saved config names the exact stage one
+  step = stage_one.resolve_step(options["workdir"], options["step"], options["best"])
   config.data = data_config(
-    "codes",
-    tokenizer_workdir=options["workdir"],
-    tokenizer_step=options["step"],
-    tokenizer_best=options["best"],
+    "codes", tokenizer_workdir=options["workdir"], tokenizer_step=step, tokenizer_best=options["best"]
   )
   _, layout = codes.stage_one_config(config.data)
   num_classes = layout.num_classes if options["conditional"] else 0
