@@ -10,6 +10,7 @@ spoken_digit, series_file (your own series; the shipped discord series and ECG50
 
 from ae_jax.data import (  # noqa: F401 - importing a dataset module registers it
   cifar10,
+  codes,
   fashion_mnist,
   image_folder,
   images,

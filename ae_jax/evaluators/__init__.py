@@ -201,4 +201,5 @@ from ae_jax.evaluators import (  # noqa: E402, F401 - importing an evaluator mod
   latents,
   likelihood,
   losses,
+  prior,
 )

@@ -18,6 +18,7 @@ from ae_jax.models.conv_ae import ConvAutoencoder
 from ae_jax.models.interface import ABILITIES
 from ae_jax.models.lstm_ae import LSTMEncDecAD, LSTMRepeatAE, LSTMSequenceAE, LSTMStackedAE
 from ae_jax.models.mlp_ae import MLPAutoencoder
+from ae_jax.models.priors import ARPrior, MaskGITPrior
 from ae_jax.models.seq_vae import SeqVAEConv
 from ae_jax.models.tied_ae import TiedAutoencoder
 from ae_jax.models.vae import VAEMLP, VAEConv
@@ -56,6 +57,8 @@ MODELS: dict[str, ModelSpec] = {
   "lstm_ae_seq": _spec(LSTMSequenceAE, _SEQUENCE),
   "seq_vae_conv": _spec(SeqVAEConv, _SEQUENCE),
   "vqvae": _spec(VQVAE, ("quantized",)),
+  "ar_prior": _spec(ARPrior),
+  "maskgit_prior": _spec(MaskGITPrior),
 }
 
 

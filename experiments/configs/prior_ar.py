@@ -1,0 +1,89 @@
+r"""An autoregressive transformer prior (stage two) over a trained VQ-VAE's codes.
+
+    python -m experiments.main --config experiments/configs/vqvae_fashion_mnist.py --workdir runs/vqvae_fmnist
+    python -m experiments.main --config experiments/configs/prior_ar.py:runs/vqvae_fmnist \
+        --workdir runs/prior_ar
+    python -m experiments.sample --workdir runs/prior_ar --num 64 --temperature 1.0 --top_k 0
+
+The argument is the stage one's workdir, optionally with `,step=N` (a checkpoint step; default the latest),
+`,best` (its config.keep_best state; the step is pinned in the config, so a stage one trained further
+later is not mistaken for this one). `,conditional` (one start token per class, sampled with
+`experiments.sample --label C`) is refused for now: the models take labels, the trainer does not pass them.
+The codes dataset (`ae_jax.data.codes`) encodes the stage
+one's dataset once and caches the codes under STAGE_ONE_WORKDIR/codes/<fingerprint>/; the vocabulary K
+and the sequence length (Fashion-MNIST: 7x7 = 49 codes) are read from the stage one. Defaults: 4 layers of
+width 128, batch 64, 3,000 steps (a few minutes on a CPU); `prior_likelihood` reports test bits per code
+beside the uniform prior's log2 K.
+"""
+
+from ae_jax import evaluators, stage_one
+from ae_jax.config import default_config
+from ae_jax.data import codes, data_config
+from ae_jax.errors import ConfigError
+from ae_jax.models import model_config
+
+# Needs a trained stage one, so the shipped-config sweep (tests/test_configs.py) leaves it out;
+# tests/test_stage_two.py checks it on a tiny stage one.
+ARGS = ()
+LOSSES = {"ar_prior": "code_nll", "maskgit_prior": "masked_code_xent"}
+
+
+def parse_arg(arg: str) -> dict:
+  """STAGE_ONE_WORKDIR[,step=N][,best][,conditional] -> its parts."""
+  workdir, *options = arg.split(",")
+  parsed = {"workdir": workdir, "step": 0, "best": False, "conditional": False}
+  for option in options:
+    key, _, value = option.partition("=")
+    if key == "step" and value.isdigit():
+      parsed["step"] = int(value)
+    elif key in ("best", "conditional") and not value:
+      parsed[key] = True
+    else:
+      raise ConfigError(
+        f"unknown config argument '{option}'; use STAGE_ONE_WORKDIR[,step=N][,best][,conditional]"
+      )
+  if not workdir:
+    raise ConfigError("the config needs the stage one's workdir: --config=...prior_*.py:STAGE_ONE_WORKDIR")
+  return parsed
+
+
+def prior_config(model: str, arg: str):
+  """The shared config of both priors: the codes of the stage one `arg` names, model `model`."""
+  options = parse_arg(arg)
+  config = default_config()
+  # the step is pinned (the latest one now, by default), so the saved config names the exact stage one
+  step = stage_one.resolve_step(options["workdir"], options["step"], options["best"])
+  config.data = data_config(
+    "codes", tokenizer_workdir=options["workdir"], tokenizer_step=step, tokenizer_best=options["best"]
+  )
+  _, layout = codes.stage_one_config(config.data)
+  if options["conditional"]:  # the models take labels, but train.apply_model passes only x for now
+    raise ConfigError(
+      "',conditional' is not available yet: the trainer does not pass labels to the model; train an "
+      "unconditional prior (leave out ',conditional')"
+    )
+  num_classes = 0
+  config.model = model_config(
+    model, vocab_size=layout.vocab_size, num_layers=4, num_heads=4, embed_dim=128, mlp_dim=512, dropout=0.1
+  )
+  config.model.num_classes = num_classes
+  config.loss = {LOSSES[model]: 1.0}
+  config.batch_size = 64
+  config.eval_batch_size = 1000
+  config.total_steps = 3000
+  config.optimizer.name = "adamw"
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.schedule = "warmup_cosine"
+  config.optimizer.warmup_steps = 200
+  config.optimizer.weight_decay = 0.01
+  config.optimizer.grad_clip_norm = 1.0
+  config.log_every = 100
+  config.checkpoint_every = 1000
+  config.evals.test.every = 1000
+  del config.evals["reconstructions"]  # codes are not images: experiments.sample decodes them
+  config.evals.likelihood = evaluators.section("prior_likelihood", split="test")
+  return config
+
+
+def get_config(arg: str = ""):
+  return prior_config("ar_prior", arg)

@@ -1,0 +1,312 @@
+"""Stage two: a prior over a frozen VQ-VAE's codes. A tiny VQ-VAE on synthetic 8x8 images trained a few
+steps by the loop is the stage one; its codes feed tiny AR and MaskGIT priors trained by the same loop,
+which are sampled and decoded back to images."""
+
+import dataclasses
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ae_jax import data, loop, parallel, stage_one, train
+from ae_jax.data import codes
+from ae_jax.errors import AEJaxError, ConfigError, DataNotFoundError
+from ae_jax.models import get_model, model_config
+from ae_jax.priors import generate
+from tests.conftest import make_tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VQ = dict(hidden=8, res_hidden=4, num_res_layers=1, num_codes=16, code_dim=4)
+TINY_PRIOR = dict(num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32, dropout=0.0)
+
+
+def _train_stage_one(workdir: str, steps: int) -> None:
+  config = make_tiny_config()
+  config.model = model_config("vqvae", **VQ)
+  config.loss = {"mse": 1.0, "commitment": 1.0}
+  config.total_steps = steps
+  config.evals = {}
+  loop.train_and_evaluate(config, workdir)
+
+
+@pytest.fixture(scope="module")
+def stage_one_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("stage_one"))
+  _train_stage_one(path, 4)
+  return path
+
+
+def _prior_config(name: str, stage_one_dir: str, steps: int):
+  module = importlib.import_module(f"experiments.configs.{'prior_ar' if name == 'ar' else 'prior_maskgit'}")
+  config = module.get_config(stage_one_dir)
+  config.model.update(TINY_PRIOR)
+  config.batch_size = config.eval_batch_size = 16
+  config.total_steps, config.log_every, config.checkpoint_every = steps, 5, steps
+  config.optimizer.warmup_steps, config.optimizer.learning_rate = 2, 3e-3
+  config.evals.test.every = 0
+  return config
+
+
+def _variables_bytes(workdir: str) -> dict:
+  run = stage_one.load_run(workdir)
+  return {
+    jax.tree_util.keystr(p): np.asarray(v).tobytes()
+    for p, v in jax.tree_util.tree_leaves_with_path(run.variables)
+  }
+
+
+@pytest.fixture(scope="module")
+def ar_prior(stage_one_dir, tmp_path_factory):
+  before = _variables_bytes(stage_one_dir)
+  path = str(tmp_path_factory.mktemp("prior_ar"))
+  summary = loop.train_and_evaluate(_prior_config("ar", stage_one_dir, 30), path)
+  return path, summary, before
+
+
+# ----------------------------------------------------------------------------- stage one: codes and back
+
+
+@pytest.mark.parametrize(
+  "options",
+  [
+    dict(quantizer="vq"),
+    dict(quantizer="vq", ema=False, cosine=True, codebook_dim=3),
+    dict(quantizer="rvq", num_stages=3, eval_stages=2),
+    dict(quantizer="fsq", fsq_levels=(5, 4)),
+    dict(quantizer="lfq"),
+    dict(quantizer="gumbel"),
+  ],
+)
+def test_code_vectors_of_the_indices_are_the_quantized_latents(options):
+  """code_vectors(indices of x) is the quantizer's own output and decodes to the model's recon of x."""
+  kw = {**VQ, **options}
+  if options["quantizer"] == "fsq":
+    kw.pop("code_dim")
+  model = get_model("vqvae", input_shape=(8, 8, 3), axis_name=parallel.AXIS, **kw)
+  x = jnp.asarray(np.random.default_rng(0).uniform(-0.5, 0.5, (4, 8, 8, 3)), jnp.float32)
+  init = parallel.with_named_axis(lambda r, x: model.init(r, x, train=False))
+  variables = train._compile_once_quickly(
+    init, {"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)}, x
+  )
+  out = parallel.with_named_axis(lambda v, x: model.apply(v, x))(variables, x)
+  z = stage_one.code_vectors(model, variables, out["indices"])
+  recon = parallel.with_named_axis(lambda v, z: model.apply(v, z, method="decode"))(variables, z)
+  np.testing.assert_allclose(z, out["code"], rtol=0, atol=1e-6)
+  np.testing.assert_allclose(recon, out["recon"], rtol=0, atol=1e-6)
+  assert int(jnp.max(out["indices"])) < model.codebooks()[0]
+
+
+def test_decode_of_encoded_codes_is_the_reconstruction(stage_one_dir):
+  """encode_codes / decode_codes (pmapped over 8 devices, a padded last batch) give the trained model's
+  own indices and reconstruction; the fingerprint names the step and the content."""
+  tok = stage_one.load_stage_one(stage_one_dir)
+  assert tok.run.step == 4 and tok.fingerprint.startswith("4-") and tok.layout.grid == (2, 2)
+  assert tok.layout.vocab_size == 16 and tok.layout.num_classes == 10
+  x = np.random.default_rng(1).uniform(-1, 1, (21, 8, 8, 1)).astype(np.float32)
+  indices = tok.encode_codes(x, batch_size=16)
+  images = tok.decode_codes(indices, batch_size=16)
+  model, variables = tok.run.model, tok.run.variables
+  out = jax.jit(parallel.with_named_axis(lambda v, x: model.apply(v, x)))(variables, x)
+  np.testing.assert_array_equal(indices, out["indices"])
+  np.testing.assert_allclose(images, out["recon"], rtol=0, atol=1e-5)
+  assert not tok.run.variables["params"]["decoder"]["Conv_0"]["kernel"].flags.writeable
+  with pytest.raises(ConfigError, match=r"\[0, 16\)"):
+    tok.decode_codes(np.full((1, 2, 2), 16))
+
+
+# ----------------------------------------------------------------------------- the codes dataset
+
+
+def test_codes_dataset_is_cached_per_stage_one_and_recomputed_when_it_changes(
+  stage_one_dir, tmp_path, monkeypatch
+):
+  """Codes are the stage one's indices of its own images (eval preprocessing), cached under
+  WORKDIR/codes/<fingerprint>/; the cache is read back, a stale file is recomputed, and a stage one
+  trained further gets fresh codes."""
+  work = str(tmp_path / "stage_one")
+  shutil.copytree(stage_one_dir, work)
+  config = data.data_config("codes", tokenizer_workdir=work)
+  assert data.example_spec(config).shape == (4,) and data.example_spec(config).dtype == "int32"
+  dataset = data.get_dataset(config)
+  tok = stage_one.load_stage_one(work)
+  assert dataset.info.fingerprint == tok.fingerprint and dataset.info.vocab_size == 16
+  assert dataset.info.grid == (2, 2) and sorted(dataset.splits) == ["test", "train"]
+  images = data.get_dataset(tok.run.config.data)
+  test = images.split("test")
+  x = images.info.batch_preprocess_for(False)(
+    data.sources.gather(test, np.arange(len(test))), np.arange(len(test))
+  )
+  batch = dataset.info.batch_preprocess_for(False)(dataset.split("test").arrays, np.arange(len(test)))
+  np.testing.assert_array_equal(batch["x"], tok.encode_codes(x["x"]).reshape(len(test), -1))
+  np.testing.assert_array_equal(batch["label"], x["label"])
+  cache = os.path.join(work, "codes", tok.fingerprint)
+  assert sorted(os.listdir(cache)) == ["test.npz", "train.npz"]
+
+  calls = []
+  original = codes.encode_split
+  monkeypatch.setattr(codes, "encode_split", lambda *a, **k: calls.append(a[-1]) or original(*a, **k))
+  again = data.get_dataset(config)
+  assert calls == []  # read from the cache
+  np.testing.assert_array_equal(
+    again.split("train").arrays["tokens"], dataset.split("train").arrays["tokens"]
+  )
+  np.savez(
+    os.path.join(cache, "test.npz"), tokens=np.zeros((40, 4), np.int32), label=np.zeros(40), fingerprint="0-x"
+  )
+  data.get_dataset(config)
+  assert calls == ["encoding test with the stage one"]  # a file of another stage one is not served
+
+  _train_stage_one(work, 6)  # the stage one changes: its latest step is another checkpoint
+  calls.clear()
+  changed = data.get_dataset(config)
+  assert changed.info.fingerprint.startswith("6-") and len(calls) == 2
+  assert os.path.isdir(os.path.join(work, "codes", changed.info.fingerprint)) and os.path.isdir(cache)
+
+
+def test_a_missing_or_unsuitable_stage_one_is_one_clear_error(tmp_path, stage_one_dir):
+  with pytest.raises(DataNotFoundError, match=r"has no checkpoint .*train that run first"):
+    data.example_spec(data.data_config("codes", tokenizer_workdir=str(tmp_path / "none")))
+  with pytest.raises(ConfigError, match="tokenizer_workdir is empty"):
+    data.example_spec(data.data_config("codes"))
+  with pytest.raises(DataNotFoundError, match=r"has no step 3; it has \[4\]"):
+    data.example_spec(data.data_config("codes", tokenizer_workdir=stage_one_dir, tokenizer_step=3))
+  mlp = str(tmp_path / "mlp")
+  config = make_tiny_config()
+  config.total_steps, config.evals = 1, {}
+  loop.train_and_evaluate(config, mlp)
+  with pytest.raises(ConfigError, match="'mlp_ae' run, which has no discrete codes"):
+    data.example_spec(data.data_config("codes", tokenizer_workdir=mlp))
+
+
+def test_vocabularies_above_two_to_the_sixteen_are_refused():
+  layout = stage_one.CodeLayout((7, 7), 2**20, (28, 28, 1), 10, "fsq")
+  with pytest.raises(ConfigError, match=r"1,048,576 tokens.*at most 2\^16"):
+    stage_one.check_vocab(layout, "here")
+  stage_one.check_vocab(dataclasses.replace(layout, vocab_size=2**16), "here")
+
+
+# ----------------------------------------------------------------------------- priors trained by the loop
+
+
+def _train_losses(workdir: str) -> list[float]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [r["loss"] for r in map(json.loads, f) if "loss" in r and "learning_rate" in r]
+
+
+def test_ar_prior_trains_through_the_loop_and_leaves_the_stage_one_unchanged(ar_prior, stage_one_dir):
+  path, summary, before = ar_prior
+  losses = _train_losses(path)
+  assert len(losses) == 6 and losses[-1] < 0.8 * losses[0]
+  m = summary["metrics"]
+  assert m["likelihood/uniform_bits_per_code"] == 4.0  # log2 16
+  assert m["likelihood/bits_per_code"] < 4.0
+  np.testing.assert_allclose(m["likelihood/bits_per_image"], 4 * m["likelihood/bits_per_code"], rtol=1e-6)
+  np.testing.assert_allclose(m["likelihood/nll"], m["test/code_nll"], rtol=1e-5)  # the same test nats
+  assert _variables_bytes(stage_one_dir) == before  # bitwise
+  assert sorted(os.listdir(os.path.join(stage_one_dir, "checkpoints"))) == ["4"]
+  saved = stage_one.saved_config(path)[1]
+  assert saved.data.tokenizer_step == 4  # pinned: a stage one trained further is not mistaken for it
+
+
+def test_maskgit_prior_trains_through_the_loop(stage_one_dir, tmp_path):
+  path = str(tmp_path / "maskgit")
+  summary = loop.train_and_evaluate(_prior_config("maskgit", stage_one_dir, 20), path)
+  losses = _train_losses(path)
+  assert losses[-1] < losses[0]
+  m = summary["metrics"]
+  assert "likelihood/masked_xent_bits_per_code" in m and "likelihood/bits_per_code" not in m
+  assert 0 < m["likelihood/masked_xent_bits_per_code"] < m["likelihood/uniform_bits_per_code"]
+  run = stage_one.load_run(path)
+  a = generate.sample_tokens(run, 5, seed=2, options=generate.SampleOptions(steps=3), per_device=1)
+  b = generate.sample_tokens(run, 5, seed=2, options=generate.SampleOptions(steps=3), per_device=1)
+  np.testing.assert_array_equal(a, b)
+  assert a.shape == (5, 4) and a.min() >= 0 and a.max() < 16
+
+
+def test_fixed_evaluation_mask_is_exact_and_independent_of_the_batch():
+  from ae_jax.evaluators.prior import fixed_mask
+
+  mask = np.asarray(fixed_mask(jnp.arange(6), 10, 0.33, 0))
+  assert (mask.sum(1) == 3).all()
+  np.testing.assert_array_equal(np.asarray(fixed_mask(jnp.asarray([4, 2]), 10, 0.33, 0)), mask[[4, 2]])
+  assert (np.asarray(fixed_mask(jnp.arange(2), 10, 0.01, 0)).sum(1) == 1).all()  # at least one
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def test_samples_are_deterministic_and_the_same_on_one_or_eight_devices(ar_prior):
+  run = stage_one.load_run(ar_prior[0])
+  options = generate.SampleOptions(temperature=1.0, top_k=8)
+  eight = generate.sample_tokens(run, 19, seed=3, options=options, per_device=2)
+  one = generate.sample_tokens(
+    run, 19, seed=3, options=options, per_device=2, devices=jax.local_devices()[:1]
+  )
+  np.testing.assert_array_equal(eight, one)
+  other = generate.sample_tokens(run, 19, seed=4, options=options, per_device=2)
+  assert eight.shape == (19, 4) and (eight != other).any()
+  greedy = generate.sample_tokens(
+    run, 3, seed=5, options=generate.SampleOptions(temperature=0.0), per_device=2
+  )
+  assert (greedy == greedy[0]).all()  # greedy decoding of an unconditional prior ignores the key
+
+
+def test_bad_sampling_options_are_one_clear_error(ar_prior):
+  run = stage_one.load_run(ar_prior[0])
+  cases = [
+    (dict(), 0, "--num must be >= 1"),
+    (dict(top_p=1.5), 4, "top_p must be in"),
+    (dict(label=1), 4, "--label needs a class-conditional prior"),
+    (dict(temperature=-1.0), 4, "--temperature must be >= 0"),
+  ]
+  for options, num, message in cases:
+    with pytest.raises(ConfigError, match=message):
+      generate.check_options(run, generate.SampleOptions(**options), num)
+  with pytest.raises(ConfigError, match="--steps sets MaskGIT"):
+    generate.check_options(run, generate.SampleOptions(), 4, steps_given=True)
+
+
+def _sample_cli(*args):
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  return subprocess.run(
+    [sys.executable, "-m", "experiments.sample", *args], cwd=ROOT, env=env, capture_output=True, text=True
+  )
+
+
+@pytest.mark.slow
+def test_sample_cli_writes_a_grid_and_codes_deterministically(ar_prior, tmp_path):
+  path = ar_prior[0]
+  for out in ("a", "b"):
+    result = _sample_cli(f"--workdir={path}", "--num=6", "--seed=1", "--top_k=4", f"--out={tmp_path / out}")
+    assert result.returncode == 0, result.stderr
+    assert "ms per image" in result.stdout
+  a, b = (np.load(tmp_path / out / "samples.npz") for out in ("a", "b"))
+  np.testing.assert_array_equal(a["codes"], b["codes"])
+  assert a["codes"].shape == (6, 2, 2) and a["images"].shape == (6, 8, 8, 1)
+  tok = stage_one.load_stage_one(stage_one.saved_config(path)[1].data.tokenizer_workdir)
+  np.testing.assert_allclose(a["images"], tok.decode_codes(a["codes"]), rtol=0, atol=1e-6)
+  assert (tmp_path / "a" / "samples.png").stat().st_size > 0
+  bad = _sample_cli(f"--workdir={path}", "--num=2", "--steps=4")
+  assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: --steps sets MaskGIT")
+  missing = _sample_cli(f"--workdir={tmp_path / 'none'}")
+  assert missing.returncode == 1 and "error:" in missing.stderr and "has no checkpoint" in missing.stderr
+
+
+def test_prior_configs_pass_the_config_check(stage_one_dir):
+  from ae_jax.config import check_config
+
+  for name in ("ar", "maskgit"):
+    config = _prior_config(name, stage_one_dir, 10)
+    check_config(config, num_processes=1, local_devices=8)
+    assert config.model.vocab_size == 16
+  with pytest.raises(ConfigError, match="unknown config argument 'stpe=3'"):
+    importlib.import_module("experiments.configs.prior_ar").get_config(f"{stage_one_dir},stpe=3")
+  with pytest.raises(AEJaxError):
+    importlib.import_module("experiments.configs.prior_ar").get_config("")
