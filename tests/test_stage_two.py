@@ -92,7 +92,7 @@ def test_code_vectors_of_the_indices_are_the_quantized_latents(options):
   model = get_model("vqvae", input_shape=(8, 8, 3), axis_name=parallel.AXIS, **kw)
   x = jnp.asarray(np.random.default_rng(0).uniform(-0.5, 0.5, (4, 8, 8, 3)), jnp.float32)
   init = parallel.with_named_axis(lambda r, x: model.init(r, x, train=False))
-  variables = train._compile_once_quickly(
+  variables = train.run_once(
     init, {"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)}, x
   )
   out = parallel.with_named_axis(lambda v, x: model.apply(v, x))(variables, x)
@@ -306,7 +306,7 @@ def test_prior_configs_pass_the_config_check(stage_one_dir):
     config = _prior_config(name, stage_one_dir, 10)
     check_config(config, num_processes=1, local_devices=8)
     assert config.model.vocab_size == 16
-  with pytest.raises(ConfigError, match="unknown config argument 'stpe=3'"):
+  with pytest.raises(ConfigError, match="unknown option 'stpe'; did you mean 'step'"):
     importlib.import_module("experiments.configs.prior_ar").get_config(f"{stage_one_dir},stpe=3")
   with pytest.raises(AEJaxError):
     importlib.import_module("experiments.configs.prior_ar").get_config("")

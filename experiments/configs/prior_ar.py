@@ -17,7 +17,7 @@ beside the uniform prior's log2 K.
 """
 
 from ae_jax import evaluators, stage_one
-from ae_jax.config import default_config
+from ae_jax.config import default_config, parse_arg
 from ae_jax.data import codes, data_config
 from ae_jax.errors import ConfigError
 from ae_jax.models import model_config
@@ -28,28 +28,11 @@ ARGS = ()
 LOSSES = {"ar_prior": "code_nll", "maskgit_prior": "masked_code_xent"}
 
 
-def parse_arg(arg: str) -> dict:
-  """STAGE_ONE_WORKDIR[,step=N][,best][,conditional] -> its parts."""
-  workdir, *options = arg.split(",")
-  parsed = {"workdir": workdir, "step": 0, "best": False, "conditional": False}
-  for option in options:
-    key, _, value = option.partition("=")
-    if key == "step" and value.isdigit():
-      parsed["step"] = int(value)
-    elif key in ("best", "conditional") and not value:
-      parsed[key] = True
-    else:
-      raise ConfigError(
-        f"unknown config argument '{option}'; use STAGE_ONE_WORKDIR[,step=N][,best][,conditional]"
-      )
-  if not workdir:
-    raise ConfigError("the config needs the stage one's workdir: --config=...prior_*.py:STAGE_ONE_WORKDIR")
-  return parsed
-
-
 def prior_config(model: str, arg: str):
   """The shared config of both priors: the codes of the stage one `arg` names, model `model`."""
-  options = parse_arg(arg)
+  options = parse_arg(arg, workdir="", step=0, best=False, conditional=False)
+  if not options["workdir"]:
+    raise ConfigError("the config needs the stage one's workdir: --config=...prior_*.py:STAGE_ONE_WORKDIR")
   config = default_config()
   # the step is pinned (the latest one now, by default), so the saved config names the exact stage one
   step = stage_one.resolve_step(options["workdir"], options["step"], options["best"])
