@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ae_jax.data import registry, sources
+from ae_jax.data import dataset, sources
 from ae_jax.errors import DataError, DataNotFoundError
 
 SAMPLE_RATE = 8000
@@ -222,9 +222,9 @@ def _options(data: ml_collections.ConfigDict) -> dict[str, int]:
   return {"num_frames": int(data.num_frames), "n_fft": int(data.n_fft), "hop": int(data.hop)}
 
 
-def _example(data: ml_collections.ConfigDict) -> registry.ExampleSpec:
+def _example(data: ml_collections.ConfigDict) -> dataset.ExampleSpec:
   """x [num_frames, n_fft // 2 + 1] with a frame mask."""
-  return registry.ExampleSpec((int(data.num_frames), int(data.n_fft) // 2 + 1), masked=True)
+  return dataset.ExampleSpec((int(data.num_frames), int(data.n_fft) // 2 + 1), masked=True)
 
 
 def _cached(source: Sequence, opts: dict[str, int]) -> sources.ArraySource:
@@ -240,7 +240,7 @@ def _cached(source: Sequence, opts: dict[str, int]) -> sources.ArraySource:
   )
 
 
-def _load(data: ml_collections.ConfigDict) -> registry.Dataset:
+def _load(data: ml_collections.ConfigDict) -> dataset.Dataset:
   """FSDD as x [num_frames, F], mask [num_frames], label. With cache_in_memory (default) the spectrograms
   are computed once at load time; otherwise `preprocess` computes each from the raw audio as it is read."""
   opts = _options(data)
@@ -261,7 +261,7 @@ def _load(data: ml_collections.ConfigDict) -> registry.Dataset:
     label = records["label"].astype(np.int32)
     return {"x": records["spectrogram"], "mask": records["mask"], "label": label}
 
-  info = registry.DatasetInfo(
+  info = dataset.DatasetInfo(
     _example(data),
     preprocess,
     None,
@@ -270,11 +270,11 @@ def _load(data: ml_collections.ConfigDict) -> registry.Dataset:
     batch_preprocess=batch_preprocess if data.cache_in_memory else None,  # else: audio, record by record
     device_preprocess=batch_preprocess if data.cache_in_memory else None,  # array methods only: traceable
   )
-  return registry.Dataset("spoken_digit", splits, info)
+  return dataset.Dataset("spoken_digit", splits, info)
 
 
-registry.register(
-  registry.DatasetSpec(
+dataset.register(
+  dataset.DatasetSpec(
     name="spoken_digit",
     load=_load,
     options={
