@@ -12,6 +12,7 @@ import numpy as np
 from flax import linen as nn
 
 from ae_jax.errors import ConfigError
+from ae_jax.quantizers import spec
 from ae_jax.quantizers.core import (
   EMA_COLLECTION,
   QuantizerOutput,
@@ -78,6 +79,7 @@ def dropout_stages(keys: jax.Array, stages: int) -> jax.Array:
   return (jnp.arange(stages)[None] < n[:, None]).astype(jnp.float32)
 
 
+@spec.register("rvq", codebooks=lambda o: (int(o["num_codes"]),) * int(o["num_stages"]))
 class ResidualVectorQuantizer(nn.Module):
   """`num_stages` vector quantisers in series on the residuals, codebooks [S, num_codes, code_dim] (or one
   [1, K, D] with shared_codebook), trained by gradients or (ema=True, collection "vq_ema") by EMA, with the

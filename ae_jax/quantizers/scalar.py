@@ -12,6 +12,7 @@ import numpy as np
 from flax import linen as nn
 
 from ae_jax.errors import ConfigError
+from ae_jax.quantizers import spec
 from ae_jax.quantizers.core import (
   QuantizerOutput,
   code_counts,
@@ -78,6 +79,7 @@ def fsq(z: jax.Array, levels: Sequence[int]) -> QuantizerOutput:
   return QuantizerOutput(rounded / half_width, indices, zeros, zeros)
 
 
+@spec.register("fsq", code_dim=lambda o: len(o["levels"]), codebooks=lambda o: (math.prod(o["levels"]),))
 class FiniteScalarQuantizer(nn.Module):
   """FSQ with `levels` per channel (inputs [B, ..., len(levels)]), prod(levels) implicit codes (at most
   MAX_CODES); no state, no auxiliary losses. The same outputs as `VectorQuantizer` (no code logits:
@@ -184,6 +186,7 @@ def lfq(
   return out, penalty
 
 
+@spec.register("lfq", codebooks=lambda o: (2 ** int(o["code_dim"]),))
 class LookupFreeQuantizer(nn.Module):
   """LFQ on inputs [B, ..., code_dim]: 2^code_dim implicit codes ({-1, 1} per channel), no state. Outputs:
   quantized, indices, codebook_loss (0), commitment_loss, lfq_entropy [B] (the entropy penalty of `lfq`,

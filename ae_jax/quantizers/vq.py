@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ae_jax.errors import ConfigError
+from ae_jax.quantizers import spec
 from ae_jax.quantizers.core import (
   EMA_COLLECTION,
   GRADIENTS,
@@ -48,6 +49,7 @@ def check_codebook_options(ema: bool, codebook_init: str, dead_code_threshold: f
     )
 
 
+@spec.register("vq")
 class VectorQuantizer(nn.Module):
   """Nearest-code quantiser with a codebook [num_codes, D], trained by gradients or by EMA.
 

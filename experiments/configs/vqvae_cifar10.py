@@ -12,26 +12,26 @@ Data: tfds `cifar10` if prepared in --config.data.data_dir; otherwise the JPEG c
 reference: the codebook starts from k-means++ seeds of the first batch's encoder outputs, and codes
 assigned fewer than 1 of the batch's 2,048 vectors per step (EMA count < 1.0; 4 is the average) are
 re-seeded from the current batch's encoder outputs (as Jukebox's random restarts).
-`--config.model.codebook_init=uniform --config.model.dead_code_threshold=0` is the reference exactly.
+`--config.model.quantizer.codebook_init=uniform --config.model.quantizer.dead_code_threshold=0` is the
+reference exactly.
 
 Other quantizers (ae_jax/quantizers/): an argument after the path, `vqvae_cifar10.py:quantizer=NAME`, sets
-the model options below and adds the loss terms they need (config.loss keys cannot be added with flags);
-further `KEY=VALUE` pairs set config.model options, and `code_entropy=W` adds the codebook entropy penalty
-(vq, rvq, gumbel) with weight W. Every option can then be changed with --config.model.* flags.
+the quantizer section config.model.quantizer (only that quantizer's options: `python -m ae_jax.registry`
+lists them) as below and adds the loss terms it needs (config.loss keys cannot be added with flags);
+further `KEY=VALUE` pairs set options of the quantizer or of config.model, and `code_entropy=W` adds the
+codebook entropy penalty (vq, rvq, gumbel) with weight W. Every option can then be changed with
+--config.model.quantizer.* (and --config.model.*) flags.
 
-  quantizer=fsq     finite scalar quantisation, levels 8,5,5,5 (1,000 codes; --config.model.fsq_levels)
-  quantizer=rvq     4 residual stages (--config.model.num_stages) of 6 codes each (4 log2 6 = 10.3 bits per
-                    position, as fsq and lfq; --config.model.num_codes), each an EMA VQ, quantizer dropout
-                    (--config.model.quantizer_dropout, --config.model.eval_stages=N evaluates N stages,
-                    --config.model.shared_codebook=True)
-  quantizer=lfq     lookup-free, code_dim=10 bits (1,024 codes); loss lfq_entropy 0.1 (diversity and
-                    entropy_temperature: --config.model.diversity, --config.model.entropy_temperature)
+  quantizer=fsq     finite scalar quantisation, levels 8,5,5,5 (1,000 codes; --config.model.quantizer.levels)
+  quantizer=rvq     4 residual stages (num_stages) of 6 codes each (4 log2 6 = 10.3 bits per position, as
+                    fsq and lfq; num_codes), each an EMA VQ seeded as this VQ, quantizer dropout
+                    (quantizer_dropout; eval_stages=N evaluates N stages; shared_codebook=True)
+  quantizer=lfq     lookup-free, code_dim=10 bits (1,024 codes); loss lfq_entropy 0.1 (options diversity,
+                    entropy_temperature)
   quantizer=gumbel  Gumbel-softmax over the 512 codes, temperature 1 -> 1/16 over the first 5,000 steps
-                    (--config.model.gumbel_temperature, gumbel_temperature_min, gumbel_anneal_steps);
-                    loss gumbel_kl 5e-4
-  quantizer=vq      this VQ; with flags --config.model.gradient=rotation (the rotation trick),
-                    --config.model.cosine=True and --config.model.codebook_dim=8 (l2-normalised,
-                    low-dimensional codes), or the argument `quantizer=vq,code_entropy=0.1`
+                    (options temperature, temperature_min, anneal_steps); loss gumbel_kl 5e-4
+  quantizer=vq      this VQ; with gradient=rotation (the rotation trick), cosine=True and codebook_dim=8
+                    (l2-normalised, low-dimensional codes), or the argument `quantizer=vq,code_entropy=0.1`
 """
 
 from ae_jax import evaluators
@@ -39,14 +39,18 @@ from ae_jax.config import default_config
 from ae_jax.data import data_config
 from ae_jax.errors import ConfigError
 from ae_jax.models import model_config
+from ae_jax.quantizers import quantizer_config
 
-# quantizer -> (config.model options, config.loss terms it adds)
+# The reference VQ (Sonnet's, with k-means++ seeding and dead-code re-seeding).
+VQ = dict(num_codes=512, code_dim=64, beta=0.25, ema=True, decay=0.99, codebook_init="kmeans++")
+VQ["dead_code_threshold"] = 1.0
+# quantizer -> (config.model.quantizer options, config.loss terms it adds)
 QUANTIZERS = {
-  "vq": ({}, {}),
-  "fsq": ({"quantizer": "fsq"}, {}),
-  "rvq": ({"quantizer": "rvq", "num_stages": 4, "num_codes": 6, "quantizer_dropout": True}, {}),
-  "lfq": ({"quantizer": "lfq", "code_dim": 10}, {"lfq_entropy": 0.1}),
-  "gumbel": ({"quantizer": "gumbel", "gumbel_anneal_steps": 5000}, {"gumbel_kl": 5e-4}),
+  "vq": (VQ, {}),
+  "fsq": ({}, {}),
+  "rvq": ({**VQ, "num_stages": 4, "num_codes": 6, "quantizer_dropout": True}, {}),
+  "lfq": ({"code_dim": 10, "beta": 0.25}, {"lfq_entropy": 0.1}),
+  "gumbel": ({"num_codes": 512, "code_dim": 64, "anneal_steps": 5000}, {"gumbel_kl": 5e-4}),
 }
 ARGS = (  # checked by the config sweep
   "quantizer=fsq",
@@ -72,15 +76,18 @@ def _apply(config, arg: str) -> None:
   name = options.pop("quantizer", "vq")
   if name not in QUANTIZERS:
     raise ConfigError(f"vqvae_cifar10.py:quantizer={name}: choose one of {list(QUANTIZERS)}")
-  model, loss = QUANTIZERS[name]
-  config.model.update(model)
+  quantizer, loss = QUANTIZERS[name]
+  config.model.quantizer = quantizer_config(name, **quantizer)
   config.loss.update(loss)
   if "code_entropy" in options:
     config.loss.code_entropy = float(options.pop("code_entropy"))
   for key, value in options.items():
-    if key not in config.model:
-      raise ConfigError(f"vqvae_cifar10.py: '{key}' is not a config.model option of vqvae")
-    config.model[key] = _typed(value, config.model[key])
+    section = config.model.quantizer if key in config.model.quantizer else config.model
+    if key not in section or key in ("name", "quantizer"):
+      raise ConfigError(
+        f"vqvae_cifar10.py: '{key}' is not a config.model option of vqvae nor an option of quantizer '{name}'"
+      )
+    section[key] = _typed(value, section[key])
 
 
 def get_config(arg: str = ""):
@@ -91,17 +98,11 @@ def get_config(arg: str = ""):
     hidden=128,
     res_hidden=32,
     num_res_layers=2,
-    num_codes=512,
-    code_dim=64,
-    beta=0.25,
-    ema=True,
-    decay=0.99,
-    codebook_init="kmeans++",
-    dead_code_threshold=1.0,
+    quantizer=quantizer_config("vq", **VQ),
   )
   config.loss.mse = 0.0  # reported
   config.loss.nmse = 1.0  # mse / training variance, as the reference
-  config.loss.codebook = 1.0  # zero with the EMA codebook; used with --config.model.ema=False
+  config.loss.codebook = 1.0  # zero with the EMA codebook; used with --config.model.quantizer.ema=False
   config.loss.commitment = 1.0  # already scaled by beta
   # [-0.5, 0.5], as the reference; the JPEG archive: --config.data.archive, else <data root>/cifar10-jpeg/
   config.data = data_config("cifar10", scale="centered")
