@@ -42,7 +42,7 @@ def check_fsq_levels(levels: Sequence[int]) -> None:
     raise ConfigError(
       f"fsq levels {levels} give {codes:,} codes, above the limit of {MAX_CODES:,} (2^{MAX_LFQ_BITS}: "
       "indices are int32 and usage counts hold one float per code); use fewer or smaller levels "
-      "(config.model.fsq_levels)"
+      "(config.model.quantizer.levels)"
     )
 
 
@@ -141,7 +141,7 @@ def _lfq(
   if z.shape[-1] > MAX_LFQ_BITS:
     raise ConfigError(
       f"lfq codes have 2^code_dim entries; code_dim={z.shape[-1]} is above {MAX_LFQ_BITS} bits (set "
-      "config.model.code_dim to log2 of the codebook size, e.g. 10 for 1,024 codes)"
+      "config.model.quantizer.code_dim to log2 of the codebook size, e.g. 10 for 1,024 codes)"
     )
   sg = jax.lax.stop_gradient
   positive = sg(z) > 0
