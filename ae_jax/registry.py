@@ -128,7 +128,8 @@ class Registry(Generic[S]):
   # ----------------------------------------------------------------------------- discovery
 
   def discover(self) -> None:
-    """Imports every module of the kind's packages (once), so each registers its plug-ins."""
+    """Imports every module of the kind's packages (once), so each registers its plug-ins; modules whose
+    name starts with "_" (e.g. a `__main__`) are skipped."""
     if self._discovered:
       return
     self._discovered = True  # set first: a module imported below may look names up
@@ -146,7 +147,7 @@ class Registry(Generic[S]):
     try:
       importlib.import_module(module)
     except ModuleNotFoundError as e:
-      if e.name is None or not module.startswith(e.name):
+      if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
         raise  # the plug-in itself imports something missing: a bug in it, keep the traceback
       raise ConfigError(
         f"{where}='{name}': cannot import plug-in module '{module}' ({e}); put the folder holding it on "
@@ -222,8 +223,8 @@ class Registry(Generic[S]):
         continue
       others = self.owners(key)
       hint = (
-        f"it is an option of {self.kind} {others}; build the section with the helper for '{name}' when "
-        f"switching {self.plural}"
+        f"it is an option of {self.kind} {others}: a section holds the options of its own {self.kind} "
+        f"only (build a new one when switching {self.plural})"
         if others
         else f"{did_you_mean(key, allowed)}{self.kind} '{name}' has options {sorted(allowed)}"
       )

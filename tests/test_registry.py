@@ -286,3 +286,34 @@ def test_a_workdir_saved_with_flat_quantizer_options_restores_and_reevaluates(ti
     assert result.metrics["test/perplexity_stage1"] == pytest.approx(
       summary["metrics"]["test/perplexity_stage1"]
     )
+
+
+def test_a_new_kind_is_one_registry_whose_package_is_discovered(tmp_path, monkeypatch):
+  """A kind (e.g. priors) is one `Registry(...)` line: its package's modules (also in subpackages) are
+  imported on the first miss and register generic `Spec`s, described by their objects' docstrings."""
+  package = tmp_path / "tmp_kind_plugins"
+  (package / "sub").mkdir(parents=True)
+  (package / "__init__.py").write_text("")
+  (package / "sub" / "__init__.py").write_text("")
+  code = (
+    "from ae_jax import registry\n"
+    "def {0}():\n  '''The {0} prior. More text.'''\n"
+    "spec = registry.Spec(name='{0}', obj={0}, options={{'scale': 1.0}})\n"
+    "registry.Registry.ALL['tmp_prior'].register(spec)\n"
+  )
+  (package / "flat.py").write_text(code.format("flat"))
+  (package / "sub" / "deep.py").write_text(code.format("deep"))
+  monkeypatch.syspath_prepend(str(tmp_path))
+  priors = registry.Registry("tmp_prior", ("tmp_kind_plugins",), "config.prior.name")
+  try:
+    assert (
+      priors["deep"].description == "The deep prior." and priors["deep"].module == "tmp_kind_plugins.sub.deep"
+    )
+    assert list(priors) == ["deep", "flat"] and priors["flat"].options == {"scale": 1.0}
+    with pytest.raises(ConfigError, match="unknown config.prior.name 'flta'; did you mean 'flat'"):
+      priors["flta"]
+    assert any(line.startswith("tmp_priors (2):") for line in registry.listing())
+  finally:
+    del registry.Registry.ALL["tmp_prior"]
+    for name in [m for m in sys.modules if m.startswith("tmp_kind_plugins")]:
+      del sys.modules[name]
