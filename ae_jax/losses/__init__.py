@@ -168,11 +168,12 @@ def make_objective(
   if not weights:
     raise ConfigError("config.loss is empty; name at least one loss term, e.g. config.loss = {'mse': 1.0}")
   check_loss_names(list(weights))
+  specs = {name: LOSSES[name] for name in weights}  # resolved once, not at every trace
   constants = dict(constants or {})
 
   def objective(outputs: Outputs, batch: Batch, step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     batch = {**batch, **constants}
-    terms = {name: LOSSES[name](outputs, batch) for name in weights}
+    terms = {name: spec(outputs, batch) for name, spec in specs.items()}
     total = sum((w(step) if callable(w) else w) * terms[name] for name, w in weights.items())
     return total, terms
 
