@@ -37,10 +37,12 @@ from ae_jax.errors import ConfigError, did_you_mean
 
 
 def first_line(obj: Any) -> str:
-  """The first sentence of `obj`'s docstring, on one line ("" without one)."""
-  doc = inspect.getdoc(obj) if obj is not None else None
-  if not doc or not doc.strip():
+  """The first sentence of `obj`'s own docstring, on one line ("" without one: neither a base class's nor
+  the signature a dataclass puts there)."""
+  doc = vars(obj).get("__doc__") if isinstance(obj, type) else getattr(obj, "__doc__", None)
+  if not isinstance(doc, str) or not doc.strip() or doc.startswith(f"{getattr(obj, '__name__', '')}("):
     return ""
+  doc = inspect.cleandoc(doc)
   paragraph = " ".join(doc.strip().split("\n\n")[0].split())
   sentence = paragraph.split(". ")[0]
   return sentence if sentence.endswith(".") or sentence == paragraph else sentence + "."

@@ -288,6 +288,24 @@ def test_a_workdir_saved_with_flat_quantizer_options_restores_and_reevaluates(ti
     )
 
 
+def test_descriptions_are_the_objects_own_first_sentence():
+  import flax.linen as nn
+
+  class NoDoc(nn.Module):  # neither nn.Module's docstring nor the dataclass signature
+    width: int = 2
+
+  class Doc(nn.Module):
+    """Two sentences. The second one.
+
+    Details."""
+
+  assert registry.first_line(NoDoc) == "" and registry.first_line(Doc) == "Two sentences."
+  assert (
+    losses.LOSSES["kl"].description
+    == 'KL(q(z|x) || N(0, I)) from outputs["mean"] and ["logvar"], nats per example.'
+  )
+
+
 def test_a_new_kind_is_one_registry_whose_package_is_discovered(tmp_path, monkeypatch):
   """A kind (e.g. priors) is one `Registry(...)` line: its package's modules (also in subpackages) are
   imported on the first miss and register generic `Spec`s, described by their objects' docstrings."""
