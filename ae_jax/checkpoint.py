@@ -310,8 +310,12 @@ class Checkpointer:
       self._finish_pending(block=True)
 
   def restore_config(self, step: int) -> dict:
-    """The config saved with checkpoint `step`."""
-    return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    """The config saved with checkpoint `step`, its model section in today's layout (a run of an older
+    version restores: `models.upgrade_config`)."""
+    from ae_jax import models  # the model registry: only when a config is read back
+
+    saved = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    return models.upgrade_config(saved)
 
   def restore(self, step: int, target: Any, config: dict) -> Any:
     """Restores checkpoint `step` into the structure, dtypes and shardings of `target` (e.g. a fresh state).

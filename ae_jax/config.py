@@ -52,6 +52,8 @@ def parse_flags_or_exit(
       text = m.group(1)  # a config file's get_config raised the project's own error: its message only
     if m := re.match(r"^'*([\w.]+)'*\s+Did you mean \"([\w.]+)\"", text):  # ml_collections' unknown key
       text = f"unknown config key '{m.group(1)}'; did you mean '{m.group(2)}'?"
+    elif m := re.fullmatch(r"[\"']+(\w+)[\"']+", text):  # no close match: perhaps a moved quantizer option
+      text = _unknown_key(m.group(1))
     for old, replacement in RENAMED.items():
       if re.search(rf"\b{old}\b", text):
         text = replacement
@@ -115,6 +117,19 @@ def _typed(text: str, default: Any, where: str) -> Any:
     return type(default)(text)
   except ValueError:
     raise ConfigError(f"{where} must be {type(default).__name__}, got '{text}'") from None
+
+
+def _unknown_key(key: str) -> str:
+  """The error line for a flag naming an unknown key; a quantizer's option says where it lives now."""
+  from ae_jax.registry import QUANTIZERS
+
+  owners = QUANTIZERS.owners(key)
+  if owners:
+    return (
+      f"unknown config key '{key}'; it is an option of quantizer {owners}, set in the model's quantizer "
+      f"section: --config.model.quantizer.{key}=VALUE"
+    )
+  return f"unknown config key '{key}'"
 
 
 # Sections whose keys are owned by a registry or a dataset and validated there.

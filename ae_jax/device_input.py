@@ -33,7 +33,7 @@ import numpy as np
 
 from ae_jax import parallel, train
 from ae_jax.data import pipeline, sources
-from ae_jax.data.registry import Dataset
+from ae_jax.data.dataset import Dataset
 from ae_jax.errors import ConfigError
 
 ORDER_BYTES = 64 * 2**20  # the epoch-order table placed at once: the whole run's when it fits

@@ -39,7 +39,6 @@ from flax import linen as nn
 
 from ae_jax import checkpoint, parallel
 from ae_jax.errors import ConfigError, DataNotFoundError
-from ae_jax.quantizers import l2_normalize
 
 # The largest code vocabulary a prior predicts directly (one softmax over all of it).
 MAX_VOCAB = 2**16
@@ -113,14 +112,15 @@ def code_layout(config: ml_collections.ConfigDict) -> CodeLayout:
   options = {k: v for k, v in config.model.items() if k not in ("name", "input_shape")}
   model = models.get_model(name, **options)
   factor = 2 ** int(model.num_downsamples)
-  stages = (int(model.num_stages),) if model.quantizer == "rvq" else ()
+  spec, section = model.quantizer_spec()
+  stages = (len(spec.codebooks(section)),) if spec.staged else ()
   names = data.get_spec(config.data.name).class_names
   return CodeLayout(
     grid=(shape[0] // factor, shape[1] // factor, *stages),
     vocab_size=int(model.codebooks()[0]),
     image_shape=shape,
     num_classes=len(names) if names else 0,
-    quantizer=str(model.quantizer),
+    quantizer=spec.name,
   )
 
 
@@ -196,35 +196,11 @@ def load_run(workdir: str, step: int | None = None, best: bool = False) -> Run:
 
 def code_vectors(model: nn.Module, variables: Any, indices: jax.Array) -> jax.Array:
   """The quantized latents [B, h, w, D] (float32) of a VQVAE's code indices [B, h, w] ([B, h, w, S] for
-  rvq): what `model.quantize` returns as `quantized` at evaluation for the inputs those indices came from,
-  to float32 rounding (the forward value there is z_e + (z_q - z_e)). Pure: reads `variables` only."""
-  params, ema = variables["params"].get("vq", {}), variables.get("vq_ema", {}).get("vq", {})
+  rvq): its quantizer's `lookup`, what `model.quantize` returns as `quantized` at evaluation for the inputs
+  those indices came from, to float32 rounding (the forward value there is z_e + (z_q - z_e)). Pure:
+  reads `variables` only."""
   indices = jnp.asarray(indices, jnp.int32)
-  kind = model.quantizer
-  if kind == "fsq":
-    levels = np.asarray(model.fsq_levels, np.int32)
-    basis = np.concatenate([[1], np.cumprod(levels[:-1])]).astype(np.int32)
-    digits = (indices[..., None] // basis) % levels
-    half = levels // 2
-    return (digits - half).astype(jnp.float32) / half
-  if kind == "lfq":
-    bits = (indices[..., None] >> jnp.arange(model.code_dim, dtype=jnp.int32)) & 1
-    return jnp.where(bits > 0, 1.0, -1.0).astype(jnp.float32)
-  if kind == "gumbel":
-    return jnp.take(jnp.asarray(params["codebook"]), indices, axis=0)
-  codebook = jnp.asarray(ema["codebook"] if model.ema else params["codebook"], jnp.float32)
-  if kind == "rvq":
-    stages = int(model.num_stages)
-    used = int(model.eval_stages) or stages
-    total = jnp.zeros((*indices.shape[:-1], codebook.shape[-1]), jnp.float32)
-    for s in range(used):
-      total = total + jnp.take(codebook[min(s, codebook.shape[0] - 1)], indices[..., s], axis=0)
-    return total
-  z = jnp.take(l2_normalize(codebook) if model.cosine else codebook, indices, axis=0)
-  if model.codebook_dim:
-    project = params["project_out"]
-    z = jnp.dot(z, jnp.asarray(project["kernel"])) + jnp.asarray(project["bias"])
-  return z
+  return model.apply(variables, indices, method=lambda m, i: m.vq.lookup(i))
 
 
 def _indices_of(module: nn.Module, x: jax.Array) -> jax.Array:

@@ -12,7 +12,7 @@ from flax import linen as nn
 from ae_jax import anomaly, data, evaluators
 from ae_jax.config import default_config
 from ae_jax.data import series
-from ae_jax.data.registry import Dataset
+from ae_jax.data.dataset import Dataset
 from ae_jax.train import create_train_state
 
 

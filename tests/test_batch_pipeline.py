@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ae_jax.data import data_config, get_dataset, images, pipeline, registry, sources, spoken_digit
+from ae_jax.data import data_config, dataset, get_dataset, images, pipeline, sources, spoken_digit
 from ae_jax.data.images import synthetic_images
 
 B = 12  # global batch: splits over 1, 2, 3 processes
@@ -17,7 +17,7 @@ def reference_train_batch(source, preprocess, seed, step, global_batch, pid=0, n
   """Training batch `step` of process pid, record by record: positions p + P * (step * b + j)."""
   b = global_batch // nproc
   positions = [pid + nproc * (step * b + j) for j in range(b)]
-  return registry.stack_outputs([preprocess(pipeline.stream_record(source, seed, p), p) for p in positions])
+  return dataset.stack_outputs([preprocess(pipeline.stream_record(source, seed, p), p) for p in positions])
 
 
 def reference_eval_batches(source, preprocess, global_batch, pid=0, nproc=1):
@@ -30,7 +30,7 @@ def reference_eval_batches(source, preprocess, global_batch, pid=0, nproc=1):
       i = step * global_batch + pid * local + j
       example = preprocess(source[i] if i < n else source[0], i)
       examples.append({**example, "valid": np.float32(i < n), "index": np.int32(i)})
-    out.append(registry.stack_outputs(examples))
+    out.append(dataset.stack_outputs(examples))
   return out
 
 
@@ -116,7 +116,7 @@ def test_gather_equals_records_for_every_source_kind():
   """ArraySource, SplitView, __getitems__ and plain sequences gather the same stacked fields."""
   records = synthetic_images(20, (3, 2, 1), seed=0)
   indices = np.array([4, 0, 19, 4, 7])
-  want = registry.stack_outputs([records[i] for i in indices])
+  want = dataset.stack_outputs([records[i] for i in indices])
   array = sources.ArraySource.from_source(records)
   getitems = _GetItems(records)
   view = sources.SplitView(sources.ArraySource.from_source(records[::-1]), np.arange(20)[::-1])
@@ -268,7 +268,7 @@ def test_per_record_fallback_equals_the_record_path():
   def eval_prep(record, index):
     return {"x": record["image"].astype(np.float32), "label": np.int32(-record["label"])}
 
-  info = registry.DatasetInfo(registry.ExampleSpec((6, 5, 1)), prep, eval_prep)
+  info = dataset.DatasetInfo(dataset.ExampleSpec((6, 5, 1)), prep, eval_prep)
   source = _synthetic()
   for step, batch in enumerate(_train(source, info, 4)):
     assert_bitwise(batch, reference_train_batch(source, prep, 0, step, B))
@@ -323,8 +323,6 @@ def test_gather_reads_record_by_record_when_getitems_cannot_be_called():
       raise TypeError("missing 1 required positional argument")
 
   records = synthetic_images(6, (2, 2, 1), seed=0)
-  assert_bitwise(
-    sources.gather(Uncallable(records), [3, 1]), registry.stack_outputs([records[3], records[1]])
-  )
+  assert_bitwise(sources.gather(Uncallable(records), [3, 1]), dataset.stack_outputs([records[3], records[1]]))
   with pytest.raises(TypeError):
     sources.gather(Uncallable([{"x": 1}, None]), [0, 1])

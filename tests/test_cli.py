@@ -31,6 +31,10 @@ def _main(*args, workdir):
       "unknown config key 'batchsize'; did you mean 'batch_size'?",
     ),
     ((f"--config={CONFIG}", "--config.model.code_dims=3"), "did you mean 'code_dim'?"),
+    (
+      ("--config=experiments/configs/vqvae_cifar10.py", "--config.model.num_codes=8"),
+      "quantizer section: --config.model.quantizer.num_codes=VALUE",
+    ),
     (("--config=experiments/configs/no_such_config.py",), "no_such_config.py"),
     ((f"--config={CONFIG}", "--config.batch_size=not_a_number"), "batch_size"),
     (

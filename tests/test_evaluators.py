@@ -61,7 +61,13 @@ def test_codebook_usage_over_the_whole_split_matches_a_histogram_and_one_device(
   """Code usage is the histogram of every position's code over all test examples, summed over devices:
   8 devices give the same counts as one, and the metrics follow from the counts."""
   config = default_config()
-  config.model = model_config("vqvae", hidden=8, res_hidden=4, num_res_layers=1, num_codes=32, code_dim=4)
+  config.model = model_config(
+    "vqvae",
+    hidden=8,
+    res_hidden=4,
+    num_res_layers=1,
+    quantizer={"name": "vq", "num_codes": 32, "code_dim": 4},
+  )
   config.data = data.data_config("synthetic", shape=(8, 8, 3), num_train=16, num_test=40)
   config.eval_batch_size = 16
   exp = experiment.setup(config)
@@ -275,14 +281,14 @@ def _build_mae(name, section, ctx):
 def test_a_custom_evaluator_as_the_readme_writes_it_runs_during_and_after_training(tiny_config, tmp_path):
   evaluators.register(
     evaluators.EvaluatorSpec(
-      type="test_mae", build=_build_mae, options={"max_examples": None}, description="mean absolute error"
+      name="test_mae", build=_build_mae, options={"max_examples": None}, description="mean absolute error"
     )
   )
   try:
     tiny_config.evals.mae = evaluators.section("test_mae", split="test", every=6)
     summary = loop.train_and_evaluate(tiny_config, str(tmp_path))
   finally:
-    evaluators.EVALUATORS.pop("test_mae")
+    evaluators.EVALUATORS.unregister("test_mae")
   with open(tmp_path / "metrics.jsonl") as f:
     assert [r["step"] for r in map(json.loads, f) if "mae/mae" in r] == [6, 12]
   dataset, state, model = summary["dataset"], summary["state"], summary["model"]

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ae_jax.data import data_config
+from ae_jax.data import data_config, tfds_builders
 from ae_jax.data import fashion_mnist as fm
-from ae_jax.data import tfds_builders
 
 N_TRAIN, N_TEST = 20, 10
 

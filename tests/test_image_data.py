@@ -251,7 +251,8 @@ def test_vqvae_celeba64_config_trains_on_mocked_celeb_a(tmp_path):
   from experiments.configs import vqvae_celeba64
 
   config = vqvae_celeba64.get_config()
-  config.model.update(hidden=16, res_hidden=8, num_codes=32, code_dim=8)
+  config.model.update(hidden=16, res_hidden=8)
+  config.model.quantizer.update(num_codes=32, code_dim=8)
   config.data.update(num_threads=1, variance_examples=16)
   config.update(dict(batch_size=8, eval_batch_size=8, total_steps=2, log_every=1, checkpoint_every=0))
   config.async_checkpoints = False

@@ -148,7 +148,16 @@ def test_config_driven_vqvae_at_64x64():
   [
     ("conv_ae", {"num_downsamples": 2, "channels": (4, 8)}),
     ("vae_conv", {"num_downsamples": 2, "channels": (4, 8), "likelihood": "gaussian_learned"}),
-    ("vqvae", {"num_downsamples": 3, "hidden": 8, "res_hidden": 4, "num_res_layers": 1, "num_codes": 8}),
+    (
+      "vqvae",
+      {
+        "num_downsamples": 3,
+        "hidden": 8,
+        "res_hidden": 4,
+        "num_res_layers": 1,
+        "quantizer": {"name": "vq", "num_codes": 8},
+      },
+    ),
   ],
 )
 def test_general_layout_forms_agree(name, options):

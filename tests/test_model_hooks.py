@@ -30,7 +30,8 @@ class _SyncedBatchNormAE(nn.Module):
 
 
 def _setup(monkeypatch, tiny_config):
-  monkeypatch.setitem(models.MODELS, "bn_toy", models.ModelSpec(_SyncedBatchNormAE, frozenset({"masked"})))
+  spec = models.ModelSpec(name="bn_toy", cls=_SyncedBatchNormAE, abilities=frozenset({"masked"}))
+  monkeypatch.setitem(models.MODELS, "bn_toy", spec)
   tiny_config.model = {"name": "bn_toy"}
   # SGD: the bias before BatchNorm has a zero true gradient, and Adam would scale its float noise up to lr
   tiny_config.optimizer.name, tiny_config.optimizer.momentum = "sgd", 0.0

@@ -28,12 +28,13 @@ def test_registry_abilities_match_the_classes(name):
 
 def test_unknown_abilities_are_refused_and_stand_ins_have_none():
   with pytest.raises(ValueError, match="unknown abilities"):
-    models.ModelSpec(models.MODELS["mlp_ae"].cls, frozenset({"flies"}))
+    models.ModelSpec(name="flier", cls=models.MODELS["mlp_ae"].cls, abilities=frozenset({"flies"}))
   assert models.abilities(object()) == frozenset()
 
 
 @pytest.mark.parametrize(
-  "options, codebooks", [(dict(quantizer="vq", num_codes=256), (256,)), (dict(quantizer="fsq"), (1000,))]
+  "options, codebooks",
+  [(dict(quantizer={"name": "vq", "num_codes": 256}), (256,)), (dict(quantizer="fsq"), (1000,))],
 )
 def test_inspector_counts_tokens_and_bits_of_quantized_models(options, codebooks):
   model = models.get_model("vqvae", input_shape=(32, 32, 3), hidden=16, res_hidden=8, **options)

@@ -298,7 +298,9 @@ def test_upsample_auto_follows_the_backend(monkeypatch):
     report = ae_inspect.inspect_model(get_model(name, input_shape=shape, **kwargs), shape)
     return {r.module for r in report.rows if "Transpose" in r.module}
 
-  tiny_vq = dict(hidden=8, res_hidden=4, num_res_layers=1, num_codes=8, code_dim=2)
+  tiny_vq = dict(
+    hidden=8, res_hidden=4, num_res_layers=1, quantizer={"name": "vq", "num_codes": 8, "code_dim": 2}
+  )
   general = dict(num_downsamples=2, channels=(4, 8))
   assert upsampling_modules("conv_ae", (28, 28, 1)) == {"ConvTranspose"}
   assert upsampling_modules("conv_ae", (16, 16, 1), **general) == {"SubpixelConvTranspose"}
@@ -408,7 +410,7 @@ def test_conv_ae_rejects_non_28x28_input_shape():
 
 def test_unknown_model_name_suggests_closest():
   """An unknown model name raises ValueError with 'did you mean' and the closest registered name."""
-  with pytest.raises(ValueError, match=r"unknown model 'conv_a'.*did you mean 'conv_ae'"):
+  with pytest.raises(ValueError, match=r"unknown config.model.name 'conv_a'.*did you mean 'conv_ae'"):
     get_model("conv_a")
   with pytest.raises(ValueError, match=r"mlp_ae"):
     get_model("mlp-ae")

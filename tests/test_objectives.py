@@ -16,9 +16,10 @@ import optax
 import pytest
 from conftest import run_pmapped_steps
 
-from ae_jax import batch_losses, loop, losses, parallel, train
+from ae_jax import loop, losses, parallel, train
 from ae_jax.data import get_dataset, synthetic_images
 from ae_jax.errors import ConfigError
+from ae_jax.losses import batch_terms
 from ae_jax.models import get_model
 from ae_jax.models.vae import VAEMLP
 from experiments.configs import vae_conv_fashion_mnist, vae_mlp_fashion_mnist
@@ -26,7 +27,7 @@ from experiments.configs import vae_conv_fashion_mnist, vae_mlp_fashion_mnist
 SHAPE = (8, 8, 1)
 LATENT = 3
 N_TRAIN = 96
-TC_TERMS = [name + suffix for suffix in batch_losses.TC_SUFFIXES.values() for name in batch_losses.TC_PARTS]
+TC_TERMS = [name + suffix for suffix in batch_terms.TC_SUFFIXES.values() for name in batch_terms.TC_PARTS]
 MMD_TERMS = ["mmd_imq", "mmd_rbf", "mmd_imq_multiscale", "mmd_rbf_multiscale"]
 NEW_TERMS = TC_TERMS + MMD_TERMS
 
@@ -95,7 +96,7 @@ def test_tc_terms_sum_to_the_sampled_kl_whose_mean_is_the_closed_form():
   model, variables = _vae_and_params()
   objectives = {
     estimator: losses.make_objective(dict.fromkeys(TC_TERMS[3 * i : 3 * i + 3], 1.0), {"dataset_size": 1000})
-    for i, estimator in enumerate(batch_losses.TC_SUFFIXES)
+    for i, estimator in enumerate(batch_terms.TC_SUFFIXES)
   }
   x = _images(24)
 

@@ -157,7 +157,7 @@ def test_fsq_refuses_more_codes_than_int32_indices_and_usage_counts_hold():
       q.fsq(jnp.zeros((1, len(levels))), levels)
     with pytest.raises(ConfigError, match=match):
       q.FiniteScalarQuantizer(levels).apply({}, jnp.zeros((1, len(levels))))
-    model = VQVAE(**TINY, quantizer="fsq", fsq_levels=levels)
+    model = VQVAE(**TINY, quantizer={"name": "fsq", "levels": levels})
     with pytest.raises(ConfigError, match=match):
       jax.eval_shape(lambda r, x, model=model: model.init(r, x), rngs, image)
   levels = (4,) * 10  # 2^20 codes, the limit

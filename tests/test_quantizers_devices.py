@@ -63,9 +63,7 @@ def _init(module, z):
   """Variables of `module`, compiled without XLA optimisation (as the trainer does: random initialisers and
   threefry keys compile slowly when optimised)."""
   init = parallel.with_named_axis(lambda r, z: module.init(r, z, train=False))
-  return train.run_once(
-    init, {"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)}, z
-  )
+  return train.run_once(init, {"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)}, z)
 
 
 def _quick_pmap(fn, devices, *args):

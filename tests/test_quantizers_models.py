@@ -18,14 +18,23 @@ from ae_jax.evaluators import codebook as codebook_evaluator
 from ae_jax.inspect import inspect_model
 from ae_jax.models.vqvae import VQVAE
 
-TINY = dict(hidden=8, res_hidden=4, num_res_layers=1, num_codes=16, code_dim=4, input_shape=(8, 8, 3))
+TINY = dict(hidden=8, res_hidden=4, num_res_layers=1, input_shape=(8, 8, 3))
+
+
+def q(name: str = "vq", **options) -> dict:
+  """The quantizer section of a tiny VQ-VAE: `name` with 16 codes of 4 dimensions where it has them."""
+  codes = {"vq": dict(num_codes=16, code_dim=4), "lfq": dict(code_dim=4)}
+  codes["rvq"] = codes["gumbel"] = codes["vq"]
+  return {"quantizer": {"name": name, **codes.get(name, {}), **options}}
+
+
 QUANTIZERS = {
-  "vq": {},
-  "vq_cosine_lowdim": dict(cosine=True, codebook_dim=3, codebook_init="kmeans++"),
-  "rvq": dict(quantizer="rvq", num_stages=3),
-  "lfq": dict(quantizer="lfq"),
-  "gumbel": dict(quantizer="gumbel"),
-  "fsq": dict(quantizer="fsq", fsq_levels=(5, 3)),
+  "vq": q(),
+  "vq_cosine_lowdim": q(cosine=True, codebook_dim=3, codebook_init="kmeans++"),
+  "rvq": q("rvq", num_stages=3),
+  "lfq": q("lfq"),
+  "gumbel": q("gumbel"),
+  "fsq": q("fsq", levels=(5, 3)),
 }
 RNGS = {"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)}
 
@@ -40,11 +49,12 @@ def _init(model, x):
 
 
 def test_codebooks_of_each_quantizer():
-  assert VQVAE(**TINY).codebooks() == (16,)
-  assert VQVAE(**TINY, quantizer="gumbel").codebooks() == (16,)
-  assert VQVAE(**TINY, quantizer="rvq", num_stages=3).codebooks() == (16, 16, 16)
-  assert VQVAE(**{**TINY, "code_dim": 10}, quantizer="lfq").codebooks() == (1024,)
-  assert VQVAE(**TINY, quantizer="fsq", fsq_levels=(8, 5, 5, 5)).codebooks() == (1000,)
+  assert VQVAE(**TINY, **q()).codebooks() == (16,)
+  assert VQVAE(**TINY, **q("gumbel")).codebooks() == (16,)
+  assert VQVAE(**TINY, **q("rvq", num_stages=3)).codebooks() == (16, 16, 16)
+  assert VQVAE(**TINY, **q("lfq", code_dim=10)).codebooks() == (1024,)
+  assert VQVAE(**TINY, **q("fsq", levels=(8, 5, 5, 5))).codebooks() == (1000,)
+  assert VQVAE(**TINY, quantizer="fsq").codebooks() == (1000,)  # a name: that quantizer's defaults
 
 
 @pytest.mark.parametrize("name", sorted(QUANTIZERS))
@@ -71,13 +81,15 @@ def test_bfloat16_model_quantises_float32_encoder_outputs(name):
 @pytest.mark.parametrize(
   "options, match",
   [
-    (dict(quantizer="rvq", gradient="rotation"), "gradient applies to quantizer='vq' only"),
-    (dict(quantizer="gumbel", cosine=True), "cosine applies to quantizer='vq' only"),
-    (dict(quantizer="fsq", codebook_dim=8), "codebook_dim applies"),
-    (dict(gradient="reinforce"), "gradient must be one of"),
-    (dict(quantizer="rvq", eval_stages=5, num_stages=4), "eval_stages must be in"),
-    (dict(quantizer="lfq", code_dim=24), "above 20 bits"),
-    (dict(quantizer="gumbel", gumbel_temperature_min=2.0), "gumbel_temperature_min <= gumbel_temperature"),
+    (q("rvq", gradient="rotation"), r"quantizer.gradient is not an option of quantizer 'rvq'.*\['vq'\]"),
+    (q("gumbel", cosine=True), r"quantizer.cosine is not an option of quantizer 'gumbel'.*\['vq'\]"),
+    (q("fsq", codebook_dim=8), r"quantizer.codebook_dim is not an option of quantizer 'fsq'"),
+    (q("vq", num_code=8), r"quantizer 'vq'; did you mean 'num_codes'"),
+    (q(gradient="reinforce"), "unknown gradient estimator 'reinforce'"),
+    (q("rvq", eval_stages=5, num_stages=4), "eval_stages must be in"),
+    (q("lfq", code_dim=24), "above 20 bits"),
+    (q("gumbel", temperature_min=2.0), "temperature_min <= temperature"),
+    ({"quantizer": "pq"}, r"unknown config.model.quantizer.name 'pq'"),
   ],
 )
 def test_options_are_checked(options, match):
@@ -87,7 +99,7 @@ def test_options_are_checked(options, match):
 
 
 def test_code_usage_evaluator_counts_each_residual_stage():
-  model = VQVAE(**TINY, quantizer="rvq", num_stages=2, axis_name=parallel.AXIS)
+  model = VQVAE(**TINY, **q("rvq", num_stages=2), axis_name=parallel.AXIS)
   x = _x(6)
   state = train.create_train_state(model, optax.sgd(0.1), x[:1], 0)
   batch = {"x": x, "valid": jnp.array([1, 1, 1, 1, 1, 0.0]), "index": jnp.arange(6)}
@@ -106,9 +118,7 @@ def test_code_usage_evaluator_counts_each_residual_stage():
 
 
 def test_inspector_counts_the_bits_of_residual_stages():
-  report = inspect_model(
-    VQVAE(**{**TINY, "input_shape": (16, 16, 3)}, quantizer="rvq", num_stages=4), (16, 16, 3)
-  )
+  report = inspect_model(VQVAE(**{**TINY, "input_shape": (16, 16, 3)}, **q("rvq", num_stages=4)), (16, 16, 3))
   assert report.codebooks == (16,) * 4
   assert report.latent_grid == (4, 4) and report.bits == pytest.approx(16 * 4 * math.log2(16))
 
@@ -117,16 +127,24 @@ def test_cifar10_config_quantizer_argument():
   module = importlib.import_module("experiments.configs.vqvae_cifar10")
   default = module.get_config()
   assert default.to_dict() == module.get_config("").to_dict()
-  assert default.model.quantizer == "vq" and set(default.loss) == {"mse", "nmse", "codebook", "commitment"}
-  assert default.model.codebook_init == "kmeans++" and default.model.dead_code_threshold == 1.0
+  vq = default.model.quantizer
+  assert vq.name == "vq" and set(default.loss) == {"mse", "nmse", "codebook", "commitment"}
+  assert vq.codebook_init == "kmeans++" and vq.dead_code_threshold == 1.0
   lfq = module.get_config("quantizer=lfq")
-  assert lfq.model.quantizer == "lfq" and lfq.model.code_dim == 10 and lfq.loss.lfq_entropy == 0.1
+  assert set(lfq.model.quantizer) == {"name", "code_dim", "beta", "entropy_temperature", "diversity"}
+  assert (
+    lfq.model.quantizer.name == "lfq" and lfq.model.quantizer.code_dim == 10 and lfq.loss.lfq_entropy == 0.1
+  )
   gumbel = module.get_config("quantizer=gumbel")
-  assert gumbel.model.quantizer == "gumbel" and gumbel.loss.gumbel_kl == 5e-4
-  rvq = module.get_config("quantizer=rvq,num_stages=8,shared_codebook=true")
-  assert (rvq.model.num_stages, rvq.model.shared_codebook, rvq.model.quantizer_dropout) == (8, True, True)
+  assert gumbel.model.quantizer.name == "gumbel" and gumbel.loss.gumbel_kl == 5e-4
+  assert gumbel.model.quantizer.anneal_steps == 5000
+  rvq = module.get_config("quantizer=rvq,num_stages=8,shared_codebook=true").model.quantizer
+  assert (rvq.num_stages, rvq.shared_codebook, rvq.quantizer_dropout, rvq.num_codes) == (8, True, True, 6)
+  assert rvq.codebook_init == "kmeans++" and rvq.dead_code_threshold == 1.0  # seeded as the VQ
   cosine = module.get_config("quantizer=vq,cosine=true,codebook_dim=8,code_entropy=0.1")
-  assert cosine.model.cosine and cosine.model.codebook_dim == 8 and cosine.loss.code_entropy == 0.1
+  assert cosine.model.quantizer.cosine and cosine.model.quantizer.codebook_dim == 8
+  assert cosine.loss.code_entropy == 0.1
+  assert module.get_config("quantizer=fsq,hidden=64").model.hidden == 64  # a model option
   assert all(isinstance(a, str) for a in module.ARGS)
   with pytest.raises(ConfigError, match="choose one of"):
     module.get_config("quantizer=pq")

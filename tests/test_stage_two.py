@@ -20,10 +20,13 @@ from ae_jax.data import codes
 from ae_jax.errors import AEJaxError, ConfigError, DataNotFoundError
 from ae_jax.models import get_model, model_config
 from ae_jax.priors import generate
+from ae_jax.quantizers import quantizer_config
 from tests.conftest import make_tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VQ = dict(hidden=8, res_hidden=4, num_res_layers=1, num_codes=16, code_dim=4)
+VQ = dict(
+  hidden=8, res_hidden=4, num_res_layers=1, quantizer=quantizer_config("vq", num_codes=16, code_dim=4)
+)
 TINY_PRIOR = dict(num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32, dropout=0.0)
 
 
@@ -76,25 +79,21 @@ def ar_prior(stage_one_dir, tmp_path_factory):
 @pytest.mark.parametrize(
   "options",
   [
-    dict(quantizer="vq"),
-    dict(quantizer="vq", ema=False, cosine=True, codebook_dim=3),
-    dict(quantizer="rvq", num_stages=3, eval_stages=2),
-    dict(quantizer="fsq", fsq_levels=(5, 4)),
-    dict(quantizer="lfq"),
-    dict(quantizer="gumbel"),
+    dict(name="vq", num_codes=16, code_dim=4),
+    dict(name="vq", num_codes=16, code_dim=4, ema=False, cosine=True, codebook_dim=3),
+    dict(name="rvq", num_codes=16, code_dim=4, num_stages=3, eval_stages=2),
+    dict(name="fsq", levels=(5, 4)),
+    dict(name="lfq", code_dim=4),
+    dict(name="gumbel", num_codes=16, code_dim=4),
   ],
 )
 def test_code_vectors_of_the_indices_are_the_quantized_latents(options):
   """code_vectors(indices of x) is the quantizer's own output and decodes to the model's recon of x."""
-  kw = {**VQ, **options}
-  if options["quantizer"] == "fsq":
-    kw.pop("code_dim")
+  kw = {**VQ, "quantizer": dict(quantizer_config(**options))}
   model = get_model("vqvae", input_shape=(8, 8, 3), axis_name=parallel.AXIS, **kw)
   x = jnp.asarray(np.random.default_rng(0).uniform(-0.5, 0.5, (4, 8, 8, 3)), jnp.float32)
   init = parallel.with_named_axis(lambda r, x: model.init(r, x, train=False))
-  variables = train.run_once(
-    init, {"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)}, x
-  )
+  variables = train.run_once(init, {"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)}, x)
   out = parallel.with_named_axis(lambda v, x: model.apply(v, x))(variables, x)
   z = stage_one.code_vectors(model, variables, out["indices"])
   recon = parallel.with_named_axis(lambda v, z: model.apply(v, z, method="decode"))(variables, z)
@@ -231,7 +230,7 @@ def test_maskgit_prior_trains_through_the_loop(stage_one_dir, tmp_path):
 
 
 def test_fixed_evaluation_mask_is_exact_and_independent_of_the_batch():
-  from ae_jax.evaluators.prior import fixed_mask
+  from ae_jax.evaluators.prior_likelihood import fixed_mask
 
   mask = np.asarray(fixed_mask(jnp.arange(6), 10, 0.33, 0))
   assert (mask.sum(1) == 3).all()

@@ -12,7 +12,16 @@ from ae_jax import checkpoint, losses, parallel, train
 from ae_jax.models import get_model, model_config
 from ae_jax.models.vqvae import VQVAE
 
-TINY = dict(hidden=8, res_hidden=4, num_res_layers=1, num_codes=16, code_dim=4)
+ARCH = dict(hidden=8, res_hidden=4, num_res_layers=1)
+CODES = dict(num_codes=16, code_dim=4)
+
+
+def tiny(name: str = "vq", **options) -> dict:
+  """A tiny VQ-VAE's options with quantizer `name` (16 codes of 4 dimensions where it has them)."""
+  codes = {"vq": CODES, "rvq": CODES, "gumbel": CODES, "lfq": {"code_dim": 4}}.get(name, {})
+  return dict(**ARCH, quantizer={"name": name, **codes, **options})
+
+
 SHAPE = (8, 8, 3)
 RNG = np.random.default_rng(0)
 
@@ -25,9 +34,7 @@ def _init(model, x):
   """Variables of `model` (device axis bound), compiled without XLA optimisation as the trainer does: an
   optimised compile of the random initialisers costs ~20 s on CPU."""
   init = parallel.with_named_axis(lambda r, x: model.init(r, x, train=False))
-  return train.run_once(
-    init, {"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)}, x
-  )
+  return train.run_once(init, {"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)}, x)
 
 
 def test_reference_shapes_without_compiling():
@@ -125,9 +132,9 @@ def test_cifar10_config_keeps_the_reference_parameter_tree():
 def test_decoder_forms_compute_the_same_function():
   """upsample="subpixel" and "transpose" give the same reconstruction from the same variables."""
   x = _x(2)
-  variables = _init(VQVAE(**TINY, input_shape=SHAPE, upsample="subpixel"), x)
+  variables = _init(VQVAE(**tiny(), input_shape=SHAPE, upsample="subpixel"), x)
   sub, ref = (
-    VQVAE(**TINY, input_shape=SHAPE, upsample=u).apply(variables, x) for u in ("subpixel", "transpose")
+    VQVAE(**tiny(), input_shape=SHAPE, upsample=u).apply(variables, x) for u in ("subpixel", "transpose")
   )
   np.testing.assert_allclose(sub["recon"], ref["recon"], rtol=1e-5, atol=1e-5)
 
@@ -138,7 +145,7 @@ TERMS = ("mse", "commitment", "codebook")
 @functools.lru_cache(maxsize=2)
 def _gradients(ema: bool):
   """(model, variables, x, {term: (d term / d params, d term / d EMA codebook)}) in one compile per mode."""
-  model = VQVAE(**TINY, input_shape=SHAPE, ema=ema)
+  model = VQVAE(**tiny(ema=ema), input_shape=SHAPE)
   x = _x()
   variables = _init(model, x)
   objective = losses.make_objective(dict.fromkeys(TERMS, 1.0))
@@ -193,8 +200,8 @@ def test_loss_terms_route_gradients_to_their_side():
   assert _largest(grads["commitment"][0]["encoder"]) > 0
 
 
-def _vq_config(tiny_config, **model):
-  tiny_config.model = model_config("vqvae", **TINY, **model)
+def _vq_config(tiny_config, name="vq", **options):
+  tiny_config.model = model_config("vqvae", **tiny(name, **options))
   tiny_config.data.shape = SHAPE
   tiny_config.loss = {"mse": 1.0, "codebook": 1.0, "commitment": 1.0}
   return tiny_config
@@ -242,7 +249,7 @@ def test_first_step_seeds_codebook_from_encoder_outputs():
   """random_data initialisation: after the first step every code is one of that batch's encoder outputs,
   moved 1% of the way by the EMA update at most."""
   model = VQVAE(
-    **TINY, input_shape=SHAPE, codebook_init="random_data", decay=1.0 - 1e-9, axis_name=parallel.AXIS
+    **tiny(codebook_init="random_data", decay=1.0 - 1e-9), input_shape=SHAPE, axis_name=parallel.AXIS
   )
   x = _x(8)
   variables = _init(model, x)
@@ -251,22 +258,22 @@ def test_first_step_seeds_codebook_from_encoder_outputs():
   )
   out, state = jax.jit(step)(variables, x, jax.random.PRNGKey(3))
   codebook = np.asarray(state["vq_ema"]["vq"]["codebook"])
-  z_e = np.asarray(out["z_e"]).reshape(-1, TINY["code_dim"])
+  z_e = np.asarray(out["z_e"]).reshape(-1, CODES["code_dim"])
   dist = ((codebook[:, None] - z_e[None]) ** 2).sum(-1).min(1)
   np.testing.assert_allclose(dist, 0.0, atol=1e-6)
 
 
 def test_fsq_variant_and_registry():
-  model = get_model("vqvae", **TINY, quantizer="fsq", fsq_levels=(5, 3), input_shape=SHAPE)
+  model = get_model("vqvae", **tiny("fsq", levels=(5, 3)), input_shape=SHAPE)
   x = _x()
   out = jax.jit(parallel.with_named_axis(lambda v, x: model.apply(v, x)))(_init(model, x), x)
   assert out["code"].shape == (4, 2, 2, 2) and int(out["indices"].max()) < 15
   np.testing.assert_array_equal(out["commitment_loss"], 0.0)
   assert 1.0 <= float(out["metrics"]["perplexity"]) <= 15.0
   with pytest.raises(ValueError, match=r"num_downsamples=2 needs H and W divisible by 2\^2 = 4.*6x6"):
-    _init(get_model("vqvae", **TINY, input_shape=(6, 6, 3)), _x(1, (6, 6, 3)))
+    _init(get_model("vqvae", **tiny(), input_shape=(6, 6, 3)), _x(1, (6, 6, 3)))
   with pytest.raises(ValueError, match="need ema=True"):
-    _init(get_model("vqvae", **TINY, ema=False, codebook_init="kmeans++", input_shape=SHAPE), _x(1))
+    _init(get_model("vqvae", **tiny(ema=False, codebook_init="kmeans++"), input_shape=SHAPE), _x(1))
 
 
 @pytest.mark.parametrize("name", ["vqvae_cifar10", "vqvae_fashion_mnist"])
@@ -276,7 +283,7 @@ def test_configs_build(name):
   config = importlib.import_module(f"experiments.configs.{name}").get_config()
   shape = (32, 32, 3) if "cifar" in name else (28, 28, 1)
   model, objective, _, _ = train.build(config, shape)
-  assert model.axis_name == parallel.AXIS and model.ema
+  assert model.axis_name == parallel.AXIS and model.quantizer["ema"]
   x = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
   rngs = {"params": jax.random.PRNGKey(0)}
   variables = jax.eval_shape(parallel.with_named_axis(lambda r, x: model.init(r, x)), rngs, x)
@@ -285,21 +292,17 @@ def test_configs_build(name):
 
 
 @pytest.mark.parametrize(
-  "model, terms",
+  "name, options, terms",
   [
-    pytest.param(
-      {"quantizer": "rvq", "num_stages": 2, "quantizer_dropout": True}, {"code_entropy": 0.1}, id="rvq"
-    ),
-    pytest.param({"quantizer": "lfq"}, {"lfq_entropy": 0.1}, id="lfq"),
-    pytest.param(
-      {"quantizer": "gumbel", "gumbel_anneal_steps": 2}, {"gumbel_kl": 0.01, "code_entropy": 0.1}, id="gumbel"
-    ),
+    pytest.param("rvq", {"num_stages": 2, "quantizer_dropout": True}, {"code_entropy": 0.1}, id="rvq"),
+    pytest.param("lfq", {}, {"lfq_entropy": 0.1}, id="lfq"),
+    pytest.param("gumbel", {"anneal_steps": 2}, {"gumbel_kl": 0.01, "code_entropy": 0.1}, id="gumbel"),
   ],
 )
-def test_other_quantizers_train_through_the_trainer(tiny_config, model, terms):
+def test_other_quantizers_train_through_the_trainer(tiny_config, name, options, terms):
   """Each quantizer's loss terms are registered, read from the VQ-VAE's outputs and reported by the train
   step on 8 devices; its state (Gumbel's step counter) advances with the trainer's steps."""
-  config = _vq_config(tiny_config, **model)
+  config = _vq_config(tiny_config, name, **options)
   config.loss.update(terms)
   model, objective, tx, schedule = train.build(config, SHAPE)
   state = train.create_train_state(model, tx, _x(1), 0)
@@ -310,6 +313,6 @@ def test_other_quantizers_train_through_the_trainer(tiny_config, model, terms):
   assert not np.allclose(
     final.params["encoder"]["pre_quantize"]["kernel"], state.params["encoder"]["pre_quantize"]["kernel"]
   )
-  if config.model.quantizer == "gumbel":
+  if config.model.quantizer.name == "gumbel":
     assert int(final.model_state["vq_ema"]["vq"]["step"]) == 2
     np.testing.assert_allclose([m["temperature"][0] for m in metrics], [1.0, 0.25], rtol=1e-6)

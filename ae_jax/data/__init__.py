@@ -1,26 +1,16 @@
-"""Datasets by name (`DATASETS`, one `DatasetSpec` each) and the batching pipeline.
+"""Datasets by name (`DATASETS`, one `DatasetSpec` each, `ae_jax.registry`) and the batching pipeline.
 
     dataset = get_dataset(config.data)        # splits by role + how to read them
     dataset.split("train"), dataset.info.preprocess(record, index) -> {"x", "label", ...}
 
 Built in: fashion_mnist, mnist, binarized_mnist, cifar10, tfds (any tfds image dataset), image_folder,
 spoken_digit, series_file (your own series; the shipped discord series and ECG5000 are presets in
-`timeseries.PRESETS`), synthetic, synthetic_sequences. `register(DatasetSpec(...))` adds one.
+`timeseries.PRESETS`), synthetic, synthetic_sequences. `register(DatasetSpec(...))` in any module adds
+one: the modules of this package are found by name (see ae_jax/registry.py), a module of your own by
+`config.data.name = "your.module:name"` (docs/extending.md).
 """
 
-from ae_jax.data import (  # noqa: F401 - importing a dataset module registers it
-  cifar10,
-  codes,
-  fashion_mnist,
-  image_folder,
-  images,
-  series,
-  spoken_digit,
-  tfds_images,
-  timeseries,
-)
-from ae_jax.data.images import binarize, synthetic_images, training_variance
-from ae_jax.data.registry import (
+from ae_jax.data.dataset import (
   COMMON_OPTIONS,
   DATASETS,
   ROLES,
@@ -36,6 +26,7 @@ from ae_jax.data.registry import (
   resolve,
   split_roles,
 )
+from ae_jax.data.images import binarize, synthetic_images, training_variance
 from ae_jax.data.sources import ArraySource, data_root
 
 __all__ = [

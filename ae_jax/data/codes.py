@@ -31,7 +31,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from ae_jax.data import registry, sources
+from ae_jax.data import dataset, sources
 from ae_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ ENCODE_CHUNK = 4096  # records read and preprocessed at a time while encoding
 
 
 @dataclasses.dataclass(frozen=True)
-class CodesInfo(registry.DatasetInfo):
+class CodesInfo(dataset.DatasetInfo):
   """DatasetInfo of the codes: also the vocabulary K, the code grid ((h, w) or (h, w, S)), the stage one's
   fingerprint and workdir."""
 
@@ -72,12 +72,12 @@ def stage_one_config(data: ml_collections.ConfigDict) -> tuple[ml_collections.Co
   return config, layout
 
 
-def _example(data: ml_collections.ConfigDict) -> registry.ExampleSpec:
-  return registry.ExampleSpec((stage_one_config(data)[1].seq_len,), "int32")
+def _example(data: ml_collections.ConfigDict) -> dataset.ExampleSpec:
+  return dataset.ExampleSpec((stage_one_config(data)[1].seq_len,), "int32")
 
 
 def _splits(data: ml_collections.ConfigDict) -> tuple[str, ...]:
-  return registry.split_roles(stage_one_config(data)[0].data)
+  return dataset.split_roles(stage_one_config(data)[0].data)
 
 
 def _read_cache(path: str, fingerprint: str, n: int, seq_len: int) -> dict[str, np.ndarray] | None:
@@ -109,11 +109,11 @@ def _write_cache(path: str, arrays: Mapping[str, np.ndarray], fingerprint: str, 
     log.warning("cannot write the code cache %s (%s); the codes stay in memory only", path, e.strerror or e)
 
 
-def encode_split(tokenizer: Any, source: Any, info: registry.DatasetInfo, batch_size: int, what: str) -> dict:
+def encode_split(tokenizer: Any, source: Any, info: dataset.DatasetInfo, batch_size: int, what: str) -> dict:
   """{"tokens": int32 [N, L], "label": int32 [N]} of every record of `source` (the stage one's split,
   preprocessed for evaluation)."""
   from ae_jax import stage_one
-  from ae_jax.evaluators.batches import Progress
+  from ae_jax.outputs import Progress
 
   preprocess = info.batch_preprocess_for(False)
   tokens, labels = [], []
@@ -147,16 +147,16 @@ def _device_preprocess(records: Mapping[str, Any], indices: Any) -> dict[str, An
   return _batch_preprocess(records, indices, jnp)
 
 
-def _load(data: ml_collections.ConfigDict) -> registry.Dataset:
+def _load(data: ml_collections.ConfigDict) -> dataset.Dataset:
   from ae_jax import stage_one
 
   config, layout = stage_one_config(data)
   step = int(data.tokenizer_step) or None
   tokenizer = stage_one.load_stage_one(data.tokenizer_workdir, step, bool(data.tokenizer_best))
-  images = registry.get_dataset(config.data)
+  images = dataset.get_dataset(config.data)
   root = data.cache_dir or os.path.join(tokenizer.run.workdir, "codes")
   info = CodesInfo(
-    example=registry.ExampleSpec((layout.seq_len,), "int32"),
+    example=dataset.ExampleSpec((layout.seq_len,), "int32"),
     preprocess=_preprocess,
     class_names=images.info.class_names,
     batch_preprocess=_batch_preprocess,
@@ -178,11 +178,11 @@ def _load(data: ml_collections.ConfigDict) -> registry.Dataset:
       arrays = encode_split(tokenizer, source, images.info, int(data.encode_batch_size), what)
       _write_cache(path, arrays, tokenizer.fingerprint, info)
     splits[role] = sources.ArraySource(arrays)
-  return registry.Dataset("codes", splits, info)
+  return dataset.Dataset("codes", splits, info)
 
 
-registry.register(
-  registry.DatasetSpec(
+dataset.register(
+  dataset.DatasetSpec(
     name="codes",
     load=_load,
     options=OPTIONS,

@@ -23,7 +23,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from ae_jax.data import images, registry, sources
+from ae_jax.data import dataset, images, sources
 from ae_jax.errors import ConfigError, DataError, DataNotFoundError
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -139,7 +139,7 @@ def _first_image(listing: Listing) -> Path:
   return listing.root / listing.files[0][0]
 
 
-def _example(data: ml_collections.ConfigDict) -> registry.ExampleSpec:
+def _example(data: ml_collections.ConfigDict) -> dataset.ExampleSpec:
   if not data.path:
     raise ConfigError("config.data.path is empty: set it to the folder of images")
   geometry = _geometry(data)
@@ -147,12 +147,12 @@ def _example(data: ml_collections.ConfigDict) -> registry.ExampleSpec:
   first = _first_image(listing)
   channels = _channels(first, geometry.channels)
   if geometry.image_size:
-    return registry.ExampleSpec((geometry.image_size, geometry.image_size, channels))
+    return dataset.ExampleSpec((geometry.image_size, geometry.image_size, channels))
   h, w = read_image(first).shape[:2]
-  return registry.ExampleSpec((h, w, channels))
+  return dataset.ExampleSpec((h, w, channels))
 
 
-def _load(data: ml_collections.ConfigDict) -> registry.Dataset:
+def _load(data: ml_collections.ConfigDict) -> dataset.Dataset:
   shape = _example(data).shape
   geometry = dataclasses.replace(_geometry(data), channels=shape[-1])
   listing = scan(sources.resolve_path(data.path, data, "config.data.path"), float(data.test_fraction))
@@ -163,7 +163,7 @@ def _load(data: ml_collections.ConfigDict) -> registry.Dataset:
   )
   if not sources.is_prepared(builder):
     sources.prepare(builder, listing.root)
-  roles = [r for r in registry.ROLES if listing.count(r)]
+  roles = [r for r in dataset.ROLES if listing.count(r)]
   splits = {role: builder.as_data_source(split=role) for role in roles}
   if data.cache_in_memory and sum(len(s) for s in splits.values()) * int(np.prod(shape)) > MAX_CACHE_BYTES:
     data = ml_collections.ConfigDict({**data.to_dict(), "cache_in_memory": False})
@@ -172,11 +172,11 @@ def _load(data: ml_collections.ConfigDict) -> registry.Dataset:
 
 def _roles(data: ml_collections.ConfigDict) -> tuple[str, ...]:
   listing = scan(sources.resolve_path(data.path, data, "config.data.path"), float(data.test_fraction))
-  return tuple(r for r in registry.ROLES if listing.count(r))
+  return tuple(r for r in dataset.ROLES if listing.count(r))
 
 
-registry.register(
-  registry.DatasetSpec(
+dataset.register(
+  dataset.DatasetSpec(
     name="image_folder",
     load=_load,
     options=OPTIONS,

@@ -16,7 +16,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from ae_jax.data import philox, registry, sources
+from ae_jax.data import dataset, philox, sources
 from ae_jax.errors import ConfigError, DataError
 
 # Options of every image dataset.
@@ -180,7 +180,7 @@ def image_info(
   variance_examples: int = 0,
   image_key: str = "image",
   label_key: str = "label",
-) -> registry.DatasetInfo:
+) -> dataset.DatasetInfo:
   """DatasetInfo for uint8 image records (`record[image_key]`, optional `record[label_key]`) of model
   shape `shape` under config.data's scale and binarize.
 
@@ -207,7 +207,7 @@ def image_info(
 
     return preprocess
 
-  def make_batch(train_mode: bool) -> registry.BatchPreprocess:
+  def make_batch(train_mode: bool) -> dataset.BatchPreprocess:
     def batch_preprocess(records: Mapping[str, np.ndarray], indices: np.ndarray) -> dict[str, np.ndarray]:
       images = records[image_key]
       if geometry is not None:
@@ -241,8 +241,8 @@ def image_info(
     variance_fn = functools.cache(
       lambda: training_variance(_stacked_images(train, transform, variance_examples, image_key), levels)
     )
-  return registry.DatasetInfo(
-    example=registry.ExampleSpec(tuple(shape)),
+  return dataset.DatasetInfo(
+    example=dataset.ExampleSpec(tuple(shape)),
     preprocess=make(True),
     eval_preprocess=make(False),
     class_names=class_names,
@@ -263,14 +263,14 @@ def image_dataset(
   class_names: tuple[str, ...] | None = None,
   geometry: Geometry | None = None,
   **info_options: Any,
-) -> registry.Dataset:
-  """A Dataset of uint8 image records (`registry.finish_splits` applied first, so the variance is the
+) -> dataset.Dataset:
+  """A Dataset of uint8 image records (`dataset.finish_splits` applied first, so the variance is the
   training split's); `info_options` go to `image_info` (variance_examples, image_key, label_key)."""
-  splits = registry.finish_splits(data, splits)
+  splits = dataset.finish_splits(data, splits)
   info = image_info(
     data, shape, class_names=class_names, geometry=geometry, train=splits["train"], **info_options
   )
-  return registry.Dataset(name, splits, info)
+  return dataset.Dataset(name, splits, info)
 
 
 def register_fixed_size(
@@ -281,19 +281,19 @@ def register_fixed_size(
   class_names: tuple[str, ...] | None = None,
   options: Mapping[str, Any] | None = None,
   description: str = "",
-) -> registry.DatasetSpec:
+) -> dataset.DatasetSpec:
   """Registers a dataset of train and test images of one known `shape`, read by `load_split(split, data)`."""
 
-  def load(data: ml_collections.ConfigDict) -> registry.Dataset:
+  def load(data: ml_collections.ConfigDict) -> dataset.Dataset:
     splits = {split: load_split(split, data) for split in ("train", "test")}
     return image_dataset(name, data, splits, shape, class_names)
 
-  return registry.register(
-    registry.DatasetSpec(
+  return dataset.register(
+    dataset.DatasetSpec(
       name=name,
       load=load,
       options={**IMAGE_OPTIONS, **(options or {})},
-      example=lambda data: registry.ExampleSpec(shape),
+      example=lambda data: dataset.ExampleSpec(shape),
       class_names=class_names,
       drawable=True,
       provides_variance=True,
@@ -319,7 +319,7 @@ def synthetic_images(num: int, shape: Sequence[int], seed: int) -> list[dict[str
   return [{"image": images[i], "label": int(labels[i])} for i in range(num)]
 
 
-def _load_synthetic(data: ml_collections.ConfigDict) -> registry.Dataset:
+def _load_synthetic(data: ml_collections.ConfigDict) -> dataset.Dataset:
   shape = tuple(data.shape)
   splits = {
     "train": synthetic_images(data.num_train, shape, seed=1),
@@ -328,12 +328,12 @@ def _load_synthetic(data: ml_collections.ConfigDict) -> registry.Dataset:
   return image_dataset("synthetic", data, splits, shape, tuple(str(i) for i in range(10)))
 
 
-registry.register(
-  registry.DatasetSpec(
+dataset.register(
+  dataset.DatasetSpec(
     name="synthetic",
     load=_load_synthetic,
     options={**IMAGE_OPTIONS, "shape": (28, 28, 1), "num_train": 512, "num_test": 128},
-    example=lambda data: registry.ExampleSpec(tuple(data.shape)),
+    example=lambda data: dataset.ExampleSpec(tuple(data.shape)),
     class_names=tuple(str(i) for i in range(10)),
     drawable=True,
     provides_variance=True,

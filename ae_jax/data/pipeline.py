@@ -10,7 +10,7 @@ from s alone: a run resumed at step s reads the same batches as one that never s
 A batch is read with one `sources.gather` (a numpy gather for data in memory) and preprocessed as a
 whole by the dataset's batch function (`DatasetInfo.batch_preprocess_for`), either when asked or by
 background threads a few batches ahead (`num_threads`). Given only a per-record preprocess, each
-gathered record is preprocessed on its own and the outputs stacked (`registry.per_record`).
+gathered record is preprocessed on its own and the outputs stacked (`dataset.per_record`).
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from ae_jax.data import registry, sources
+from ae_jax.data import dataset, sources
 
 Record = Mapping[str, Any]
 Example = dict[str, np.ndarray]
-Preprocess = registry.Preprocess
-BatchPreprocess = registry.BatchPreprocess
+Preprocess = dataset.Preprocess
+BatchPreprocess = dataset.BatchPreprocess
 
 
 @functools.lru_cache(maxsize=8)
@@ -88,7 +88,7 @@ def _batch_fn(
   if batch_preprocess is None:
     if preprocess is None:
       raise ValueError("give preprocess or batch_preprocess")
-    batch_preprocess = registry.per_record(preprocess)
+    batch_preprocess = dataset.per_record(preprocess)
   return lambda records, positions: batch_preprocess(sources.gather(source, records), positions)
 
 

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-from ae_jax.data import registry, series_table, sources
+from ae_jax.data import dataset, series_table, sources
 from ae_jax.errors import ConfigError, DataError
 
 ROLES = ("train", "validation", "threshold", "test")
@@ -318,7 +318,7 @@ def anomaly_splits(data: ml_collections.ConfigDict) -> AnomalySplits:
   return _windows_splits(data) if data.layout == "windows" else _series_splits(data)
 
 
-def _example(data: ml_collections.ConfigDict) -> registry.ExampleSpec:
+def _example(data: ml_collections.ConfigDict) -> dataset.ExampleSpec:
   """[window, channels] (series layout) or [row length - label column, 1] (windows layout), from the
   config and the first file's header and first row."""
   paths = _split_list(data.path)
@@ -326,13 +326,13 @@ def _example(data: ml_collections.ConfigDict) -> registry.ExampleSpec:
     raise ConfigError("config.data.path is empty: name the series file(s) (CSV, text or .npy)")
   columns = _split_list(data.columns)
   if data.layout == "series" and columns:
-    return registry.ExampleSpec((int(data.window), len(columns)))
+    return dataset.ExampleSpec((int(data.window), len(columns)))
   table = series_table.read_table(sources.resolve_path(paths[0], data, "config.data.path"), peek=True)
   others = {table.index(data[key], key) for key in ("label_column", "time_column") if str(data[key]) != ""}
   width = table.width - len(others)
   if data.layout == "windows":
-    return registry.ExampleSpec((width, 1))
-  return registry.ExampleSpec((int(data.window), width))
+    return dataset.ExampleSpec((width, 1))
+  return dataset.ExampleSpec((int(data.window), width))
 
 
 def _roles(data: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -346,7 +346,7 @@ def windows_source(w: np.ndarray) -> sources.ArraySource:
   return sources.ArraySource({"x": w, "label": np.zeros(len(w), np.int32)})
 
 
-def load(data: ml_collections.ConfigDict) -> registry.Dataset:
+def load(data: ml_collections.ConfigDict) -> dataset.Dataset:
   """A series_file dataset: train / validation / test windows and the anomaly segments."""
   splits = anomaly_splits(data)
   seg, length = splits.segments, splits.window
@@ -360,17 +360,17 @@ def load(data: ml_collections.ConfigDict) -> registry.Dataset:
   for role in ("train", "validation") if splits.unit == "point" else ():
     if role in split_sources and not len(split_sources[role]):
       raise _no_windows(seg[role], length, role, splits)
-  info = registry.DatasetInfo(
-    registry.ExampleSpec(split_sources["train"][0]["x"].shape),
+  info = dataset.DatasetInfo(
+    dataset.ExampleSpec(split_sources["train"][0]["x"].shape),
     lambda r, i: dict(r),
     batch_preprocess=lambda records, indices: dict(records),
     device_preprocess=lambda records, indices: dict(records),
   )
-  return registry.Dataset("series_file", split_sources, info, anomaly=splits)
+  return dataset.Dataset("series_file", split_sources, info, anomaly=splits)
 
 
-registry.register(
-  registry.DatasetSpec(
+dataset.register(
+  dataset.DatasetSpec(
     name="series_file",
     load=load,
     options=SERIES_OPTIONS,

@@ -32,9 +32,10 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+import tensorflow_datasets as tfds
 
-from ae_jax.data import registry, sources
-from ae_jax.errors import DataError
+from ae_jax.data import dataset, sources
+from ae_jax.errors import DataError, DataNotFoundError
 
 SAMPLE_RATE = 8000
 N_FFT = 400  # 201 frequency bins
@@ -130,6 +131,59 @@ def to_image(x: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- sources
 
 
+class SpokenDigitWav(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """FSDD read from the release archive's wavs, stored as array_record without TensorFlow.
+
+  Not in tfds' registry (`skip_registration=True`); use the class. Features: audio int16 [None] (raw
+  samples), label ClassLabel (10 digits), speaker and filename text, index int32 (the recording's number).
+  Splits `train` (index >= 5) and `test` (index 0-4), records sorted by file name.
+  """
+
+  name = "spoken_digit_wav"
+  VERSION = tfds.core.Version("1.0.9")
+  RELEASE_NOTES = {"1.0.9": "FSDD v1.0.9 wavs with the official split (recordings 0-4 are the test set)."}
+
+  def __init__(self, *, archive: str | os.PathLike | None = None, **kwargs: Any):
+    """`archive` (the FSDD tar.gz) is only read by `download_and_prepare`; other kwargs go to tfds."""
+    self._archive = None if archive is None else os.fspath(archive)
+    kwargs.setdefault("file_format", "array_record")
+    super().__init__(**kwargs)
+    self._original_state = dict(self._original_state, archive=self._archive)  # for unpickling
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description="Free Spoken Digit Dataset: 8 kHz recordings of spoken digits, raw int16 samples.",
+      features=tfds.features.FeaturesDict(
+        {
+          "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16),
+          "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
+          "speaker": tfds.features.Text(),
+          "index": tfds.features.Scalar(dtype=np.int32),
+          "filename": tfds.features.Text(),
+        }
+      ),
+      supervised_keys=("audio", "label"),
+      homepage="https://github.com/Jakobovski/free-spoken-digit-dataset",
+      disable_shuffling=True,
+    )
+
+  def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
+    del dl_manager  # everything is local
+    if not self._archive or not os.path.isfile(self._archive):
+      raise DataNotFoundError(f"FSDD archive not found: {self._archive!r}")
+    splits: dict[str, list[tuple[str, np.ndarray]]] = {"train": [], "test": []}
+    for filename, audio in read_archive(self._archive):
+      splits[split_of(parse_name(filename)[2])].append((filename, audio))
+    return {split: self._generate_examples(items) for split, items in splits.items()}
+
+  def _generate_examples(self, items: list[tuple[str, np.ndarray]]) -> Iterator[tuple[str, dict]]:
+    for filename, audio in items:
+      digit, speaker, index = parse_name(filename)
+      record = {"audio": audio, "label": digit, "speaker": speaker, "index": index, "filename": filename}
+      yield filename, record
+
+
 def _official_split(split: str) -> Callable[[Sequence], Sequence]:
   """Selects the recordings of the official `split` from tfds' single-split spoken_digit by file name."""
 
@@ -155,7 +209,7 @@ def load_split(split: str, data: ml_collections.ConfigDict) -> Sequence[dict[str
     "spoken_digit" if has_tf else None,
     split,
     data,
-    lambda: sources.builders().SpokenDigitWav(archive=archive, data_dir=data.data_dir),
+    lambda: SpokenDigitWav(archive=archive, data_dir=data.data_dir),
     archive,
     f"download {ARCHIVE_URL} and set config.data.archive to it, or install ae-jax[tfds-download] "
     "(TensorFlow) and set config.data.download=True to use tfds' spoken_digit",
@@ -168,9 +222,9 @@ def _options(data: ml_collections.ConfigDict) -> dict[str, int]:
   return {"num_frames": int(data.num_frames), "n_fft": int(data.n_fft), "hop": int(data.hop)}
 
 
-def _example(data: ml_collections.ConfigDict) -> registry.ExampleSpec:
+def _example(data: ml_collections.ConfigDict) -> dataset.ExampleSpec:
   """x [num_frames, n_fft // 2 + 1] with a frame mask."""
-  return registry.ExampleSpec((int(data.num_frames), int(data.n_fft) // 2 + 1), masked=True)
+  return dataset.ExampleSpec((int(data.num_frames), int(data.n_fft) // 2 + 1), masked=True)
 
 
 def _cached(source: Sequence, opts: dict[str, int]) -> sources.ArraySource:
@@ -186,7 +240,7 @@ def _cached(source: Sequence, opts: dict[str, int]) -> sources.ArraySource:
   )
 
 
-def _load(data: ml_collections.ConfigDict) -> registry.Dataset:
+def _load(data: ml_collections.ConfigDict) -> dataset.Dataset:
   """FSDD as x [num_frames, F], mask [num_frames], label. With cache_in_memory (default) the spectrograms
   are computed once at load time; otherwise `preprocess` computes each from the raw audio as it is read."""
   opts = _options(data)
@@ -207,7 +261,7 @@ def _load(data: ml_collections.ConfigDict) -> registry.Dataset:
     label = records["label"].astype(np.int32)
     return {"x": records["spectrogram"], "mask": records["mask"], "label": label}
 
-  info = registry.DatasetInfo(
+  info = dataset.DatasetInfo(
     _example(data),
     preprocess,
     None,
@@ -216,11 +270,11 @@ def _load(data: ml_collections.ConfigDict) -> registry.Dataset:
     batch_preprocess=batch_preprocess if data.cache_in_memory else None,  # else: audio, record by record
     device_preprocess=batch_preprocess if data.cache_in_memory else None,  # array methods only: traceable
   )
-  return registry.Dataset("spoken_digit", splits, info)
+  return dataset.Dataset("spoken_digit", splits, info)
 
 
-registry.register(
-  registry.DatasetSpec(
+dataset.register(
+  dataset.DatasetSpec(
     name="spoken_digit",
     load=_load,
     options={

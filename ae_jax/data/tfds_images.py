@@ -15,7 +15,7 @@ import logging
 
 import ml_collections
 
-from ae_jax.data import images, registry, sources
+from ae_jax.data import dataset, images, sources
 from ae_jax.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 DIGITS = tuple(str(i) for i in range(10))
 
 
-def _load_binarized_mnist(data: ml_collections.ConfigDict) -> registry.Dataset:
+def _load_binarized_mnist(data: ml_collections.ConfigDict) -> dataset.Dataset:
   """Larochelle's statically binarised MNIST (tfds binarized_mnist: images in {0, 1}, no labels)."""
   if data.scale != "binary" or data.binarize != "none":
     raise ConfigError(
@@ -41,12 +41,12 @@ images.register_fixed_size(
   class_names=DIGITS,
   description="tfds mnist (prepared, or download=True with TensorFlow)",
 )
-registry.register(
-  registry.DatasetSpec(
+dataset.register(
+  dataset.DatasetSpec(
     name="binarized_mnist",
     load=_load_binarized_mnist,
     options={**images.IMAGE_OPTIONS, "scale": "binary"},
-    example=lambda data: registry.ExampleSpec((28, 28, 1)),
+    example=lambda data: dataset.ExampleSpec((28, 28, 1)),
     splits=lambda data: ("train", "validation", "test"),
     drawable=True,
     bits_per_value=1,
@@ -96,7 +96,7 @@ def _native_shape(data: ml_collections.ConfigDict) -> tuple:
   return tuple(features[data.image_key].shape)
 
 
-def _example(data: ml_collections.ConfigDict) -> registry.ExampleSpec:
+def _example(data: ml_collections.ConfigDict) -> dataset.ExampleSpec:
   geometry = images.Geometry.from_config(data)
   native = _native_shape(data)
   if geometry.image_size:
@@ -105,12 +105,12 @@ def _example(data: ml_collections.ConfigDict) -> registry.ExampleSpec:
       raise ConfigError(
         f"tfds '{data.tfds_name}' images have no fixed channel count; set config.data.channels"
       )
-    return registry.ExampleSpec((geometry.image_size, geometry.image_size, int(channels)))
+    return dataset.ExampleSpec((geometry.image_size, geometry.image_size, int(channels)))
   if None in native:
     raise ConfigError(
       f"tfds '{data.tfds_name}' images vary in size ({native}); set config.data.image_size to resize them"
     )
-  return registry.ExampleSpec((*native[:2], geometry.channels or native[2]))
+  return dataset.ExampleSpec((*native[:2], geometry.channels or native[2]))
 
 
 def _roles(data: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -124,7 +124,7 @@ def _class_names(data: ml_collections.ConfigDict) -> tuple[str, ...] | None:
   return tuple(names) if names else None
 
 
-def _load_tfds(data: ml_collections.ConfigDict) -> registry.Dataset:
+def _load_tfds(data: ml_collections.ConfigDict) -> dataset.Dataset:
   example = _example(data)
   names = {"train": data.train_split, "validation": data.validation_split, "test": data.test_split}
   splits = {role: sources.tfds_source(data.tfds_name, names[role], data) for role in _roles(data)}
@@ -145,8 +145,8 @@ def _load_tfds(data: ml_collections.ConfigDict) -> registry.Dataset:
   )
 
 
-registry.register(
-  registry.DatasetSpec(
+dataset.register(
+  dataset.DatasetSpec(
     name="tfds",
     load=_load_tfds,
     options=TFDS_OPTIONS,

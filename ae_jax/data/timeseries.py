@@ -18,7 +18,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from ae_jax.data import registry, sources
+from ae_jax.data import dataset, sources
 
 _DISCORDS = "discords/labels.json"
 PRESETS: dict[str, dict[str, Any]] = {
@@ -81,7 +81,7 @@ def preset(name: str, **overrides: Any) -> ml_collections.ConfigDict:
   """config.data for a shipped series: data_config("series_file", **PRESETS[name], **overrides)."""
   if name not in PRESETS:
     raise KeyError(f"unknown series preset '{name}'; choose one of {sorted(PRESETS)}")
-  return registry.data_config("series_file", **{**PRESETS[name], **overrides})
+  return dataset.data_config("series_file", **{**PRESETS[name], **overrides})
 
 
 # ----------------------------------------------------------------------------- synthetic sequences
@@ -110,29 +110,29 @@ def synthetic_sequences(
   return {"x": x, "mask": mask, "label": np.zeros(num, np.int32)}
 
 
-def _synthetic_example(data: ml_collections.ConfigDict) -> registry.ExampleSpec:
+def _synthetic_example(data: ml_collections.ConfigDict) -> dataset.ExampleSpec:
   if data.vocab_size:
-    return registry.ExampleSpec((int(data.time),), "int32", masked=True)
-  return registry.ExampleSpec((int(data.time), int(data.features)), masked=True)
+    return dataset.ExampleSpec((int(data.time),), "int32", masked=True)
+  return dataset.ExampleSpec((int(data.time), int(data.features)), masked=True)
 
 
-def _load_synthetic(data: ml_collections.ConfigDict) -> registry.Dataset:
+def _load_synthetic(data: ml_collections.ConfigDict) -> dataset.Dataset:
   """Synthetic variable-length sequences (config.data: time, features or vocab_size, num_train, num_test)."""
   make = lambda n, seed: sources.ArraySource(  # noqa: E731
     synthetic_sequences(n, int(data.time), int(data.features), seed, int(data.vocab_size))
   )
   splits = {"train": make(int(data.num_train), 1), "test": make(int(data.num_test), 2)}
-  info = registry.DatasetInfo(
+  info = dataset.DatasetInfo(
     _synthetic_example(data),
     lambda r, i: dict(r),
     batch_preprocess=lambda records, indices: dict(records),
     device_preprocess=lambda records, indices: dict(records),
   )
-  return registry.Dataset("synthetic_sequences", splits, info)
+  return dataset.Dataset("synthetic_sequences", splits, info)
 
 
-registry.register(
-  registry.DatasetSpec(
+dataset.register(
+  dataset.DatasetSpec(
     name="synthetic_sequences",
     load=_load_synthetic,
     options={"time": 32, "features": 2, "vocab_size": 0, "num_train": 512, "num_test": 128},

@@ -9,20 +9,23 @@ steps during training; 0: only after training), plus the type's own options. Its
 of a periodic evaluator's metrics. A registry entry (`EvaluatorSpec`) states what the evaluator needs
 (model abilities, a drawable dataset, anomaly labels), so a config that asks for what the model or data
 cannot serve fails before training with the reason. `check(config)` runs those checks;
-`build(config, ...)` makes the evaluators of a run; `register` adds a type.
+`build(config, ...)` makes the evaluators of a run; `register(EvaluatorSpec(...))` in any module adds a
+type: the modules of this package are found by name (ae_jax/registry.py), a module of your own by
+`type = "your.module:name"` (docs/extending.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
 
 from ae_jax.errors import ConfigError, did_you_mean
+from ae_jax.registry import EVALUATORS, Spec
 
 COMMON_KEYS = ("type", "split", "every")
 
@@ -63,9 +66,9 @@ class Context:
 Builder = Callable[[str, ml_collections.ConfigDict, Context], Callable[[Any, int], Result]]
 
 
-@dataclasses.dataclass(frozen=True)
-class EvaluatorSpec:
-  """A registered evaluator type.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvaluatorSpec(Spec):
+  """A registered evaluator type (`name`: the type a section names).
 
   options: the type's own options with defaults (beside type, split and every).
   abilities: model abilities it needs (`ae_jax.models.interface`).
@@ -73,27 +76,25 @@ class EvaluatorSpec:
   uses_split: whether it reads `split` (anomaly detection reads the dataset's own segments).
   """
 
-  type: str
   build: Builder
-  options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   abilities: frozenset[str] = frozenset()
   needs: Callable[[Any, ml_collections.ConfigDict], str | None] = lambda spec, data: None
   uses_split: bool = True
-  description: str = ""
 
+  @property
+  def target(self) -> Any:
+    return self.build
 
-EVALUATORS: dict[str, EvaluatorSpec] = {}
+  def details(self) -> list[str]:
+    out = [f"needs a model with {'/'.join(sorted(self.abilities))}"] if self.abilities else []
+    return out + ([] if self.uses_split else ["reads the dataset's own segments (no split)"])
 
 
 def register(spec: EvaluatorSpec) -> EvaluatorSpec:
-  """Adds an evaluator type (a module reloaded may register its types again)."""
-  existing = EVALUATORS.get(spec.type)
-  if existing is not None and existing.build.__module__ != spec.build.__module__:
-    raise ValueError(f"evaluator type '{spec.type}' is already registered by {existing.build.__module__}")
+  """Adds an evaluator type (the same module may register it again; another module may not)."""
   if set(spec.options) & set(COMMON_KEYS):
-    raise ValueError(f"evaluator type '{spec.type}': options may not be named {COMMON_KEYS}")
-  EVALUATORS[spec.type] = spec
-  return spec
+    raise ValueError(f"evaluator type '{spec.name}': options may not be named {COMMON_KEYS}")
+  return EVALUATORS.register(spec)
 
 
 def section(type_: str, split: str = "test", every: int = 0, **options: Any) -> ml_collections.ConfigDict:
@@ -109,12 +110,7 @@ def section(type_: str, split: str = "test", every: int = 0, **options: Any) -> 
 
 
 def _spec(type_: str, name: str) -> EvaluatorSpec:
-  if type_ not in EVALUATORS:
-    where = f"config.evals.{name}.type" if name else "evaluator type"
-    raise ConfigError(
-      f"unknown {where} '{type_}'; {did_you_mean(type_, EVALUATORS)}registered types: {sorted(EVALUATORS)}"
-    )
-  return EVALUATORS[type_]
+  return EVALUATORS.lookup(type_, f"config.evals.{name}.type" if name else "evaluator type")
 
 
 def check(config: ml_collections.ConfigDict) -> None:
@@ -191,15 +187,3 @@ def merge(results: list[Result]) -> Result:
     out.files += r.files
     out.lines += r.lines
   return out
-
-
-from ae_jax.evaluators import (  # noqa: E402, F401 - importing an evaluator module registers its types
-  anomaly,
-  codebook,
-  image_quality,
-  images,
-  latents,
-  likelihood,
-  losses,
-  prior,
-)

@@ -38,7 +38,7 @@ def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
 
 evaluators.register(
   evaluators.EvaluatorSpec(
-    type="anomaly",
+    name="anomaly",
     build=_build,
     options=OPTIONS,
     needs=lambda spec, data: None if spec.anomaly_labels else "it has no anomaly segments (use series_file)",

@@ -64,7 +64,7 @@ def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
 
 evaluators.register(
   evaluators.EvaluatorSpec(
-    type="codebook",
+    name="codebook",
     build=_build,
     options={"max_examples": ml_collections.config_dict.placeholder(int)},
     abilities=frozenset({"quantized"}),

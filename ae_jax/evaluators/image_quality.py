@@ -65,7 +65,7 @@ def _images(spec, data) -> str | None:
 
 evaluators.register(
   evaluators.EvaluatorSpec(
-    type="image_quality",
+    name="image_quality",
     build=_build,
     options={"max_examples": ml_collections.config_dict.placeholder(int)},
     needs=_images,

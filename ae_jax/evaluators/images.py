@@ -97,7 +97,7 @@ for type_, save, options, extra in (
 ):
   evaluators.register(
     evaluators.EvaluatorSpec(
-      type=type_,
+      name=type_,
       build=_picture(save, needs_source=type_ != "samples"),
       options=options,
       uses_split=type_ != "samples",

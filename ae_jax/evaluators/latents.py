@@ -54,7 +54,7 @@ def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
 
 evaluators.register(
   evaluators.EvaluatorSpec(
-    type="latent_activity",
+    name="latent_activity",
     build=_build,
     options={"threshold": 0.01, "max_examples": ml_collections.config_dict.placeholder(int)},
     abilities=frozenset({"likelihood"}),

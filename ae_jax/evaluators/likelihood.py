@@ -195,7 +195,7 @@ def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
 
 evaluators.register(
   evaluators.EvaluatorSpec(
-    type="likelihood",
+    name="likelihood",
     build=_build,
     options={
       "num_samples": 1000,

@@ -32,7 +32,7 @@ def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
 
 evaluators.register(
   evaluators.EvaluatorSpec(
-    type="losses",
+    name="losses",
     build=_build,
     options={"baseline": True, "max_examples": ml_collections.config_dict.placeholder(int)},
     description="exact means of every loss term over a split",

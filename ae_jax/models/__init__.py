@@ -1,113 +1,112 @@
-"""Model registry: every model is a linen Module whose `__call__(x, *, train)` returns a dict of outputs.
+"""Models as plug-ins: every model is a linen Module whose `__call__(x, *, train)` returns a dict of outputs.
 
-Each entry (`ModelSpec`) carries the class and its abilities (`ae_jax.models.interface`): what evaluators,
-the trainer and the inspector may ask of it beyond reconstructing.
+Each module of this package registers its models with the `register` decorator (`ae_jax.models.interface`):
+an entry (`ModelSpec` in `MODELS`, see ae_jax/registry.py) carries the class, its options (the dataclass
+fields) and its abilities: what evaluators, the trainer and the inspector may ask of it beyond
+reconstructing. A model may hold a nested plug-in section (the VQ-VAE's `config.model.quantizer`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 from flax import linen as nn
+from flax.core import FrozenDict
 
 from ae_jax.errors import ConfigError, did_you_mean
-from ae_jax.models.conv_ae import ConvAutoencoder
-from ae_jax.models.interface import ABILITIES
-from ae_jax.models.lstm_ae import LSTMEncDecAD, LSTMRepeatAE, LSTMSequenceAE, LSTMStackedAE
-from ae_jax.models.mlp_ae import MLPAutoencoder
-from ae_jax.models.priors import ARPrior, MaskGITPrior
-from ae_jax.models.seq_vae import SeqVAEConv
-from ae_jax.models.tied_ae import TiedAutoencoder
-from ae_jax.models.vae import VAEMLP, VAEConv
-from ae_jax.models.vqvae import VQVAE
+from ae_jax.models.interface import ABILITIES, ModelSpec, register
+from ae_jax.registry import MODELS
 
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-  """A registered model: its class and the abilities it implements (keys of `interface.ABILITIES`)."""
-
-  cls: type[nn.Module]
-  abilities: frozenset[str] = frozenset()
-
-  def __post_init__(self) -> None:
-    unknown = set(self.abilities) - set(ABILITIES)
-    if unknown:
-      raise ValueError(
-        f"{self.cls.__name__}: unknown abilities {sorted(unknown)}; known: {sorted(ABILITIES)}"
-      )
-
-
-def _spec(cls: type[nn.Module], abilities: Iterable[str] = ()) -> ModelSpec:
-  return ModelSpec(cls, frozenset(abilities))
-
-
-_SEQUENCE = ("masked",)
-MODELS: dict[str, ModelSpec] = {
-  "mlp_ae": _spec(MLPAutoencoder),
-  "conv_ae": _spec(ConvAutoencoder),
-  "tied_ae": _spec(TiedAutoencoder),
-  "vae_mlp": _spec(VAEMLP, ("generative", "likelihood")),
-  "vae_conv": _spec(VAEConv, ("generative", "likelihood")),
-  "lstm_ae_repeat": _spec(LSTMRepeatAE, _SEQUENCE),
-  "lstm_ae_stacked": _spec(LSTMStackedAE, _SEQUENCE),
-  "lstm_encdec_ad": _spec(LSTMEncDecAD, _SEQUENCE),
-  "lstm_ae_seq": _spec(LSTMSequenceAE, _SEQUENCE),
-  "seq_vae_conv": _spec(SeqVAEConv, _SEQUENCE),
-  "vqvae": _spec(VQVAE, ("quantized",)),
-  "ar_prior": _spec(ARPrior),
-  "maskgit_prior": _spec(MaskGITPrior),
-}
+__all__ = [
+  "ABILITIES",
+  "MODELS",
+  "ModelSpec",
+  "abilities",
+  "get_model",
+  "model_config",
+  "model_fields",
+  "register",
+  "upgrade_config",
+]
 
 
 def abilities(model: nn.Module | str) -> frozenset[str]:
   """The abilities of a registered model, by name or instance; a module of no registered class (a test's
   stand-in) has none."""
   if isinstance(model, str):
-    return _get(model).abilities
+    return MODELS.lookup(model).abilities
   for spec in MODELS.values():
     if type(model) is spec.cls:
       return spec.abilities
   return frozenset()
 
 
-def _get(name: str) -> ModelSpec:
-  if name not in MODELS:
-    raise ConfigError(
-      f"unknown model '{name}'; {did_you_mean(name, MODELS)}registered models: {sorted(MODELS)}"
-    )
-  return MODELS[name]
-
-
 def model_fields(name: str) -> list[str]:
   """The configurable attributes of model `name` (its dataclass fields, without Flax's own)."""
-  return [f.name for f in dataclasses.fields(_get(name).cls) if f.name not in ("parent", "name")]
+  import dataclasses
+
+  return [f.name for f in dataclasses.fields(MODELS.lookup(name).cls) if f.name not in ("parent", "name")]
 
 
-# Fields a config never sets: the input shape comes from the dataset, the dtype and the device axis (for
-# cross-device statistics) from the trainer.
-_NOT_CONFIGURED = ("parent", "name", "input_shape", "dtype", "axis_name")
+def _not_an_option(spec: ModelSpec, key: str, name: str, where: str) -> ConfigError:
+  """The error for a key model `name` lacks: pointing into a nested section when it belongs there."""
+  for field, reg in spec.sections.items():
+    owners = reg.owners(key)
+    if owners:
+      return ConfigError(
+        f"{where}{key} is not an option of model '{name}' but of its {reg.kind} section (for {reg.kind} "
+        f"{owners}): set config.model.{field}.{key}"
+      )
+  hint = did_you_mean(key, spec.options)
+  return ConfigError(
+    f"{where}{key} is not an option of model '{name}'; {hint}its options: {list(spec.options)}"
+  )
 
 
 def model_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
-  """`config.model` for model `name`: every option with its default, so each can be overridden with
-  `--config.model.KEY=VALUE` (typed) and a misspelled key fails at parse time."""
-  fields = {f.name: f.default for f in dataclasses.fields(_get(name).cls) if f.name not in _NOT_CONFIGURED}
+  """`config.model` for model `name` (or `module:name`): every option with its default, so each can be
+  overridden with `--config.model.KEY=VALUE` (typed) and a misspelled key fails at parse time. A nested
+  section (e.g. `quantizer`) gets every option of the entry it names: pass a name or a section."""
+  spec = MODELS.lookup(name)
   for key in overrides:
-    if key not in fields:
-      raise ConfigError(
-        f"'{key}' is not an option of model '{name}'; {did_you_mean(key, fields)}options: {list(fields)}"
-      )
-  return ml_collections.ConfigDict({"name": name, **fields, **overrides})
+    if key not in spec.options:
+      raise _not_an_option(spec, key, name, "")
+  values = {**spec.options, **overrides}
+  for field, reg in spec.sections.items():
+    values[field] = ml_collections.ConfigDict(reg.section(values[field], f"config.model.{field}"))
+  return ml_collections.ConfigDict({"name": name, **values})
+
+
+def _frozen(value: Any) -> Any:
+  """Lists as tuples, mappings as FrozenDicts: a hashable module attribute."""
+  if isinstance(value, Mapping):
+    return FrozenDict({k: _frozen(v) for k, v in value.items()})
+  return tuple(_frozen(v) for v in value) if isinstance(value, list | tuple) else value
 
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:
-  """Builds the registered model `name` with `kwargs` (config.model without its `name`)."""
+  """Builds the registered model `name` with `kwargs` (config.model without its `name`); nested sections
+  are checked and completed with their defaults."""
+  spec = MODELS.lookup(name)
   fields = model_fields(name)
   for key in kwargs:
     if key not in fields:
-      hint = did_you_mean(key, fields)
-      raise ConfigError(f"config.model.{key} is not an option of model '{name}'; {hint}its options: {fields}")
-  return _get(name).cls(**kwargs)
+      raise _not_an_option(spec, key, name, "config.model.")
+  for field, reg in spec.sections.items():
+    if field in kwargs:
+      kwargs[field] = _frozen(reg.section(kwargs[field], f"config.model.{field}"))
+  return spec.cls(**kwargs)
+
+
+def upgrade_config(config: dict) -> dict:
+  """A saved config (a plain dict) with its `model` section in today's layout: a model whose layout
+  changed (`ModelSpec.upgrade`) converts a section written by an older version; others are unchanged."""
+  model = config.get("model")
+  if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+    return config
+  spec = MODELS.get(model["name"])
+  if spec is None or spec.upgrade is None:
+    return config
+  return {**config, "model": spec.upgrade(dict(model))}

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ae_jax.errors import ConfigError
+from ae_jax.models import interface
 from ae_jax.models.layers import activation, check_input_shape, conv_transpose, resolve_upsample
 
 # (stride, PyTorch padding) of the four encoder convolutions, kernel 3: the geometry that takes 28 to 1.
@@ -155,6 +156,7 @@ class ConvDecoder(nn.Module):
     return activation(self.output_act)(h)
 
 
+@interface.register("conv_ae")
 class ConvAutoencoder(nn.Module):
   """Convolutional autoencoder: [batch, H, W, C] -> code [batch, code_dim] -> recon [batch, H, W, C].
 

@@ -1,6 +1,7 @@
 """What a model can do beyond `__call__(x, *, train) -> dict of outputs`: its abilities, declared once.
 
-Every registered model lists its abilities in its registry entry (`ae_jax.models.MODELS`); evaluators,
+Every registered model lists its abilities in its registry entry (`ModelSpec` in `ae_jax.models.MODELS`,
+added by the `register` decorator beside the class); evaluators,
 the trainer and the inspector ask `models.abilities(model)` instead of probing for methods, and a config
 that asks for something the model cannot do fails before training with the reason. Each ability is a
 Protocol the model class implements (a test checks every registered model against its declared ones):
@@ -17,9 +18,13 @@ Protocol the model class implements (a test checks every registered model agains
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import jax
+
+from ae_jax.registry import MODELS, Registry, Spec
 
 
 @runtime_checkable
@@ -51,3 +56,69 @@ ABILITIES: dict[str, type] = {
   "likelihood": Likelihood,
   "quantized": Quantized,
 }
+
+
+# Fields a config never sets: the input shape comes from the dataset, the dtype and the device axis (for
+# cross-device statistics) from the trainer.
+NOT_CONFIGURED = ("parent", "name", "input_shape", "dtype", "axis_name")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelSpec(Spec):
+  """A registered model: its linen Module class and the abilities it implements (keys of `ABILITIES`).
+
+  options: the class's configurable fields with their defaults (computed from the dataclass).
+  sections: field -> the registry of another plug-in kind whose entry the field names, configured as a
+  nested section {"name": ..., its options} (the VQ-VAE's `quantizer`).
+  upgrade: a saved config.model dict of an older layout -> today's (restoring old workdirs), or None.
+  """
+
+  cls: type
+  abilities: frozenset[str] = frozenset()
+  sections: Mapping[str, Registry] = dataclasses.field(default_factory=dict)
+  upgrade: Callable[[dict], dict] | None = None
+
+  def __post_init__(self) -> None:
+    super().__post_init__()
+    unknown = set(self.abilities) - set(ABILITIES)
+    if unknown:
+      raise ValueError(
+        f"{self.cls.__name__}: unknown abilities {sorted(unknown)}; known: {sorted(ABILITIES)}"
+      )
+    if not self.options:
+      fields = {f.name: f.default for f in dataclasses.fields(self.cls) if f.name not in NOT_CONFIGURED}
+      object.__setattr__(self, "options", fields)
+
+  @property
+  def target(self) -> Any:
+    return self.cls
+
+  def details(self) -> list[str]:
+    return [f"abilities: {'/'.join(sorted(self.abilities))}"] if self.abilities else []
+
+
+def register(
+  name: str,
+  abilities: Iterable[str] = (),
+  *,
+  sections: Mapping[str, Registry] | None = None,
+  upgrade: Callable[[dict], dict] | None = None,
+  description: str = "",
+) -> Callable[[type], type]:
+  """Class decorator registering a linen Module as model `name` (config.model.name) with `abilities`;
+  `sections`, `upgrade`: see `ModelSpec`."""
+
+  def add(cls: type) -> type:
+    MODELS.register(
+      ModelSpec(
+        name=name,
+        cls=cls,
+        abilities=frozenset(abilities),
+        sections=dict(sections or {}),
+        upgrade=upgrade,
+        description=description,
+      )
+    )
+    return cls
+
+  return add

@@ -35,6 +35,7 @@ from flax import linen as nn
 from flax.linen.recurrent import flip_sequences
 
 from ae_jax import losses
+from ae_jax.models import interface
 from ae_jax.models.lstm_layer import FusedLSTMCell, LSTMLayer
 
 Carry = tuple[jax.Array, jax.Array]  # an LSTM state (c, h), each [batch, hidden]
@@ -125,6 +126,7 @@ class _RepeatedCodeAE(_LSTMAutoencoder):
     return self._outputs(self.decode(code, x.shape[1]), code)
 
 
+@interface.register("lstm_ae_repeat", ("masked",))
 class LSTMRepeatAE(_RepeatedCodeAE):
   """LSTM(units) -> last output -> repeat T times -> LSTM(units) -> Dense(F) per step. code [B, units]."""
 
@@ -134,6 +136,7 @@ class LSTMRepeatAE(_RepeatedCodeAE):
     return (self.units,)
 
 
+@interface.register("lstm_ae_stacked", ("masked",))
 class LSTMStackedAE(_RepeatedCodeAE):
   """LSTM(2E) -> LSTM(E), last hidden state -> repeat -> LSTM(E) -> LSTM(2E) -> Dense(F). code [B, E]."""
 
@@ -143,6 +146,7 @@ class LSTMStackedAE(_RepeatedCodeAE):
     return (2 * self.embedding_dim, self.embedding_dim)
 
 
+@interface.register("lstm_ae_seq", ("masked",))
 class LSTMSequenceAE(_LSTMAutoencoder):
   """(Embedding ->) LSTM(hidden): its whole output sequence is the code [B, T, hidden]; LSTM(hidden) -> Dense.
 
@@ -191,6 +195,7 @@ class _ReverseDecoderStep(nn.Module):
     return (state, own.astype(step_input.dtype)), (y, step_input)
 
 
+@interface.register("lstm_encdec_ad", ("masked",))
 class LSTMEncDecAD(_LSTMAutoencoder):
   """EncDec-AD: LSTM encoder; its final (c, h) starts an LSTM decoder that reconstructs in reverse order.
 

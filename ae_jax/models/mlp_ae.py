@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from ae_jax.models import interface
 from ae_jax.models.layers import activation, check_input_shape
 
 
@@ -46,6 +47,7 @@ class MLPDecoder(nn.Module):
     return activation(self.output_act)(out).reshape(code.shape[0], *self.output_shape)
 
 
+@interface.register("mlp_ae")
 class MLPAutoencoder(nn.Module):
   """Fully connected autoencoder; the decoder mirrors the encoder's widths.
 

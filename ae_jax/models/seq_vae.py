@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ae_jax.errors import ConfigError
+from ae_jax.models import interface
 from ae_jax.models.layers import activation
 
 ACTIVE_KL_NATS = 0.01  # a latent dim whose KL per real frame exceeds this carries information ("active")
@@ -153,6 +154,7 @@ class SeqConvDecoder(nn.Module):
     return nn.Dense(self.features, dtype=self.dtype, name="output")(z)
 
 
+@interface.register("seq_vae_conv", ("masked",))
 class SeqVAEConv(nn.Module):
   """Sequence VAE with a local latent per frame: causal-conv encoder, 1x1-conv decoder, sigmoid output.
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ae_jax.errors import ConfigError
+from ae_jax.models import interface
 from ae_jax.models.layers import activation, check_input_shape
 
 
@@ -87,6 +88,7 @@ class TiedDecoder(nn.Module):
     return h
 
 
+@interface.register("tied_ae")
 class TiedAutoencoder(nn.Module):
   """Fully connected autoencoder whose decoder reuses the encoder's kernels, transposed.
 

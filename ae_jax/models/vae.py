@@ -32,6 +32,7 @@ from flax import linen as nn
 from ae_jax import losses
 from ae_jax.divergences import diagonal_normal_logpdf, standard_normal_logpdf
 from ae_jax.errors import ConfigError
+from ae_jax.models import interface
 from ae_jax.models.conv_ae import ConvDecoder, ConvEncoder, conv_grid
 from ae_jax.models.layers import check_input_shape, resolve_upsample
 from ae_jax.models.mlp_ae import MLPDecoder, MLPEncoder
@@ -129,6 +130,7 @@ class _VAEBase(nn.Module):
     return {**out, **first, "code": terms["mean"], "prior_z": prior_z}
 
 
+@interface.register("vae_mlp", ("generative", "likelihood"))
 class VAEMLP(_VAEBase):
   """Fully connected VAE: x [B, *input_shape] -> hidden -> (mean, logvar) [B, latent_dim] -> hidden -> x.
 
@@ -152,6 +154,7 @@ class VAEMLP(_VAEBase):
     return tuple(jnp.split(self.encoder(x), 2, axis=-1))
 
 
+@interface.register("vae_conv", ("generative", "likelihood"))
 class VAEConv(_VAEBase):
   """The conv autoencoder's encoder and decoder around a Gaussian latent [B, latent_dim].
 

@@ -26,25 +26,19 @@ this step.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from ae_jax.errors import ConfigError
+from ae_jax.models.interface import register
 from ae_jax.models.layers import check_input_shape, conv_transpose, resolve_upsample
-from ae_jax.quantizers import (
-  GRADIENTS,
-  FiniteScalarQuantizer,
-  GumbelQuantizer,
-  LookupFreeQuantizer,
-  ResidualVectorQuantizer,
-  VectorQuantizer,
-)
+from ae_jax.quantizers.spec import QuantizerSpec
+from ae_jax.registry import QUANTIZERS
 
-QUANTIZERS = ("vq", "fsq", "rvq", "lfq", "gumbel")
 # A 4x4 stride-2 transposed convolution with PyTorch padding 1 (H -> 2H) in nn.ConvTranspose's terms.
 _UP_KERNEL, _UP_STRIDES, _UP_PADDING = (4, 4), (2, 2), ((2, 2), (2, 2))
 
@@ -143,21 +137,53 @@ class VQDecoder(nn.Module):
     return h
 
 
+# config.model keys of the VQ-VAE before quantizers had their own sections, and their names there.
+_LEGACY_RENAMES = {
+  "fsq_levels": "levels",
+  "gumbel_temperature": "temperature",
+  "gumbel_temperature_min": "temperature_min",
+  "gumbel_anneal_steps": "anneal_steps",
+}
+_LEGACY_KEYS = (
+  *("num_codes", "code_dim", "beta", "ema", "decay", "epsilon", "codebook_init", "dead_code_threshold"),
+  *("gradient", "cosine", "codebook_dim", "num_stages", "shared_codebook", "quantizer_dropout"),
+  *("eval_stages", "entropy_temperature", "diversity", *_LEGACY_RENAMES),
+)
+
+
+def upgrade_legacy_config(model: dict) -> dict:
+  """A saved config.model of the flat layout (`quantizer: "vq"` and every quantizer's options beside the
+  model's) in today's: the options of the named quantizer moved into its section, the others dropped
+  (they were ignored). A section already nested is returned unchanged."""
+  if not isinstance(model.get("quantizer", "vq"), str):
+    return model
+  name = model.get("quantizer", "vq")
+  flat = {_LEGACY_RENAMES.get(k, k): model[k] for k in _LEGACY_KEYS if k in model}
+  section = {k: v for k, v in flat.items() if k in QUANTIZERS.lookup(name).options}
+  rest = {k: v for k, v in model.items() if k not in _LEGACY_KEYS and k != "quantizer"}
+  return {**rest, "quantizer": QUANTIZERS.section({"name": name, **section}, "config.model.quantizer")}
+
+
+@register("vqvae", ("quantized",), sections={"quantizer": QUANTIZERS}, upgrade=upgrade_legacy_config)
 class VQVAE(nn.Module):
-  """VQ-VAE on [B, H, W, C] images with the quantizer `quantizer` (module "vq", ae_jax/quantizers/):
+  """VQ-VAE on [B, H, W, C] images with the quantizer section `quantizer` (module "vq", ae_jax/quantizers/).
+
+  `quantizer` names a registered quantizer (`ae_jax.registry.QUANTIZERS`) or is a section {"name": ...,
+  its options}, built by `ae_jax.quantizers.quantizer_config(name, **options)`; the encoder's code
+  dimension is the quantizer's (its `code_dim`; len(levels) for fsq). Built in:
 
   * "vq": nearest code of a codebook of num_codes x code_dim (`VectorQuantizer`: beta, ema, decay,
     epsilon, codebook_init, dead_code_threshold; gradient "straight_through" or "rotation"; cosine;
     codebook_dim > 0 for a low-dimensional codebook behind linear projections).
-  * "fsq": `fsq_levels` per channel, code_dim = len(fsq_levels).
-  * "rvq": num_stages residual stages of num_codes x code_dim (`ResidualVectorQuantizer`: the VQ options,
-    shared_codebook, quantizer_dropout, eval_stages); indices [B, h, w, num_stages].
+  * "fsq": `levels` per channel, code dimension len(levels).
+  * "rvq": num_stages residual stages of num_codes x code_dim (`ResidualVectorQuantizer`: the codebook
+    options of vq, shared_codebook, quantizer_dropout, eval_stages); indices [B, h, w, num_stages].
   * "lfq": each of code_dim channels to +-1, 2^code_dim codes (`LookupFreeQuantizer`; the lfq_entropy
     term from entropy_temperature and diversity; beta on its commitment term).
-  * "gumbel": Gumbel-softmax over num_codes codes (`GumbelQuantizer`: gumbel_temperature annealed to
-    gumbel_temperature_min over gumbel_anneal_steps training steps; the gumbel_kl term).
+  * "gumbel": Gumbel-softmax over num_codes codes (`GumbelQuantizer`: temperature annealed to
+    temperature_min over anneal_steps training steps; the gumbel_kl term).
 
-  entropy_temperature and diversity also set the code_entropy term of vq, rvq and gumbel. The quantizer
+  entropy_temperature and diversity of vq, rvq and gumbel set their code_entropy term. The quantizer
   always sees float32 encoder outputs, whatever `dtype`.
 
   num_downsamples: stride-2 levels n, a downsampling factor f = 2^n (2, 3, 4: f = 4, 8, 16); H and W must be
@@ -170,96 +196,17 @@ class VQVAE(nn.Module):
   hidden: int = 128
   res_hidden: int = 32
   num_res_layers: int = 2
-  quantizer: str = "vq"
-  num_codes: int = 512
-  code_dim: int = 64
-  beta: float = 0.25
-  ema: bool = True
-  decay: float = 0.99
-  epsilon: float = 1e-5
-  codebook_init: str = "uniform"
-  dead_code_threshold: float = 0.0
-  fsq_levels: Sequence[int] = (8, 5, 5, 5)
-  gradient: str = "straight_through"
-  cosine: bool = False
-  codebook_dim: int = 0
-  num_stages: int = 4
-  shared_codebook: bool = False
-  quantizer_dropout: bool = False
-  eval_stages: int = 0
-  gumbel_temperature: float = 1.0
-  gumbel_temperature_min: float = 0.0625
-  gumbel_anneal_steps: int = 10_000
-  entropy_temperature: float = 0.01
-  diversity: float = 1.0
+  quantizer: str | Mapping[str, Any] = "vq"
   upsample: str = "auto"
   num_downsamples: int = 2
   channel_mults: Sequence[float] = ()
   axis_name: str | None = None
   dtype: jnp.dtype = jnp.float32
 
-  def _check_quantizer_options(self) -> None:
-    if self.quantizer not in QUANTIZERS:
-      raise ConfigError(f"vqvae: quantizer must be one of {QUANTIZERS}, got '{self.quantizer}'")
-    if self.gradient not in GRADIENTS:
-      raise ConfigError(f"vqvae: config.model.gradient must be one of {GRADIENTS}, got '{self.gradient}'")
-    vq_only = {
-      "gradient": self.gradient != "straight_through",
-      "cosine": self.cosine,
-      "codebook_dim": self.codebook_dim != 0,
-    }
-    for option, set_ in vq_only.items():
-      if set_ and self.quantizer != "vq":
-        raise ConfigError(
-          f"vqvae: config.model.{option} applies to quantizer='vq' only, not '{self.quantizer}'; leave it at "
-          "its default or use --config.model.quantizer=vq"
-        )
-
-  def _make_quantizer(self) -> nn.Module:
-    common = dict(axis_name=self.axis_name)
-    entropy = dict(entropy_temperature=self.entropy_temperature, diversity=self.diversity)
-    codebook = dict(
-      num_codes=self.num_codes,
-      code_dim=self.code_dim,
-      beta=self.beta,
-      ema=self.ema,
-      decay=self.decay,
-      epsilon=self.epsilon,
-      codebook_init=self.codebook_init,
-      dead_code_threshold=self.dead_code_threshold,
-    )
-    if self.quantizer == "fsq":
-      return FiniteScalarQuantizer(tuple(self.fsq_levels), **common)
-    if self.quantizer == "rvq":
-      return ResidualVectorQuantizer(
-        **codebook,
-        num_stages=self.num_stages,
-        shared_codebook=self.shared_codebook,
-        quantizer_dropout=self.quantizer_dropout,
-        eval_stages=self.eval_stages,
-        **entropy,
-        **common,
-      )
-    if self.quantizer == "lfq":
-      return LookupFreeQuantizer(self.code_dim, self.beta, **entropy, **common)
-    if self.quantizer == "gumbel":
-      return GumbelQuantizer(
-        self.num_codes,
-        self.code_dim,
-        self.gumbel_temperature,
-        self.gumbel_temperature_min,
-        self.gumbel_anneal_steps,
-        **entropy,
-        **common,
-      )
-    return VectorQuantizer(
-      **codebook,
-      gradient=self.gradient,
-      cosine=self.cosine,
-      codebook_dim=self.codebook_dim,
-      **entropy,
-      **common,
-    )
+  def quantizer_spec(self) -> tuple[QuantizerSpec, dict[str, Any]]:
+    """The quantizer's registry entry and its full section (defaults filled, keys checked)."""
+    section = QUANTIZERS.section(self.quantizer, "config.model.quantizer")
+    return QUANTIZERS.lookup(section["name"]), section
 
   def setup(self) -> None:
     if len(self.input_shape) != 3:
@@ -273,19 +220,18 @@ class VQVAE(nn.Module):
         f"2^{self.num_downsamples} = {factor}, got input_shape {list(self.input_shape)} ({h}x{w}); choose "
         "num_downsamples so that 2^num_downsamples divides both or resize the data"
       )
-    self._check_quantizer_options()
+    spec, section = self.quantizer_spec()
     resolve_upsample(self.upsample, "vqvae")
-    code_dim = len(self.fsq_levels) if self.quantizer == "fsq" else self.code_dim
     self.encoder = VQEncoder(
       self.hidden,
       self.res_hidden,
       self.num_res_layers,
-      code_dim,
+      spec.code_dim(section),
       self.num_downsamples,
       self.channel_mults,
       self.dtype,
     )
-    self.vq = self._make_quantizer()
+    self.vq = spec.build(section, axis_name=self.axis_name)
     self.decoder = VQDecoder(
       self.input_shape[-1],
       self.hidden,
@@ -298,16 +244,11 @@ class VQVAE(nn.Module):
     )
 
   def codebooks(self) -> tuple[int, ...]:
-    """Codes in each codebook a latent position is coded with; a position carries the sum of their log2 in
-    bits: (num_codes,) for vq and gumbel, (prod(fsq_levels),) for fsq, (num_codes,) * num_stages for rvq
-    (one token per stage), (2^code_dim,) for lfq."""
-    if self.quantizer == "fsq":
-      return (math.prod(self.fsq_levels),)
-    if self.quantizer == "rvq":
-      return (self.num_codes,) * self.num_stages
-    if self.quantizer == "lfq":
-      return (2**self.code_dim,)
-    return (self.num_codes,)
+    """Codes in each codebook a latent position is coded with (the quantizer's `codebooks`); a position
+    carries the sum of their log2 in bits: (num_codes,) for vq and gumbel, (prod(levels),) for fsq,
+    (num_codes,) * num_stages for rvq (one token per stage), (2^code_dim,) for lfq."""
+    spec, section = self.quantizer_spec()
+    return tuple(spec.codebooks(section))
 
   def encode(self, x: jax.Array) -> jax.Array:
     """x [B, H, W, C] -> z_e [B, H/f, W/f, D] float32 (before quantisation), f = 2^num_downsamples."""

@@ -23,7 +23,7 @@ import numpy as np
 
 from ae_jax import parallel, stage_one
 from ae_jax.errors import ConfigError
-from ae_jax.models.priors import ARPrior, MaskGITPrior
+from ae_jax.models.code_priors import ARPrior, MaskGITPrior
 from ae_jax.priors.maskgit import maskgit_decode
 from ae_jax.priors.sampling import check_sampling_options
 from ae_jax.priors.transformer import sample_autoregressive

@@ -15,15 +15,17 @@ with one interface, `__call__(z [B, ..., D], *, train) -> dict`:
   metrics          {"perplexity", "codes_used", ...}: usage over the whole global batch (psum over devices)
 
 and quantiser-specific per-example terms (code_entropy, lfq_entropy, gumbel_kl), read by the loss terms
-of `ae_jax.quantizers.terms`. Non-trainable state (EMA statistics, Gumbel's step counter) lives in the
-"vq_ema" collection. EMA counts and sums are psum'd over the device axis, and every data-dependent choice
-(initialisation, dead-code re-seeding, quantizer dropout, Gumbel noise) is made from all-gathered encoder
-outputs and device 0's key, so every device holds what one device would compute on the same global batch.
+of `ae_jax.quantizers.terms`. Each module registers its quantizer (`spec.register`, found by name in
+`QUANTIZERS`, see ae_jax/registry.py); a model holds one as a section with its options only,
+`config.model.quantizer = quantizer_config("rvq", num_stages=8)`. Non-trainable state (EMA statistics,
+Gumbel's step counter) lives in the "vq_ema" collection. EMA counts and sums are psum'd over the device
+axis, and every data-dependent choice (initialisation, dead-code re-seeding, quantizer dropout, Gumbel
+noise) is made from all-gathered encoder outputs and device 0's key, so every device holds what one device
+would compute on the same global batch.
 """
 
 from __future__ import annotations
 
-from ae_jax.quantizers import terms  # noqa: F401 - registers the loss terms
 from ae_jax.quantizers.core import (
   EMA_COLLECTION,
   GRADIENTS,
@@ -79,7 +81,9 @@ from ae_jax.quantizers.scalar import (
   lfq,
   per_bit_entropy,
 )
+from ae_jax.quantizers.spec import QuantizerSpec, quantizer_config, register
 from ae_jax.quantizers.vq import VectorQuantizer
+from ae_jax.registry import QUANTIZERS
 
 __all__ = [
   "CODEBOOK_INITS",
@@ -88,11 +92,13 @@ __all__ = [
   "MAX_CODES",
   "MAX_JOINT_ENTROPY_BITS",
   "MAX_LFQ_BITS",
+  "QUANTIZERS",
   "EMAStats",
   "FiniteScalarQuantizer",
   "GumbelQuantizer",
   "LookupFreeQuantizer",
   "QuantizerOutput",
+  "QuantizerSpec",
   "ResidualVectorQuantizer",
   "VectorQuantizer",
   "assigned_sums",
@@ -121,7 +127,9 @@ __all__ = [
   "nearest_code_and_distances",
   "per_bit_entropy",
   "per_example_mean",
+  "quantizer_config",
   "random_rows",
+  "register",
   "reseed_dead_codes",
   "reseed_if_dead",
   "residual_quantize",

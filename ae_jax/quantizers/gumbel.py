@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ae_jax.errors import ConfigError
+from ae_jax.quantizers import spec
 from ae_jax.quantizers.core import (
   EMA_COLLECTION,
   QuantizerOutput,
@@ -62,6 +63,7 @@ def gumbel_quantize(
   return QuantizerOutput(quantized, indices, zeros, zeros, logits)
 
 
+@spec.register("gumbel")
 class GumbelQuantizer(nn.Module):
   """Gumbel-softmax quantiser: a linear map "logits" (code_dim -> num_codes) and a codebook parameter
   [num_codes, code_dim]. The temperature follows `gumbel_temperature(step, temperature, temperature_min,
@@ -80,13 +82,16 @@ class GumbelQuantizer(nn.Module):
   diversity: float = 1.0
   axis_name: str | None = None
 
+  def lookup(self, indices: jax.Array) -> jax.Array:
+    """Code indices int32 [B, ...] -> their codebook rows [B, ..., code_dim] (the evaluation output)."""
+    return jnp.take(jnp.asarray(self.variables["params"]["codebook"], jnp.float32), indices, axis=0)
+
   @nn.compact
   def __call__(self, z: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
     """z [B, ..., code_dim] -> quantized [B, ..., code_dim], indices [B, ...], zero losses, gumbel_kl [B]."""
     if not 0 < self.temperature_min <= self.temperature:
       raise ConfigError(
-        f"gumbel: need 0 < gumbel_temperature_min <= gumbel_temperature, got {self.temperature_min} and "
-        f"{self.temperature}"
+        f"gumbel: need 0 < temperature_min <= temperature, got {self.temperature_min} and {self.temperature}"
       )
     if z.shape[-1] != self.code_dim:
       raise ConfigError(f"gumbel expects {self.code_dim} channels, got {z.shape}")

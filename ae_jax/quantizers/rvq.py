@@ -12,6 +12,7 @@ import numpy as np
 from flax import linen as nn
 
 from ae_jax.errors import ConfigError
+from ae_jax.quantizers import spec
 from ae_jax.quantizers.core import (
   EMA_COLLECTION,
   QuantizerOutput,
@@ -78,6 +79,7 @@ def dropout_stages(keys: jax.Array, stages: int) -> jax.Array:
   return (jnp.arange(stages)[None] < n[:, None]).astype(jnp.float32)
 
 
+@spec.register("rvq", codebooks=lambda o: (int(o["num_codes"]),) * int(o["num_stages"]), staged=True)
 class ResidualVectorQuantizer(nn.Module):
   """`num_stages` vector quantisers in series on the residuals, codebooks [S, num_codes, code_dim] (or one
   [1, K, D] with shared_codebook), trained by gradients or (ema=True, collection "vq_ema") by EMA, with the
@@ -123,6 +125,18 @@ class ResidualVectorQuantizer(nn.Module):
       return dropout_stages(example_keys(key, batch, self.axis_name), stages)
     used = self.eval_stages if (self.eval_stages and not train) else stages
     return jnp.broadcast_to((jnp.arange(stages) < used).astype(jnp.float32), (batch, stages))
+
+  def lookup(self, indices: jax.Array) -> jax.Array:
+    """Code indices int32 [B, ..., S] -> the quantized vectors [B, ..., code_dim] float32 of evaluation:
+    the sum of the codes of the first `eval_stages` stages (0: all). Reads the variables only."""
+    variables = self.variables
+    codebooks = variables[EMA_COLLECTION]["codebook"] if self.ema else variables["params"]["codebook"]
+    codebooks = jnp.asarray(codebooks, jnp.float32)
+    used = int(self.eval_stages) or int(self.num_stages)
+    total = jnp.zeros((*indices.shape[:-1], codebooks.shape[-1]), jnp.float32)
+    for s in range(used):
+      total = total + jnp.take(codebooks[min(s, codebooks.shape[0] - 1)], indices[..., s], axis=0)
+    return total
 
   @nn.compact
   def __call__(self, z_e: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:

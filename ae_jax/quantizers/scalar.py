@@ -12,6 +12,7 @@ import numpy as np
 from flax import linen as nn
 
 from ae_jax.errors import ConfigError
+from ae_jax.quantizers import spec
 from ae_jax.quantizers.core import (
   QuantizerOutput,
   code_counts,
@@ -41,7 +42,7 @@ def check_fsq_levels(levels: Sequence[int]) -> None:
     raise ConfigError(
       f"fsq levels {levels} give {codes:,} codes, above the limit of {MAX_CODES:,} (2^{MAX_LFQ_BITS}: "
       "indices are int32 and usage counts hold one float per code); use fewer or smaller levels "
-      "(config.model.fsq_levels)"
+      "(config.model.quantizer.levels)"
     )
 
 
@@ -78,6 +79,7 @@ def fsq(z: jax.Array, levels: Sequence[int]) -> QuantizerOutput:
   return QuantizerOutput(rounded / half_width, indices, zeros, zeros)
 
 
+@spec.register("fsq", code_dim=lambda o: len(o["levels"]), codebooks=lambda o: (math.prod(o["levels"]),))
 class FiniteScalarQuantizer(nn.Module):
   """FSQ with `levels` per channel (inputs [B, ..., len(levels)]), prod(levels) implicit codes (at most
   MAX_CODES); no state, no auxiliary losses. The same outputs as `VectorQuantizer` (no code logits:
@@ -85,6 +87,15 @@ class FiniteScalarQuantizer(nn.Module):
 
   levels: Sequence[int] = (8, 5, 5, 5)
   axis_name: str | None = None
+
+  def lookup(self, indices: jax.Array) -> jax.Array:
+    """Code indices int32 [B, ...] (mixed radix over `levels`, the first channel least significant) ->
+    the quantized vectors [B, ..., len(levels)] float32."""
+    levels = np.asarray(self.levels, np.int32)
+    basis = np.concatenate([[1], np.cumprod(levels[:-1])]).astype(np.int32)
+    digits = (indices[..., None] // basis) % levels
+    half = levels // 2
+    return (digits - half).astype(jnp.float32) / half
 
   @nn.compact
   def __call__(self, z: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
@@ -139,7 +150,7 @@ def _lfq(
   if z.shape[-1] > MAX_LFQ_BITS:
     raise ConfigError(
       f"lfq codes have 2^code_dim entries; code_dim={z.shape[-1]} is above {MAX_LFQ_BITS} bits (set "
-      "config.model.code_dim to log2 of the codebook size, e.g. 10 for 1,024 codes)"
+      "config.model.quantizer.code_dim to log2 of the codebook size, e.g. 10 for 1,024 codes)"
     )
   sg = jax.lax.stop_gradient
   positive = sg(z) > 0
@@ -184,6 +195,7 @@ def lfq(
   return out, penalty
 
 
+@spec.register("lfq", codebooks=lambda o: (2 ** int(o["code_dim"]),))
 class LookupFreeQuantizer(nn.Module):
   """LFQ on inputs [B, ..., code_dim]: 2^code_dim implicit codes ({-1, 1} per channel), no state. Outputs:
   quantized, indices, codebook_loss (0), commitment_loss, lfq_entropy [B] (the entropy penalty of `lfq`,
@@ -197,6 +209,12 @@ class LookupFreeQuantizer(nn.Module):
   entropy_temperature: float = 0.01
   diversity: float = 1.0
   axis_name: str | None = None
+
+  def lookup(self, indices: jax.Array) -> jax.Array:
+    """Code indices int32 [B, ...] (bit i of the index is channel i) -> vectors [B, ..., code_dim] of
+    +-1 float32."""
+    bits = (indices[..., None] >> jnp.arange(self.code_dim, dtype=jnp.int32)) & 1
+    return jnp.where(bits > 0, 1.0, -1.0).astype(jnp.float32)
 
   @nn.compact
   def __call__(self, z: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:

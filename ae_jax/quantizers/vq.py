@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ae_jax.errors import ConfigError
+from ae_jax.quantizers import spec
 from ae_jax.quantizers.core import (
   EMA_COLLECTION,
   GRADIENTS,
@@ -48,6 +49,7 @@ def check_codebook_options(ema: bool, codebook_init: str, dead_code_threshold: f
     )
 
 
+@spec.register("vq")
 class VectorQuantizer(nn.Module):
   """Nearest-code quantiser with a codebook [num_codes, D], trained by gradients or by EMA.
 
@@ -87,6 +89,19 @@ class VectorQuantizer(nn.Module):
       raise ConfigError(f"unknown gradient estimator '{self.gradient}'; choose one of {GRADIENTS}")
     if self.codebook_dim < 0:
       raise ConfigError(f"codebook_dim must be >= 0 (0 = codes of code_dim), got {self.codebook_dim}")
+
+  def lookup(self, indices: jax.Array) -> jax.Array:
+    """Code indices int32 [B, ...] -> the quantized vectors [B, ..., code_dim] float32 that `__call__`
+    outputs (forward value, evaluation) for the inputs those indices came from. Reads the variables only."""
+    variables = self.variables
+    params = variables["params"]
+    codebook = variables[EMA_COLLECTION]["codebook"] if self.ema else params["codebook"]
+    codebook = jnp.asarray(codebook, jnp.float32)
+    z = jnp.take(l2_normalize(codebook) if self.cosine else codebook, indices, axis=0)
+    if self.codebook_dim:
+      project = params["project_out"]
+      z = jnp.dot(z, project["kernel"]) + project["bias"]
+    return z
 
   @nn.compact
   def __call__(self, z_e: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:

@@ -19,6 +19,7 @@ from ae_jax.config import default_config, parse_arg
 from ae_jax.data import data_config
 from ae_jax.errors import ConfigError
 from ae_jax.models import model_config
+from ae_jax.quantizers import quantizer_config
 
 ARGS = ("image_folder", "tfds,size=64", "image_folder,size=64,model=conv_ae")  # checked by the config sweep
 
@@ -36,7 +37,9 @@ def get_config(arg: str = "image_folder"):
   levels = _levels(size)
   if model == "vqvae":
     config.model = model_config(
-      "vqvae", num_downsamples=levels, codebook_init="kmeans++", dead_code_threshold=1.0
+      "vqvae",
+      num_downsamples=levels,
+      quantizer=quantizer_config("vq", codebook_init="kmeans++", dead_code_threshold=1.0),
     )
     config.loss.mse = 0.0  # reported
     config.loss.nmse = 1.0  # mse / training variance (estimated on the first training images)

@@ -11,7 +11,7 @@ Run (the argument picks the objective; without one it is the ELBO):
     python -m experiments.main --config experiments/configs/vae_mlp_fashion_mnist.py:objective=wae \
         --workdir runs/vae_mlp_wae
 
-Objectives (config.loss; terms at weight 0 are reported, not optimised; see ae_jax.batch_losses):
+Objectives (config.loss; terms at weight 0 are reported, not optimised; see ae_jax.losses.batch_terms):
   elbo     negative ELBO = bernoulli_nll + kl (closed form); `--config.loss_schedules.kl=5000` adds a
            linear KL warm-up over 5,000 steps.
   beta     β-VAE: bernoulli_nll + 4 kl.

@@ -15,6 +15,7 @@ from ae_jax import evaluators
 from ae_jax.config import default_config
 from ae_jax.data import data_config
 from ae_jax.models import model_config
+from ae_jax.quantizers import quantizer_config
 
 
 def get_config():
@@ -25,13 +26,16 @@ def get_config():
     res_hidden=32,
     num_res_layers=2,
     num_downsamples=3,  # 64 -> 8: channels 32, 64, 128
-    num_codes=512,
-    code_dim=64,
-    beta=0.25,
-    ema=True,
-    decay=0.99,
-    codebook_init="kmeans++",
-    dead_code_threshold=1.0,
+    quantizer=quantizer_config(
+      "vq",
+      num_codes=512,
+      code_dim=64,
+      beta=0.25,
+      ema=True,
+      decay=0.99,
+      codebook_init="kmeans++",
+      dead_code_threshold=1.0,
+    ),
   )
   config.loss.mse = 0.0  # reported
   config.loss.nmse = 1.0

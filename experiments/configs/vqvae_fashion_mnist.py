@@ -6,21 +6,20 @@ r"""VQ-VAE on Fashion-MNIST: vqvae_cifar10.py's model at half width (h=64, K=256
 Pixels in [-0.5, 0.5]; the objective is NMSE (mse / the training variance, 0.124626 over the 60,000
 training images) + commitment, as on CIFAR-10.
 
-The quantizer is chosen with flags, as vqvae_cifar10.py documents for its options: e.g.
-`--config.model.quantizer=rvq --config.model.num_stages=4 --config.model.quantizer_dropout=True`,
-`--config.model.quantizer=fsq`, `--config.model.gradient=rotation`, `--config.model.cosine=True
---config.model.codebook_dim=8`, `--config.model.quantizer=lfq --config.model.code_dim=8` or
-`--config.model.quantizer=gumbel`. This config's loss holds no lfq_entropy, gumbel_kl or code_entropy term:
-add the one a quantizer needs with its weight, e.g. `--config.model.quantizer=lfq
---config.loss.lfq_entropy=0.1` or `--config.model.quantizer=gumbel --config.loss.gumbel_kl=5e-4` (a misspelled
-term is an error naming the closest registered one); vqvae_cifar10.py's `:quantizer=NAME` argument adds them
-itself. Evaluators are added the same way, e.g. `--config.evals.quality=image_quality`
-(`ae_jax.config.complete_config`).
+The quantizer is the section config.model.quantizer, which holds the options of its quantizer only
+(`python -m ae_jax.registry` lists each quantizer's): flags change them, e.g.
+`--config.model.quantizer.gradient=rotation` or `--config.model.quantizer.cosine=True
+--config.model.quantizer.codebook_dim=8`. Another quantizer (rvq, fsq, lfq, gumbel) has other options:
+switch with vqvae_cifar10.py's `:quantizer=NAME` argument, which also adds the loss terms it needs
+(lfq_entropy, gumbel_kl), or in a config file with `quantizer_config(NAME, ...)`.
+Loss terms and evaluators are added with flags, e.g. `--config.loss.code_entropy=0.1` or
+`--config.evals.quality=image_quality` (`ae_jax.config.complete_config`).
 """
 
 from ae_jax import evaluators
 from ae_jax.config import default_config
 from ae_jax.models import model_config
+from ae_jax.quantizers import quantizer_config
 
 
 def get_config():
@@ -30,13 +29,16 @@ def get_config():
     hidden=64,
     res_hidden=32,
     num_res_layers=2,
-    num_codes=256,
-    code_dim=32,
-    beta=0.25,
-    ema=True,
-    decay=0.99,
-    codebook_init="kmeans++",
-    dead_code_threshold=1.0,
+    quantizer=quantizer_config(
+      "vq",
+      num_codes=256,
+      code_dim=32,
+      beta=0.25,
+      ema=True,
+      decay=0.99,
+      codebook_init="kmeans++",
+      dead_code_threshold=1.0,
+    ),
   )
   config.loss.mse = 0.0  # reported
   config.loss.nmse = 1.0

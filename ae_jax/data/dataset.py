@@ -1,4 +1,5 @@
-"""The dataset registry: one `DatasetSpec` per dataset, and the checked `config.data` built from it.
+"""Datasets as plug-ins: one `DatasetSpec` per dataset (in `ae_jax.registry.DATASETS`), and the checked
+`config.data` built from it.
 
 A spec says everything the trainer, the inspector and the reports need before any data is read: its
 options and their defaults, the example's shape and dtype, its splits (by role: "train", "validation",
@@ -22,6 +23,7 @@ import numpy as np
 
 from ae_jax.data import sources
 from ae_jax.errors import ConfigError, did_you_mean
+from ae_jax.registry import DATASETS, Spec
 
 Record = Mapping[str, Any]
 Source = Sequence[Record]
@@ -149,9 +151,9 @@ class Dataset:
     return self.splits[role]
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-  """A registered dataset.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DatasetSpec(Spec):
+  """A registered dataset (register it with `ae_jax.data.register(DatasetSpec(...))`).
 
   load: resolved config.data -> Dataset (reads or prepares data).
   options: the dataset's own options with defaults (and any changed COMMON_OPTIONS defaults).
@@ -164,9 +166,7 @@ class DatasetSpec:
   bits_per_value: bits of one stored input value (8 for uint8 pixels), or None (real-valued data).
   """
 
-  name: str
   load: Callable[[ml_collections.ConfigDict], Dataset]
-  options: Mapping[str, Any]
   example: Callable[[ml_collections.ConfigDict], ExampleSpec]
   splits: Callable[[ml_collections.ConfigDict], tuple[str, ...]] = lambda data: ("train", "test")
   class_names: tuple[str, ...] | None = None
@@ -174,30 +174,25 @@ class DatasetSpec:
   provides_variance: bool = False
   anomaly_labels: bool = False
   bits_per_value: int | None = None
-  description: str = ""
 
+  @property
+  def target(self) -> Any:
+    return self.load
 
-DATASETS: dict[str, DatasetSpec] = {}
+  def details(self) -> list[str]:
+    return [f for f in ("drawable", "provides_variance", "anomaly_labels") if getattr(self, f)]
 
 
 def register(spec: DatasetSpec) -> DatasetSpec:
-  """Adds `spec` to DATASETS (a name may be registered once)."""
-  existing = DATASETS.get(spec.name)
-  if existing is not None and existing.load.__module__ != spec.load.__module__:  # a reload may re-register
-    raise ValueError(f"dataset '{spec.name}' is already registered by {existing.load.__module__}")
+  """Adds `spec` to `DATASETS` (the same module may register a name again; another module may not)."""
   if "name" in spec.options:
     raise ValueError(f"dataset '{spec.name}': 'name' cannot be an option")
-  DATASETS[spec.name] = spec
-  return spec
+  return DATASETS.register(spec)
 
 
 def get_spec(name: str) -> DatasetSpec:
-  if name not in DATASETS:
-    raise ConfigError(
-      f"unknown config.data.name '{name}'; {did_you_mean(name, DATASETS)}registered datasets: "
-      f"{sorted(DATASETS)}"
-    )
-  return DATASETS[name]
+  """The registered dataset `name` (or `module:name`); ConfigError naming the closest one if unknown."""
+  return DATASETS.lookup(name)
 
 
 def _defaults(spec: DatasetSpec) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from flax import linen as nn
 
 from ae_jax import losses
 from ae_jax.errors import ConfigError
+from ae_jax.models import interface
 from ae_jax.priors import ARTransformer, MaskGITTransformer, masked_token_loss, random_mask, token_nll
 from ae_jax.priors.maskgit import MASK_SCHEDULES
 
@@ -79,6 +80,7 @@ class _TransformerPrior(nn.Module):
     return self.transformer(tokens, labels=labels, train=train)["logits"]
 
 
+@interface.register("ar_prior")
 class ARPrior(_TransformerPrior):
   """Causal transformer prior over code sequences (`ae_jax.priors.ARTransformer`): x [B, L] int32 ->
   {"logits" [B, L, K], "code_nll" [B] nats, "metrics": {"bits_per_code"}}."""
@@ -95,6 +97,7 @@ class ARPrior(_TransformerPrior):
     return {"logits": logits, "code_nll": nll, "metrics": {"bits_per_code": bits}}
 
 
+@interface.register("maskgit_prior")
 class MaskGITPrior(_TransformerPrior):
   """Masked-token transformer prior (`ae_jax.priors.MaskGITTransformer`): x [B, L] int32 -> {"logits",
   "token_mask", "masked_input", "masked_code_xent" [B] nats, "metrics": {"masked_bits_per_code"}}.

@@ -1,4 +1,4 @@
-"""The `prior_likelihood` evaluator: how well a stage-two prior (`ae_jax.models.priors`) models a split's
+"""The `prior_likelihood` evaluator: how well a stage-two prior (`ae_jax.models.code_priors`) models a split's
 codes, summed exactly over every example, device and process.
 
 * `ar_prior` (a likelihood): "nll" (nats per image, -log p(x) of the L codes), "bits_per_code" (nll /
@@ -25,7 +25,7 @@ import ml_collections
 from ae_jax import evaluators
 from ae_jax.errors import ConfigError
 from ae_jax.evaluators import batches
-from ae_jax.models.priors import ARPrior, MaskGITPrior
+from ae_jax.models.code_priors import ARPrior, MaskGITPrior
 
 
 def fixed_mask(index: jax.Array, seq_len: int, ratio: float, seed: int) -> jax.Array:
@@ -106,7 +106,7 @@ def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
 
 evaluators.register(
   evaluators.EvaluatorSpec(
-    type="prior_likelihood",
+    name="prior_likelihood",
     build=_build,
     options={
       "mask_ratio": 0.5,

@@ -1,13 +1,13 @@
 """Batch-level loss terms: the β-TCVAE decomposition of the KL and the MMD of InfoVAE and WAE.
 
-Each term is still `fn(outputs, batch) -> [B]`, registered in `losses.LOSSES`, but its value for an example
-depends on the whole global batch: inside the term the arrays it needs are gathered over the device axis
-(`jax.lax.all_gather(x, parallel.AXIS, tiled=True)`, [M, ...] with M = devices * B) and the term returns this
-device's per-example contributions, whose mean over the global batch is the estimator (`ae_jax.divergences`).
-The train step's mean over local examples, pmean over devices, gives the one-device value on the same
-global batch, and its gradients (all_gather's transpose routes every device's cotangent back) the
-one-device update. Called with the device axis unbound (plain jit, one device) the local batch is the
-global batch. Every term reads float32 copies of the model's outputs.
+Each term is still `fn(outputs, batch) -> [B]`, registered in `ae_jax.losses.LOSSES`, but its value for an
+example depends on the whole global batch: inside the term the arrays it needs are gathered over the device
+axis (`jax.lax.all_gather(x, parallel.AXIS, tiled=True)`, [M, ...] with M = devices * B) and the term returns
+this device's per-example contributions, whose mean over the global batch is the estimator
+(`ae_jax.divergences`). The train step's mean over local examples, pmean over devices, gives the one-device
+value on the same global batch, and its gradients (all_gather's transpose routes every device's cotangent
+back) the one-device update. Called with the device axis unbound (plain jit, one device) the local batch is
+the global batch. Every term reads float32 copies of the model's outputs.
 
 β-TCVAE (Chen et al. 2018), from z [B, D] (the first draw of q(z|x)), mean and logvar [B, D] and the
 constant `dataset_size` N (the training split's length, added by `train.objective_constants`), nats:
@@ -59,6 +59,7 @@ import jax
 import jax.numpy as jnp
 
 from ae_jax import divergences, losses, parallel
+from ae_jax.losses.functions import LossTerm
 
 Outputs = Mapping[str, jax.Array]
 Batch = Mapping[str, jax.Array]
@@ -136,7 +137,7 @@ def mmd(outputs: Outputs, batch: Batch, kernel: divergences.Kernel, term: str = 
   return divergences.mmd_terms(z, prior, z_all, prior_all, index, kernel, valid_all)
 
 
-def _tc_term(name: str, part: str, estimator: str) -> losses.LossTerm:
+def _tc_term(name: str, part: str, estimator: str) -> LossTerm:
   def term(outputs: Outputs, batch: Batch) -> jax.Array:
     return tc_decomposition(outputs, batch, estimator, name)[part]
 
@@ -145,7 +146,7 @@ def _tc_term(name: str, part: str, estimator: str) -> losses.LossTerm:
   return term
 
 
-def _mmd_term(name: str, kernel: divergences.Kernel) -> losses.LossTerm:
+def _mmd_term(name: str, kernel: divergences.Kernel) -> LossTerm:
   def term(outputs: Outputs, batch: Batch) -> jax.Array:
     return mmd(outputs, batch, kernel, name)
 
