@@ -52,14 +52,14 @@ MODELS: dict[str, Spec] = {
   "vae_mlp": Spec("vae_mlp_fashion_mnist"),
   "vae_conv": Spec("vae_conv_fashion_mnist"),
   "vqvae": Spec("vqvae_cifar10"),
-  "vqvae_fsq": Spec("vqvae_cifar10", overrides=(("model.quantizer", "fsq"),)),
+  "vqvae_fsq": Spec("vqvae_cifar10", arg="quantizer=fsq"),
   "seq_vae_conv": Spec("seq_vae_spoken_digit"),
   **{
     m: Spec("lstm_anomaly", f"power_demand,model={m}", shape=(84, 1))
     for m in ("lstm_ae_repeat", "lstm_ae_stacked", "lstm_encdec_ad", "lstm_ae_seq")
   },
 }
-VQ_UNIFORM = (("model.codebook_init", "uniform"), ("model.dead_code_threshold", 0.0))
+VQ_UNIFORM = (("model.quantizer.codebook_init", "uniform"), ("model.quantizer.dead_code_threshold", 0.0))
 LSTM_ECG5000, CONSTANT = "ecg5000,model=lstm_ae_stacked", (("optimizer.schedule", "constant"),)
 
 
@@ -153,11 +153,24 @@ def check_counterpart(config: ml_collections.ConfigDict, comparison: Comparison)
   from benchmarks.torch_models import JAX_COUNTERPARTS
 
   name, options, shape = JAX_COUNTERPARTS[comparison.baseline]
-  different = {k: v for k, v in options.items() if k != "input_shape" and config.model.get(k) != v}
+  flat = {
+    f"{k}.{sub}" if isinstance(v, dict) else k: x
+    for k, v in options.items()
+    if k != "input_shape"
+    for sub, x in (v.items() if isinstance(v, dict) else [(None, v)])
+  }
+  different = {k: v for k, v in flat.items() if _get_path(config.model, k) != v}
   baseline = comparison.baseline
   example = example_shape(config.data, comparison.shape or MODELS[comparison.model].shape)
   if config.model.name != name or different or tuple(example) != tuple(shape):
     raise ValueError(f"{baseline}: the ae-jax config differs from its counterpart ({different}, {example})")
+
+
+def _get_path(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  """config's value at a dotted key ("quantizer.num_codes"); None when absent."""
+  for part in dotted.split("."):
+    config = config.get(part) if config is not None else None
+  return config
 
 
 # ----------------------------------------------------------------------------- data

@@ -62,7 +62,12 @@ JAX_COUNTERPARTS: dict[str, tuple[str, dict[str, Any], tuple[int, ...]]] = {
   "conv_ae": ("conv_ae", {"code_dim": 16}, (28, 28, 1)),
   "vqvae": (
     "vqvae",
-    {"hidden": 128, "res_hidden": 32, "num_res_layers": 2, "num_codes": 512, "code_dim": 64, "beta": 0.25},
+    {
+      "hidden": 128,
+      "res_hidden": 32,
+      "num_res_layers": 2,
+      "quantizer": {"name": "vq", "num_codes": 512, "code_dim": 64, "beta": 0.25},
+    },
     (32, 32, 3),
   ),
   "lstm_ae_stacked": ("lstm_ae_stacked", {"embedding_dim": 64, "input_shape": (140, 1)}, (140, 1)),

@@ -160,7 +160,7 @@ def test_every_baseline_is_timed_against_its_counterpart():
     measure.check_counterpart(config, comparison)
     assert config.optimizer.schedule == "constant" and config.batch_size == comparison.batch
   vqvae = measure.comparison_config(next(c for c in measure.COMPARISONS if c.model == "vqvae"))
-  assert (vqvae.model.codebook_init, vqvae.model.dead_code_threshold) == ("uniform", 0.0)
+  assert (vqvae.model.quantizer.codebook_init, vqvae.model.quantizer.dead_code_threshold) == ("uniform", 0.0)
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="this machine has a GPU")

@@ -96,12 +96,13 @@ def test_shipped_configs_parse_their_arguments_with_parse_arg():
     (images, "tfds,sizes=64", "did you mean 'size'?"),
     (iwae_mnist, "kk=5", "did you mean 'k'?"),
     (vae_mlp_fashion_mnist, "objectve=beta", "did you mean 'objective'?"),
-    (vqvae_cifar10, "quantizer=fsq,num_code=8", "did you mean 'num_codes'?"),
+    (vqvae_cifar10, "quantizer=vq,num_code=8", "did you mean 'num_codes'?"),
   ]:
     with pytest.raises(ConfigError, match=hint):
       module.get_config(arg)
   assert lstm_anomaly.get_config("ecg5000,model=lstm_ae_seq").model.name == "lstm_ae_seq"
   assert iwae_mnist.get_config("k=5").model.num_samples == 5
   rvq = vqvae_cifar10.get_config("rvq,num_codes=8,quantizer_dropout=false")  # the argument beats the preset
-  assert (rvq.model.quantizer, rvq.model.num_codes, rvq.model.quantizer_dropout) == ("rvq", 8, False)
-  assert vqvae_cifar10.get_config("rvq").model.num_codes == 6
+  q = rvq.model.quantizer
+  assert (q.name, q.num_codes, q.quantizer_dropout) == ("rvq", 8, False)
+  assert vqvae_cifar10.get_config("rvq").model.quantizer.num_codes == 6

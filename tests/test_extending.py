@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from ae_jax import data, loop, models, parallel, registry, train
+from ae_jax import data, loop, models, outputs, parallel, registry, train
 from ae_jax.errors import ConfigError
 from ae_jax.evaluators import batches
 
@@ -62,7 +62,7 @@ def test_the_dataset_model_evaluator_and_loss_examples_train_together(plugins, t
   assert dataset.info.shape == (16,) and type(model).__name__ == "LinearAE" and model.code_dim == 3
   test = dataset.split("test")
   x = batches.stack_examples(test, dataset.info, range(len(test)))["x"]
-  recon = np.asarray(batches.reconstruct(model, state, x)["recon"])
+  recon = np.asarray(outputs.reconstruct(model, state, x)["recon"])
   err = np.abs(recon - x).mean(axis=1)
   np.testing.assert_allclose(summary["metrics"]["close/within"], np.mean(err < 0.5))
   smooth = np.mean(np.square(np.diff(recon, axis=-1)), axis=1).mean()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ae_jax.data import data_config, tfds_builders
+from ae_jax.data import _tfds_builders, data_config
 from ae_jax.data import fashion_mnist as fm
 
 N_TRAIN, N_TEST = 20, 10
@@ -126,7 +126,7 @@ def test_invalid_idx_files_raise_value_error(tmp_path, idx_dir):
 def test_failed_preparation_leaves_nothing_prepared(tmp_path, idx_dir, monkeypatch):
   d, _ = idx_dir
   data_dir = tmp_path / "tfds"
-  original = tfds_builders.FashionMnistIdx._generate_examples
+  original = _tfds_builders.FashionMnistIdx._generate_examples
   written = []
 
   def failing(self, images, labels):
@@ -136,27 +136,27 @@ def test_failed_preparation_leaves_nothing_prepared(tmp_path, idx_dir, monkeypat
         raise RuntimeError("simulated crash")
       yield example
 
-  monkeypatch.setattr(tfds_builders.FashionMnistIdx, "_generate_examples", failing)
+  monkeypatch.setattr(_tfds_builders.FashionMnistIdx, "_generate_examples", failing)
   with pytest.raises(RuntimeError, match="simulated crash"):
     _load("train", data_dir=str(data_dir), idx_dir=str(d))
   assert written, "the train split should have been written before the crash"
-  assert not tfds_builders.FashionMnistIdx(data_dir=str(data_dir)).is_prepared()
+  assert not _tfds_builders.FashionMnistIdx(data_dir=str(data_dir)).is_prepared()
   assert [p for p in data_dir.rglob("*") if p.is_file()] == []
 
-  monkeypatch.setattr(tfds_builders.FashionMnistIdx, "_generate_examples", original)
+  monkeypatch.setattr(_tfds_builders.FashionMnistIdx, "_generate_examples", original)
   assert len(_load("test", data_dir=str(data_dir), idx_dir=str(d))) == N_TEST
 
 
 def test_builder_class_is_not_globally_registered():
   # Re-importing the module (or defining a same-named builder) must not raise
   # tfds' "Dataset with name ... already registered".
-  importlib.reload(tfds_builders)
+  importlib.reload(_tfds_builders)
 
-  class FashionMnistIdx(tfds_builders.FashionMnistIdx, skip_registration=True):
+  class FashionMnistIdx(_tfds_builders.FashionMnistIdx, skip_registration=True):
     pass
 
   assert FashionMnistIdx.name == "fashion_mnist_idx"
-  assert tfds_builders.FashionMnistIdx.name == "fashion_mnist_idx"
+  assert _tfds_builders.FashionMnistIdx.name == "fashion_mnist_idx"
 
 
 def test_idx_dir_defaults_to_debian_then_the_data_root(tmp_path, monkeypatch):

@@ -149,4 +149,6 @@ def test_cifar10_config_quantizer_argument():
   with pytest.raises(ConfigError, match="choose one of"):
     module.get_config("quantizer=pq")
   with pytest.raises(ConfigError, match="unknown option 'num_stage'; did you mean 'num_stages'"):
-    module.get_config("quantizer=vq,num_stage=3")
+    module.get_config("quantizer=rvq,num_stage=3")
+  with pytest.raises(ConfigError, match="unknown option 'num_stages'"):  # an option of rvq, not of vq
+    module.get_config("quantizer=vq,num_stages=3")

@@ -159,11 +159,11 @@ def tfds_root(data_dir: str | None) -> str:
 
 
 def builders() -> Any:
-  """The module of the local datasets' tfds builders (`ae_jax.data.tfds_builders`), imported on first use:
+  """The module of the local datasets' tfds builders (`ae_jax.data._tfds_builders`), imported on first use:
   it imports tensorflow_datasets, which `ae_jax.data` itself does not need."""
-  from ae_jax.data import tfds_builders
+  from ae_jax.data import _tfds_builders
 
-  return tfds_builders
+  return _tfds_builders
 
 
 def tfds_source(name: str, split: str, data: ml_collections.ConfigDict) -> Sequence[Record]:

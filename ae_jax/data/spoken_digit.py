@@ -32,10 +32,9 @@ from typing import Any
 
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 
 from ae_jax.data import dataset, sources
-from ae_jax.errors import DataError, DataNotFoundError
+from ae_jax.errors import DataError
 
 SAMPLE_RATE = 8000
 N_FFT = 400  # 201 frequency bins
@@ -131,59 +130,6 @@ def to_image(x: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- sources
 
 
-class SpokenDigitWav(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """FSDD read from the release archive's wavs, stored as array_record without TensorFlow.
-
-  Not in tfds' registry (`skip_registration=True`); use the class. Features: audio int16 [None] (raw
-  samples), label ClassLabel (10 digits), speaker and filename text, index int32 (the recording's number).
-  Splits `train` (index >= 5) and `test` (index 0-4), records sorted by file name.
-  """
-
-  name = "spoken_digit_wav"
-  VERSION = tfds.core.Version("1.0.9")
-  RELEASE_NOTES = {"1.0.9": "FSDD v1.0.9 wavs with the official split (recordings 0-4 are the test set)."}
-
-  def __init__(self, *, archive: str | os.PathLike | None = None, **kwargs: Any):
-    """`archive` (the FSDD tar.gz) is only read by `download_and_prepare`; other kwargs go to tfds."""
-    self._archive = None if archive is None else os.fspath(archive)
-    kwargs.setdefault("file_format", "array_record")
-    super().__init__(**kwargs)
-    self._original_state = dict(self._original_state, archive=self._archive)  # for unpickling
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description="Free Spoken Digit Dataset: 8 kHz recordings of spoken digits, raw int16 samples.",
-      features=tfds.features.FeaturesDict(
-        {
-          "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16),
-          "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
-          "speaker": tfds.features.Text(),
-          "index": tfds.features.Scalar(dtype=np.int32),
-          "filename": tfds.features.Text(),
-        }
-      ),
-      supervised_keys=("audio", "label"),
-      homepage="https://github.com/Jakobovski/free-spoken-digit-dataset",
-      disable_shuffling=True,
-    )
-
-  def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
-    del dl_manager  # everything is local
-    if not self._archive or not os.path.isfile(self._archive):
-      raise DataNotFoundError(f"FSDD archive not found: {self._archive!r}")
-    splits: dict[str, list[tuple[str, np.ndarray]]] = {"train": [], "test": []}
-    for filename, audio in read_archive(self._archive):
-      splits[split_of(parse_name(filename)[2])].append((filename, audio))
-    return {split: self._generate_examples(items) for split, items in splits.items()}
-
-  def _generate_examples(self, items: list[tuple[str, np.ndarray]]) -> Iterator[tuple[str, dict]]:
-    for filename, audio in items:
-      digit, speaker, index = parse_name(filename)
-      record = {"audio": audio, "label": digit, "speaker": speaker, "index": index, "filename": filename}
-      yield filename, record
-
-
 def _official_split(split: str) -> Callable[[Sequence], Sequence]:
   """Selects the recordings of the official `split` from tfds' single-split spoken_digit by file name."""
 
@@ -209,7 +155,7 @@ def load_split(split: str, data: ml_collections.ConfigDict) -> Sequence[dict[str
     "spoken_digit" if has_tf else None,
     split,
     data,
-    lambda: SpokenDigitWav(archive=archive, data_dir=data.data_dir),
+    lambda: sources.builders().SpokenDigitWav(archive=archive, data_dir=data.data_dir),
     archive,
     f"download {ARCHIVE_URL} and set config.data.archive to it, or install ae-jax[tfds-download] "
     "(TensorFlow) and set config.data.download=True to use tfds' spoken_digit",

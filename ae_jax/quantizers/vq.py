@@ -94,7 +94,7 @@ class VectorQuantizer(nn.Module):
     """Code indices int32 [B, ...] -> the quantized vectors [B, ..., code_dim] float32 that `__call__`
     outputs (forward value, evaluation) for the inputs those indices came from. Reads the variables only."""
     variables = self.variables
-    params = variables["params"]
+    params = variables.get("params", {})
     codebook = variables[EMA_COLLECTION]["codebook"] if self.ema else params["codebook"]
     codebook = jnp.asarray(codebook, jnp.float32)
     z = jnp.take(l2_normalize(codebook) if self.cosine else codebook, indices, axis=0)
