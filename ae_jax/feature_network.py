@@ -10,7 +10,8 @@ The network (`FeatureCNN`): `len(channels)` blocks of a 3x3 convolution of strid
 dense layer of `features` units with ReLU (the features), then the class logits. It always sees pixels in
 [0, 1]: it is trained on the dataset opened with scale "unit" (or "binary" for 0/1 data), and `features`
 maps images from the caller's config.data.scale to [0, 1] first, so one network serves every scale.
-Training (`train_feature_network`) is Adam on the cross-entropy of the training split's labels, batches
+Training (`train_feature_network`) is Adam (learning rate decayed to 0 along a cosine) on the
+cross-entropy of the training split's labels, batches
 from the data pipeline's step-indexed stream; the same seed gives the same parameters bitwise.
 
 `load_or_train` caches a network under DATA_ROOT/feature_networks (or `cache_dir`) as
@@ -244,8 +245,13 @@ def init_params(module: FeatureCNN, seed: int, shape: tuple[int, ...]) -> Any:
   return jax.tree_util.tree_map_with_path(draw, _param_shapes(module, shape))
 
 
+def _optimizer(settings: Settings) -> optax.GradientTransformation:
+  """Adam with the learning rate decayed to 0 along a cosine over the steps."""
+  return optax.adam(optax.cosine_decay_schedule(settings.learning_rate, settings.steps))
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _train_step(module: FeatureCNN, learning_rate: float, params, opt_state, x, labels):
+def _train_step(module: FeatureCNN, settings: Settings, params, opt_state, x, labels):
   """One Adam step on the mean cross-entropy of images x [B, H, W, C] in [0, 1] and int32 labels [B]."""
 
   def loss_fn(p):
@@ -253,7 +259,7 @@ def _train_step(module: FeatureCNN, learning_rate: float, params, opt_state, x, 
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
   loss, grads = jax.value_and_grad(loss_fn)(params)
-  updates, opt_state = optax.adam(learning_rate).update(grads, opt_state, params)
+  updates, opt_state = _optimizer(settings).update(grads, opt_state, params)
   return optax.apply_updates(params, updates), opt_state, loss
 
 
@@ -277,7 +283,7 @@ def train_feature_network(
   dataset.split("test")  # raises before training when there is none
   module = FeatureCNN(num_classes, settings.channels, settings.features)
   params = init_params(module, settings.seed, shape)
-  opt_state = optax.adam(settings.learning_rate).init(params)
+  opt_state = _optimizer(settings).init(params)
 
   to_unit = dataset.info.to_unit
   batches = pipeline.train_batches(
@@ -302,7 +308,7 @@ def train_feature_network(
         f"(e.g. {int(labels.min())}); it needs every training image labelled"
       )
     x = np.asarray(to_unit(batch["x"]), np.float32)
-    params, opt_state, loss = _train_step(module, settings.learning_rate, params, opt_state, x, labels)
+    params, opt_state, loss = _train_step(module, settings, params, opt_state, x, labels)
     if (i + 1) % report_every == 0:
       log.info("feature network: step %d/%d, loss %.4f", i + 1, settings.steps, float(loss))
   seconds = time.monotonic() - start
