@@ -10,9 +10,9 @@ The network (`FeatureCNN`): `len(channels)` blocks of a 3x3 convolution of strid
 dense layer of `features` units with ReLU (the features), then the class logits. It always sees pixels in
 [0, 1]: it is trained on the dataset opened with scale "unit" (or "binary" for 0/1 data), and `features`
 maps images from the caller's config.data.scale to [0, 1] first, so one network serves every scale.
-Training (`train_feature_network`) is Adam (learning rate decayed to 0 along a cosine) on the
-cross-entropy of the training split's labels, batches
-from the data pipeline's step-indexed stream; the same seed gives the same parameters bitwise.
+Training (`train_feature_network`): Adam, its learning rate decayed to 0 along a cosine, on the
+cross-entropy of the training split's labels, batches from the data pipeline's step-indexed stream; the
+same seed gives the same parameters bitwise.
 
 `load_or_train` caches a network under DATA_ROOT/feature_networks (or `cache_dir`) as
 `<dataset>-<fingerprint>.msgpack` (flax.serialization) beside a .json with its test accuracy and settings;
@@ -129,13 +129,8 @@ class FeatureNetwork:
     train_seconds: float | None = None,
   ):
     self.module, self.params, self.dataset, self.shape = module, params, dataset, tuple(shape)
-    self.test_accuracy, self.settings, self.to_unit, self.batch_size = (
-      float(test_accuracy),
-      settings,
-      to_unit,
-      batch_size,
-    )
-    self.train_seconds = train_seconds
+    self.test_accuracy, self.settings, self.train_seconds = float(test_accuracy), settings, train_seconds
+    self.to_unit, self.batch_size = to_unit, batch_size
 
   @property
   def num_features(self) -> int:
@@ -159,6 +154,8 @@ class FeatureNetwork:
       )
     if not np.all(np.isfinite(images)):
       raise DataError(f"feature network: the images contain NaN or inf ({int(np.sum(~np.isfinite(images)))})")
+    if not len(images):
+      return np.zeros((0, self.num_features), np.float32), np.zeros((0, self.module.num_classes), np.float32)
     feats, logits = [], []
     for start in range(0, len(images), self.batch_size):
       chunk = np.asarray(images[start : start + self.batch_size], np.float32)
@@ -168,9 +165,6 @@ class FeatureNetwork:
       f, lg = jax.device_get(_apply(self.module, self.params, padded))
       feats.append(f[:n])
       logits.append(lg[:n])
-    empty = (np.zeros((0, self.num_features), np.float32), np.zeros((0, self.module.num_classes), np.float32))
-    if not feats:
-      return empty
     return np.concatenate(feats).astype(np.float32), np.concatenate(logits).astype(np.float32)
 
   def features(self, images: np.ndarray) -> np.ndarray:
@@ -363,14 +357,17 @@ def _write_atomic(path: Path, payload: bytes) -> None:
 
 
 def _load(params_path: Path, meta_path: Path, data: ml_collections.ConfigDict, settings: Settings):
-  meta = json.loads(meta_path.read_text())
-  shape = tuple(meta["shape"])
-  module = FeatureCNN(int(meta["num_classes"]), settings.channels, settings.features)
-  target = _param_shapes(module, shape)
   try:
+    meta = json.loads(meta_path.read_text())
+    shape = tuple(meta["shape"])
+    module = FeatureCNN(int(meta["num_classes"]), settings.channels, settings.features)
+    target = _param_shapes(module, shape)
     params = flax.serialization.from_bytes(target, params_path.read_bytes())
-  except Exception as e:  # noqa: BLE001 - msgpack and flax raise several types for a damaged file
-    raise DataError(f"{params_path}: not a readable feature network ({e}); delete it to retrain") from e
+  except Exception as e:  # noqa: BLE001 - json, msgpack and flax raise several types for a damaged file
+    raise DataError(
+      f"{params_path} (or its .json): not a readable feature network ({type(e).__name__}: {e}); delete both "
+      "to retrain"
+    ) from e
   got = jax.tree.map(lambda a: np.shape(a), params)
   if got != jax.tree.map(lambda s: s.shape, target):
     raise DataError(f"{params_path}: parameters do not match the feature network; delete it to retrain")

@@ -15,6 +15,9 @@ Keys of the result (floats):
   class_accuracy (with labels, the classes samples were conditioned on): the fraction of samples the
     feature network classifies as their class;
   num_samples, num_reference.
+
+The Fréchet distance of finite sets is biased upward (roughly as 1/N) and noisy: compare models at one
+number of samples, with a floor from as many real training images as samples.
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ def test_a_damaged_cache_file_is_a_data_error(tmp_path):
   net = feature_network.load_or_train(_synthetic(), tmp_path, **TINY)
   params_path, _ = feature_network.cache_paths(_synthetic(), net.settings, tmp_path)
   params_path.write_bytes(b"not msgpack")
-  with pytest.raises(DataError, match="delete it to retrain"):
+  with pytest.raises(DataError, match="delete both to retrain"):
     feature_network.load_or_train(_synthetic(), tmp_path, **TINY)
 
 
