@@ -24,6 +24,7 @@ import collections
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -373,10 +374,16 @@ def _train(config: ml_collections.ConfigDict, path: str) -> dict[str, Any]:
           "command to evaluate it"
         )
   finally:
+    failing = sys.exc_info()[1] is not None
     profile.close()
     feed.close()
     preemption.restore()
-    writer.close()
+    try:
+      writer.close()
+    except OSError as e:  # e.g. the disk that failed a save is full: the run's own error is the one to see
+      if not failing:
+        raise
+      log.warning("closing the metrics files failed too: %s", e)
     try:
       if best is not None:
         best.close()
