@@ -33,6 +33,17 @@ flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/samples).")
 flags.DEFINE_integer("per_device", 16, "Samples drawn at once on each device.")
 flags.DEFINE_integer("step", None, "The prior's checkpoint step (default: the latest).")
 flags.DEFINE_bool("best", False, "Use the prior's config.keep_best state.")
+flags.DEFINE_bool(
+  "quality",
+  False,
+  "Also score the samples against the stage one's test split (as many images as samples) in the space of "
+  "a feature network ae-jax trains on that dataset (ae_jax.feature_network; cached), with the train-vs-test "
+  "floor; writes OUT/quality.json.",
+)
+flags.DEFINE_string(
+  "feature_cache", None, "The feature networks' cache folder (default: <data root>/feature_networks)."
+)
+flags.DEFINE_integer("feature_steps", 2000, "Training steps of the feature network (part of its cache key).")
 flags.mark_flags_as_required(["workdir"])
 USAGE = "python -m experiments.sample --workdir PRIOR_WORKDIR --num N [--seed S] [--temperature T] ..."
 
@@ -102,6 +113,35 @@ def sample(argv: list[str]) -> None:
     f"{tokenizer.fingerprint})"
   )
   print(f"files:       {png}, {npz}")
+  if FLAGS.quality:
+    _score(images, tokenizer.run.config.data, out)
+
+
+def _score(images, data_config, out: str) -> None:
+  """Scores `images` (the stage one's model range) against as many test images, and the floor (as many
+  train images against the same test images); prints the metrics and writes OUT/quality.json."""
+  import json
+  import os
+
+  from ae_jax import data, feature_network, sample_quality
+  from ae_jax.evaluators.batches import stack_examples
+
+  net = feature_network.load_or_train(data_config, FLAGS.feature_cache, steps=FLAGS.feature_steps)
+  dataset = data.get_dataset(data_config)
+  test, train = dataset.split("test"), dataset.split("train")
+  n = min(len(images), len(test), len(train))
+  reference = stack_examples(test, dataset.info, range(n))["x"]
+  floor = stack_examples(train, dataset.info, range(n))["x"]
+  quality = sample_quality.sample_quality(images[:n], net, reference, train_reference=floor)
+  quality["feature_network"] = net.describe()
+  with open(os.path.join(out, "quality.json"), "w") as f:
+    json.dump(quality, f, indent=1, sort_keys=True)
+  print(
+    f"sample quality ({n:,} samples vs {n:,} test images, {net.describe()}): Fréchet feature distance "
+    f"{quality['frechet_feature_distance']:.4g} (train-vs-test floor "
+    f"{quality['floor_frechet_feature_distance']:.4g}), precision {quality['precision']:.3f}, recall "
+    f"{quality['recall']:.3f}"
+  )
 
 
 def main(argv: list[str]) -> None:

@@ -1,5 +1,10 @@
-"""Test setup: 8 simulated CPU devices (set before JAX is imported), a persistent compilation cache, and
-small shared fixtures.
+"""Test setup: 8 simulated CPU devices (set before JAX is imported), a persistent compilation cache, XLA's
+quick compilation, and small shared fixtures.
+
+XLA's optimisations are off (`JAX_DISABLE_MOST_OPTIMIZATIONS=1`, inherited by the processes tests start):
+the suite's time is mostly compiling small programs, which this about halves; programs compute the same
+functions, so every comparison holds (both sides of an equality test run unoptimised). Tests marked
+`integration`, whose time is running a real training, turn the optimisations back on.
 
 The tests compile the same small models many times, in this process and in the subprocesses they start
 (which inherit these variables): JAX's persistent cache serves repeated compilations from disk. The cache
@@ -18,6 +23,7 @@ os.environ.setdefault(
   os.path.join(tempfile.gettempdir(), "ae_jax_test_jax_cache", os.environ.get("PYTEST_XDIST_WORKER", "main")),
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import chex  # noqa: E402
@@ -33,6 +39,19 @@ from ae_jax.data import data_config  # noqa: E402
 def _clear_trace_counter():
   chex.clear_trace_counter()
   yield
+
+
+@pytest.fixture(autouse=True)
+def _optimized_for_integration_tests(request):
+  """Integration tests train for real: they run XLA's optimised programs."""
+  if request.node.get_closest_marker("integration") is None:
+    yield
+    return
+  jax.config.update("jax_disable_most_optimizations", False)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "1")
 
 
 @pytest.fixture

@@ -104,7 +104,7 @@ def test_ssim_structured_images_match_skimage_per_example(shape, data_range):
   chex.assert_trees_all_close(got, ref.astype(np.float32), atol=SSIM_ATOL, rtol=0)
   for i in range(shape[0]):
     single = ssim_jit(x[i : i + 1], y[i : i + 1], data_range)
-    chex.assert_trees_all_close(single[0], got[i], atol=1e-6, rtol=0)
+    chex.assert_trees_all_close(single[0], got[i], atol=2e-6, rtol=0)  # float32: a batch vs one image
 
 
 def test_ssim_bright_low_contrast_images_match_skimage():

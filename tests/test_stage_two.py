@@ -292,6 +292,20 @@ def test_sample_cli_writes_a_grid_and_codes_deterministically(ar_prior, tmp_path
   tok = stage_one.load_stage_one(stage_one.saved_config(path)[1].data.tokenizer_workdir)
   np.testing.assert_allclose(a["images"], tok.decode_codes(a["codes"]), rtol=0, atol=1e-6)
   assert (tmp_path / "a" / "samples.png").stat().st_size > 0
+  scored = _sample_cli(
+    f"--workdir={path}",
+    "--num=12",
+    "--quality",
+    "--feature_steps=3",
+    f"--feature_cache={tmp_path / 'features'}",
+    f"--out={tmp_path / 'q'}",
+  )
+  assert scored.returncode == 0, scored.stderr
+  quality = json.loads((tmp_path / "q" / "quality.json").read_text())
+  assert quality["num_samples"] == quality["num_reference"] == 12
+  assert 0 <= quality["precision"] <= 1 and 0 <= quality["recall"] <= 1
+  assert quality["frechet_feature_distance"] >= 0 and quality["floor_frechet_feature_distance"] >= 0
+  assert "not Inception" in quality["feature_network"] and "Fréchet feature distance" in scored.stdout
   bad = _sample_cli(f"--workdir={path}", "--num=2", "--steps=4")
   assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: --steps sets MaskGIT")
   missing = _sample_cli(f"--workdir={tmp_path / 'none'}")
