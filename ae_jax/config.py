@@ -31,10 +31,16 @@ def parse_flags_or_exit(
   argv: list[str], flag_values: Any, usage: str, config_flag: str = "config"
 ) -> list[str]:
   """Parses absl flags (a config file with --config.KEY=VALUE overrides); a bad command line or config file
-  exits with one line naming the problem, instead of a traceback."""
+  exits with one line naming the problem, instead of a traceback. A command with a flag set of its own
+  (not absl's global FLAGS, so several commands can be imported into one process) still marks the global
+  set parsed, as absl's app.run requires."""
+  from absl import flags
+
   try:
     rest = flag_values(argv)
-    config = getattr(flag_values, config_flag)
+    if flag_values is not flags.FLAGS and not flags.FLAGS.is_parsed():
+      flags.FLAGS(argv[:1])
+    config = getattr(flag_values, config_flag, None)
     if config is not None:
       config.keys()  # config files load lazily: surface a missing or broken file now
     return rest
@@ -274,13 +280,7 @@ def check_config(
   _check_keys(config, default_config(), "")
   if "name" not in config.model:
     raise ConfigError("config.model.name is missing; set it to a registered model, e.g. 'conv_ae'")
-  fields = models.model_fields(config.model.name)
-  for key in config.model.keys():
-    if key != "name" and key not in fields:
-      raise ConfigError(
-        f"config.model.{key} is not an option of model '{config.model.name}'; {did_you_mean(key, fields)}"
-        f"its options: {fields}"
-      )
+  models.check_keys(config.model.name, config.model.keys())
   losses.check_loss_names(config.loss)
   for name, weight in config.loss.items():
     if isinstance(weight, bool) or not isinstance(weight, int | float):

@@ -223,6 +223,39 @@ def _pmapped(model: nn.Module, kind: str, devices: tuple) -> Any:
   return jax.pmap(encode if kind == "encode" else decode, axis_name=parallel.AXIS, devices=devices)
 
 
+def map_batches(
+  fn: Any, replicated: Any, inputs: np.ndarray, batch_size: int, out_dtype: Any, devices: tuple
+) -> np.ndarray:
+  """A pmapped `fn(replicated variables, x [devices, per_device, ...])` over inputs [N, ...], `batch_size`
+  at a time (rounded up to a multiple of the devices; the last chunk zero-padded, so one compile); the
+  outputs [N, ...] as `out_dtype`."""
+  per_device = max(1, -(-int(batch_size) // len(devices)))
+  batch = per_device * len(devices)
+  outputs = []
+  for start in range(0, len(inputs), batch):
+    chunk = np.asarray(inputs[start : start + batch])
+    n = len(chunk)
+    chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), chunk.dtype)])
+    out = fn(replicated, parallel.shard(chunk.reshape(len(devices), per_device, *chunk.shape[1:]), devices))
+    out = np.asarray(jax.device_get(out))
+    outputs.append(out.reshape(batch, *out.shape[2:])[:n].astype(out_dtype))
+  if not outputs:
+    return np.zeros((0,), out_dtype)
+  return np.concatenate(outputs)
+
+
+def to_unit(config: ml_collections.ConfigDict, images: np.ndarray) -> np.ndarray:
+  """Images in a run's model range -> [0, 1] for display (its dataset's scale), clipped."""
+  from ae_jax.data import images as image_data
+
+  scale = config.data.get("scale")
+  if config.data.get("binarize", "none") == "dynamic" or scale not in image_data.SCALES:
+    convert = lambda x: x  # noqa: E731 - binary data, or a dataset without a scale: already in [0, 1]
+  else:
+    convert = image_data.SCALES[scale][1]
+  return np.clip(convert(np.asarray(images, np.float32)), 0.0, 1.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class StageOne:
   """A frozen VQ-VAE run (`load_stage_one`) turning images into code indices and back."""
@@ -244,25 +277,11 @@ class StageOne:
     return {}
 
   def _batched(self, kind: str, inputs: np.ndarray, batch_size: int, out_dtype: Any) -> np.ndarray:
-    """`kind` ("encode" or "decode") over inputs [N, ...], `batch_size` at a time (rounded up to a multiple
-    of the local devices; the last chunk zero-padded, so one compile), split over the local devices."""
+    """`kind` ("encode" or "decode") over inputs [N, ...] (`map_batches`)."""
     devices = tuple(jax.local_devices())
-    per_device = max(1, -(-int(batch_size) // len(devices)))
-    batch = per_device * len(devices)
     if kind not in self._functions:
       self._functions[kind] = _pmapped(self.run.model, kind, devices)
-    fn = self._functions[kind]
-    outputs = []
-    for start in range(0, len(inputs), batch):
-      chunk = np.asarray(inputs[start : start + batch])
-      n = len(chunk)
-      chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), chunk.dtype)])
-      out = fn(self._replicated, parallel.shard(chunk.reshape(len(devices), per_device, *chunk.shape[1:])))
-      out = np.asarray(jax.device_get(out))
-      outputs.append(out.reshape(batch, *out.shape[2:])[:n].astype(out_dtype))
-    if not outputs:
-      return np.zeros((0,), out_dtype)
-    return np.concatenate(outputs)
+    return map_batches(self._functions[kind], self._replicated, inputs, batch_size, out_dtype, devices)
 
   def encode_codes(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Images x [N, H, W, C] in the stage one's model range (its evaluation preprocessing) -> code indices
@@ -280,15 +299,8 @@ class StageOne:
     return self._batched("decode", indices, batch_size, np.float32)
 
   def to_unit(self, images: np.ndarray) -> np.ndarray:
-    """Images in the stage one's model range -> [0, 1] for display (its dataset's scale), clipped."""
-    from ae_jax.data import images as image_data
-
-    scale = self.run.config.data.get("scale")
-    if self.run.config.data.get("binarize", "none") == "dynamic" or scale not in image_data.SCALES:
-      to_unit = lambda x: x  # noqa: E731 - binary data, or a dataset without a scale: already in [0, 1]
-    else:
-      to_unit = image_data.SCALES[scale][1]
-    return np.clip(to_unit(np.asarray(images, np.float32)), 0.0, 1.0)
+    """Images in the stage one's model range -> [0, 1] for display (`to_unit`)."""
+    return to_unit(self.run.config, images)
 
 
 def load_stage_one(workdir: str, step: int | None = None, best: bool = False) -> StageOne:

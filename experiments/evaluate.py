@@ -22,13 +22,16 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "The run's directory (its checkpoints/ and best/).")
-flags.DEFINE_integer("step", None, "Evaluate this checkpoint step (default: the latest).")
-flags.DEFINE_bool("best", False, "Evaluate the state kept by config.keep_best.")
-flags.DEFINE_list("only", [], "Run only these evaluators (names in config.evals).")
-flags.DEFINE_multi_string("add", [], "NAME:TYPE[:SPLIT]: add an evaluator section with its defaults.")
-flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize().")
+# Its own flag set, so this command and the others can be imported into one process (tests).
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("workdir", None, "The run's directory (its checkpoints/ and best/).", flag_values=FLAGS)
+flags.DEFINE_integer("step", None, "Evaluate this checkpoint step (default: the latest).", flag_values=FLAGS)
+flags.DEFINE_bool("best", False, "Evaluate the state kept by config.keep_best.", flag_values=FLAGS)
+flags.DEFINE_list("only", [], "Run only these evaluators (names in config.evals).", flag_values=FLAGS)
+flags.DEFINE_multi_string(
+  "add", [], "NAME:TYPE[:SPLIT]: add an evaluator section with its defaults.", flag_values=FLAGS
+)
+flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize().", flag_values=FLAGS)
 USAGE = "python -m experiments.evaluate --workdir DIR [--step N | --best] [--only A,B] [--add NAME:TYPE]"
 
 
@@ -104,6 +107,7 @@ if __name__ == "__main__":
     config,
     "The run's saved config; override with --config.KEY=VALUE.",
     lock_config=False,
+    flag_values=FLAGS,
     accept_new_attributes=True,  # evaluators and loss terms added by flags: complete_config checks them
   )
   app.run(main, flags_parser=lambda argv: parse_flags_or_exit(argv, FLAGS, USAGE))

@@ -1,4 +1,5 @@
-r"""Samples a trained stage-two prior and decodes the codes through its frozen stage one.
+r"""Samples a trained stage-two prior and decodes the codes through its frozen stage one; or samples the
+continuous codes of an autoencoder or VAE run (`--prior`) and decodes them through its decoder.
 
     python -m experiments.sample --workdir runs/prior_ar --num 64 [--seed 0] [--temperature 1.0] \
         [--top_k 0] [--top_p 1.0] [--label C] [--out DIR]
@@ -9,43 +10,81 @@ tokens [N, L], images [N, H, W, C] float32 in the stage one's model range, label
 defaulting to WORKDIR/samples; prints the sampling time per image. The same seed and options give the same
 samples, on any number of devices. --step N / --best pick the prior's checkpoint (default: the latest).
 A bad flag or workdir stops with one `error:` line.
+
+    python -m experiments.sample --workdir runs/conv_ae --prior mixture [--components 10] [--covariance full]
+    python -m experiments.sample --workdir runs/vae_mlp --prior normal
+
+Any autoencoder (mlp_ae, conv_ae, tied_ae) or VAE run: `--prior=mixture` fits a Gaussian mixture on its
+training codes (Ghosh et al. 2020; cached in WORKDIR/latent_priors/), `--prior=normal` draws a VAE's prior
+N(0, I) (`ae_jax.priors.latent`). `--quality` scores the samples against the test split in a feature
+network's space (`ae_jax.sample_quality`), with the train-vs-test floor, into OUT/quality.json.
 """
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 
-FLAGS = flags.FLAGS
+# Its own flag set, so this command and the others can be imported into one process (tests).
+FLAGS = flags.FlagValues()
 flags.DEFINE_string(
-  "workdir", None, "The prior's run directory (trained with prior_ar.py or prior_maskgit.py)."
+  "workdir",
+  None,
+  "The prior's run directory (trained with prior_ar.py or prior_maskgit.py).",
+  flag_values=FLAGS,
 )
-flags.DEFINE_integer("num", 64, "How many images to sample.")
-flags.DEFINE_integer("seed", 0, "Sample i is drawn from fold_in(PRNGKey(seed), i).")
-flags.DEFINE_float("temperature", 1.0, "Softmax temperature (0: greedy).")
-flags.DEFINE_integer("top_k", 0, "Keep the k most probable codes (0: all).")
-flags.DEFINE_float("top_p", 1.0, "Nucleus sampling: the smallest set of codes with this mass (1: all).")
-flags.DEFINE_integer("steps", 8, "MaskGIT: decoding iterations.")
-flags.DEFINE_float("choice_temperature", 4.5, "MaskGIT: the Gumbel noise on the confidences (annealed to 0).")
-flags.DEFINE_integer("label", None, "Class-conditional priors: the class of every sample.")
-flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/samples).")
-flags.DEFINE_integer("per_device", 16, "Samples drawn at once on each device.")
-flags.DEFINE_integer("step", None, "The prior's checkpoint step (default: the latest).")
-flags.DEFINE_bool("best", False, "Use the prior's config.keep_best state.")
+flags.DEFINE_integer("num", 64, "How many images to sample.", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "Sample i is drawn from fold_in(PRNGKey(seed), i).", flag_values=FLAGS)
+flags.DEFINE_float("temperature", 1.0, "Softmax temperature (0: greedy).", flag_values=FLAGS)
+flags.DEFINE_integer("top_k", 0, "Keep the k most probable codes (0: all).", flag_values=FLAGS)
+flags.DEFINE_float(
+  "top_p", 1.0, "Nucleus sampling: the smallest set of codes with this mass (1: all).", flag_values=FLAGS
+)
+flags.DEFINE_integer("steps", 8, "MaskGIT: decoding iterations.", flag_values=FLAGS)
+flags.DEFINE_float(
+  "choice_temperature",
+  4.5,
+  "MaskGIT: the Gumbel noise on the confidences (annealed to 0).",
+  flag_values=FLAGS,
+)
+flags.DEFINE_integer("label", None, "Class-conditional priors: the class of every sample.", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/samples).", flag_values=FLAGS)
+flags.DEFINE_integer("per_device", 16, "Samples drawn at once on each device.", flag_values=FLAGS)
+flags.DEFINE_enum(
+  "prior",
+  None,
+  ["mixture", "normal"],
+  "For an autoencoder or VAE run (not a prior run): sample its codes from a Gaussian mixture fitted on its "
+  "training codes (mixture) or from a VAE's prior N(0, I) (normal), and decode them.",
+  flag_values=FLAGS,
+)
+flags.DEFINE_integer("components", 10, "--prior=mixture: mixture components.", flag_values=FLAGS)
+flags.DEFINE_enum(
+  "covariance", "full", ["full", "diag"], "--prior=mixture: covariance of each component.", flag_values=FLAGS
+)
+flags.DEFINE_integer("step", None, "The prior's checkpoint step (default: the latest).", flag_values=FLAGS)
+flags.DEFINE_bool("best", False, "Use the prior's config.keep_best state.", flag_values=FLAGS)
 flags.DEFINE_bool(
   "quality",
   False,
   "Also score the samples against the stage one's test split (as many images as samples) in the space of "
   "a feature network ae-jax trains on that dataset (ae_jax.feature_network; cached), with the train-vs-test "
   "floor; writes OUT/quality.json.",
+  flag_values=FLAGS,
 )
 flags.DEFINE_string(
-  "feature_cache", None, "The feature networks' cache folder (default: <data root>/feature_networks)."
+  "feature_cache",
+  None,
+  "The feature networks' cache folder (default: <data root>/feature_networks).",
+  flag_values=FLAGS,
 )
-flags.DEFINE_integer("feature_steps", 2000, "Training steps of the feature network (part of its cache key).")
-flags.mark_flags_as_required(["workdir"])
-USAGE = "python -m experiments.sample --workdir PRIOR_WORKDIR --num N [--seed S] [--temperature T] ..."
+flags.DEFINE_integer(
+  "feature_steps", 2000, "Training steps of the feature network (part of its cache key).", flag_values=FLAGS
+)
+flags.mark_flags_as_required(["workdir"], flag_values=FLAGS)
+USAGE = (
+  "python -m experiments.sample --workdir PRIOR_WORKDIR --num N [--seed S] [--temperature T] ..., or "
+  "--workdir AE_WORKDIR --prior mixture|normal"
+)
 
 
 def sample(argv: list[str]) -> None:
@@ -54,23 +93,56 @@ def sample(argv: list[str]) -> None:
   import time
 
   import numpy as np
-  import tqdm
 
   from ae_jax import stage_one, visualize
   from ae_jax.errors import ConfigError
-  from ae_jax.priors import generate
 
   if len(argv) > 1:
     raise ConfigError(f"unexpected arguments {argv[1:]} ({USAGE})")
   if FLAGS.per_device < 1:
     raise ConfigError(f"--per_device must be >= 1, got {FLAGS.per_device}")
-  prior = stage_one.load_run(FLAGS.workdir, FLAGS.step, FLAGS.best)
+  run = stage_one.load_run(FLAGS.workdir, FLAGS.step, FLAGS.best)
+  out = os.path.abspath(FLAGS.out or os.path.join(run.workdir, "samples"))
+  start = time.perf_counter()
+  if run.config.data.get("name") == "codes":
+    if FLAGS.prior is not None:
+      raise ConfigError(
+        f"--prior is for autoencoder and VAE runs; {run.workdir} is a prior run: drop --prior"
+      )
+    images, arrays, display, what = _sample_prior_run(run)
+  else:
+    images, arrays, display, what = _sample_latents(run)
+  decoded = time.perf_counter()
+  os.makedirs(out, exist_ok=True)
+  grid = visualize.image_grid(display(images), ncols=math.ceil(math.sqrt(len(images))))
+  png = visualize.save_png(os.path.join(out, "samples.png"), grid)
+  npz = os.path.join(out, "samples.npz")
+  with open(npz + ".tmp", "wb") as f:
+    np.savez(f, images=images, seed=FLAGS.seed, **arrays)
+  os.replace(npz + ".tmp", npz)
+  print(
+    f"sampled {len(images)} images in {decoded - start:.2f} s: "
+    f"{1e3 * (decoded - start) / len(images):.2f} ms per image ({what})"
+  )
+  print(f"files:       {png}, {npz}")
+  if FLAGS.quality:
+    _score(images, _image_run(run).config.data, out)
+
+
+def _sample_prior_run(prior):
+  """Codes from a stage-two prior run, decoded by its frozen stage one."""
+  import time
+
+  import numpy as np
+  import tqdm
+
+  from ae_jax.priors import generate
+
   options = generate.SampleOptions(
     FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.steps, FLAGS.choice_temperature, FLAGS.label
   )
   generate.check_options(prior, options, FLAGS.num, steps_given=FLAGS["steps"].present)
   tokenizer = generate.tokenizer_of(prior)
-  out = os.path.abspath(FLAGS.out or os.path.join(prior.workdir, "samples"))
   start = time.perf_counter()
   with tqdm.tqdm(total=FLAGS.num, unit="image", desc="sampling codes") as bar:
     tokens = generate.sample_tokens(
@@ -84,37 +156,62 @@ def sample(argv: list[str]) -> None:
   sampled = time.perf_counter()
   codes = tokens.reshape(len(tokens), *tokenizer.layout.grid)
   images = tokenizer.decode_codes(codes)
-  decoded = time.perf_counter()
-  os.makedirs(out, exist_ok=True)
-  grid = visualize.image_grid(tokenizer.to_unit(images), ncols=math.ceil(math.sqrt(len(images))))
-  png = visualize.save_png(os.path.join(out, "samples.png"), grid)
-  npz = os.path.join(out, "samples.npz")
-  with open(npz + ".tmp", "wb") as f:
-    np.savez(
-      f,
-      codes=codes,
-      tokens=tokens,
-      images=images,
-      labels=np.full(len(tokens), -1 if FLAGS.label is None else FLAGS.label, np.int32),
-      seed=FLAGS.seed,
-      temperature=FLAGS.temperature,
-      top_k=FLAGS.top_k,
-      top_p=FLAGS.top_p,
-      steps=FLAGS.steps,
-      prior_step=prior.step,
-      stage_one=np.str_(tokenizer.fingerprint),
-    )
-  os.replace(npz + ".tmp", npz)
-  per_image = (decoded - start) / len(tokens)
-  print(
-    f"sampled {len(tokens)} images in {decoded - start:.2f} s: {1e3 * per_image:.2f} ms per image "
-    f"({1e3 * (sampled - start) / len(tokens):.2f} ms sampling codes, "
-    f"{1e3 * (decoded - sampled) / len(tokens):.2f} ms decoding; prior step {prior.step}, stage one "
-    f"{tokenizer.fingerprint})"
+  arrays = dict(
+    codes=codes,
+    tokens=tokens,
+    labels=np.full(len(tokens), -1 if FLAGS.label is None else FLAGS.label, np.int32),
+    temperature=FLAGS.temperature,
+    top_k=FLAGS.top_k,
+    top_p=FLAGS.top_p,
+    steps=FLAGS.steps,
+    prior_step=prior.step,
+    stage_one=np.str_(tokenizer.fingerprint),
   )
-  print(f"files:       {png}, {npz}")
-  if FLAGS.quality:
-    _score(images, tokenizer.run.config.data, out)
+  what = (
+    f"{1e3 * (sampled - start) / len(tokens):.2f} ms sampling codes, then decoding; prior step {prior.step}, "
+    f"stage one {tokenizer.fingerprint}"
+  )
+  return images, arrays, tokenizer.to_unit, what
+
+
+def _sample_latents(run):
+  """Codes of an autoencoder or VAE run from --prior (a mixture fitted on its training codes, or N(0, I)),
+  decoded by the run's decoder."""
+  import numpy as np
+
+  from ae_jax import stage_one
+  from ae_jax.errors import ConfigError
+  from ae_jax.priors import latent
+
+  codec = latent.LatentCodec.of(run)
+  if FLAGS.prior is None:
+    raise ConfigError(
+      f"{run.workdir} is a '{run.config.model.name}' run: choose how its codes are drawn with "
+      "--prior=mixture (a Gaussian mixture fitted on its training codes)"
+      + (" or --prior=normal (its prior N(0, I))" if codec.vae else "")
+    )
+  for name in ("temperature", "top_k", "top_p", "steps", "label"):
+    if FLAGS[name].present:
+      raise ConfigError(f"--{name} is for prior runs (ar_prior, maskgit_prior), not --prior={FLAGS.prior}")
+  if FLAGS.num < 1:
+    raise ConfigError(f"--num must be >= 1, got {FLAGS.num}")
+  if FLAGS.prior == "normal":
+    codes = latent.standard_normal(codec, FLAGS.num, FLAGS.seed)
+    what = "N(0, I)"
+  else:
+    mixture = latent.fit_mixture(codec, FLAGS.components, covariance=FLAGS.covariance, seed=FLAGS.seed)
+    codes = mixture.sample(np.random.default_rng(FLAGS.seed), FLAGS.num).astype(np.float32)
+    what = f"a {FLAGS.components}-component {FLAGS.covariance} Gaussian mixture over the training codes"
+  images = codec.decode(codes)
+  arrays = dict(codes=codes, prior=np.str_(FLAGS.prior), run_step=run.step, run=np.str_(run.fingerprint))
+  return images, arrays, lambda x: stage_one.to_unit(run.config, x), f"codes from {what}"
+
+
+def _image_run(run):
+  """The run whose dataset the samples imitate: a prior run's stage one, else the run itself."""
+  from ae_jax.priors import generate
+
+  return generate.tokenizer_of(run).run if run.config.data.get("name") == "codes" else run
 
 
 def _score(images, data_config, out: str) -> None:
@@ -151,13 +248,7 @@ def main(argv: list[str]) -> None:
   cli.run_or_exit(lambda: sample(argv))
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parse; a bad flag exits with one `error:` line."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(f"error: {' '.join(str(e).split())} (usage: {USAGE})")
-
-
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  from ae_jax.config import parse_flags_or_exit
+
+  app.run(main, flags_parser=lambda argv: parse_flags_or_exit(argv, FLAGS, USAGE))

@@ -33,7 +33,7 @@ def _main(*args, workdir):
     ((f"--config={CONFIG}", "--config.model.code_dims=3"), "did you mean 'code_dim'?"),
     (
       ("--config=experiments/configs/vqvae_cifar10.py", "--config.model.num_codes=8"),
-      "quantizer section: --config.model.quantizer.num_codes=VALUE",
+      "is not an option of model 'vqvae' but of its quantizer section (for quantizer",
     ),
     (("--config=experiments/configs/no_such_config.py",), "no_such_config.py"),
     ((f"--config={CONFIG}", "--config.batch_size=not_a_number"), "batch_size"),
@@ -150,7 +150,7 @@ def test_flags_add_loss_terms_warm_ups_and_evaluators():
 @pytest.mark.parametrize(
   "args, expected",
   [
-    (("--config.loss.l11=0.1",), "error: unknown loss term 'l11' in config.loss; did you mean 'l1'?"),
+    (("--config.loss.l11=0.1",), "error: unknown config.loss term 'l11'; did you mean 'l1'?"),
     (("--config.loss.l1=abc",), "error: config.loss.l1 is the term's weight, a number; got 'abc'"),
     (
       ("--config.evals.quality=image_qualty",),

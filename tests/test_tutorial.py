@@ -57,6 +57,7 @@ def test_the_tutorial_runs_top_to_bottom_with_jupyter_execute_in_docs(tmp_path):
   notebook = nbformat.read(executed.with_suffix(".ipynb"), as_version=4)
   text = "\n".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
   assert "codebook/perplexity" in text and "test/total_variation" in text and "eval_20.json" in text
+  assert "bits per code (uniform: 6)" in text  # the prior over the 64 codes, trained and sampled
   images = [
     o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})
   ]

@@ -24,6 +24,7 @@ __all__ = [
   "MODELS",
   "ModelSpec",
   "abilities",
+  "check_keys",
   "get_model",
   "model_config",
   "model_fields",
@@ -63,6 +64,16 @@ def _not_an_option(spec: ModelSpec, key: str, name: str, where: str) -> ConfigEr
   return ConfigError(
     f"{where}{key} is not an option of model '{name}'; {hint}its options: {list(spec.options)}"
   )
+
+
+def check_keys(name: str, keys: Any, where: str = "config.model.") -> None:
+  """ConfigError for the first of `keys` that is not an option of model `name` (pointing into its nested
+  section when the key belongs there); "name" is always allowed."""
+  spec = MODELS.lookup(name)
+  fields = model_fields(name)
+  for key in keys:
+    if key != "name" and key not in fields:
+      raise _not_an_option(spec, key, name, where)
 
 
 def model_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:

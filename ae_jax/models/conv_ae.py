@@ -156,7 +156,7 @@ class ConvDecoder(nn.Module):
     return activation(self.output_act)(h)
 
 
-@interface.register("conv_ae")
+@interface.register("conv_ae", ("autoencoding",))
 class ConvAutoencoder(nn.Module):
   """Convolutional autoencoder: [batch, H, W, C] -> code [batch, code_dim] -> recon [batch, H, W, C].
 

@@ -11,6 +11,8 @@ Protocol the model class implements (a test checks every registered model agains
   (prior samples).
 * "likelihood": `encode(x) -> (mean, logvar)` of a diagonal Gaussian q(z|x) and `importance_terms(x, eps
   [k, B, D])` -> log p(x|z), log p(z), log q(z|x) [k, B] (importance-sampled log-likelihoods).
+* "autoencoding": `encode(x) -> code [B, D]` and `decode(code) -> [B, *input_shape]`, the reconstruction
+  (a deterministic code; an ex-post density over the codes makes it generative: `ae_jax.priors.latent`).
 * "quantized": the outputs hold integer "indices" [B, ...] (one token per latent position and codebook) and
   `codebooks() -> tuple[int, ...]` gives the size of each codebook a position is coded with (one entry per
   residual stage), so a position carries sum(log2 K) bits.
@@ -42,6 +44,13 @@ class Likelihood(Protocol):
 
 
 @runtime_checkable
+class Autoencoding(Protocol):
+  def encode(self, x: jax.Array) -> jax.Array: ...
+
+  def decode(self, code: jax.Array) -> jax.Array: ...
+
+
+@runtime_checkable
 class Quantized(Protocol):
   def codebooks(self) -> tuple[int, ...]: ...
 
@@ -54,6 +63,7 @@ ABILITIES: dict[str, type] = {
   "masked": Masked,
   "generative": Generative,
   "likelihood": Likelihood,
+  "autoencoding": Autoencoding,
   "quantized": Quantized,
 }
 

@@ -47,7 +47,7 @@ class MLPDecoder(nn.Module):
     return activation(self.output_act)(out).reshape(code.shape[0], *self.output_shape)
 
 
-@interface.register("mlp_ae")
+@interface.register("mlp_ae", ("autoencoding",))
 class MLPAutoencoder(nn.Module):
   """Fully connected autoencoder; the decoder mirrors the encoder's widths.
 

@@ -88,7 +88,7 @@ class TiedDecoder(nn.Module):
     return h
 
 
-@interface.register("tied_ae")
+@interface.register("tied_ae", ("autoencoding",))
 class TiedAutoencoder(nn.Module):
   """Fully connected autoencoder whose decoder reuses the encoder's kernels, transposed.
 

@@ -1,0 +1,167 @@
+"""Priors over continuous codes: any autoencoder or VAE run as a generator.
+
+    run = stage_one.load_run("runs/conv_ae")
+    codec = LatentCodec.of(run)                             # encode images <-> decode codes
+    prior = fit_mixture(codec, 10, covariance="full")       # Ghosh et al. 2020's ex-post density, cached
+    images = codec.decode(prior.sample(np.random.default_rng(0), 64))
+
+A model with the "autoencoding" ability (mlp_ae, conv_ae, tied_ae) codes an image as `encode(x)` and
+reconstructs it with `decode`; a VAE ("generative" and "likelihood": vae_mlp, vae_conv) codes it as the
+posterior mean and decodes with `generate` (the mean of p(x|z)), so its prior N(0, I) samples as well
+(`standard_normal`). The mixture is fitted (`ae_jax.priors.mixture`, EM in float64) on the codes of the
+run's training split and cached as WORKDIR/latent_priors/<fingerprint>-k<K>-<covariance>-seed<S>.npz,
+where the fingerprint names the checkpoint by content, so a retrained run is fitted afresh. Sampling
+draws from a numpy Generator of the seed: the same samples on any number of devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from ae_jax import models, parallel, stage_one
+from ae_jax.errors import ConfigError
+from ae_jax.priors.mixture import GaussianMixture, fit_gaussian_mixture
+
+log = logging.getLogger(__name__)
+
+
+def _vae_encode(module: Any, x: jax.Array) -> jax.Array:
+  return module.encode(x)[0]
+
+
+def _ae_encode(module: Any, x: jax.Array) -> jax.Array:
+  return module.encode(x)
+
+
+def _vae_decode(module: Any, z: jax.Array) -> jax.Array:
+  return module.generate(z)
+
+
+def _ae_decode(module: Any, z: jax.Array) -> jax.Array:
+  return module.decode(z)
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentCodec:
+  """A frozen run's continuous codes: `encode(images [N, ...]) -> codes float32 [N, D]` (a VAE's
+  posterior mean) and `decode(codes) -> images float32 [N, ...]` in the run's model range."""
+
+  run: stage_one.Run
+  vae: bool
+
+  @classmethod
+  def of(cls, run: stage_one.Run) -> LatentCodec:
+    """The codec of a run; ConfigError when its model has no continuous code to sample."""
+    name = run.config.model.name
+    abilities = models.abilities(name)
+    if {"generative", "likelihood"} <= abilities:
+      return cls(run, vae=True)
+    if "autoencoding" in abilities:
+      return cls(run, vae=False)
+    raise ConfigError(
+      f"{run.workdir} is a '{name}' run, which has no continuous code to sample; give an autoencoder or "
+      "VAE run (a model with the 'autoencoding' or 'generative' ability), or a prior run (ar_prior, "
+      "maskgit_prior) for a VQ-VAE"
+    )
+
+  @functools.cached_property
+  def _pmapped(self) -> dict[str, Any]:
+    model = self.run.model
+    encode, decode = (_vae_encode, _vae_decode) if self.vae else (_ae_encode, _ae_decode)
+
+    def apply(method: Any) -> Any:
+      return jax.pmap(lambda v, x: model.apply(v, x, method=method), axis_name=parallel.AXIS)
+
+    return {
+      "encode": apply(encode),
+      "decode": apply(decode),
+      "variables": parallel.replicate(self.run.variables),
+    }
+
+  def _map(self, kind: str, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    fns = self._pmapped
+    devices = tuple(jax.local_devices())
+    return stage_one.map_batches(fns[kind], fns["variables"], inputs, batch_size, np.float32, devices)
+
+  def encode(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """images [N, ...] (the run's evaluation preprocessing) -> codes float32 [N, D]."""
+    codes = self._map("encode", images, batch_size)
+    return codes.reshape(len(codes), -1)
+
+  def decode(self, codes: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """codes [N, D] -> images float32 [N, ...] in the run's model range."""
+    return self._map("decode", np.asarray(codes, np.float32), batch_size)
+
+
+def training_codes(codec: LatentCodec, max_examples: int | None = None) -> np.ndarray:
+  """The codes float32 [N, D] of the run's training split (its first `max_examples`; None: all),
+  preprocessed for evaluation."""
+  from ae_jax import data
+  from ae_jax.evaluators.batches import stack_examples
+
+  dataset = data.get_dataset(codec.run.config.data)
+  train = dataset.split("train")
+  n = len(train) if max_examples is None else min(int(max_examples), len(train))
+  chunks = []
+  for start in range(0, n, 4096):
+    x = stack_examples(train, dataset.info, range(start, min(start + 4096, n)))["x"]
+    chunks.append(codec.encode(x))
+  return np.concatenate(chunks)
+
+
+def mixture_path(run: stage_one.Run, components: int, covariance: str, seed: int) -> str:
+  """WORKDIR/latent_priors/<fingerprint>-k<K>-<covariance>-seed<S>.npz."""
+  name = f"{run.fingerprint}-k{components}-{covariance}-seed{seed}.npz"
+  return os.path.join(run.workdir, "latent_priors", name)
+
+
+def fit_mixture(
+  codec: LatentCodec,
+  components: int = 10,
+  *,
+  covariance: str = "full",
+  seed: int = 0,
+  max_examples: int | None = None,
+) -> GaussianMixture:
+  """The Gaussian mixture over the run's training codes: read from its cache (`mixture_path`) when
+  there, else fitted and written there (a cache that cannot be written costs a warning)."""
+  path = mixture_path(codec.run, components, covariance, seed)
+  if os.path.exists(path):
+    with np.load(path) as f:
+      return GaussianMixture(f["weights"], f["means"], f["covariances"])
+  codes = training_codes(codec, max_examples)
+  mixture = fit_gaussian_mixture(codes, components, covariance=covariance, seed=seed)
+  log.info(
+    "latent prior: %d-component %s Gaussian mixture fitted on %d codes", components, covariance, len(codes)
+  )
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+      np.savez(
+        f,
+        weights=mixture.weights,
+        means=mixture.means,
+        covariances=mixture.covariances,
+      )
+    os.replace(path + ".tmp", path)
+  except OSError as e:
+    log.warning("latent prior: could not cache the mixture at %s (%s)", path, e)
+  return mixture
+
+
+def standard_normal(codec: LatentCodec, num: int, seed: int) -> np.ndarray:
+  """`num` codes float32 [num, latent_dim] from a VAE's prior N(0, I), drawn from numpy's seed."""
+  if not codec.vae:
+    raise ConfigError(
+      f"--prior=normal samples a VAE's prior N(0, I); {codec.run.workdir} is a "
+      f"'{codec.run.config.model.name}' run, whose codes have no prior: use --prior=mixture"
+    )
+  dim = int(codec.run.model.latent_dim)
+  return np.random.default_rng(seed).standard_normal((num, dim)).astype(np.float32)

@@ -1,0 +1,116 @@
+"""Continuous codes as a generator: an autoencoder's codes under a fitted Gaussian mixture, a VAE's under
+N(0, I), decoded by the run's own decoder; and `experiments.sample --prior` on such runs."""
+
+import os
+import types
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from ae_jax import loop, parallel, stage_one
+from ae_jax.errors import ConfigError
+from ae_jax.models import model_config
+from ae_jax.priors import latent
+from tests.conftest import make_tiny_config
+
+
+def _train(workdir: str, model) -> str:
+  config = make_tiny_config()
+  config.model = model
+  config.total_steps = 4
+  config.evals = {}
+  if model.name.startswith("vae"):
+    config.loss = {"bernoulli_nll": 1.0, "kl": 1.0}
+    config.data.scale = "unit"
+  loop.train_and_evaluate(config, workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def ae_run(tmp_path_factory):
+  return _train(str(tmp_path_factory.mktemp("mlp_ae")), model_config("mlp_ae", hidden=(16,), code_dim=3))
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+  return _train(str(tmp_path_factory.mktemp("vae")), model_config("vae_mlp", hidden=(16,), latent_dim=2))
+
+
+def test_the_codec_encodes_and_decodes_as_the_model_does(ae_run):
+  run = stage_one.load_run(ae_run)
+  codec = latent.LatentCodec.of(run)
+  x = np.random.default_rng(0).uniform(-0.5, 0.5, (13, 8, 8, 1)).astype(np.float32)
+  codes = codec.encode(x, batch_size=8)  # padded over 8 devices
+  out = jax.jit(parallel.with_named_axis(lambda v, x: run.model.apply(v, x)))(run.variables, x)
+  assert codes.shape == (13, 3)
+  np.testing.assert_allclose(codes, out["code"], rtol=0, atol=1e-6)
+  np.testing.assert_allclose(codec.decode(codes, batch_size=8), out["recon"], rtol=0, atol=1e-6)
+
+
+def test_the_mixture_is_fitted_on_the_training_codes_once_and_cached(ae_run, monkeypatch):
+  codec = latent.LatentCodec.of(stage_one.load_run(ae_run))
+  path = latent.mixture_path(codec.run, 2, "diag", 0)
+  first = latent.fit_mixture(codec, 2, covariance="diag")
+  assert os.path.exists(path) and path.startswith(
+    os.path.join(ae_run, "latent_priors", codec.run.fingerprint)
+  )
+  codes = latent.training_codes(codec)
+  assert codes.shape == (96, 3)  # the tiny config's 96 training images
+  np.testing.assert_allclose(first.weights @ first.means, codes.mean(0), atol=1e-5)  # EM keeps the mean
+  monkeypatch.setattr(latent, "fit_gaussian_mixture", lambda *a, **k: pytest.fail("refitted"))
+  again = latent.fit_mixture(codec, 2, covariance="diag")
+  np.testing.assert_array_equal(again.means, first.means)
+  a = again.sample(np.random.default_rng(3), 5)
+  np.testing.assert_array_equal(a, first.sample(np.random.default_rng(3), 5))
+
+
+def test_normal_samples_only_a_vae_and_decodes_through_generate(ae_run, vae_run):
+  vae = latent.LatentCodec.of(stage_one.load_run(vae_run))
+  z = latent.standard_normal(vae, 4, seed=1)
+  np.testing.assert_array_equal(z, np.random.default_rng(1).standard_normal((4, 2)).astype(np.float32))
+  images = vae.decode(z)
+  expected = vae.run.model.apply(vae.run.variables, z, method="generate")
+  np.testing.assert_allclose(images, expected, rtol=0, atol=1e-6)
+  with pytest.raises(ConfigError, match="use --prior=mixture"):
+    latent.standard_normal(latent.LatentCodec.of(stage_one.load_run(ae_run)), 4, seed=1)
+
+
+def test_a_run_without_a_continuous_code_is_one_error():
+  run = types.SimpleNamespace(config=ml_collections.ConfigDict({"model": {"name": "vqvae"}}), workdir="wd")
+  with pytest.raises(ConfigError, match="no continuous code to sample"):
+    latent.LatentCodec.of(run)
+
+
+def _sample_cli(argv):
+  from experiments import sample
+
+  flag_values = sample.FLAGS
+  try:
+    sample.sample(flag_values(["sample", *argv]))
+  finally:
+    flag_values.unparse_flags()
+
+
+def test_the_sampling_command_draws_deterministic_codes_of_either_prior(ae_run, vae_run, tmp_path):
+  for run, prior in ((ae_run, "mixture"), (vae_run, "normal")):
+    for name in ("a", "b"):
+      _sample_cli(
+        [
+          f"--workdir={run}",
+          "--num=6",
+          f"--prior={prior}",
+          "--components=2",
+          f"--out={tmp_path / prior / name}",
+        ]
+      )
+    a, b = (np.load(tmp_path / prior / name / "samples.npz") for name in ("a", "b"))
+    np.testing.assert_array_equal(a["images"], b["images"])
+    assert a["images"].shape == (6, 8, 8, 1) and (tmp_path / prior / "a" / "samples.png").exists()
+  with pytest.raises(ConfigError, match="--prior=normal samples a VAE"):
+    _sample_cli([f"--workdir={ae_run}", "--prior=normal", f"--out={tmp_path / 'x'}"])
+  with pytest.raises(ConfigError, match="choose how its codes are drawn"):
+    _sample_cli([f"--workdir={ae_run}", f"--out={tmp_path / 'x'}"])
+  with pytest.raises(ConfigError, match="--top_k is for prior runs"):
+    _sample_cli([f"--workdir={vae_run}", "--prior=normal", "--top_k=3", f"--out={tmp_path / 'x'}"])
