@@ -103,3 +103,19 @@ class SequenceTransformer(nn.Module):
       self.num_layers, self.num_heads, self.mlp_dim, self.causal, self.dropout, self.dtype, name="trunk"
     )(x, train=train)
     return nn.Dense(self.num_outputs, dtype=jnp.float32, name="head")(h.astype(jnp.float32))
+
+
+class TokenPrior(nn.Module):
+  """The options shared by the token priors (`ARTransformer`, `MaskGITTransformer`): a vocabulary of K =
+  vocab_size tokens, sequences of seq_len, a `Transformer` trunk of num_layers blocks (num_heads, width
+  embed_dim, MLP mlp_dim, dropout), num_classes > 0 for class-conditional priors, the compute dtype."""
+
+  vocab_size: int
+  seq_len: int
+  num_layers: int = 4
+  num_heads: int = 4
+  embed_dim: int = 128
+  mlp_dim: int = 512
+  dropout: float = 0.0
+  num_classes: int = 0
+  dtype: jnp.dtype = jnp.float32

@@ -33,7 +33,7 @@ import numpy as np
 from flax import linen as nn
 
 from ae_jax.errors import ConfigError, did_you_mean
-from ae_jax.priors.layers import SequenceTransformer
+from ae_jax.priors.layers import SequenceTransformer, TokenPrior
 from ae_jax.priors.sampling import check_sampling_options, sample_logits
 from ae_jax.priors.transformer import ApplyFn, check_labels, check_tokens, logits_of
 
@@ -109,22 +109,12 @@ def masked_token_loss(logits: jax.Array, tokens: jax.Array, mask: jax.Array) -> 
   return jnp.sum(nll * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
 
 
-class MaskGITTransformer(nn.Module):
+class MaskGITTransformer(TokenPrior):
   """Bidirectional transformer: tokens [B, L] with ids in [0, K] (K = the mask token) -> {"logits":
   [B, L, K] float32} over the K real tokens at every position.
 
   Embedding table: the K tokens, the mask token, then one token per class (`num_classes > 0`).
   """
-
-  vocab_size: int
-  seq_len: int
-  num_layers: int = 4
-  num_heads: int = 4
-  embed_dim: int = 128
-  mlp_dim: int = 512
-  dropout: float = 0.0
-  num_classes: int = 0
-  dtype: jnp.dtype = jnp.float32
 
   @property
   def mask_id(self) -> int:

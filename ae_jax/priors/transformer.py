@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ae_jax.errors import ConfigError
-from ae_jax.priors.layers import SequenceTransformer
+from ae_jax.priors.layers import SequenceTransformer, TokenPrior
 from ae_jax.priors.sampling import check_sampling_options, sample_logits
 
 # apply_fn(tokens [N, L] int32, labels [N] int32 | None) -> logits [N, L, K] (or {"logits": ...}).
@@ -61,22 +61,12 @@ def logits_of(output: jax.Array | Mapping[str, jax.Array]) -> jax.Array:
   return jnp.asarray(output, jnp.float32)
 
 
-class ARTransformer(nn.Module):
+class ARTransformer(TokenPrior):
   """Causal transformer prior: tokens [B, L] int32 -> {"logits": [B, L, K] float32}, logits[:, t] the
   distribution of tokens[:, t] given tokens[:, :t].
 
   Embedding table: the K tokens, then one start token (unconditional) or one per class.
   """
-
-  vocab_size: int
-  seq_len: int
-  num_layers: int = 4
-  num_heads: int = 4
-  embed_dim: int = 128
-  mlp_dim: int = 512
-  dropout: float = 0.0
-  num_classes: int = 0
-  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(
