@@ -27,19 +27,27 @@ import ml_collections
 from ae_jax.errors import ConfigError, did_you_mean
 
 
+def own_flags_parser(flag_values: Any, usage: str) -> Any:
+  """absl app.run's flags_parser for a command with a flag set of its own (not absl's global FLAGS, so
+  several commands can be imported into one process): `parse_flags_or_exit` on it, and the global set
+  (absl's own flags only, in such a command's process) marked parsed, as app.run requires."""
+  from absl import flags
+
+  def parse(argv: list[str]) -> list[str]:
+    rest = parse_flags_or_exit(argv, flag_values, usage)
+    flags.FLAGS(argv[:1])
+    return rest
+
+  return parse
+
+
 def parse_flags_or_exit(
   argv: list[str], flag_values: Any, usage: str, config_flag: str = "config"
 ) -> list[str]:
   """Parses absl flags (a config file with --config.KEY=VALUE overrides); a bad command line or config file
-  exits with one line naming the problem, instead of a traceback. A command with a flag set of its own
-  (not absl's global FLAGS, so several commands can be imported into one process) still marks the global
-  set parsed, as absl's app.run requires."""
-  from absl import flags
-
+  exits with one line naming the problem, instead of a traceback."""
   try:
     rest = flag_values(argv)
-    if flag_values is not flags.FLAGS and not flags.FLAGS.is_parsed():
-      flags.FLAGS(argv[:1])
     config = getattr(flag_values, config_flag, None)
     if config is not None:
       config.keys()  # config files load lazily: surface a missing or broken file now

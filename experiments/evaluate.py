@@ -99,7 +99,7 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   from ae_jax import cli
-  from ae_jax.config import parse_flags_or_exit
+  from ae_jax.config import own_flags_parser
 
   config = cli.run_or_exit(lambda: saved_config(sys.argv))
   config_flags.DEFINE_config_dict(
@@ -110,4 +110,4 @@ if __name__ == "__main__":
     flag_values=FLAGS,
     accept_new_attributes=True,  # evaluators and loss terms added by flags: complete_config checks them
   )
-  app.run(main, flags_parser=lambda argv: parse_flags_or_exit(argv, FLAGS, USAGE))
+  app.run(main, flags_parser=own_flags_parser(FLAGS, USAGE))

@@ -249,6 +249,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  from ae_jax.config import parse_flags_or_exit
+  from ae_jax.config import own_flags_parser
 
-  app.run(main, flags_parser=lambda argv: parse_flags_or_exit(argv, FLAGS, USAGE))
+  app.run(main, flags_parser=own_flags_parser(FLAGS, USAGE))

@@ -203,6 +203,14 @@ class ConvAutoencoder(nn.Module):
     """code [batch, code_dim] -> reconstruction [batch, H, W, C]."""
     return self.decoder(code)
 
+  def latent_code(self, x: jax.Array) -> jax.Array:
+    """The "autoencoding" ability: x -> its code [batch, D] (`encode`)."""
+    return self.encode(x)
+
+  def decode_latent(self, code: jax.Array) -> jax.Array:
+    """The "autoencoding" ability: a code [batch, D] -> the reconstruction (`decode`)."""
+    return self.decode(code)
+
   def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
     """x [batch, H, W, C] -> {"code": [batch, code_dim], "recon": [batch, H, W, C]}."""
     code = self.encode(x)

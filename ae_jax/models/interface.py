@@ -11,8 +11,9 @@ Protocol the model class implements (a test checks every registered model agains
   (prior samples).
 * "likelihood": `encode(x) -> (mean, logvar)` of a diagonal Gaussian q(z|x) and `importance_terms(x, eps
   [k, B, D])` -> log p(x|z), log p(z), log q(z|x) [k, B] (importance-sampled log-likelihoods).
-* "autoencoding": `encode(x) -> code [B, D]` and `decode(code) -> [B, *input_shape]`, the reconstruction
-  (a deterministic code; an ex-post density over the codes makes it generative: `ae_jax.priors.latent`).
+* "autoencoding": `latent_code(x) -> [B, D]` and `decode_latent(code) -> [B, *input_shape]`, the
+  reconstruction (a deterministic code; an ex-post density over the codes makes it generative:
+  `ae_jax.priors.latent`).
 * "quantized": the outputs hold integer "indices" [B, ...] (one token per latent position and codebook) and
   `codebooks() -> tuple[int, ...]` gives the size of each codebook a position is coded with (one entry per
   residual stage), so a position carries sum(log2 K) bits.
@@ -45,9 +46,9 @@ class Likelihood(Protocol):
 
 @runtime_checkable
 class Autoencoding(Protocol):
-  def encode(self, x: jax.Array) -> jax.Array: ...
+  def latent_code(self, x: jax.Array) -> jax.Array: ...
 
-  def decode(self, code: jax.Array) -> jax.Array: ...
+  def decode_latent(self, code: jax.Array) -> jax.Array: ...
 
 
 @runtime_checkable

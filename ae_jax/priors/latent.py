@@ -5,9 +5,9 @@
     prior = fit_mixture(codec, 10, covariance="full")       # Ghosh et al. 2020's ex-post density, cached
     images = codec.decode(prior.sample(np.random.default_rng(0), 64))
 
-A model with the "autoencoding" ability (mlp_ae, conv_ae, tied_ae) codes an image as `encode(x)` and
-reconstructs it with `decode`; a VAE ("generative" and "likelihood": vae_mlp, vae_conv) codes it as the
-posterior mean and decodes with `generate` (the mean of p(x|z)), so its prior N(0, I) samples as well
+A model with the "autoencoding" ability (mlp_ae, conv_ae, tied_ae) codes an image as `latent_code(x)`
+and reconstructs it with `decode_latent`; a VAE ("generative" and "likelihood": vae_mlp, vae_conv) codes it
+as the posterior mean and decodes with `generate` (the mean of p(x|z)), so its prior N(0, I) samples as well
 (`standard_normal`). The mixture is fitted (`ae_jax.priors.mixture`, EM in float64) on the codes of the
 run's training split and cached as WORKDIR/latent_priors/<fingerprint>-k<K>-<covariance>-seed<S>.npz,
 where the fingerprint names the checkpoint by content, so a retrained run is fitted afresh. Sampling
@@ -37,7 +37,7 @@ def _vae_encode(module: Any, x: jax.Array) -> jax.Array:
 
 
 def _ae_encode(module: Any, x: jax.Array) -> jax.Array:
-  return module.encode(x)
+  return module.latent_code(x)
 
 
 def _vae_decode(module: Any, z: jax.Array) -> jax.Array:
@@ -45,7 +45,7 @@ def _vae_decode(module: Any, z: jax.Array) -> jax.Array:
 
 
 def _ae_decode(module: Any, z: jax.Array) -> jax.Array:
-  return module.decode(z)
+  return module.decode_latent(z)
 
 
 @dataclasses.dataclass(frozen=True)
