@@ -83,7 +83,13 @@ def gaussian_nll(
   return per_example_sum(nll, mask)
 
 
+def gaussian_kl_per_dim(mean: jax.Array, logvar: jax.Array) -> jax.Array:
+  """KL(N(mean, exp(logvar)) || N(0, 1)) of each latent dimension in closed form, in nats: the shape of
+  `mean`."""
+  return 0.5 * (jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar)
+
+
 def gaussian_kl(mean: jax.Array, logvar: jax.Array, mask: jax.Array | None = None) -> jax.Array:
   """KL(N(mean, exp(logvar)) || N(0, I)) in closed form, summed over latent dims, in nats. -> [batch]."""
   mean, logvar = _zero_masked(mask, mean, logvar)
-  return per_example_sum(0.5 * (jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar), mask)
+  return per_example_sum(gaussian_kl_per_dim(mean, logvar), mask)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ae_jax.errors import ConfigError
+from ae_jax.losses.functions import gaussian_kl_per_dim
 from ae_jax.models import interface
 from ae_jax.models.layers import activation
 
@@ -199,7 +200,7 @@ class SeqVAEConv(nn.Module):
   def _active_dims(self, mean: jax.Array, logvar: jax.Array, w: jax.Array) -> jax.Array:
     """Latent dims whose KL per real frame, averaged over the global batch, exceeds ACTIVE_KL_NATS."""
     mean, logvar = jax.lax.stop_gradient((mean, logvar))
-    kl = jnp.where(w > 0, 0.5 * (jnp.exp(logvar) + mean * mean - 1.0 - logvar), 0.0)
+    kl = jnp.where(w > 0, gaussian_kl_per_dim(mean, logvar), 0.0)
     sums = jnp.stack([jnp.sum(kl, (0, 1)), jnp.broadcast_to(jnp.sum(w), kl.shape[-1:])])
     if self.axis_name is not None and not self.is_initializing():
       sums = jax.lax.psum(sums, self.axis_name)
