@@ -62,8 +62,9 @@ class Context:
     return os.path.join(self.workdir, f"{self.file_prefix}{name}{suffix}")
 
 
-# build(name, section, context) -> evaluate(rstate [replicated over local devices], step) -> Result
-Builder = Callable[[str, ml_collections.ConfigDict, Context], Callable[[Any, int], Result]]
+# build(name, section, context) -> evaluate(rstate [replicated over local devices], step, final) -> Result
+# (final: the evaluation after training, when evaluators may write their files and print their lines)
+Builder = Callable[[str, ml_collections.ConfigDict, Context], Callable[[Any, int, bool], Result]]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
