@@ -4,8 +4,8 @@ After a sequence autoencoder has been trained on the normal windows of a series 
 (`ae_jax.data.series`; its `Dataset.anomaly` holds the segments by role):
 
 Semi-supervised (the dataset gives train / validation / threshold / test ranges):
-1. Error vectors. Unit "point" (a series): the windows that overlap a segment, every
-   `stride` points (the anomaly evaluator's option), are reconstructed (they may reach past the segment's ends into the
+1. Error vectors. Unit "point" (a series): the windows that overlap a segment, every `stride` points
+   (the anomaly evaluator's option), are reconstructed (they may reach past the segment's ends into the
    rest of the series); point i's error vector e_i [d] is the mean of |x_i - x'_i| over the windows that
    cover it (stride = window length: one window per point, the paper's e_i). With `normalise_positions`,
    |x - x'| is first divided by its mean at each window position on the validation split: a point near a
