@@ -5,7 +5,7 @@ continuous codes of an autoencoder or VAE run (`--prior`) and decodes them throu
         [--top_k 0] [--top_p 1.0] [--label C] [--out DIR]
     python -m experiments.sample --workdir runs/prior_maskgit --num 64 --steps 8 [--choice_temperature 4.5]
 
-Writes OUT/samples.png (a grid of the decoded images) and OUT/samples.npz (codes [N, *grid] int32,
+Writes OUT/samples.png (a grid of the first 256 decoded images) and OUT/samples.npz (codes [N, *grid] int32,
 tokens [N, L], images [N, H, W, C] float32 in the stage one's model range, labels, and the options), OUT
 defaulting to WORKDIR/samples; prints the sampling time per image. The same seed and options give the same
 samples, on any number of devices. --step N / --best pick the prior's checkpoint (default: the latest).
@@ -81,6 +81,7 @@ flags.DEFINE_integer(
   "feature_steps", 2000, "Training steps of the feature network (part of its cache key).", flag_values=FLAGS
 )
 flags.mark_flags_as_required(["workdir"], flag_values=FLAGS)
+GRID_IMAGES = 256  # at most this many samples in samples.png
 USAGE = (
   "python -m experiments.sample --workdir PRIOR_WORKDIR --num N [--seed S] [--temperature T] ..., or "
   "--workdir AE_WORKDIR --prior mixture|normal"
@@ -114,7 +115,8 @@ def sample(argv: list[str]) -> None:
     images, arrays, display, what = _sample_latents(run)
   decoded = time.perf_counter()
   os.makedirs(out, exist_ok=True)
-  grid = visualize.image_grid(display(images), ncols=math.ceil(math.sqrt(len(images))))
+  shown = images[:GRID_IMAGES]  # the grid shows the first ones; the .npz holds all
+  grid = visualize.image_grid(display(shown), ncols=math.ceil(math.sqrt(len(shown))))
   png = visualize.save_png(os.path.join(out, "samples.png"), grid)
   npz = os.path.join(out, "samples.npz")
   with open(npz + ".tmp", "wb") as f:
