@@ -116,9 +116,12 @@ def training_codes(codec: LatentCodec, max_examples: int | None = None) -> np.nd
   return np.concatenate(chunks)
 
 
-def mixture_path(run: stage_one.Run, components: int, covariance: str, seed: int) -> str:
-  """WORKDIR/latent_priors/<fingerprint>-k<K>-<covariance>-seed<S>.npz."""
-  name = f"{run.fingerprint}-k{components}-{covariance}-seed{seed}.npz"
+def mixture_path(
+  run: stage_one.Run, components: int, covariance: str, seed: int, max_examples: int | None = None
+) -> str:
+  """WORKDIR/latent_priors/<fingerprint>-k<K>-<covariance>-seed<S>[-n<max_examples>].npz."""
+  subset = "" if max_examples is None else f"-n{int(max_examples)}"
+  name = f"{run.fingerprint}-k{components}-{covariance}-seed{seed}{subset}.npz"
   return os.path.join(run.workdir, "latent_priors", name)
 
 
@@ -132,7 +135,7 @@ def fit_mixture(
 ) -> GaussianMixture:
   """The Gaussian mixture over the run's training codes: read from its cache (`mixture_path`) when
   there, else fitted and written there (a cache that cannot be written costs a warning)."""
-  path = mixture_path(codec.run, components, covariance, seed)
+  path = mixture_path(codec.run, components, covariance, seed, max_examples)
   if os.path.exists(path):
     with np.load(path) as f:
       return GaussianMixture(f["weights"], f["means"], f["covariances"])
