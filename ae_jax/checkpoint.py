@@ -151,15 +151,23 @@ def _metadata_mismatch(saved: Any, target: Any) -> str | None:
   return None
 
 
-def _remove_partial(pattern: str, seconds: float = 10.0) -> None:
+def _remove_partial(pattern: str, seconds: float = 10.0, settle: float = 0.5) -> None:
   """Removes the directories matching `pattern` (a failed save's partial files, never a finished step).
-  tensorstore's writer threads can still be finishing writes after Orbax reports the failure, so the
-  removal is retried until nothing matches, for at most `seconds`."""
+  tensorstore's writer threads can still be finishing writes after Orbax reports the failure, and a write
+  recreates its directory, so the removal is repeated until nothing has matched for `settle` seconds (at
+  most `seconds` in all)."""
   deadline = time.monotonic() + seconds
-  while True:
-    for tmp in glob.glob(pattern):
+  clear_since = None
+  while time.monotonic() < deadline:
+    found = glob.glob(pattern)
+    for tmp in found:
       shutil.rmtree(tmp, ignore_errors=True)
-    if not glob.glob(pattern) or time.monotonic() > deadline:
+    now = time.monotonic()
+    if found:
+      clear_since = None
+    elif clear_since is None:
+      clear_since = now
+    elif now - clear_since >= settle:
       return
     time.sleep(0.05)
 

@@ -84,10 +84,23 @@ def setup(workdir: str | None = None) -> str | None:
   return add_log_file(workdir) if workdir is not None else None
 
 
+class _LogFile(logging.FileHandler):
+  """WORKDIR/log.txt. A record that cannot be written (its disk is full, which is often the error being
+  reported) is dropped: logging's default prints a traceback to stderr for each one."""
+
+  def __init__(self, path: str):
+    super().__init__(path)
+    self.dropped = 0  # records that could not be written
+
+  def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+    self.dropped += 1
+
+
 def add_log_file(workdir: str) -> str:
-  """Keeps every log record (INFO and up) in WORKDIR/log.txt, appended across reruns; returns its path."""
+  """Keeps every log record (INFO and up) in WORKDIR/log.txt, appended across reruns; returns its path.
+  Records that cannot be written (a full disk) are dropped without a word on the console."""
   path = os.path.join(workdir, LOG_NAME)
-  handler = logging.FileHandler(path)
+  handler = _LogFile(path)
   handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
   logging.getLogger().addHandler(handler)
   return path

@@ -103,26 +103,22 @@ def local_index(batch_size: int, axis_name: str | None = None) -> jax.Array:
 # ----------------------------------------------------------------------------- log-densities
 
 
+def normal_logpdf(x: jax.Array, mean: jax.Array | float, logvar: jax.Array | float) -> jax.Array:
+  """log N(x; mean, exp(logvar)) per element (not summed), in nats; arguments broadcast. The one Gaussian
+  log-density: the others here and `losses.gaussian_nll` are sums of it."""
+  return -0.5 * (_LOG_2PI + logvar + jnp.square(x - mean) * jnp.exp(-logvar))
+
+
 def standard_normal_logpdf(z: jax.Array) -> jax.Array:
   """log N(z; 0, I) summed over the last axis, in nats: [..., D] -> [...]."""
-  return -0.5 * jnp.sum(jnp.square(z) + _LOG_2PI, axis=-1)
+  return jnp.sum(normal_logpdf(z, 0.0, 0.0), axis=-1)
 
 
 def diagonal_normal_logpdf(eps: jax.Array, logvar: jax.Array) -> jax.Array:
   """log N(z; mean, exp(logvar)) summed over the last axis, in nats, for z = mean + exp(logvar / 2) * eps:
-  [..., D] x2 -> [...]."""
-  return -0.5 * jnp.sum(jnp.square(eps) + logvar + _LOG_2PI, axis=-1)
-
-
-def normal_logpdf(z: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
-  """log N(z; mean, exp(logvar)) per element (not summed), in nats. Arguments broadcast: [..., D] -> [..., D].
-
-  `diagonal_normal_logpdf` takes the standardised residual and sums over the last axis; this is the same
-  density for an arbitrary z, one value per latent dimension.
-  """
-  z, mean, logvar = jnp.broadcast_arrays(z, mean, logvar)
-  eps = (z - mean) * jnp.exp(-0.5 * logvar)
-  return diagonal_normal_logpdf(eps[..., None], logvar[..., None])
+  [..., D] x2 -> [...]. By the change of variables it is log N(eps; 0, I) - sum(logvar) / 2, which needs
+  neither z nor the mean."""
+  return jnp.sum(normal_logpdf(eps, 0.0, 0.0) - 0.5 * logvar, axis=-1)
 
 
 # ----------------------------------------------------------------------------- MMD

@@ -6,7 +6,7 @@ the config saved with its latest checkpoint).
 
 A column is LABEL=KEY (or just KEY; KEY|KEY2 takes the first a run has): a key of results.json, or one
 of the derived values
-  bits         bits per example of a quantized model's code (positions x sum of log2 K, as ae_jax.inspect)
+  bits         bits per example of a quantized model's code (positions x sum of log2 K, as ae_jax.bottleneck)
   ms_per_step  median over the logged intervals of global batch / examples_per_sec: training wall time
                per step, compilation excluded (the trainer leaves the first dispatch out of its rates)
   steps        the run's last step
@@ -65,7 +65,7 @@ def row_values(workdir: str, keys: list[str]) -> dict[str, Any]:
     if "steps" in keys:
       values["steps"] = results.get("step")
     if "bits" in keys:
-      from ae_jax.inspect import inspect_config
+      from ae_jax.bottleneck import inspect_config
 
       values["bits"] = inspect_config(config).bits
   return values

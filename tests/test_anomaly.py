@@ -1,4 +1,4 @@
-"""Anomaly scoring against numpy and brute-force references, and the whole procedure on synthetic series."""
+"""Anomaly scoring against numpy and brute-force references, and the whole procedure on synthetic files."""
 
 import itertools
 import math
@@ -11,7 +11,7 @@ from flax import linen as nn
 
 from ae_jax import anomaly, data, evaluators
 from ae_jax.config import default_config
-from ae_jax.data import series
+from ae_jax.data import series_file
 from ae_jax.data.dataset import Dataset
 from ae_jax.train import create_train_state
 
@@ -96,12 +96,12 @@ def test_roc_auc_matches_pairwise_count(seed):
 
 def test_point_errors_average_the_covering_windows():
   values = np.arange(6, dtype=np.float64)[:, None]  # [6, 1]
-  windows, starts = series.windows(values, 3, 2)  # starts 0, 2, 3
+  windows, starts = series_file.windows(values, 3, 2)  # starts 0, 2, 3
   errors = np.ones_like(windows) * np.array([1.0, 2.0, 4.0])[:, None, None]  # window w is off by 1, 2, 4
   expected = [1, 1, (1 + 2) / 2, (2 + 4) / 2, (2 + 4) / 2, 4]
   np.testing.assert_allclose(anomaly.point_errors(6, errors, starts)[:, 0], expected)
   assert np.isnan(anomaly.point_errors(8, errors, starts)[6:]).all()  # points no window covers
-  segment = series.Segment("s", "test", values, np.zeros(6, bool), 1, 5)
+  segment = series_file.Segment("s", "test", values, np.zeros(6, bool), 1, 5)
   scale = np.array([[1.0], [2.0], [4.0]])  # mean error at each window position
   units = anomaly.unit_errors([anomaly.WindowErrors(segment, starts, errors)], "point", scale)
   # points 1-4; errors / scale: window 0 gives 1, .5, .25; window 1: 2, 1, .5; window 2: 4, 2, 1
@@ -112,7 +112,7 @@ def test_point_errors_average_the_covering_windows():
 def test_sequence_scores_take_the_largest_point_score_of_consecutive_runs():
   labels = np.zeros(7, bool)
   labels[4] = True
-  segment = series.Segment("s", "test", np.zeros((9, 1), np.float32), np.r_[False, labels, False], 1, 8)
+  segment = series_file.Segment("s", "test", np.zeros((9, 1), np.float32), np.r_[False, labels, False], 1, 8)
   units = anomaly.UnitErrors(np.zeros((7 + 3, 1)), np.r_[labels, False, True, False], [])
   units.parts.extend([(segment, slice(0, 7)), (segment, slice(7, 10))])
   scores = np.array([1.0, 5.0, 2.0, 0.0, 3.0, 1.0, 9.0, 4.0, 0.5, 2.0])
@@ -141,11 +141,11 @@ def _synthetic_splits():
     if spike:
       values[60:70] += 4.0
       labels[60:70] = True
-    return series.Segment(name, role, values.astype(np.float32), labels, 10, 190)
+    return series_file.Segment(name, role, values.astype(np.float32), labels, 10, 190)
 
   segments = {"train": [], "validation": [make("f", "validation", False)]}
   segments["threshold"], segments["test"] = [make("v", "threshold", True)], [make("t", "test", True)]
-  return series.AnomalySplits(segments, window=20, stride=5, unit="point")
+  return series_file.AnomalySplits(segments, window=20, stride=5, unit="point")
 
 
 def _anomaly_options(**options):
@@ -217,7 +217,7 @@ def test_unsupervised_detection_ranks_the_planted_anomalies_first(tmp_path):
 
   import jax.numpy as jnp
 
-  all_w, starts = series.windows(score.values, 24, 1)
+  all_w, starts = series_file.windows(score.values, 24, 1)
   windows_all = jnp.asarray(all_w[..., 0])
   clean_windows = jnp.asarray(np.stack([clean[a : a + 24] for a in starts]))
   model = _Clean()
@@ -273,9 +273,11 @@ def test_unsupervised_training_and_scoring_find_the_planted_anomalies(tmp_path):
 def _discord_parts(n, labelled, times=None):
   labels = np.zeros(n, bool)
   labels[50:60] = labelled
-  seg = series.Segment("s.csv", "score", np.sin(np.arange(n) / 5.0)[:, None], labels, 0, n, times)
+  seg = series_file.Segment("s.csv", "score", np.sin(np.arange(n) / 5.0)[:, None], labels, 0, n, times)
   units = anomaly.UnitErrors(np.zeros((n, 1)), labels, [(seg, slice(0, n))])
-  return units, series.AnomalySplits({"score": [seg]}, 10, 1, "point", supervised=False, labelled=labelled)
+  return units, series_file.AnomalySplits(
+    {"score": [seg]}, 10, 1, "point", supervised=False, labelled=labelled
+  )
 
 
 @pytest.mark.parametrize("labelled", [False, True])

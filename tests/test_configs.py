@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from ae_jax import data
+from ae_jax.bottleneck import format_report, inspect_config
 from ae_jax.config import parse_arg
 from ae_jax.errors import ConfigError, DataNotFoundError
-from ae_jax.inspect import format_report, inspect_config
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs"
 

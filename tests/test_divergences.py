@@ -15,7 +15,7 @@ import pytest
 from scipy.special import logsumexp as np_logsumexp
 
 from ae_jax import divergences as dv
-from ae_jax import parallel
+from ae_jax import losses, parallel
 from ae_jax.models import vae
 
 RNG = np.random.default_rng(0)
@@ -78,6 +78,8 @@ def test_normal_logpdf_matches_numpy_and_the_vae_density():
   chex.assert_trees_all_close(out.sum(-1), dv.diagonal_normal_logpdf(eps, logvar), rtol=1e-5, atol=1e-5)
   assert vae.diagonal_normal_logpdf is dv.diagonal_normal_logpdf  # one density, used by the VAEs too
   assert vae.standard_normal_logpdf is dv.standard_normal_logpdf
+  nll = jax.jit(losses.gaussian_nll)(mean, z, logvar)  # the reconstruction NLL is the same density, summed
+  chex.assert_trees_all_close(nll, -expected.sum(-1).astype(np.float32), rtol=1e-5, atol=1e-5)
 
 
 def test_kernel_scale_is_2_d_sigma2():

@@ -13,10 +13,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ae_jax import cli, data, evaluators, experiment, image_quality, loop, outputs, parallel
+from ae_jax import cli, data, evaluators, experiment, image_metrics, loop, outputs, parallel
 from ae_jax.config import check_config, default_config
 from ae_jax.errors import ConfigError
-from ae_jax.evaluators import batches, codebook, latents
+from ae_jax.evaluators import batches, codebook, latent_activity
 from ae_jax.models import model_config
 
 
@@ -49,10 +49,10 @@ def test_training_runs_every_evaluator_and_writes_results(image_config, tmp_path
   recon = outputs.reconstruct(model, state, x)["recon"]
   unit = lambda v: np.clip(dataset.info.to_unit(np.asarray(v)), 0.0, 1.0)  # noqa: E731
   np.testing.assert_allclose(
-    results["quality/ssim"], np.mean(image_quality.ssim(unit(x), unit(recon))), rtol=1e-5
+    results["quality/ssim"], np.mean(image_metrics.ssim(unit(x), unit(recon))), rtol=1e-5
   )
   np.testing.assert_allclose(
-    results["quality/psnr"], np.mean(image_quality.psnr(unit(x), unit(recon))), rtol=1e-5
+    results["quality/psnr"], np.mean(image_metrics.psnr(unit(x), unit(recon))), rtol=1e-5
   )
   np.testing.assert_allclose(results["test/mse"], np.mean(np.square(recon - x)), rtol=1e-5)
 
@@ -113,7 +113,8 @@ def test_active_latent_dimensions_follow_the_variance_of_the_posterior_means():
   assert eight["active_dims"] == np.sum(variance > 1e-4) == 5
   np.testing.assert_allclose(eight["mean_variance"], variance.mean(), rtol=1e-4)
   chex.assert_trees_all_close(eight, one, rtol=1e-5)
-  assert latents.activity({"sum": np.zeros(3), "sum_sq": np.zeros(3), "count": 4.0}, 0.01)["active_dims"] == 0
+  zeros = {"sum": np.zeros(3), "sum_sq": np.zeros(3), "count": 4.0}
+  assert latent_activity.activity(zeros, 0.01)["active_dims"] == 0
 
 
 @pytest.mark.parametrize(

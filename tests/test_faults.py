@@ -5,6 +5,7 @@ import contextlib
 import errno
 import glob
 import json
+import logging
 import os
 import pathlib
 import re
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 import pytest
 
-from ae_jax import checkpoint, loop, workdir
+from ae_jax import checkpoint, console, loop, workdir
 from ae_jax.errors import WorkdirError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -201,6 +202,23 @@ def test_a_full_disk_during_asynchronous_saves_is_one_line_on_the_console(tmp_pa
     ]
     _assert_names_the_failed_and_the_newest_complete_step(messages[0], mount / "run" / "checkpoints", 50)
     assert "No space left on device" in (mount / "run" / "log.txt").read_text()  # the details are kept
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_log_file_on_a_full_disk_drops_records_without_a_console_traceback(tmp_path, capfd):
+  """log.txt on a full disk (here /dev/full, where every write fails with ENOSPC) must not print logging's
+  "--- Logging error ---" traceback for each record: the console keeps its one error line."""
+  (tmp_path / "log.txt").symlink_to("/dev/full")
+  path = console.add_log_file(str(tmp_path))
+  handler = logging.getLogger().handlers[-1]
+  try:
+    logging.getLogger("ae_jax.test").error("a record that cannot be written")
+    assert handler.dropped == 1 and path == str(tmp_path / "log.txt")
+  finally:
+    logging.getLogger().removeHandler(handler)
+    with contextlib.suppress(OSError):
+      handler.close()
+  assert "Logging error" not in capfd.readouterr().err
 
 
 def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(tiny_config, tmp_path):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ae_jax import models, outputs, parallel, train
-from ae_jax.inspect import inspect_model
+from ae_jax.bottleneck import inspect_model
 
 
 class _SyncedBatchNormAE(nn.Module):

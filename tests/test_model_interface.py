@@ -7,7 +7,7 @@ import math
 import pytest
 
 from ae_jax import models
-from ae_jax.inspect import format_report, inspect_model
+from ae_jax.bottleneck import format_report, inspect_model
 from ae_jax.models.interface import ABILITIES
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-import ae_jax.inspect as ae_inspect
+import ae_jax.bottleneck as bottleneck
 from ae_jax.models import MODELS, get_model, model_config, model_fields
 from ae_jax.models.conv_ae import _torch_conv_transpose_padding
 from ae_jax.models.layers import SubpixelConvTranspose, resolve_upsample
@@ -295,7 +295,7 @@ def test_upsample_auto_follows_the_backend(monkeypatch):
   sub-pixel form for vqvae and the general conv layout, nn.ConvTranspose for the seed's 28x28 geometry."""
 
   def upsampling_modules(name, shape, **kwargs):
-    report = ae_inspect.inspect_model(get_model(name, input_shape=shape, **kwargs), shape)
+    report = bottleneck.inspect_model(get_model(name, input_shape=shape, **kwargs), shape)
     return {r.module for r in report.rows if "Transpose" in r.module}
 
   tiny_vq = dict(

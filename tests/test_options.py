@@ -11,7 +11,7 @@ import pytest
 
 from ae_jax import data, optim, visualize
 from ae_jax.config import default_config
-from ae_jax.evaluators import batches, images
+from ae_jax.evaluators import batches, pictures
 
 
 def _opt(**kw):
@@ -95,13 +95,13 @@ def test_latent_points_pca_recovers_the_dominant_plane():
   plane = rng.normal(size=(500, 2)) * [5.0, 3.0]
   basis = np.linalg.qr(rng.normal(size=(6, 6)))[0][:, :2]
   codes = plane @ basis.T + 0.01 * rng.normal(size=(500, 6))
-  points, title = images.latent_points(codes)
+  points, title = pictures.latent_points(codes)
   assert points.shape == (500, 2) and "principal components" in title
   # the 2-D view spans the same plane: projecting back loses almost nothing
   centred = codes - codes.mean(0)
   resid = centred - points @ np.linalg.lstsq(points, centred, rcond=None)[0]
   assert np.linalg.norm(resid) / np.linalg.norm(centred) < 0.01
-  same, title2 = images.latent_points(plane)
+  same, title2 = pictures.latent_points(plane)
   np.testing.assert_array_equal(same, plane)
   assert title2 == "latent code"
 

@@ -13,9 +13,9 @@ import optax
 import pytest
 
 from ae_jax import parallel, train
+from ae_jax.bottleneck import inspect_model
 from ae_jax.errors import ConfigError
 from ae_jax.evaluators import codebook as codebook_evaluator
-from ae_jax.inspect import inspect_model
 from ae_jax.models.vqvae import VQVAE
 
 TINY = dict(hidden=8, res_hidden=4, num_res_layers=1, input_shape=(8, 8, 3))

@@ -93,6 +93,20 @@ def test_the_import_graph_of_ae_jax_has_no_cycle():
       assert cycle is None, " -> ".join(cycle)
 
 
+def test_module_names_are_unique_and_shadow_no_standard_module():
+  """A module's name says what it holds: no two modules of ae_jax share a name across packages (a package
+  and a module in another package included), and none is named like a standard-library module."""
+  by_name: dict[str, list[str]] = {}
+  for path in (ROOT / "ae_jax").rglob("*.py"):
+    rel = path.relative_to(ROOT / "ae_jax").with_suffix("")
+    name = rel.parent.name if rel.name == "__init__" else rel.name
+    if name:  # ae_jax/__init__.py itself
+      by_name.setdefault(name, []).append(str(rel))
+  repeated = {name: paths for name, paths in by_name.items() if len(paths) > 1}
+  assert not repeated, repeated
+  assert not sorted(set(by_name) & sys.stdlib_module_names)
+
+
 # ----------------------------------------------------------------------------- discovery, listing
 
 

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from ae_jax import models, parallel, train
-from ae_jax.inspect import inspect_model
+from ae_jax.bottleneck import inspect_model
 from ae_jax.models import seq_vae
 from ae_jax.models.seq_vae import CausalConv1d, MaskedBatchNorm, SeqVAEConv, frame_noise
 

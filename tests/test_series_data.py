@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ae_jax import data
-from ae_jax.data import series, timeseries
+from ae_jax.data import series_file, shipped_series
 from ae_jax.errors import ConfigError, DataNotFoundError
 
 ROOT = data.data_root()
@@ -17,9 +17,11 @@ needs_data = pytest.mark.skipif(
 
 
 def test_interval_labels_half_open_and_open():
-  np.testing.assert_array_equal(np.flatnonzero(series.interval_labels(10, [[2, 5], [7, 9]])), [2, 3, 4, 7, 8])
   np.testing.assert_array_equal(
-    np.flatnonzero(series.interval_labels(10, [[2, 5], [7, 9]], "open")), [3, 4, 8]
+    np.flatnonzero(series_file.interval_labels(10, [[2, 5], [7, 9]])), [2, 3, 4, 7, 8]
+  )
+  np.testing.assert_array_equal(
+    np.flatnonzero(series_file.interval_labels(10, [[2, 5], [7, 9]], "open")), [3, 4, 8]
   )
 
 
@@ -27,21 +29,21 @@ def test_downsample_averages_blocks_and_keeps_any_anomaly():
   values = np.arange(10, dtype=np.float64)[:, None]
   labels = np.zeros(10, bool)
   labels[3] = True
-  v, y = series.downsample(values, labels, 4)  # the partial last block (8, 9) is dropped
+  v, y = series_file.downsample(values, labels, 4)  # the partial last block (8, 9) is dropped
   np.testing.assert_allclose(v[:, 0], [1.5, 5.5])
   np.testing.assert_array_equal(y, [True, False])
 
 
 def test_windows_cover_every_point_and_may_reach_past_the_segment():
   values = np.arange(20, dtype=np.float32)[:, None]
-  w, starts = series.windows(values, 5, 3)
+  w, starts = series_file.windows(values, 5, 3)
   np.testing.assert_array_equal(starts, [0, 3, 6, 9, 12, 15])
   np.testing.assert_array_equal(w[:, :, 0], starts[:, None] + np.arange(5))
-  _, starts = series.windows(values, 5, 3, lo=8, hi=12)  # overlapping points 8..11, on a grid from 8
+  _, starts = series_file.windows(values, 5, 3, lo=8, hi=12)  # overlapping points 8..11, on a grid from 8
   np.testing.assert_array_equal(starts, [5, 8, 11])
-  _, starts = series.windows(values, 5, 5, lo=7, hi=19)  # stride = length: one window a point
+  _, starts = series_file.windows(values, 5, 5, lo=7, hi=19)  # stride = length: one window a point
   np.testing.assert_array_equal(starts, [7, 12, 15])
-  assert series.windows(values[:3], 5, 1)[0].shape == (0, 5, 1)
+  assert series_file.windows(values[:3], 5, 1)[0].shape == (0, 5, 1)
 
 
 def _series(n=600, seed=0):
@@ -172,8 +174,8 @@ def test_windows_layout_splits_rows_by_fractions(tmp_path):
 @needs_data
 @pytest.mark.parametrize("name", ["power_demand", "space_shuttle", "ecg_qtdbsel102"])
 def test_discord_presets(name):
-  options = timeseries.PRESETS[name]
-  splits = data.get_dataset(timeseries.preset(name)).anomaly
+  options = shipped_series.PRESETS[name]
+  splits = data.get_dataset(shipped_series.preset(name)).anomaly
   segments = splits.segments
   with open(ROOT / "discords" / "labels.json") as f:
     intervals = json.load(f)
@@ -185,13 +187,13 @@ def test_discord_presets(name):
   assert not any(s.labels[s.lo : s.hi].any() for s in segments["train"] + segments["validation"])
   assert any(s.labels[s.lo : s.hi].any() for s in segments["test"])
   assert any(s.labels[s.lo : s.hi].any() for s in segments["threshold"]) == (name != "ecg_qtdbsel102")
-  spec = data.example_spec(timeseries.preset(name))
+  spec = data.example_spec(shipped_series.preset(name))
   assert spec.shape == (options["window"], len(options.get("columns", "0").split(",")))
 
 
 @needs_data
 def test_ecg5000_preset_splits_are_disjoint_and_train_only_on_normal_beats():
-  dataset = data.get_dataset(timeseries.preset("ecg5000"))
+  dataset = data.get_dataset(shipped_series.preset("ecg5000"))
   segments = dataset.anomaly.segments
   names = {role: [s.series for s in segs] for role, segs in segments.items()}
   everything = sum(names.values(), [])
@@ -205,11 +207,11 @@ def test_ecg5000_preset_splits_are_disjoint_and_train_only_on_normal_beats():
 
 
 def test_synthetic_sequences_are_padded_prefixes():
-  real = timeseries.synthetic_sequences(16, 10, 3, seed=0)
+  real = shipped_series.synthetic_sequences(16, 10, 3, seed=0)
   assert real["x"].shape == (16, 10, 3) and real["mask"].shape == (16, 10)
   assert np.all(np.diff(real["mask"], axis=1) <= 0) and real["mask"][:, :5].all()  # prefix masks
   assert np.all(real["x"][real["mask"] == 0] == 0)
-  tokens = timeseries.synthetic_sequences(16, 10, 3, seed=0, vocab_size=7)
+  tokens = shipped_series.synthetic_sequences(16, 10, 3, seed=0, vocab_size=7)
   assert tokens["x"].dtype == np.int32 and tokens["x"].shape == (16, 10)
   assert tokens["x"].min() >= 0 and tokens["x"].max() < 7
   c = data.data_config("synthetic_sequences", vocab_size=7, time=12)

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ae_jax.inspect import inspect_model  # noqa: E402
+from ae_jax.bottleneck import inspect_model  # noqa: E402
 from ae_jax.models import get_model  # noqa: E402
 from benchmarks import torch_models  # noqa: E402
 

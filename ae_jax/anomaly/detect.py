@@ -1,7 +1,7 @@
 """Anomaly detection from reconstruction errors (Malhotra et al. 2016, EncDec-AD, arXiv 1607.00148).
 
 After a sequence autoencoder has been trained on the normal windows of a series dataset
-(`ae_jax.data.series`; its `Dataset.anomaly` holds the segments by role):
+(`ae_jax.data.series_file`; its `Dataset.anomaly` holds the segments by role):
 
 Semi-supervised (the dataset gives train / validation / threshold / test ranges):
 1. Error vectors. Unit "point" (a series): the windows that overlap a segment, every `stride` points
@@ -50,7 +50,7 @@ from ae_jax.anomaly.plot import save_anomaly_plot, save_discord_plot
 from ae_jax.anomaly.reconstruction import position_scale, sequence_scores, unit_errors, window_errors
 from ae_jax.anomaly.scores import SCORES, best_threshold, fit_gaussian, precision_recall_fbeta, roc_auc
 from ae_jax.data.dataset import Dataset
-from ae_jax.data.series import AnomalySplits, Segment
+from ae_jax.data.series_file import AnomalySplits, Segment
 from ae_jax.data.series_table import format_time
 from ae_jax.errors import ConfigError
 from ae_jax.outputs import reconstruct as reconstruct_batches

@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from ae_jax.anomaly.reconstruction import UnitErrors
-from ae_jax.data.series import AnomalySplits, Segment
+from ae_jax.data.series_file import AnomalySplits, Segment
 from ae_jax.data.series_table import format_time
 
 FONT = 8  # points: the discord markers' text

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ae_jax.data.series import Segment, windows
+from ae_jax.data.series_file import Segment, windows
 
 
 def point_errors(num_points: int, errors: np.ndarray, starts: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@
 
 Built in: fashion_mnist, mnist, binarized_mnist, cifar10, tfds (any tfds image dataset), image_folder,
 spoken_digit, series_file (your own series; the shipped discord series and ECG5000 are presets in
-`timeseries.PRESETS`), synthetic, synthetic_sequences. `register(DatasetSpec(...))` in any module adds
+`shipped_series.PRESETS`), synthetic, synthetic_sequences. `register(DatasetSpec(...))` in any module adds
 one: the modules of this package are found by name (see ae_jax/registry.py), a module of your own by
 `config.data.name = "your.module:name"` (docs/extending.md).
 """

@@ -135,7 +135,7 @@ class DatasetInfo:
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   """An opened dataset: split sources by role, how to read them, and (series with labelled anomalies)
-  the segments the anomaly detector scores (`ae_jax.data.timeseries.AnomalySplits`)."""
+  the segments the anomaly detector scores (`ae_jax.data.shipped_series.AnomalySplits`)."""
 
   name: str
   splits: Mapping[str, Source]

@@ -1,5 +1,5 @@
 """The `image_quality` evaluator: PSNR and SSIM of the reconstructions of a split, in pure JAX over every
-device (`ae_jax.image_quality`), on images mapped to [0, 1].
+device (`ae_jax.image_metrics`), on images mapped to [0, 1].
 
 Metrics: `psnr` (dB, the mean over examples of each example's PSNR; an exact reconstruction, whose PSNR
 is infinite, is left out of that mean and counted in `exact`), `psnr_of_mean_mse` (the PSNR of the split's
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ae_jax import evaluators, image_quality
+from ae_jax import evaluators, image_metrics
 from ae_jax.evaluators import batches
 
 
@@ -23,13 +23,13 @@ def quality_sums(state, batch, *, model, to_unit):
   recon = batches.model_outputs(model, state, batch)["recon"].astype(jnp.float32)
   x, y = jnp.clip(to_unit(batch["x"].astype(jnp.float32)), 0.0, 1.0), jnp.clip(to_unit(recon), 0.0, 1.0)
   valid = batch["valid"].astype(jnp.float32)
-  psnr = image_quality.psnr(x, y)
+  psnr = image_metrics.psnr(x, y)
   finite = jnp.isfinite(psnr).astype(jnp.float32) * valid
   return {
     "psnr": jnp.sum(jnp.where(finite > 0, psnr, 0.0)),
     "finite": jnp.sum(finite),
-    "ssim": jnp.sum(image_quality.ssim(x, y) * valid),
-    "mse": jnp.sum(image_quality.mse(x, y) * valid),
+    "ssim": jnp.sum(image_metrics.ssim(x, y) * valid),
+    "mse": jnp.sum(image_metrics.mse(x, y) * valid),
     "count": jnp.sum(valid),
   }
 
@@ -57,7 +57,7 @@ def _images(spec, data) -> str | None:
   if not spec.bits_per_value or spec.name == "spoken_digit":
     return "its examples are not images with a known pixel range"
   h, w = spec.example(data).shape[:2]
-  size = image_quality.ssim_window_size()
+  size = image_metrics.ssim_window_size()
   if min(h, w) < size:
     return f"SSIM's Gaussian window needs images of at least {size}x{size} pixels; these are {h}x{w}"
   return None

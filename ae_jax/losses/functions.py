@@ -8,18 +8,17 @@ the KL sum over them (nats per example), so `bernoulli_nll + kl` is the negative
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 
+from ae_jax import divergences
+
 Outputs = Mapping[str, jax.Array]
 Batch = Mapping[str, jax.Array]
 LossTerm = Callable[[Outputs, Batch], jax.Array]
 Weight = float | Callable[[jax.Array], jax.Array]
-
-_LOG_2PI = math.log(2.0 * math.pi)
 
 
 def _broadcast_mask(mask: jax.Array | None, like: jax.Array) -> jax.Array | None:
@@ -79,8 +78,7 @@ def gaussian_nll(
   """-log N(target | mean, exp(logvar)) summed over elements, in nats. `logvar` broadcasts. -> [batch]."""
   logvar = jnp.broadcast_to(jnp.asarray(logvar, mean.dtype), mean.shape)
   mean, target, logvar = _zero_masked(mask, mean, target, logvar)
-  nll = 0.5 * (_LOG_2PI + logvar + jnp.square(target - mean) * jnp.exp(-logvar))
-  return per_example_sum(nll, mask)
+  return per_example_sum(-divergences.normal_logpdf(target, mean, logvar), mask)
 
 
 def gaussian_kl_per_dim(mean: jax.Array, logvar: jax.Array) -> jax.Array:

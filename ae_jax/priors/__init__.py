@@ -6,10 +6,9 @@
   training masks (`random_mask`, `masked_token_loss`) and iterative parallel decoding (`maskgit_decode`).
 * `fit_gaussian_mixture` (mixture.py): ex-post density estimation of continuous latents (Ghosh et al. 2020).
 
-Both transformers share one trunk (layers.py) and one set of logit filters (sampling.py).
+Both transformers share one trunk (trunk.py) and one set of logit filters (sampling.py).
 """
 
-from ae_jax.priors.layers import SequenceTransformer, Transformer, TransformerBlock
 from ae_jax.priors.maskgit import (
   MASK_SCHEDULES,
   MaskGITTransformer,
@@ -23,6 +22,7 @@ from ae_jax.priors.maskgit import (
 from ae_jax.priors.mixture import COVARIANCES, GaussianMixture, fit_gaussian_mixture
 from ae_jax.priors.sampling import filter_top_k, filter_top_p, sample_logits
 from ae_jax.priors.transformer import ARTransformer, sample_autoregressive, token_nll
+from ae_jax.priors.trunk import SequenceTransformer, Transformer, TransformerBlock
 
 __all__ = [
   "ARTransformer",

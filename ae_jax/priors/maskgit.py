@@ -33,9 +33,9 @@ import numpy as np
 from flax import linen as nn
 
 from ae_jax.errors import ConfigError, did_you_mean
-from ae_jax.priors.layers import SequenceTransformer, TokenPrior
 from ae_jax.priors.sampling import check_sampling_options, sample_logits
 from ae_jax.priors.transformer import ApplyFn, check_labels, check_tokens, logits_of
+from ae_jax.priors.trunk import SequenceTransformer, TokenPrior
 
 MASK_SCHEDULES = ("cosine", "linear", "square")
 

@@ -2,7 +2,7 @@
 
 p(x) = prod_t p(x_t | x_<t) for a sequence x of L tokens in [0, K) (a VQ-VAE's code indices of one image,
 row by row). The model reads [start, x_0, ..., x_{L-2}] (the shift happens inside the module) through
-causally masked pre-LayerNorm transformer blocks (`ae_jax.priors.layers`), so logits[:, t] depends only on
+causally masked pre-LayerNorm transformer blocks (`ae_jax.priors.trunk`), so logits[:, t] depends only on
 tokens[:, :t]. The start token is one learned embedding when unconditional (`num_classes=0`), or a learned
 embedding per class (class-conditional, as taming-transformers' class token). Logits are float32 whatever
 the compute dtype. Token ids must lie in [0, K) and labels in [0, num_classes): out-of-range ids are not
@@ -23,8 +23,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ae_jax.errors import ConfigError
-from ae_jax.priors.layers import SequenceTransformer, TokenPrior
 from ae_jax.priors.sampling import check_sampling_options, sample_logits
+from ae_jax.priors.trunk import SequenceTransformer, TokenPrior
 
 # apply_fn(tokens [N, L] int32, labels [N] int32 | None) -> logits [N, L, K] (or {"logits": ...}).
 ApplyFn = Callable[[jax.Array, jax.Array | None], jax.Array | Mapping[str, jax.Array]]

@@ -12,7 +12,7 @@ r"""LSTM autoencoders for anomaly detection (Malhotra et al. 2016, EncDec-AD): d
         --config.data.path=my_sensor.csv --config.data.columns=temperature --config.data.window=64 \
         --config.data.time_column=timestamp
 
-`series` is your own series (`series_file`, ae_jax/data/series.py), scored unsupervised: trained on the
+`series` is your own series (`series_file`, ae_jax/data/series_file.py), scored unsupervised: trained on the
 whole series with the 5% largest training errors left out of the loss after 1,000 steps, then the top
 discords are reported. `series,mode=supervised` with --config.data.{train,validation,threshold,test}_ranges
 follows the semi-supervised protocol below instead.
@@ -25,14 +25,14 @@ Gaussian on vN1, picks the threshold that maximises F0.1 on the threshold split 
 the test split's precision, recall, F0.1 and ROC-AUC, per point and per sequence (consecutive windows:
 the paper's count), in results.json, with WORKDIR/anomalies.png (ECG5000: per beat, with F1: beats are
 classified, 42% are anomalous).
-The data sets are series_file presets (files, windows, downsampling, ranges: ae_jax/data/timeseries.py);
+The data sets are series_file presets (files, windows, downsampling, ranges: ae_jax/data/shipped_series.py);
 any of their options can be overridden, e.g. --config.data.window=100. Data: the data root
 (--config.data.root, $AE_JAX_DATA, else ../shared/data).
 """
 
 from ae_jax import evaluators
 from ae_jax.config import default_config, parse_arg
-from ae_jax.data import data_config, timeseries
+from ae_jax.data import data_config, shipped_series
 from ae_jax.errors import ConfigError
 from ae_jax.models import model_config
 
@@ -79,7 +79,7 @@ def get_config(arg: str = "power_demand"):
     if unsupervised:
       config.trim.update(fraction=0.05, after=1000)  # robust to the unlabelled anomalies it trains on
   else:
-    config.data = timeseries.preset(name)  # a series_file config: files, columns, labels, window, ranges
+    config.data = shipped_series.preset(name)  # a series_file config: files, columns, labels, window, ranges
   config.batch_size = batch
   config.eval_batch_size = 256
   config.total_steps = steps

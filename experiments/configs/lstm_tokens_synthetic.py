@@ -6,7 +6,7 @@ r"""LSTM autoencoders with the embedding front end on variable-length integer to
 
 The argument picks the family (default lstm_ae_seq, the seq2seq-tutorial form: embedding, then an LSTM
 whose whole output sequence is the code). Data: synthetic sticky random walks over a vocabulary of 32
-tokens, lengths 16-32 padded to 32 with a prefix mask (ae_jax/data/timeseries.py); the loss is the masked
+tokens, lengths 16-32 padded to 32 with a prefix mask (ae_jax/data/shipped_series.py); the loss is the masked
 softmax cross-entropy in nats per real token, and token_accuracy (weight 0) reports the share of real
 tokens reconstructed exactly (argmax), as test/token_accuracy.
 """

@@ -2,7 +2,7 @@ r"""Causal-Conv1d sequence VAE on Free Spoken Digit spectrograms (the seed quest
 
 Run:
     python -m experiments.main --config experiments/configs/seq_vae_spoken_digit.py --workdir runs/seq_vae
-    python -m ae_jax.inspect --config experiments/configs/seq_vae_spoken_digit.py
+    python -m ae_jax.bottleneck --config experiments/configs/seq_vae_spoken_digit.py
 
 Data: FSDD through tfds (`spoken_digit`) or, offline, the release archive (config.data.archive, else
 <data root>/fsdd/); 2,250 training and 250 test recordings (numbers 0-4).

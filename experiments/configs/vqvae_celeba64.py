@@ -1,7 +1,7 @@
 r"""VQ-VAE on CelebA at 64x64 (tfds `celeb_a`): 8x8 latent grid (three stride-2 levels), K=512 codes of D=64.
 
     python -m experiments.main --config experiments/configs/vqvae_celeba64.py --workdir runs/vqvae_celeba64
-    python -m ae_jax.inspect --config experiments/configs/vqvae_celeba64.py   # 8x8 grid, 576 bits per image
+    python -m ae_jax.bottleneck --config experiments/configs/vqvae_celeba64.py  # 8x8 grid, 576 bits per image
 
 Data: tfds `celeb_a` prepared as ArrayRecord in --config.data.data_dir (or, online, add
 --config.data.download=True with `pip install 'ae-jax[tfds-download]'`); the 178x218 aligned faces are

@@ -1,7 +1,7 @@
 """Shipped time series: Keogh's discord series and ECG5000 as `series_file` presets, and synthetic sequences.
 
 The anomaly data sets of Malhotra et al. 2016 (arXiv 1607.00148) are `series_file` configs (see
-`ae_jax.data.series`) over the offline copies in the data root (`discords/*.txt` with
+`ae_jax.data.series_file`) over the offline copies in the data root (`discords/*.txt` with
 `discords/labels.json`, whose intervals exclude both ends; `ecg5000/ECG5000_TRAIN.txt`). Their ranges are
 the paper's roles: train (sN), validation (vN1: normal points that monitor training and fit the error
 model), threshold (vN2 + vA) and test (tN + tA). Cuts are whole weeks / valve cycles; each series opens

@@ -1,4 +1,4 @@
-"""Tests for ae_jax.inspect: per-call shapes and parameters, compression ratios, the note, and the CLI."""
+"""Tests for ae_jax.bottleneck: per-call shapes and parameters, compression ratios, the note, and the CLI."""
 
 import inspect as stdlib_inspect
 import os
@@ -11,9 +11,9 @@ import pytest
 from flax import linen as nn
 from test_configs import _stand_in_data, _variants
 
-import ae_jax.inspect as ae_inspect
+import ae_jax.bottleneck as bottleneck
+from ae_jax.bottleneck import Report, format_report, inspect_config, inspect_model
 from ae_jax.errors import DataNotFoundError
-from ae_jax.inspect import Report, format_report, inspect_config, inspect_model
 from ae_jax.models import get_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -154,7 +154,7 @@ def test_long_outputs_wrap_within_the_width_between_entries():
     wrapped.append(line[column:].strip())
   assert len(wrapped) > 2
   row = next(r for r in report.rows if r.path == "quantizer_with_a_long_name")
-  assert " ".join(wrapped) == ae_inspect._fmt_shape(row.shape)
+  assert " ".join(wrapped) == bottleneck._fmt_shape(row.shape)
   assert all(w.endswith(",") or w.endswith("}") for w in wrapped)  # cut after an entry, not inside one
 
 
@@ -171,7 +171,7 @@ def test_every_shipped_config_reports_within_the_line_width(module, arg, tmp_pat
 
 
 def test_module_name_does_not_shadow_stdlib_inspect():
-  assert stdlib_inspect is not ae_inspect and hasattr(stdlib_inspect, "signature")
+  assert stdlib_inspect is not bottleneck and hasattr(stdlib_inspect, "signature")
 
 
 # ----------------------------------------------------------------------------- command line
@@ -181,7 +181,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   env.pop("XLA_FLAGS", None)
   return subprocess.run(
-    [sys.executable, "-m", "ae_jax.inspect", "--config", CONV_CONFIG, *args],
+    [sys.executable, "-m", "ae_jax.bottleneck", "--config", CONV_CONFIG, *args],
     cwd=ROOT,
     env=env,
     capture_output=True,

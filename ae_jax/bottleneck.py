@@ -1,6 +1,7 @@
 r"""Bottleneck inspector: every submodule's output shape and parameters, and the compression ratio.
 
-    python -m ae_jax.inspect --config experiments/configs/conv_ae_fashion_mnist.py --config.model.code_dim=32
+    python -m ae_jax.bottleneck --config experiments/configs/conv_ae_fashion_mnist.py \
+      --config.model.code_dim=32
 
 builds the model exactly as training does (`train.build`, input shape from `config.model.input_shape` or
 else `data.example_spec(config.data)`, with its dtype) and prints `format_report(inspect_model(...))`.
@@ -15,9 +16,6 @@ is compressed.
 Batch handling: the model is traced at two batch sizes (2 and 3); a dimension that grows with the batch is
 shown as B (or B*k for a batch folded with another axis, e.g. [B*T, F]), and "per example" sizes are the
 growth per added example. Outputs that do not depend on the batch (a codebook, a scalar) show their full size.
-
-Run it as `python -m ae_jax.inspect`, never as `python ae_jax/inspect.py`: the latter puts `ae_jax/` first on
-sys.path, where this file would shadow the standard library's `inspect` for every package.
 """
 
 from __future__ import annotations
@@ -420,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     flag_values=flag_values,
     sys_argv=argv,
   )
-  usage = "python -m ae_jax.inspect --config FILE.py[:ARG] [--config.KEY=VALUE ...]"
+  usage = "python -m ae_jax.bottleneck --config FILE.py[:ARG] [--config.KEY=VALUE ...]"
   rest = config_checks.parse_flags_or_exit(argv, flag_values, usage)
   if len(rest) > 1:
     sys.exit(f"error: unexpected arguments {rest[1:]}; {usage}")

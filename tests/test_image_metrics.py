@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ae_jax import image_quality
+from ae_jax import image_metrics
 
 skm = pytest.importorskip("skimage.metrics")
 
@@ -20,8 +20,8 @@ PSNR_ATOL = 1e-4  # dB
 BF16_SSIM_ATOL = 1e-3
 BF16_PSNR_RTOL = 0.02  # about 0.6 dB at 50 dB, where the rounding is as large as the noise
 
-ssim_jit = jax.jit(image_quality.ssim, static_argnames=("sigma", "win_size"))
-psnr_jit = jax.jit(image_quality.psnr)
+ssim_jit = jax.jit(image_metrics.ssim, static_argnames=("sigma", "win_size"))
+psnr_jit = jax.jit(image_metrics.psnr)
 
 
 def sk_ssim(x: np.ndarray, y: np.ndarray, data_range: float, **kwargs) -> np.ndarray:
@@ -137,7 +137,7 @@ def test_psnr_and_mse_match_skimage(shape, data_range):
   chex.assert_type(got, jnp.float32)
   chex.assert_trees_all_close(got, sk_psnr(x, y, data_range).astype(np.float32), atol=PSNR_ATOL, rtol=0)
   expected_mse = np.mean((x.astype(np.float64) - y) ** 2, axis=(1, 2, 3))
-  chex.assert_trees_all_close(image_quality.mse(x, y), expected_mse.astype(np.float32), rtol=1e-5)
+  chex.assert_trees_all_close(image_metrics.mse(x, y), expected_mse.astype(np.float32), rtol=1e-5)
 
 
 def test_identical_images():
@@ -174,11 +174,11 @@ def test_bfloat16_inputs_computed_in_float32():
 def test_vmap_and_traced_data_range():
   x, y = structured_pair((6, 16, 16, 2), 255.0)
   flat = ssim_jit(x, y, 255.0)
-  stacked = jax.vmap(image_quality.ssim, in_axes=(0, 0, None))(
+  stacked = jax.vmap(image_metrics.ssim, in_axes=(0, 0, None))(
     x.reshape(2, 3, 16, 16, 2), y.reshape(2, 3, 16, 16, 2), 255.0
   )
   chex.assert_trees_all_close(stacked.reshape(-1), flat, atol=1e-6, rtol=0)
-  stacked_psnr = jax.vmap(image_quality.psnr, in_axes=(0, 0, None))(
+  stacked_psnr = jax.vmap(image_metrics.psnr, in_axes=(0, 0, None))(
     x.reshape(2, 3, 16, 16, 2), y.reshape(2, 3, 16, 16, 2), 255.0
   )
   chex.assert_trees_all_close(stacked_psnr.reshape(-1), psnr_jit(x, y, 255.0), atol=1e-5, rtol=0)
@@ -186,7 +186,7 @@ def test_vmap_and_traced_data_range():
   @jax.jit
   @chex.assert_max_traces(n=1)
   def both(a, b, r):
-    return image_quality.ssim(a, b, r), image_quality.psnr(a, b, r)
+    return image_metrics.ssim(a, b, r), image_metrics.psnr(a, b, r)
 
   s255, p255 = both(x, y, 255.0)
   s1, p1 = both(x / 255.0, y / 255.0, 1.0)
@@ -197,20 +197,20 @@ def test_vmap_and_traced_data_range():
 def test_invalid_inputs():
   small = np.zeros((2, 10, 30, 1), np.float32)
   with pytest.raises(ValueError, match="at least 11x11"):
-    image_quality.ssim(small, small)
+    image_metrics.ssim(small, small)
   with pytest.raises(ValueError, match="at least 15x15"):
-    image_quality.ssim(np.zeros((1, 14, 14, 1)), np.zeros((1, 14, 14, 1)), sigma=2.0)
+    image_metrics.ssim(np.zeros((1, 14, 14, 1)), np.zeros((1, 14, 14, 1)), sigma=2.0)
   ok = np.zeros((2, 12, 12, 1), np.float32)
   with pytest.raises(ValueError, match="odd"):
-    image_quality.ssim(ok, ok, win_size=10)
+    image_metrics.ssim(ok, ok, win_size=10)
   with pytest.raises(ValueError, match="same shape"):
-    image_quality.ssim(ok, ok[:1])
+    image_metrics.ssim(ok, ok[:1])
   with pytest.raises(ValueError, match="NHWC"):
-    image_quality.ssim(ok[..., 0], ok[..., 0])
+    image_metrics.ssim(ok[..., 0], ok[..., 0])
   with pytest.raises(ValueError, match="data_range"):
-    image_quality.psnr(ok, ok, data_range=0.0)
+    image_metrics.psnr(ok, ok, data_range=0.0)
 
 
 def test_module_docstring_example():
-  result = doctest.testmod(image_quality, verbose=False)
+  result = doctest.testmod(image_metrics, verbose=False)
   assert result.attempted > 0 and result.failed == 0, result
