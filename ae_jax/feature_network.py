@@ -73,7 +73,12 @@ class Settings:
       )
     if not self.learning_rate > 0:
       raise ConfigError(f"feature network: learning_rate must be > 0, got {self.learning_rate}")
-    return dataclasses.replace(self, channels=channels)
+    return dataclasses.replace(self, channels=channels, learning_rate=float(self.learning_rate))
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> Settings:
+    """The settings held by a config (`experiments/configs/feature_network.py`: one key per field)."""
+    return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)}).check()
 
 
 class FeatureCNN(nn.Module):
@@ -258,19 +263,13 @@ def _train_step(module: FeatureCNN, settings: Settings, params, opt_state, x, la
 
 
 def train_feature_network(
-  data: ml_collections.ConfigDict | Dataset,
-  *,
-  steps: int = Settings.steps,
-  batch_size: int = Settings.batch_size,
-  seed: int = Settings.seed,
-  learning_rate: float = Settings.learning_rate,
-  channels: Sequence[int] = Settings.channels,
-  features: int = Settings.features,
+  data: ml_collections.ConfigDict | Dataset, settings: Settings = Settings()
 ) -> FeatureNetwork:
   """Trains a `FeatureCNN` on the training split's labels of `data` (a config.data, opened with the input
-  scale, or an opened image Dataset) for `steps` Adam steps of `batch_size` examples, and measures its
-  accuracy on the test split. Deterministic: the same arguments give the same parameters bitwise."""
-  settings = Settings(steps, batch_size, seed, float(learning_rate), tuple(channels), features).check()
+  scale, or an opened image Dataset) for `settings.steps` Adam steps of `settings.batch_size` examples, and
+  measures its accuracy on the test split. Deterministic: the same arguments give the same parameters
+  bitwise."""
+  settings = settings.check()
   dataset, requested = _open(data)
   shape, num_classes = _check_dataset(dataset)
   train = dataset.split("train")
@@ -385,24 +384,18 @@ def _load(params_path: Path, meta_path: Path, data: ml_collections.ConfigDict, s
 def load_or_train(
   data: ml_collections.ConfigDict,
   cache_dir: str | os.PathLike | None = None,
-  *,
-  steps: int = Settings.steps,
-  batch_size: int = Settings.batch_size,
-  seed: int = Settings.seed,
-  learning_rate: float = Settings.learning_rate,
-  channels: Sequence[int] = Settings.channels,
-  features: int = Settings.features,
+  settings: Settings = Settings(),
 ) -> FeatureNetwork:
   """The feature network of config.data `data` with these settings: read from the cache (`cache_paths`)
   when there, else trained (`train_feature_network`) and written there. A cache folder that cannot be
   written costs a warning (the network is still returned). Logs what the network is."""
-  settings = Settings(steps, batch_size, seed, float(learning_rate), tuple(channels), features).check()
+  settings = settings.check()
   params_path, meta_path = cache_paths(data, settings, cache_dir)
   if params_path.exists() and meta_path.exists():
     net = _load(params_path, meta_path, data, settings)
     log.info("feature network: %s, read from %s", net.describe(), params_path)
     return net
-  net = train_feature_network(data, **dataclasses.asdict(settings))
+  net = train_feature_network(data, settings)
   meta = {
     "what": net.describe(),
     "dataset": net.dataset,

@@ -37,8 +37,7 @@ def _run(config, cache_dir: str | None) -> None:
   from ae_jax import console, feature_network
 
   console.setup()
-  settings = {k: config[k] for k in ("steps", "batch_size", "seed", "learning_rate", "channels", "features")}
-  net = feature_network.load_or_train(config.data, cache_dir, **settings)
+  net = feature_network.load_or_train(config.data, cache_dir, feature_network.Settings.from_config(config))
   path = feature_network.cache_paths(config.data, net.settings, cache_dir)[0]
   print(net.describe())
   if net.train_seconds is not None:

@@ -225,7 +225,8 @@ def _score(images, data_config, out: str) -> None:
   from ae_jax import data, feature_network, sample_quality
   from ae_jax.evaluators.batches import stack_examples
 
-  net = feature_network.load_or_train(data_config, FLAGS.feature_cache, steps=FLAGS.feature_steps)
+  settings = feature_network.Settings(steps=FLAGS.feature_steps)
+  net = feature_network.load_or_train(data_config, FLAGS.feature_cache, settings)
   dataset = data.get_dataset(data_config)
   test, train = dataset.split("test"), dataset.split("train")
   n = min(len(images), len(test), len(train))

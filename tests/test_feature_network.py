@@ -2,6 +2,7 @@
 learnt, predictions and features batched consistently, the cache reused (and retrained when a setting
 changes), and the shipped configs."""
 
+import dataclasses
 import json
 
 import jax
@@ -13,7 +14,7 @@ from ae_jax.data import data_config, fashion_mnist
 from ae_jax.data.images import image_dataset
 from ae_jax.errors import ConfigError, DataError
 
-TINY = dict(steps=6, batch_size=16, channels=(4, 8), features=16)
+TINY = feature_network.Settings(steps=6, batch_size=16, channels=(4, 8), features=16)
 
 
 def _synthetic():
@@ -48,9 +49,9 @@ def _leaves(net):
 
 
 def test_training_is_bitwise_deterministic_for_a_seed():
-  first = feature_network.train_feature_network(_synthetic(), seed=0, **TINY)
-  again = feature_network.train_feature_network(_synthetic(), seed=0, **TINY)
-  other = feature_network.train_feature_network(_synthetic(), seed=1, **TINY)
+  first = feature_network.train_feature_network(_synthetic(), TINY)
+  again = feature_network.train_feature_network(_synthetic(), TINY)
+  other = feature_network.train_feature_network(_synthetic(), dataclasses.replace(TINY, seed=1))
   assert len(_leaves(first)) == 8  # 2 conv + 2 dense layers, kernels and biases
   assert all(np.array_equal(a, b) for a, b in zip(_leaves(first), _leaves(again), strict=True))
   assert not any(np.array_equal(a, b) for a, b in zip(_leaves(first), _leaves(other), strict=True))
@@ -60,9 +61,8 @@ def test_training_is_bitwise_deterministic_for_a_seed():
 
 def test_learns_a_separable_task_and_reports_its_test_accuracy():
   dataset = quadrant_dataset()
-  net = feature_network.train_feature_network(
-    dataset, steps=80, batch_size=32, seed=0, channels=(8, 16), features=32
-  )
+  settings = feature_network.Settings(steps=80, batch_size=32, seed=0, channels=(8, 16), features=32)
+  net = feature_network.train_feature_network(dataset, settings)
   images, labels = quadrant_images(128, seed=1)  # the test split, in uint8
   predicted = net.predict(images / 127.5 - 1.0)  # the dataset's "symmetric" range
   assert net.test_accuracy == pytest.approx(np.mean(predicted == labels), abs=1e-12)
@@ -72,7 +72,7 @@ def test_learns_a_separable_task_and_reports_its_test_accuracy():
 
 def test_outputs_are_batched_consistently():
   """Any batch size (short last batches padded) gives each image's features and logits of one pass."""
-  net = feature_network.train_feature_network(_synthetic(), seed=0, **TINY)
+  net = feature_network.train_feature_network(_synthetic(), TINY)
   x = np.random.default_rng(0).uniform(-1, 1, (7, 8, 8, 1)).astype(np.float32)
   one = [net.outputs(x[i : i + 1]) for i in range(7)]
   net.batch_size = 3
@@ -91,23 +91,23 @@ def test_cache_is_reused_across_scales_and_a_changed_setting_retrains(tmp_path, 
   calls = []
   real_train = feature_network.train_feature_network
 
-  def counting(data, **kwargs):
-    calls.append(kwargs)
-    return real_train(data, **kwargs)
+  def counting(data, settings):
+    calls.append(settings)
+    return real_train(data, settings)
 
   monkeypatch.setattr(feature_network, "train_feature_network", counting)
   symmetric = _synthetic()
-  first = feature_network.load_or_train(symmetric, tmp_path, **TINY)
+  first = feature_network.load_or_train(symmetric, tmp_path, TINY)
   assert len(calls) == 1
   params_path, meta_path = feature_network.cache_paths(symmetric, first.settings, tmp_path)
   assert params_path.parent == tmp_path and params_path.name.startswith("synthetic-")
   meta = json.loads(meta_path.read_text())
-  assert meta["test_accuracy"] == first.test_accuracy and meta["settings"]["steps"] == TINY["steps"]
+  assert meta["test_accuracy"] == first.test_accuracy and meta["settings"]["steps"] == TINY.steps
   assert "not Inception" in meta["what"]
 
-  again = feature_network.load_or_train(symmetric, tmp_path, **TINY)
+  again = feature_network.load_or_train(symmetric, tmp_path, TINY)
   unit = data_config("synthetic", shape=(8, 8, 1), num_train=64, num_test=32, scale="unit")
-  in_unit = feature_network.load_or_train(unit, tmp_path, **TINY)
+  in_unit = feature_network.load_or_train(unit, tmp_path, TINY)
   assert len(calls) == 1  # both read from the cache: the network sees [0, 1] pixels whatever the scale
   assert all(np.array_equal(a, b) for a, b in zip(_leaves(first), _leaves(again), strict=True))
   assert again.test_accuracy == first.test_accuracy
@@ -116,28 +116,26 @@ def test_cache_is_reused_across_scales_and_a_changed_setting_retrains(tmp_path, 
     first.features(pixels / 127.5 - 1.0), in_unit.features(pixels / 255.0), rtol=1e-5, atol=1e-6
   )
 
-  feature_network.load_or_train(symmetric, tmp_path, **{**TINY, "steps": 7})
-  feature_network.load_or_train(data_config("synthetic", shape=(8, 8, 1), num_train=65), tmp_path, **TINY)
+  feature_network.load_or_train(symmetric, tmp_path, dataclasses.replace(TINY, steps=7))
+  feature_network.load_or_train(data_config("synthetic", shape=(8, 8, 1), num_train=65), tmp_path, TINY)
   assert len(calls) == 3 and len(list(tmp_path.glob("*.msgpack"))) == 3
 
 
 def test_a_damaged_cache_file_is_a_data_error(tmp_path):
-  net = feature_network.load_or_train(_synthetic(), tmp_path, **TINY)
+  net = feature_network.load_or_train(_synthetic(), tmp_path, TINY)
   params_path, _ = feature_network.cache_paths(_synthetic(), net.settings, tmp_path)
   params_path.write_bytes(b"not msgpack")
   with pytest.raises(DataError, match="delete both to retrain"):
-    feature_network.load_or_train(_synthetic(), tmp_path, **TINY)
+    feature_network.load_or_train(_synthetic(), tmp_path, TINY)
 
 
 def test_bad_settings_and_unlabelled_data_fail_before_training():
   with pytest.raises(ConfigError, match="must be positive"):
-    feature_network.train_feature_network(_synthetic(), steps=0)
+    feature_network.train_feature_network(_synthetic(), feature_network.Settings(steps=0))
   dataset = quadrant_dataset(num_train=8, num_test=8)
-  import dataclasses
-
   unlabelled = dataclasses.replace(dataset, info=dataclasses.replace(dataset.info, class_names=None))
   with pytest.raises(ConfigError, match="no class labels"):
-    feature_network.train_feature_network(unlabelled, steps=1)
+    feature_network.train_feature_network(unlabelled, feature_network.Settings(steps=1))
 
 
 def test_shipped_configs():
@@ -146,11 +144,8 @@ def test_shipped_configs():
   for name in ("fashion_mnist", "cifar10"):
     config = configs.get_config(name)
     assert config.data.name == name
-    settings = {
-      k: config[k] for k in ("steps", "batch_size", "seed", "learning_rate", "channels", "features")
-    }
-    feature_network.Settings(**settings).check()
-    assert set(config.keys()) == {"data", *settings}
+    settings = feature_network.Settings.from_config(config)
+    assert set(config.keys()) == {"data", *dataclasses.asdict(settings)}
   with pytest.raises(ConfigError, match="did you mean 'cifar10'"):
     configs.get_config("cifar_10")
 
@@ -168,7 +163,8 @@ def test_learns_real_fashion_mnist(tmp_path):
   config = configs.get_config("fashion_mnist")
   config.data.data_dir = str(tmp_path / "tfds")  # prepared from the idx files, no network
   config.data.idx_dir = fashion_mnist.DEBIAN_IDX_DIR
+  settings = feature_network.Settings.from_config(config)
   net = feature_network.train_feature_network(
-    config.data, steps=200, batch_size=64, channels=config.channels, features=config.features
+    config.data, dataclasses.replace(settings, steps=200, batch_size=64)
   )
   assert net.test_accuracy > 0.75

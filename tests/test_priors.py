@@ -19,7 +19,6 @@ from ae_jax.priors import (
   mask_schedule,
   masked_token_loss,
   maskgit_decode,
-  maskgit_decode_history,
   random_mask,
   sample_autoregressive,
   sample_logits,
@@ -232,7 +231,7 @@ def test_maskgit_decode_follows_the_schedule_and_is_deterministic(maskgit):
   _, _, apply = maskgit
   labels = jnp.asarray([0, 1, 2, 1], jnp.int32)
   run = jax.jit(
-    lambda rng: maskgit_decode_history(apply, rng, 4, seq_len=ML, vocab_size=MK, steps=8, labels=labels)
+    lambda rng: maskgit_decode(apply, rng, 4, seq_len=ML, vocab_size=MK, steps=8, labels=labels, history=True)
   )
   history = np.asarray(run(jax.random.key(11)))
   assert history.shape == (4, 8, ML)
@@ -256,8 +255,16 @@ def test_maskgit_decode_keeps_the_most_confident_tokens():
   apply = lambda t, _: jnp.broadcast_to(fake_logits, (*t.shape, MK))
   history = np.asarray(
     jax.jit(
-      lambda rng: maskgit_decode_history(
-        apply, rng, 2, seq_len=ML, vocab_size=MK, steps=8, temperature=0.0, choice_temperature=0.0
+      lambda rng: maskgit_decode(
+        apply,
+        rng,
+        2,
+        seq_len=ML,
+        vocab_size=MK,
+        steps=8,
+        temperature=0.0,
+        choice_temperature=0.0,
+        history=True,
       )
     )(jax.random.key(13))
   )

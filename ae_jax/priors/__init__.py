@@ -16,7 +16,6 @@ from ae_jax.priors.maskgit import (
   mask_schedule,
   masked_token_loss,
   maskgit_decode,
-  maskgit_decode_history,
   random_mask,
 )
 from ae_jax.priors.mixture import COVARIANCES, GaussianMixture, fit_gaussian_mixture
@@ -39,7 +38,6 @@ __all__ = [
   "fit_gaussian_mixture",
   "mask_schedule",
   "maskgit_decode",
-  "maskgit_decode_history",
   "masked_token_loss",
   "random_mask",
   "sample_autoregressive",

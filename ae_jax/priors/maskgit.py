@@ -146,49 +146,6 @@ class MaskGITTransformer(TokenPrior):
     return {"logits": logits[:, 1:] if labels is not None else logits}
 
 
-def maskgit_decode_history(
-  apply_fn: ApplyFn,
-  rng: jax.Array,
-  num: int,
-  *,
-  seq_len: int,
-  vocab_size: int,
-  steps: int = 8,
-  temperature: float | jax.Array = 1.0,
-  choice_temperature: float | jax.Array = 4.5,
-  labels: jax.Array | None = None,
-  top_k: int = 0,
-  top_p: float = 1.0,
-  schedule: str = "cosine",
-) -> jax.Array:
-  """`maskgit_decode`'s sequences after every iteration: int32 [num, steps, seq_len], the mask token
-  (`vocab_size`) where a position is still masked; [:, -1] has none."""
-  check_sampling_options(temperature, top_k, top_p)
-  counts = jnp.asarray(decode_mask_counts(seq_len, steps, schedule))
-  if labels is not None and tuple(labels.shape) != (num,):
-    raise ConfigError(f"maskgit_decode: labels must have shape [{num}], got {list(labels.shape)}")
-  mask_id = vocab_size
-
-  def body(t: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    tokens, history = carry
-    logits = logits_of(apply_fn(tokens, labels))
-    sample_rng, choice_rng = jax.random.split(jax.random.fold_in(rng, t))
-    unknown = tokens == mask_id
-    sampled = jnp.where(unknown, sample_logits(sample_rng, logits, temperature, top_k, top_p), tokens)
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    confidence = jnp.take_along_axis(log_probs, sampled[..., None], axis=-1)[..., 0]
-    noise_scale = jnp.asarray(choice_temperature, jnp.float32) * (1.0 - (t + 1) / steps)
-    confidence = confidence + noise_scale * jax.random.gumbel(choice_rng, confidence.shape)
-    confidence = jnp.where(unknown, confidence, jnp.inf)
-    ranks = jnp.argsort(jnp.argsort(confidence, axis=-1), axis=-1)
-    tokens = jnp.where(ranks < counts[t], mask_id, sampled)
-    return tokens, jax.lax.dynamic_update_index_in_dim(history, tokens, t, axis=1)
-
-  start = jnp.full((num, seq_len), mask_id, jnp.int32)
-  history = jnp.zeros((num, steps, seq_len), jnp.int32)
-  return jax.lax.fori_loop(0, steps, body, (start, history))[1]
-
-
 def maskgit_decode(
   apply_fn: ApplyFn,
   rng: jax.Array,
@@ -203,25 +160,42 @@ def maskgit_decode(
   top_k: int = 0,
   top_p: float = 1.0,
   schedule: str = "cosine",
+  history: bool = False,
 ) -> jax.Array:
-  """Iterative parallel decoding (module docstring): `num` sequences int32 [num, seq_len] in [0, K).
+  """Iterative parallel decoding (module docstring): `num` sequences int32 [num, seq_len] in [0, K); with
+  `history`, the sequences after every iteration, int32 [num, steps, seq_len], the mask token K where a
+  position is still masked ([:, -1] is the result and has none).
 
   `apply_fn(tokens [num, L] with mask token K, labels)` returns the model's logits [num, L, K] (or its
   output dict), e.g. `lambda t, y: model.apply(variables, t, labels=y, train=False)`. Iteration t draws its
   tokens and Gumbel noise from fold_in(rng, t). Jittable (a lax.fori_loop over iterations; `num`,
-  `seq_len`, `vocab_size`, `steps`, `top_k`, `top_p` and `schedule` are static), deterministic for an rng.
+  `seq_len`, `vocab_size`, `steps`, `top_k`, `top_p`, `schedule` and `history` are static), deterministic
+  for an rng.
   """
-  return maskgit_decode_history(
-    apply_fn,
-    rng,
-    num,
-    seq_len=seq_len,
-    vocab_size=vocab_size,
-    steps=steps,
-    temperature=temperature,
-    choice_temperature=choice_temperature,
-    labels=labels,
-    top_k=top_k,
-    top_p=top_p,
-    schedule=schedule,
-  )[:, -1]
+  check_sampling_options(temperature, top_k, top_p)
+  counts = jnp.asarray(decode_mask_counts(seq_len, steps, schedule))
+  if labels is not None and tuple(labels.shape) != (num,):
+    raise ConfigError(f"maskgit_decode: labels must have shape [{num}], got {list(labels.shape)}")
+  mask_id = vocab_size
+
+  def body(t: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    tokens, past = carry
+    logits = logits_of(apply_fn(tokens, labels))
+    sample_rng, choice_rng = jax.random.split(jax.random.fold_in(rng, t))
+    unknown = tokens == mask_id
+    sampled = jnp.where(unknown, sample_logits(sample_rng, logits, temperature, top_k, top_p), tokens)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    confidence = jnp.take_along_axis(log_probs, sampled[..., None], axis=-1)[..., 0]
+    noise_scale = jnp.asarray(choice_temperature, jnp.float32) * (1.0 - (t + 1) / steps)
+    confidence = confidence + noise_scale * jax.random.gumbel(choice_rng, confidence.shape)
+    confidence = jnp.where(unknown, confidence, jnp.inf)
+    ranks = jnp.argsort(jnp.argsort(confidence, axis=-1), axis=-1)
+    tokens = jnp.where(ranks < counts[t], mask_id, sampled)
+    if history:
+      past = jax.lax.dynamic_update_index_in_dim(past, tokens, t, axis=1)
+    return tokens, past
+
+  start = jnp.full((num, seq_len), mask_id, jnp.int32)
+  past = jnp.zeros((num, steps, seq_len) if history else (0,), jnp.int32)
+  tokens, past = jax.lax.fori_loop(0, steps, body, (start, past))
+  return past if history else tokens
