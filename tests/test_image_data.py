@@ -201,6 +201,21 @@ def test_image_folder_is_converted_once_and_again_when_files_change(folder, tmp_
   assert len(calls) > 10  # a changed folder is prepared again
 
 
+def test_a_folder_over_the_cache_limit_is_not_read_into_memory(folder, tmp_path, monkeypatch):
+  """cache_in_memory reads a prepared folder into RAM only up to image_folder.MAX_CACHE_BYTES: over it, the
+  opened splits are the prepared files' sources, not in-memory arrays, whatever opens them."""
+  from ae_jax.data import sources
+
+  c = data.data_config("image_folder", path=str(folder), image_size=8, data_dir=str(tmp_path / "tfds"))
+  assert c.cache_in_memory
+  small = data.get_dataset(c)
+  assert all(isinstance(s, sources.ArraySource) for s in small.splits.values())
+  monkeypatch.setattr(image_folder, "MAX_CACHE_BYTES", 8 * 8)  # less than two 8x8 images
+  large = data.get_dataset(c)
+  assert not any(isinstance(s, sources.ArraySource) for s in large.splits.values())
+  np.testing.assert_array_equal(large.split("train")[3]["image"], small.split("train")[3]["image"])
+
+
 def test_image_folder_without_split_folders_splits_by_path_hash(tmp_path):
   root = tmp_path / "flat"
   for i in range(40):

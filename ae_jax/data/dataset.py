@@ -141,6 +141,7 @@ class Dataset:
   splits: Mapping[str, Source]
   info: DatasetInfo
   anomaly: Any = None
+  finished: bool = False  # `finish_splits` already applied by the loader (it is applied once)
 
   def split(self, role: str) -> Source:
     if role not in self.splits:
@@ -266,7 +267,8 @@ def get_dataset(data: ml_collections.ConfigDict) -> Dataset:
   resolved = resolve(data)
   roles = split_roles(resolved)
   dataset = get_spec(resolved.name).load(resolved)
-  dataset = dataclasses.replace(dataset, splits=finish_splits(resolved, dataset.splits))
+  if not dataset.finished:
+    dataset = dataclasses.replace(dataset, splits=finish_splits(resolved, dataset.splits), finished=True)
   if set(dataset.splits) != set(roles):  # a loader that disagrees with its spec is a bug
     raise AssertionError(
       f"dataset '{resolved.name}' declares splits {roles} but loaded {sorted(dataset.splits)}"

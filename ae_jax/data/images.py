@@ -264,13 +264,14 @@ def image_dataset(
   geometry: Geometry | None = None,
   **info_options: Any,
 ) -> dataset.Dataset:
-  """A Dataset of uint8 image records (`dataset.finish_splits` applied first, so the variance is the
-  training split's); `info_options` go to `image_info` (variance_examples, image_key, label_key)."""
+  """A Dataset of uint8 image records (`dataset.finish_splits` applied here, with this `data`, so the
+  variance is the training split's and a loader's own choices, such as a large folder not cached in
+  memory, hold); `info_options` go to `image_info` (variance_examples, image_key, label_key)."""
   splits = dataset.finish_splits(data, splits)
   info = image_info(
     data, shape, class_names=class_names, geometry=geometry, train=splits["train"], **info_options
   )
-  return dataset.Dataset(name, splits, info)
+  return dataset.Dataset(name, splits, info, finished=True)
 
 
 def register_fixed_size(

@@ -157,7 +157,7 @@ class ConvDecoder(nn.Module):
 
 
 @interface.register("conv_ae", ("autoencoding",))
-class ConvAutoencoder(nn.Module):
+class ConvAutoencoder(interface.CodeAutoencoder):
   """Convolutional autoencoder: [batch, H, W, C] -> code [batch, code_dim] -> recon [batch, H, W, C].
 
   num_downsamples=0 (default): the seed's 28x28 geometry with 4 `channels`; n > 0: the general layout with
@@ -202,16 +202,3 @@ class ConvAutoencoder(nn.Module):
   def decode(self, code: jax.Array) -> jax.Array:
     """code [batch, code_dim] -> reconstruction [batch, H, W, C]."""
     return self.decoder(code)
-
-  def latent_code(self, x: jax.Array) -> jax.Array:
-    """The "autoencoding" ability: x -> its code [batch, D] (`encode`)."""
-    return self.encode(x)
-
-  def decode_latent(self, code: jax.Array) -> jax.Array:
-    """The "autoencoding" ability: a code [batch, D] -> the reconstruction (`decode`)."""
-    return self.decode(code)
-
-  def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-    """x [batch, H, W, C] -> {"code": [batch, code_dim], "recon": [batch, H, W, C]}."""
-    code = self.encode(x)
-    return {"code": code, "recon": self.decode(code)}

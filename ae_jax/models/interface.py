@@ -25,6 +25,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
+import flax.linen as nn
 import jax
 
 from ae_jax.registry import MODELS, Registry, Spec
@@ -54,6 +55,31 @@ class Autoencoding(Protocol):
 @runtime_checkable
 class Quantized(Protocol):
   def codebooks(self) -> tuple[int, ...]: ...
+
+
+class CodeAutoencoder(nn.Module):
+  """Base of the autoencoders whose code is their latent (mlp_ae, conv_ae, tied_ae): a subclass defines
+  `encode(x) -> code [B, D]` and `decode(code) -> [B, *input_shape]`; this gives `__call__` ({"code",
+  "recon"}) and the "autoencoding" ability (`latent_code` is `encode`, `decode_latent` is `decode`)."""
+
+  def encode(self, x: jax.Array) -> jax.Array:
+    raise NotImplementedError
+
+  def decode(self, code: jax.Array) -> jax.Array:
+    raise NotImplementedError
+
+  def latent_code(self, x: jax.Array) -> jax.Array:
+    """The "autoencoding" ability: x -> its code [batch, D] (`encode`)."""
+    return self.encode(x)
+
+  def decode_latent(self, code: jax.Array) -> jax.Array:
+    """The "autoencoding" ability: a code [batch, D] -> the reconstruction (`decode`)."""
+    return self.decode(code)
+
+  def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+    """x [batch, *input_shape] -> {"code": [batch, D], "recon": [batch, *input_shape]}."""
+    code = self.encode(x)
+    return {"code": code, "recon": self.decode(code)}
 
 
 class Masked(Protocol):

@@ -48,7 +48,7 @@ class MLPDecoder(nn.Module):
 
 
 @interface.register("mlp_ae", ("autoencoding",))
-class MLPAutoencoder(nn.Module):
+class MLPAutoencoder(interface.CodeAutoencoder):
   """Fully connected autoencoder; the decoder mirrors the encoder's widths.
 
   Input [batch, *input_shape] (any shape, flattened); outputs `code` [batch, code_dim] and `recon` with the
@@ -76,15 +76,3 @@ class MLPAutoencoder(nn.Module):
   def decode(self, code: jax.Array) -> jax.Array:
     """code [batch, code_dim] -> reconstruction [batch, *input_shape]."""
     return self.decoder(code)
-
-  def latent_code(self, x: jax.Array) -> jax.Array:
-    """The "autoencoding" ability: x -> its code [batch, D] (`encode`)."""
-    return self.encode(x)
-
-  def decode_latent(self, code: jax.Array) -> jax.Array:
-    """The "autoencoding" ability: a code [batch, D] -> the reconstruction (`decode`)."""
-    return self.decode(code)
-
-  def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-    code = self.encode(x)
-    return {"code": code, "recon": self.decode(code)}

@@ -89,7 +89,7 @@ class TiedDecoder(nn.Module):
 
 
 @interface.register("tied_ae", ("autoencoding",))
-class TiedAutoencoder(nn.Module):
+class TiedAutoencoder(interface.CodeAutoencoder):
   """Fully connected autoencoder whose decoder reuses the encoder's kernels, transposed.
 
   Input [batch, *input_shape] (flattened to d_0 = prod(input_shape)); `dims` are the encoder's output
@@ -122,15 +122,3 @@ class TiedAutoencoder(nn.Module):
   def decode(self, code: jax.Array) -> jax.Array:
     """code [batch, dims[-1]] -> reconstruction [batch, *input_shape]."""
     return self.decoder(code, self.encoder.kernels()).reshape(code.shape[0], *self.input_shape)
-
-  def latent_code(self, x: jax.Array) -> jax.Array:
-    """The "autoencoding" ability: x -> its code [batch, D] (`encode`)."""
-    return self.encode(x)
-
-  def decode_latent(self, code: jax.Array) -> jax.Array:
-    """The "autoencoding" ability: a code [batch, D] -> the reconstruction (`decode`)."""
-    return self.decode(code)
-
-  def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-    code = self.encode(x)
-    return {"code": code, "recon": self.decode(code)}
