@@ -27,13 +27,13 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
 
 from ae_jax import losses
 from ae_jax.errors import ConfigError
 from ae_jax.models import interface
 from ae_jax.priors import ARTransformer, MaskGITTransformer, masked_token_loss, random_mask, token_nll
 from ae_jax.priors.maskgit import MASK_SCHEDULES
+from ae_jax.priors.trunk import TrunkOptions
 
 
 def _seq_len(model: str, input_shape: Sequence[int]) -> int:
@@ -45,34 +45,20 @@ def _seq_len(model: str, input_shape: Sequence[int]) -> int:
   return int(input_shape[0])
 
 
-class _TransformerPrior(nn.Module):
+class _TransformerPrior(TrunkOptions):
   """What both priors share: the options of `ae_jax.priors`' transformers and the input checks."""
 
   vocab_size: int = 512
   input_shape: Sequence[int] = (49,)
-  num_layers: int = 4
-  num_heads: int = 4
-  embed_dim: int = 128
-  mlp_dim: int = 512
-  dropout: float = 0.0
-  num_classes: int = 0
-  dtype: jnp.dtype = jnp.float32
 
   def _options(self) -> dict:
     if self.vocab_size < 2:
       raise ConfigError(
         f"config.model.vocab_size must be >= 2 (the stage one's codes), got {self.vocab_size}"
       )
+    seq_len = _seq_len(type(self).__name__, self.input_shape)
     return dict(
-      vocab_size=self.vocab_size,
-      seq_len=_seq_len(type(self).__name__, self.input_shape),
-      num_layers=self.num_layers,
-      num_heads=self.num_heads,
-      embed_dim=self.embed_dim,
-      mlp_dim=self.mlp_dim,
-      dropout=self.dropout,
-      num_classes=self.num_classes,
-      dtype=self.dtype,
+      vocab_size=self.vocab_size, seq_len=seq_len, num_classes=self.num_classes, **self.trunk_options()
     )
 
   def logits(self, tokens: jax.Array, labels: jax.Array | None = None, train: bool = False) -> jax.Array:

@@ -135,12 +135,7 @@ class MaskGITTransformer(TokenPrior):
       num_outputs=self.vocab_size,
       max_len=self.seq_len + (1 if self.num_classes else 0),
       causal=False,
-      num_layers=self.num_layers,
-      num_heads=self.num_heads,
-      embed_dim=self.embed_dim,
-      mlp_dim=self.mlp_dim,
-      dropout=self.dropout,
-      dtype=self.dtype,
+      **self.trunk_options(),
       name="net",
     )(ids, train=train)
     return {"logits": logits[:, 1:] if labels is not None else logits}

@@ -83,12 +83,7 @@ class ARTransformer(TokenPrior):
       num_outputs=self.vocab_size,
       max_len=self.seq_len,
       causal=True,
-      num_layers=self.num_layers,
-      num_heads=self.num_heads,
-      embed_dim=self.embed_dim,
-      mlp_dim=self.mlp_dim,
-      dropout=self.dropout,
-      dtype=self.dtype,
+      **self.trunk_options(),
       name="net",
     )(inputs, train=train)
     return {"logits": logits}

@@ -105,13 +105,10 @@ class SequenceTransformer(nn.Module):
     return nn.Dense(self.num_outputs, dtype=jnp.float32, name="head")(h.astype(jnp.float32))
 
 
-class TokenPrior(nn.Module):
-  """The options shared by the token priors (`ARTransformer`, `MaskGITTransformer`): a vocabulary of K =
-  vocab_size tokens, sequences of seq_len, a `Transformer` trunk of num_layers blocks (num_heads, width
-  embed_dim, MLP mlp_dim, dropout), num_classes > 0 for class-conditional priors, the compute dtype."""
+class TrunkOptions(nn.Module):
+  """The options of a token prior's `Transformer` trunk: num_layers blocks (num_heads, width embed_dim,
+  MLP mlp_dim, dropout), num_classes > 0 for class-conditional priors, the compute dtype."""
 
-  vocab_size: int
-  seq_len: int
   num_layers: int = 4
   num_heads: int = 4
   embed_dim: int = 128
@@ -119,3 +116,16 @@ class TokenPrior(nn.Module):
   dropout: float = 0.0
   num_classes: int = 0
   dtype: jnp.dtype = jnp.float32
+
+  def trunk_options(self) -> dict:
+    """These options as keyword arguments (of `SequenceTransformer`, or of a `TokenPrior` with them)."""
+    names = ("num_layers", "num_heads", "embed_dim", "mlp_dim", "dropout", "dtype")
+    return {name: getattr(self, name) for name in names}
+
+
+class TokenPrior(TrunkOptions, kw_only=True):
+  """The options shared by the token priors (`ARTransformer`, `MaskGITTransformer`): a vocabulary of K =
+  vocab_size tokens, sequences of seq_len, and the trunk's (`TrunkOptions`)."""
+
+  vocab_size: int
+  seq_len: int
