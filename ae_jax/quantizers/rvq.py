@@ -29,7 +29,7 @@ from ae_jax.quantizers.core import (
   vq_losses,
 )
 from ae_jax.quantizers.ema import EMAStats, assigned_sums, ema_update, initial_stats, reseed_if_dead
-from ae_jax.quantizers.vq import check_codebook_options, outputs_dict
+from ae_jax.quantizers.vq import CodebookOptions, outputs_dict
 
 
 def residual_quantize(
@@ -80,7 +80,7 @@ def dropout_stages(keys: jax.Array, stages: int) -> jax.Array:
 
 
 @spec.register("rvq", codebooks=lambda o: (int(o["num_codes"]),) * int(o["num_stages"]), staged=True)
-class ResidualVectorQuantizer(nn.Module):
+class ResidualVectorQuantizer(CodebookOptions):
   """`num_stages` vector quantisers in series on the residuals, codebooks [S, num_codes, code_dim] (or one
   [1, K, D] with shared_codebook), trained by gradients or (ema=True, collection "vq_ema") by EMA, with the
   same data-dependent options as `VectorQuantizer` (applied stage by stage: stage s is seeded from the
@@ -94,24 +94,13 @@ class ResidualVectorQuantizer(nn.Module):
   (`_stage{i}`) and their means over stages.
   """
 
-  num_codes: int = 512
-  code_dim: int = 64
   num_stages: int = 4
   shared_codebook: bool = False
-  beta: float = 0.25
-  ema: bool = True
-  decay: float = 0.99
-  epsilon: float = 1e-5
-  codebook_init: str = "uniform"
-  dead_code_threshold: float = 0.0
   quantizer_dropout: bool = False
   eval_stages: int = 0
-  entropy_temperature: float = 0.01
-  diversity: float = 1.0
-  axis_name: str | None = None
 
   def _check(self) -> None:
-    check_codebook_options(self.ema, self.codebook_init, self.dead_code_threshold)
+    self.check_codebook()
     if self.num_stages < 1:
       raise ConfigError(f"rvq: num_stages must be >= 1, got {self.num_stages}")
     if not 0 <= self.eval_stages <= self.num_stages:

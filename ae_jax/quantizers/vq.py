@@ -49,8 +49,31 @@ def check_codebook_options(ema: bool, codebook_init: str, dead_code_threshold: f
     )
 
 
+class CodebookOptions(nn.Module):
+  """The options of a learned codebook (`VectorQuantizer`, and each stage of `ResidualVectorQuantizer`):
+  num_codes codes of code_dim, the commitment weight beta, EMA training (decay, epsilon), seeding
+  (codebook_init), dead-code re-seeding (dead_code_threshold), the code-entropy penalty's temperature and
+  diversity, and the device axis of the EMA statistics."""
+
+  num_codes: int = 512
+  code_dim: int = 64
+  beta: float = 0.25
+  ema: bool = True
+  decay: float = 0.99
+  epsilon: float = 1e-5
+  codebook_init: str = "uniform"
+  dead_code_threshold: float = 0.0
+  entropy_temperature: float = 0.01
+  diversity: float = 1.0
+  axis_name: str | None = None
+
+  def check_codebook(self) -> None:
+    """Raises ConfigError for an unknown seeding or data-dependent options without EMA."""
+    check_codebook_options(self.ema, self.codebook_init, self.dead_code_threshold)
+
+
 @spec.register("vq")
-class VectorQuantizer(nn.Module):
+class VectorQuantizer(CodebookOptions):
   """Nearest-code quantiser with a codebook [num_codes, D], trained by gradients or by EMA.
 
   ema=True keeps the codebook in the "vq_ema" collection (no gradient reaches it; `codebook_loss` is zero).
@@ -68,23 +91,12 @@ class VectorQuantizer(nn.Module):
   (-squared distances) and code_entropy [B] (`code_entropy_penalty` with entropy_temperature, diversity).
   """
 
-  num_codes: int = 512
-  code_dim: int = 64
-  beta: float = 0.25
-  ema: bool = True
-  decay: float = 0.99
-  epsilon: float = 1e-5
-  codebook_init: str = "uniform"
-  dead_code_threshold: float = 0.0
-  axis_name: str | None = None
   gradient: str = "straight_through"
   cosine: bool = False
   codebook_dim: int = 0
-  entropy_temperature: float = 0.01
-  diversity: float = 1.0
 
   def _check(self) -> None:
-    check_codebook_options(self.ema, self.codebook_init, self.dead_code_threshold)
+    self.check_codebook()
     if self.gradient not in GRADIENTS:
       raise ConfigError(f"unknown gradient estimator '{self.gradient}'; choose one of {GRADIENTS}")
     if self.codebook_dim < 0:
