@@ -50,6 +50,7 @@ class _TransformerPrior(TrunkOptions):
 
   vocab_size: int = 512
   input_shape: Sequence[int] = (49,)
+  num_classes: int = 0
 
   def _options(self) -> dict:
     if self.vocab_size < 2:

@@ -10,6 +10,8 @@ position embeddings in, a float32 Dense head to the K real tokens out.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -73,7 +75,26 @@ class Transformer(nn.Module):
     return nn.LayerNorm(dtype=self.dtype, name="ln_final")(x)
 
 
-class SequenceTransformer(nn.Module):
+_MODULE = ("parent", "name")  # a linen Module's own fields
+
+
+class TrunkOptions(nn.Module):
+  """The options of a `Transformer` trunk: num_layers blocks (num_heads, width embed_dim, MLP mlp_dim,
+  dropout) computed in dtype."""
+
+  num_layers: int = 4
+  num_heads: int = 4
+  embed_dim: int = 128
+  mlp_dim: int = 512
+  dropout: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+
+  def trunk_options(self) -> dict:
+    """These options as keyword arguments (of `SequenceTransformer`, or of a `TokenPrior`)."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(TrunkOptions) if f.name not in _MODULE}
+
+
+class SequenceTransformer(TrunkOptions, kw_only=True):
   """Token ids [B, N] (ids < `num_embeddings`) -> logits [B, N, `num_outputs`] float32.
 
   Token embedding + learned position embedding [N, D] (N <= `max_len`), dropout, the trunk, and a Dense
@@ -84,12 +105,6 @@ class SequenceTransformer(nn.Module):
   num_outputs: int
   max_len: int
   causal: bool
-  num_layers: int = 4
-  num_heads: int = 4
-  embed_dim: int = 128
-  mlp_dim: int = 512
-  dropout: float = 0.0
-  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, ids: jax.Array, *, train: bool) -> jax.Array:
@@ -105,27 +120,11 @@ class SequenceTransformer(nn.Module):
     return nn.Dense(self.num_outputs, dtype=jnp.float32, name="head")(h.astype(jnp.float32))
 
 
-class TrunkOptions(nn.Module):
-  """The options of a token prior's `Transformer` trunk: num_layers blocks (num_heads, width embed_dim,
-  MLP mlp_dim, dropout), num_classes > 0 for class-conditional priors, the compute dtype."""
-
-  num_layers: int = 4
-  num_heads: int = 4
-  embed_dim: int = 128
-  mlp_dim: int = 512
-  dropout: float = 0.0
-  num_classes: int = 0
-  dtype: jnp.dtype = jnp.float32
-
-  def trunk_options(self) -> dict:
-    """These options as keyword arguments (of `SequenceTransformer`, or of a `TokenPrior` with them)."""
-    names = ("num_layers", "num_heads", "embed_dim", "mlp_dim", "dropout", "dtype")
-    return {name: getattr(self, name) for name in names}
-
-
 class TokenPrior(TrunkOptions, kw_only=True):
   """The options shared by the token priors (`ARTransformer`, `MaskGITTransformer`): a vocabulary of K =
-  vocab_size tokens, sequences of seq_len, and the trunk's (`TrunkOptions`)."""
+  vocab_size tokens, sequences of seq_len, num_classes > 0 for class-conditional priors, and the trunk's
+  (`TrunkOptions`)."""
 
   vocab_size: int
   seq_len: int
+  num_classes: int = 0
