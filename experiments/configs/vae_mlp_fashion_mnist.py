@@ -68,9 +68,16 @@ def set_objective(config, objective: str, num_pixels: int) -> None:
 
 
 def get_config(arg: str = "objective=elbo"):
-  objective = parse_objective(arg, "vae_mlp_fashion_mnist.py")
+  model = model_config("vae_mlp", hidden=(500,), latent_dim=20, act="relu", likelihood="bernoulli")
+  return fashion_mnist_vae(model, arg, "vae_mlp_fashion_mnist.py")
+
+
+def fashion_mnist_vae(model, arg: str | None, config_file: str):
+  """The Fashion-MNIST VAE experiment around `model` (a model section; vae_conv_fashion_mnist.py shares
+  it): dynamically binarised data, a Bernoulli likelihood, 10 epochs, the objective picked by `arg`."""
+  objective = parse_objective(arg, config_file)
   config = default_config()
-  config.model = model_config("vae_mlp", hidden=(500,), latent_dim=20, act="relu", likelihood="bernoulli")
+  config.model = model
   config.loss.bernoulli_nll = 1.0
   config.loss.kl = 1.0
   config.loss.mse = 0.0  # reported (reconstruction error of the Bernoulli mean), not optimised
