@@ -122,7 +122,7 @@ def _trace(
     key = jax.random.key(0)
     rngs = {"params": key, "sample": key, "dropout": key}
     with nn.intercept_methods(interceptor):
-      return model.init_with_output(rngs, x, train=False)
+      return model.init_with_output(rngs, x, train=False, **models.model_inputs(model, {"x": x}))
 
   # with_named_axis: models with cross-device statistics (psum over the device axis) trace outside pmap too
   init = parallel.with_named_axis(init)

@@ -175,8 +175,7 @@ def load_run(workdir: str, step: int | None = None, best: bool = False) -> Run:
   def fresh() -> train.TrainState:
     keys = jax.random.split(jax.random.PRNGKey(0), 1 + len(train.RNG_STREAMS))
     rngs = {"params": keys[0], **dict(zip(train.RNG_STREAMS, keys[1:], strict=True))}
-    init = parallel.with_named_axis(lambda r, x: model.init(r, x, train=False))
-    variables = dict(init(rngs, jnp.zeros((1, *shape), spec.dtype)))
+    variables = dict(train.init_fn(model)(rngs, jnp.zeros((1, *shape), spec.dtype)))
     params = variables.pop("params")
     return train.TrainState(jnp.zeros((), jnp.int32), params, variables, tx.init(params), keys[0])
 

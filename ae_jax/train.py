@@ -61,6 +61,14 @@ def run_once(fn: Callable, *args: Any) -> Any:
   return compiled(*args)
 
 
+def init_fn(model: nn.Module) -> Callable[[Any, jax.Array], Any]:
+  """(rngs, x [batch, ...]) -> the model's initial variables, also outside pmap (models may psum over the
+  device axis)."""
+  return parallel.with_named_axis(
+    lambda r, x: model.init(r, x, train=False, **models.model_inputs(model, {"x": x}))
+  )
+
+
 def create_train_state(
   model: nn.Module, tx: optax.GradientTransformation, example_x: jax.Array, seed: int
 ) -> TrainState:
@@ -69,8 +77,7 @@ def create_train_state(
   init_key, state_key = jax.random.split(root)
   keys = jax.random.split(init_key, 1 + len(RNG_STREAMS))
   rngs = {"params": keys[0], **dict(zip(RNG_STREAMS, keys[1:], strict=True))}
-  init = parallel.with_named_axis(lambda r, x: model.init(r, x, train=False))  # models may psum over devices
-  variables = dict(run_once(init, rngs, example_x))
+  variables = dict(run_once(init_fn(model), rngs, example_x))
   params = variables.pop("params")
   return TrainState(
     step=jnp.zeros((), jnp.int32),
@@ -90,14 +97,15 @@ def apply_model(
   train: bool,
   rng: jax.Array,
 ) -> tuple[dict[str, jax.Array], Any]:
-  """Runs the model on batch["x"] (and batch["mask"] for models with the "masked" ability).
+  """Runs the model on batch["x"] (with batch["mask"] for models with the "masked" ability, batch["label"]
+  for those with the "conditional" one).
 
   Returns (outputs dict, updated model_state); only training updates the state. Outputs may hold
   "metrics": a dict of batch-level scalars (e.g. codebook perplexity) that the steps report as they are.
   """
   rngs = {name: jax.random.fold_in(rng, i) for i, name in enumerate(RNG_STREAMS)}
   variables = {"params": params, **model_state}
-  kwargs = {"mask": batch.get("mask")} if "masked" in models.abilities(model) else {}
+  kwargs = models.model_inputs(model, batch)
   if train and model_state:
     outputs, new_state = model.apply(
       variables, batch["x"], train=True, rngs=rngs, mutable=list(model_state), **kwargs

@@ -2,7 +2,7 @@ r"""Samples a trained stage-two prior and decodes the codes through its frozen s
 continuous codes of an autoencoder or VAE run (`--prior`) and decodes them through its decoder.
 
     python -m experiments.sample --workdir runs/prior_ar --num 64 [--seed 0] [--temperature 1.0] \
-        [--top_k 0] [--top_p 1.0] [--label C] [--out DIR]
+        [--top_k 0] [--top_p 1.0] [--label C|all] [--out DIR]
     python -m experiments.sample --workdir runs/prior_maskgit --num 64 --steps 8 [--choice_temperature 4.5]
 
 Writes OUT/samples.png (a grid of the first 256 decoded images) and OUT/samples.npz (codes [N, *grid] int32,
@@ -46,7 +46,12 @@ flags.DEFINE_float(
   "MaskGIT: the Gumbel noise on the confidences (annealed to 0).",
   flag_values=FLAGS,
 )
-flags.DEFINE_integer("label", None, "Class-conditional priors: the class of every sample.", flag_values=FLAGS)
+flags.DEFINE_string(
+  "label",
+  None,
+  "Class-conditional priors: the class of every sample, or 'all' for the classes in turn (i % classes).",
+  flag_values=FLAGS,
+)
 flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/samples).", flag_values=FLAGS)
 flags.DEFINE_integer("per_device", 16, "Samples drawn at once on each device.", flag_values=FLAGS)
 flags.DEFINE_enum(
@@ -128,7 +133,10 @@ def sample(argv: list[str]) -> None:
   )
   print(f"files:       {png}, {npz}")
   if FLAGS.quality:
-    _score(images, _image_run(run).config.data, out)
+    labels = arrays.get("labels")
+    _score(
+      images, _image_run(run).config.data, out, labels if labels is not None and labels.min() >= 0 else None
+    )
 
 
 def _sample_prior_run(prior):
@@ -161,7 +169,7 @@ def _sample_prior_run(prior):
   arrays = dict(
     codes=codes,
     tokens=tokens,
-    labels=np.full(len(tokens), -1 if FLAGS.label is None else FLAGS.label, np.int32),
+    labels=options.labels(np.arange(len(tokens)), prior.model.num_classes),
     temperature=FLAGS.temperature,
     top_k=FLAGS.top_k,
     top_p=FLAGS.top_p,
@@ -216,9 +224,10 @@ def _image_run(run):
   return generate.tokenizer_of(run).run if run.config.data.get("name") == "codes" else run
 
 
-def _score(images, data_config, out: str) -> None:
+def _score(images, data_config, out: str, labels=None) -> None:
   """Scores `images` (the stage one's model range) against as many test images, and the floor (as many
-  train images against the same test images); prints the metrics and writes OUT/quality.json."""
+  train images against the same test images); with `labels` (the classes of class-conditional samples),
+  also the feature network's accuracy on them. Prints the metrics and writes OUT/quality.json."""
   import json
   import os
 
@@ -232,7 +241,9 @@ def _score(images, data_config, out: str) -> None:
   n = min(len(images), len(test), len(train))
   reference = stack_examples(test, dataset.info, range(n))["x"]
   floor = stack_examples(train, dataset.info, range(n))["x"]
-  quality = sample_quality.sample_quality(images[:n], net, reference, train_reference=floor)
+  quality = sample_quality.sample_quality(
+    images[:n], net, reference, train_reference=floor, labels=None if labels is None else labels[:n]
+  )
   quality["feature_network"] = net.describe()
   with open(os.path.join(out, "quality.json"), "w") as f:
     json.dump(quality, f, indent=1, sort_keys=True)
@@ -241,6 +252,7 @@ def _score(images, data_config, out: str) -> None:
     f"{quality['frechet_feature_distance']:.4g} (train-vs-test floor "
     f"{quality['floor_frechet_feature_distance']:.4g}), precision {quality['precision']:.3f}, recall "
     f"{quality['recall']:.3f}"
+    + (f", class accuracy {quality['class_accuracy']:.3f}" if "class_accuracy" in quality else "")
   )
 
 

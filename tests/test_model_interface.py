@@ -12,8 +12,12 @@ from ae_jax.models.interface import ABILITIES
 
 
 def _implements(cls, ability) -> bool:
-  if ability == "masked":
-    return "mask" in pyinspect.signature(cls.__call__).parameters
+  if ability in ("masked", "conditional"):
+    keyword = {"masked": "mask", "conditional": "labels"}[ability]
+    if keyword not in pyinspect.signature(cls.__call__).parameters:
+      return False
+    if ability == "masked":
+      return True
   instance = cls.__new__(cls)  # the Protocols check for attributes and methods, so no setup is needed
   return isinstance(instance, ABILITIES[ability])
 

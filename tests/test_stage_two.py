@@ -238,6 +238,51 @@ def test_fixed_evaluation_mask_is_exact_and_independent_of_the_batch():
   assert (np.asarray(fixed_mask(jnp.arange(2), 10, 0.01, 0)).sum(1) == 1).all()  # at least one
 
 
+def test_the_trainer_gives_a_conditional_prior_its_batch_labels(stage_one_dir):
+  """apply_model passes batch["label"] to a model with the "conditional" ability: its outputs are the
+  model's for those labels, and other labels give other logits; an unconditional prior ignores them."""
+  config = _prior_config("ar", f"{stage_one_dir},conditional", 1)
+  assert config.model.num_classes == 10  # the synthetic stage one's classes
+  options = {k: v for k, v in config.model.items() if k != "name"}
+  model = get_model("ar_prior", input_shape=(4,), **options)
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 16, (3, 4)), jnp.int32)
+  labels = jnp.asarray([0, 1, 2], jnp.int32)
+  variables = model.init(jax.random.PRNGKey(0), x, labels=labels)
+  rng = jax.random.PRNGKey(1)
+  out, _ = train.apply_model(model, variables["params"], {}, {"x": x, "label": labels}, train=False, rng=rng)
+  np.testing.assert_array_equal(out["logits"], model.apply(variables, x, labels=labels)["logits"])
+  other, _ = train.apply_model(
+    model, variables["params"], {}, {"x": x, "label": labels[::-1]}, train=False, rng=rng
+  )
+  assert float(jnp.max(jnp.abs(other["logits"] - out["logits"]))) > 1e-4
+  plain = get_model("ar_prior", input_shape=(4,), **{**options, "num_classes": 0})
+  plain_vars = plain.init(jax.random.PRNGKey(0), x)
+  kept, _ = train.apply_model(
+    plain, plain_vars["params"], {}, {"x": x, "label": labels}, train=False, rng=rng
+  )
+  np.testing.assert_array_equal(kept["logits"], plain.apply(plain_vars, x)["logits"])
+
+
+def test_a_conditional_prior_trains_and_samples_every_class(stage_one_dir, tmp_path):
+  path = str(tmp_path / "conditional")
+  summary = loop.train_and_evaluate(_prior_config("ar", f"{stage_one_dir},conditional", 6), path)
+  assert np.isfinite(summary["metrics"]["likelihood/bits_per_code"])
+  run = stage_one.load_run(path)
+  every = generate.SampleOptions(label="all")
+  tokens = generate.sample_tokens(run, 12, seed=0, options=every, per_device=1)
+  np.testing.assert_array_equal(every.labels(np.arange(12), 10), np.arange(12) % 10)
+  one = generate.sample_tokens(run, 12, seed=0, options=generate.SampleOptions(label=3), per_device=1)
+  assert tokens.shape == one.shape == (12, 4)
+  np.testing.assert_array_equal(tokens[3], one[3])  # sample 3 of "all" is class 3, from the same key
+  for label, message in (
+    (None, "pass --label C, or --label all"),
+    (10, r"in \[0, 10\)"),
+    ("x", "a class id"),
+  ):
+    with pytest.raises(ConfigError, match=message):
+      generate.check_options(run, generate.SampleOptions(label=label), 4)
+
+
 # ----------------------------------------------------------------------------- sampling
 
 

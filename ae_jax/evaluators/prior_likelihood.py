@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ae_jax import evaluators
+from ae_jax import evaluators, models
 from ae_jax.errors import ConfigError
 from ae_jax.evaluators import batches
 from ae_jax.models.code_priors import ARPrior, MaskGITPrior
@@ -38,22 +38,17 @@ def fixed_mask(index: jax.Array, seq_len: int, ratio: float, seed: int) -> jax.A
   return ranks < count
 
 
-def label_kwargs(model, batch) -> dict:
-  """{"labels": batch["label"]} for a class-conditional prior, else {}."""
-  return {"labels": batch["label"]} if getattr(model, "num_classes", 0) else {}
-
-
 def prior_sums(state, batch, *, model, ratio: float, seed: int) -> dict[str, jax.Array]:
   """This device's sums over its valid examples: "nats" (code_nll of an AR prior, or the masked
   cross-entropy per masked code of MaskGIT at the fixed mask) and "count"."""
   variables = {"params": state.params, **state.model_state}
   valid = batch["valid"].astype(jnp.float32)
+  inputs = models.model_inputs(model, batch)  # a class-conditional prior's labels
   if isinstance(model, MaskGITPrior):
     mask = fixed_mask(batch["index"], batch["x"].shape[-1], ratio, seed)
-    out = model.apply(variables, batch["x"], train=False, token_mask=mask, **label_kwargs(model, batch))
-    nats = out["masked_code_xent"]
+    nats = model.apply(variables, batch["x"], train=False, token_mask=mask, **inputs)["masked_code_xent"]
   else:
-    nats = model.apply(variables, batch["x"], train=False, **label_kwargs(model, batch))["code_nll"]
+    nats = model.apply(variables, batch["x"], train=False, **inputs)["code_nll"]
   return {"nats": jnp.sum(nats * valid), "count": jnp.sum(valid)}
 
 

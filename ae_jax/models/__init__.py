@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 from flax.core import FrozenDict
@@ -42,6 +43,17 @@ def abilities(model: nn.Module | str) -> frozenset[str]:
     if type(model) is spec.cls:
       return spec.abilities
   return frozenset()
+
+
+def model_inputs(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, Any]:
+  """The keyword inputs the model takes besides batch["x"]: batch["mask"] for the "masked" ability, and
+  batch["label"] for the "conditional" one (zeros [batch] when the batch has none, as at initialisation)."""
+  have = abilities(model)
+  kwargs = {"mask": batch.get("mask")} if "masked" in have else {}
+  if "conditional" in have:
+    labels = batch.get("label")
+    kwargs["labels"] = jnp.zeros(batch["x"].shape[:1], jnp.int32) if labels is None else labels
+  return kwargs
 
 
 def model_fields(name: str) -> list[str]:

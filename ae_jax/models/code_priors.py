@@ -63,11 +63,12 @@ class _TransformerPrior(TrunkOptions):
     )
 
   def logits(self, tokens: jax.Array, labels: jax.Array | None = None, train: bool = False) -> jax.Array:
-    """The transformer's logits [B, L, K] float32 for tokens [B, L] (MaskGIT: K where masked)."""
-    return self.transformer(tokens, labels=labels, train=train)["logits"]
+    """The transformer's logits [B, L, K] float32 for tokens [B, L] (MaskGIT: K where masked); labels [B]
+    are used by a class-conditional prior (num_classes > 0) and ignored by an unconditional one."""
+    return self.transformer(tokens, labels=labels if self.num_classes else None, train=train)["logits"]
 
 
-@interface.register("ar_prior")
+@interface.register("ar_prior", ("conditional",))
 class ARPrior(_TransformerPrior):
   """Causal transformer prior over code sequences (`ae_jax.priors.ARTransformer`): x [B, L] int32 ->
   {"logits" [B, L, K], "code_nll" [B] nats, "metrics": {"bits_per_code"}}."""
@@ -84,7 +85,7 @@ class ARPrior(_TransformerPrior):
     return {"logits": logits, "code_nll": nll, "metrics": {"bits_per_code": bits}}
 
 
-@interface.register("maskgit_prior")
+@interface.register("maskgit_prior", ("conditional",))
 class MaskGITPrior(_TransformerPrior):
   """Masked-token transformer prior (`ae_jax.priors.MaskGITTransformer`): x [B, L] int32 -> {"logits",
   "token_mask", "masked_input", "masked_code_xent" [B] nats, "metrics": {"masked_bits_per_code"}}.

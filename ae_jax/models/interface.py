@@ -7,6 +7,9 @@ that asks for something the model cannot do fails before training with the reaso
 Protocol the model class implements (a test checks every registered model against its declared ones):
 
 * "masked": `__call__(x, *, train, mask)` takes a prefix padding mask [B, T] (1 = real step).
+* "conditional": `__call__(x, *, train, labels)` takes the examples' class labels [B] int32 (the batch's
+  "label") and `num_classes` says how many; with num_classes == 0 the model is unconditional and ignores
+  them.
 * "generative": `latent_dim` and `generate(z [N, latent_dim]) -> [N, *input_shape]`, the mean of p(x|z)
   (prior samples).
 * "likelihood": `encode(x) -> (mean, logvar)` of a diagonal Gaussian q(z|x) and `importance_terms(x, eps
@@ -82,12 +85,20 @@ class CodeAutoencoder(nn.Module):
     return {"code": code, "recon": self.decode(code)}
 
 
+@runtime_checkable
+class Conditional(Protocol):
+  """`__call__(x, *, train, labels)` (a keyword argument, checked against the signature by a test)."""
+
+  num_classes: int
+
+
 class Masked(Protocol):
   """`__call__(x, *, train, mask)` (a keyword argument, checked against the signature by a test)."""
 
 
 ABILITIES: dict[str, type] = {
   "masked": Masked,
+  "conditional": Conditional,
   "generative": Generative,
   "likelihood": Likelihood,
   "autoencoding": Autoencoding,

@@ -33,14 +33,23 @@ from ae_jax.priors.transformer import sample_autoregressive
 class SampleOptions:
   """How to draw: temperature (< 1e-5: greedy), top_k (0: off), top_p (1: off); MaskGIT's decoding
   iterations `steps` and `choice_temperature`; `label` (class-conditional priors: the class of every
-  sample; None for unconditional ones)."""
+  sample, or "all" for the classes in turn, sample i of class i % num_classes; None for unconditional
+  ones)."""
 
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
   steps: int = 8
   choice_temperature: float = 4.5
-  label: int | None = None
+  label: int | str | None = None
+
+  def labels(self, index: np.ndarray, num_classes: int) -> np.ndarray:
+    """The class of samples `index` int [n]: int32 [n] (-1: unconditional)."""
+    if self.label is None:
+      return np.full(index.shape, -1, np.int32)
+    if self.label == "all":
+      return (index % num_classes).astype(np.int32)
+    return np.full(index.shape, int(self.label), np.int32)
 
 
 def check_options(
@@ -62,11 +71,16 @@ def check_options(
   if options.steps < 1:
     raise ConfigError(f"--steps must be >= 1, got {options.steps}")
   if model.num_classes and options.label is None:
-    raise ConfigError(f"this prior is class-conditional ({model.num_classes} classes): pass --label C")
-  if options.label is not None and not 0 <= options.label < model.num_classes:
-    if not model.num_classes:
-      raise ConfigError("--label needs a class-conditional prior (trained with the config's ,conditional)")
-    raise ConfigError(f"--label must be in [0, {model.num_classes}), got {options.label}")
+    raise ConfigError(
+      f"this prior is class-conditional ({model.num_classes} classes): pass --label C, or --label all"
+    )
+  if options.label is not None and not model.num_classes:
+    raise ConfigError("--label needs a class-conditional prior (trained with the config's ,conditional)")
+  if options.label is not None and options.label != "all":
+    if isinstance(options.label, str) and not options.label.lstrip("-").isdigit():
+      raise ConfigError(f"--label must be a class id or 'all', got '{options.label}'")
+    if not 0 <= int(options.label) < model.num_classes:
+      raise ConfigError(f"--label must be in [0, {model.num_classes}) or 'all', got {options.label}")
 
 
 def _sampler(model: Any, options: SampleOptions) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
@@ -116,13 +130,12 @@ def sample_tokens(
   per_round = per_device * len(devices)
   rounds = math.ceil(num / per_round)
   base = jax.random.PRNGKey(seed)
-  label = -1 if options.label is None else options.label
   out = []
   for r in range(rounds):
     index = np.arange(r * per_round, (r + 1) * per_round, dtype=np.int32)
     keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(index))
     keys = np.asarray(keys).reshape(len(devices), per_device, *keys.shape[1:])
-    labels = np.full((len(devices), per_device), label, np.int32)
+    labels = options.labels(index, prior.model.num_classes).reshape(len(devices), per_device)
     tokens = np.asarray(
       jax.device_get(fn(variables, parallel.shard(keys, devices), parallel.shard(labels, devices)))
     )

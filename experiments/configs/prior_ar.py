@@ -7,9 +7,9 @@ r"""An autoregressive transformer prior (stage two) over a trained VQ-VAE's code
 
 The argument is the stage one's workdir, optionally with `,step=N` (a checkpoint step; default the latest),
 `,best` (its config.keep_best state; the step is pinned in the config, so a stage one trained further
-later is not mistaken for this one). `,conditional` (one start token per class, sampled with
-`experiments.sample --label C`) is refused for now: the models take labels, the trainer does not pass them.
-The codes dataset (`ae_jax.data.codes`) encodes the stage
+later is not mistaken for this one). `,conditional` trains a class-conditional prior (one start token per
+class of the stage one's dataset; sampled with `experiments.sample --label C`, or `--label all` for the
+classes in turn). The codes dataset (`ae_jax.data.codes`) encodes the stage
 one's dataset once and caches the codes under STAGE_ONE_WORKDIR/codes/<fingerprint>/; the vocabulary K
 and the sequence length (Fashion-MNIST: 7x7 = 49 codes) are read from the stage one. Defaults: 4 layers of
 width 128, batch 64, 3,000 steps (a few minutes on a CPU); `prior_likelihood` reports test bits per code
@@ -40,12 +40,11 @@ def prior_config(model: str, arg: str):
     "codes", tokenizer_workdir=options["workdir"], tokenizer_step=step, tokenizer_best=options["best"]
   )
   _, layout = codes.stage_one_config(config.data)
-  if options["conditional"]:  # the models take labels, but train.apply_model passes only x for now
+  num_classes = layout.num_classes if options["conditional"] else 0
+  if options["conditional"] and not num_classes:
     raise ConfigError(
-      "',conditional' is not available yet: the trainer does not pass labels to the model; train an "
-      "unconditional prior (leave out ',conditional')"
+      "',conditional' needs class labels, but the stage one's dataset has none; leave out ',conditional'"
     )
-  num_classes = 0
   config.model = model_config(
     model, vocab_size=layout.vocab_size, num_layers=4, num_heads=4, embed_dim=128, mlp_dim=512, dropout=0.1
   )
