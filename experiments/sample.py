@@ -94,14 +94,17 @@ USAGE = (
 
 
 def sample(argv: list[str]) -> None:
+  import json
   import math
   import os
   import time
 
   import numpy as np
+  import tqdm
 
-  from ae_jax import stage_one, visualize
+  from ae_jax import feature_network, samplers, stage_one, visualize
   from ae_jax.errors import ConfigError
+  from ae_jax.priors import generate
 
   if len(argv) > 1:
     raise ConfigError(f"unexpected arguments {argv[1:]} ({USAGE})")
@@ -109,151 +112,59 @@ def sample(argv: list[str]) -> None:
     raise ConfigError(f"--per_device must be >= 1, got {FLAGS.per_device}")
   run = stage_one.load_run(FLAGS.workdir, FLAGS.step, FLAGS.best)
   out = os.path.abspath(FLAGS.out or os.path.join(run.workdir, "samples"))
-  start = time.perf_counter()
-  if run.config.data.get("name") == "codes":
+  options = generate.SampleOptions(
+    FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.steps, FLAGS.choice_temperature, FLAGS.label
+  )
+  if samplers.is_prior_run(run):
     if FLAGS.prior is not None:
       raise ConfigError(
         f"--prior is for autoencoder and VAE runs; {run.workdir} is a prior run: drop --prior"
       )
-    images, arrays, display, what = _sample_prior_run(run)
+    generate.check_options(run, options, FLAGS.num, steps_given=FLAGS["steps"].present)
   else:
-    images, arrays, display, what = _sample_latents(run)
-  decoded = time.perf_counter()
-  os.makedirs(out, exist_ok=True)
-  shown = images[:GRID_IMAGES]  # the grid shows the first ones; the .npz holds all
-  grid = visualize.image_grid(display(shown), ncols=math.ceil(math.sqrt(len(shown))))
-  png = visualize.save_png(os.path.join(out, "samples.png"), grid)
-  npz = os.path.join(out, "samples.npz")
-  with open(npz + ".tmp", "wb") as f:
-    np.savez(f, images=images, seed=FLAGS.seed, **arrays)
-  os.replace(npz + ".tmp", npz)
-  print(
-    f"sampled {len(images)} images in {decoded - start:.2f} s: "
-    f"{1e3 * (decoded - start) / len(images):.2f} ms per image ({what})"
-  )
-  print(f"files:       {png}, {npz}")
-  if FLAGS.quality:
-    labels = arrays.get("labels")
-    _score(
-      images, _image_run(run).config.data, out, labels if labels is not None and labels.min() >= 0 else None
-    )
-
-
-def _sample_prior_run(prior):
-  """Codes from a stage-two prior run, decoded by its frozen stage one."""
-  import time
-
-  import numpy as np
-  import tqdm
-
-  from ae_jax.priors import generate
-
-  options = generate.SampleOptions(
-    FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.steps, FLAGS.choice_temperature, FLAGS.label
-  )
-  generate.check_options(prior, options, FLAGS.num, steps_given=FLAGS["steps"].present)
-  tokenizer = generate.tokenizer_of(prior)
+    for name in ("temperature", "top_k", "top_p", "steps", "label"):
+      if FLAGS[name].present and FLAGS.prior is not None:
+        raise ConfigError(f"--{name} is for prior runs (ar_prior, maskgit_prior), not --prior={FLAGS.prior}")
   start = time.perf_counter()
-  with tqdm.tqdm(total=FLAGS.num, unit="image", desc="sampling codes") as bar:
-    tokens = generate.sample_tokens(
-      prior,
+  with tqdm.tqdm(
+    total=FLAGS.num, unit="image", desc="sampling", disable=not samplers.is_prior_run(run)
+  ) as bar:
+    drawn = samplers.draw(
+      run,
       FLAGS.num,
       seed=FLAGS.seed,
       options=options,
       per_device=FLAGS.per_device,
+      latent_prior=FLAGS.prior,
+      components=FLAGS.components,
+      covariance=FLAGS.covariance,
       progress=lambda n: bar.update(n - bar.n),
     )
-  sampled = time.perf_counter()
-  codes = tokens.reshape(len(tokens), *tokenizer.layout.grid)
-  images = tokenizer.decode_codes(codes)
-  arrays = dict(
-    codes=codes,
-    tokens=tokens,
-    labels=options.labels(np.arange(len(tokens)), prior.model.num_classes),
-    temperature=FLAGS.temperature,
-    top_k=FLAGS.top_k,
-    top_p=FLAGS.top_p,
-    steps=FLAGS.steps,
-    prior_step=prior.step,
-    stage_one=np.str_(tokenizer.fingerprint),
-  )
-  what = (
-    f"{1e3 * (sampled - start) / len(tokens):.2f} ms sampling codes, then decoding; prior step {prior.step}, "
-    f"stage one {tokenizer.fingerprint}"
-  )
-  return images, arrays, tokenizer.to_unit, what
-
-
-def _sample_latents(run):
-  """Codes of an autoencoder or VAE run from --prior (a mixture fitted on its training codes, or N(0, I)),
-  decoded by the run's decoder."""
-  import numpy as np
-
-  from ae_jax import stage_one
-  from ae_jax.errors import ConfigError
-  from ae_jax.priors import latent
-
-  codec = latent.LatentCodec.of(run)
-  if FLAGS.prior is None:
-    raise ConfigError(
-      f"{run.workdir} is a '{run.config.model.name}' run: choose how its codes are drawn with "
-      "--prior=mixture (a Gaussian mixture fitted on its training codes)"
-      + (" or --prior=normal (its prior N(0, I))" if codec.vae else "")
-    )
-  for name in ("temperature", "top_k", "top_p", "steps", "label"):
-    if FLAGS[name].present:
-      raise ConfigError(f"--{name} is for prior runs (ar_prior, maskgit_prior), not --prior={FLAGS.prior}")
-  if FLAGS.num < 1:
-    raise ConfigError(f"--num must be >= 1, got {FLAGS.num}")
-  if FLAGS.prior == "normal":
-    codes = latent.standard_normal(codec, FLAGS.num, FLAGS.seed)
-    what = "N(0, I)"
-  else:
-    mixture = latent.fit_mixture(codec, FLAGS.components, covariance=FLAGS.covariance, seed=FLAGS.seed)
-    codes = mixture.sample(np.random.default_rng(FLAGS.seed), FLAGS.num).astype(np.float32)
-    what = f"a {FLAGS.components}-component {FLAGS.covariance} Gaussian mixture over the training codes"
-  images = codec.decode(codes)
-  arrays = dict(codes=codes, prior=np.str_(FLAGS.prior), run_step=run.step, run=np.str_(run.fingerprint))
-  return images, arrays, lambda x: stage_one.to_unit(run.config, x), f"codes from {what}"
-
-
-def _image_run(run):
-  """The run whose dataset the samples imitate: a prior run's stage one, else the run itself."""
-  from ae_jax.priors import generate
-
-  return generate.tokenizer_of(run).run if run.config.data.get("name") == "codes" else run
-
-
-def _score(images, data_config, out: str, labels=None) -> None:
-  """Scores `images` (the stage one's model range) against as many test images, and the floor (as many
-  train images against the same test images); with `labels` (the classes of class-conditional samples),
-  also the feature network's accuracy on them. Prints the metrics and writes OUT/quality.json."""
-  import json
-  import os
-
-  from ae_jax import data, feature_network, sample_quality
-  from ae_jax.evaluators.batches import stack_examples
-
-  settings = feature_network.Settings(steps=FLAGS.feature_steps)
-  net = feature_network.load_or_train(data_config, FLAGS.feature_cache, settings)
-  dataset = data.get_dataset(data_config)
-  test, train = dataset.split("test"), dataset.split("train")
-  n = min(len(images), len(test), len(train))
-  reference = stack_examples(test, dataset.info, range(n))["x"]
-  floor = stack_examples(train, dataset.info, range(n))["x"]
-  quality = sample_quality.sample_quality(
-    images[:n], net, reference, train_reference=floor, labels=None if labels is None else labels[:n]
-  )
-  quality["feature_network"] = net.describe()
-  with open(os.path.join(out, "quality.json"), "w") as f:
-    json.dump(quality, f, indent=1, sort_keys=True)
+  decoded = time.perf_counter()
+  os.makedirs(out, exist_ok=True)
+  shown = drawn.images[:GRID_IMAGES]  # the grid shows the first ones; the .npz holds all
+  grid = visualize.image_grid(drawn.to_unit(shown), ncols=math.ceil(math.sqrt(len(shown))))
+  png = visualize.save_png(os.path.join(out, "samples.png"), grid)
+  npz = os.path.join(out, "samples.npz")
+  with open(npz + ".tmp", "wb") as f:
+    np.savez(f, images=drawn.images, seed=FLAGS.seed, **drawn.arrays)
+  os.replace(npz + ".tmp", npz)
+  num = len(drawn.images)
   print(
-    f"sample quality ({n:,} samples vs {n:,} test images, {net.describe()}): Fréchet feature distance "
-    f"{quality['frechet_feature_distance']:.4g} (train-vs-test floor "
-    f"{quality['floor_frechet_feature_distance']:.4g}), precision {quality['precision']:.3f}, recall "
-    f"{quality['recall']:.3f}"
-    + (f", class accuracy {quality['class_accuracy']:.3f}" if "class_accuracy" in quality else "")
+    f"sampled {num} images in {decoded - start:.2f} s: {1e3 * (decoded - start) / num:.2f} ms per image "
+    f"({drawn.what})"
   )
+  print(f"files:       {png}, {npz}")
+  if FLAGS.quality:
+    settings = feature_network.Settings(steps=FLAGS.feature_steps)
+    quality = samplers.score(drawn, settings, feature_cache=FLAGS.feature_cache)
+    with open(os.path.join(out, "quality.json"), "w") as f:
+      json.dump(quality, f, indent=1, sort_keys=True)
+    n = int(quality["num_samples"])
+    print(
+      f"sample quality ({n:,} samples vs {n:,} test images, {quality['feature_network']}): "
+      + samplers.describe(quality)
+    )
 
 
 def main(argv: list[str]) -> None:

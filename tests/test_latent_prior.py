@@ -114,3 +114,19 @@ def test_the_sampling_command_draws_deterministic_codes_of_either_prior(ae_run, 
     _sample_cli([f"--workdir={ae_run}", f"--out={tmp_path / 'x'}"])
   with pytest.raises(ConfigError, match="--top_k is for prior runs"):
     _sample_cli([f"--workdir={vae_run}", "--prior=normal", "--top_k=3", f"--out={tmp_path / 'x'}"])
+
+
+def test_the_sample_quality_evaluator_draws_from_the_mixture_after_training(ae_run, tmp_path):
+  """An autoencoder's config.evals.quality (type sample_quality) draws from a mixture over its training codes;
+  a prior an autoencoder has not (N(0, I)) is one error before any sample."""
+  from ae_jax import evaluators
+
+  config = stage_one.saved_config(ae_run)[1]
+  options = dict(num=10, components=2, feature_steps=3, feature_cache=str(tmp_path / "features"))
+  config.evals = {"quality": evaluators.section("sample_quality", **options)}
+  _, result, _ = loop.evaluate_checkpoint(config, ae_run, names=["quality"])
+  assert result.metrics["quality/num_samples"] == 10 and 0 <= result.metrics["quality/precision"] <= 1
+  assert np.isfinite(result.metrics["quality/frechet_feature_distance"])
+  config.evals.quality.prior = "normal"
+  with pytest.raises(ConfigError, match="only a VAE has the prior 'normal'"):
+    loop.evaluate_checkpoint(config, ae_run, names=["quality"])

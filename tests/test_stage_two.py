@@ -357,6 +357,32 @@ def test_sample_cli_writes_a_grid_and_codes_deterministically(ar_prior, tmp_path
   assert missing.returncode == 1 and "error:" in missing.stderr and "has no checkpoint" in missing.stderr
 
 
+def test_the_sample_quality_evaluator_scores_what_the_sampler_draws(ar_prior, tmp_path):
+  """`sample_quality` in config.evals (run here on the saved checkpoint, as experiments.evaluate does) gives
+  the numbers of samplers.score on samplers.draw of the loaded run: the same samples, the same network."""
+  from ae_jax import evaluators, feature_network, samplers
+
+  path = ar_prior[0]
+  config = stage_one.saved_config(path)[1]
+  cache = str(tmp_path / "features")
+  config.evals = {
+    "quality": evaluators.section("sample_quality", num=12, seed=2, feature_steps=3, feature_cache=cache)
+  }
+  step, result, _ = loop.evaluate_checkpoint(config, path, names=["quality"])
+  run = stage_one.load_run(path)
+  drawn = samplers.draw(run, 12, seed=2, options=generate.SampleOptions())
+  quality = samplers.score(drawn, feature_network.Settings(steps=3), feature_cache=cache)
+  for key in ("frechet_feature_distance", "precision", "recall", "floor_frechet_feature_distance"):
+    np.testing.assert_allclose(result.metrics[f"quality/{key}"], quality[key], rtol=1e-6)
+  assert result.metrics["quality/num_samples"] == 12 and step == run.step
+  config.evals.quality.prior = (
+    "normal"  # ignored for a prior run; an autoencoder refuses it (test_latent_prior)
+  )
+  config.evals.quality.label = "all"
+  with pytest.raises(ConfigError, match="needs a class-conditional prior"):
+    loop.evaluate_checkpoint(config, path, names=["quality"])
+
+
 def test_prior_configs_pass_the_config_check(stage_one_dir):
   from ae_jax.config import check_config
 

@@ -1,0 +1,117 @@
+"""The `sample_quality` evaluator: draws `num` images from the run being trained or evaluated (a stage-two
+prior through its frozen stage one; an autoencoder or VAE through a density over its codes:
+`ae_jax.samplers`) and scores them against as many images of `split` in the feature space of a network
+ae-jax trains on the dataset once (`ae_jax.feature_network`, `ae_jax.sample_quality`).
+
+Metrics: frechet_feature_distance, precision, recall, floor_frechet_feature_distance (as many training
+images against the same split images: what a perfect generator scores), class_accuracy (class-conditional
+samples: the feature network's accuracy on the classes they were drawn for), num_samples.
+
+Options: num, seed; a prior run's temperature, top_k, top_p, steps, choice_temperature and label (a class,
+or "all" for the classes in turn); an autoencoder's or VAE's prior ("mixture" over its training codes, with
+components and covariance; "normal": a VAE's N(0, I)); feature_steps and feature_cache (the feature
+network's training steps and cache folder, default <data root>/feature_networks).
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import ml_collections
+import numpy as np
+
+from ae_jax import evaluators, models, parallel, samplers, stage_one
+from ae_jax.errors import ConfigError
+
+
+def _run_of(ctx: evaluators.Context, state, step: int) -> stage_one.Run:
+  """The state being evaluated as a `stage_one.Run`: a mixture over its codes is cached in its workdir (or
+  a temporary folder when this run writes no files)."""
+  variables = {"params": state.params, **state.model_state}
+  example = ctx.dataset.info.example
+  workdir = ctx.workdir or tempfile.mkdtemp(prefix="ae_jax_samples_")
+  return stage_one.Run(
+    workdir,
+    step,
+    False,
+    ctx.config,
+    ctx.model,
+    variables,
+    stage_one.fingerprint(step, variables),
+    tuple(example.shape),
+    str(example.dtype),
+  )
+
+
+def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
+  from ae_jax import feature_network
+  from ae_jax.priors import generate
+
+  prior = ctx.config.data.get("name") == "codes"
+  have = models.abilities(ctx.model)
+  vae = {"generative", "likelihood"} <= have
+  where = f"config.evals.{name}"
+  if not prior and not (vae or "autoencoding" in have):
+    raise ConfigError(
+      f"{where}: a '{ctx.config.model.name}' model generates nothing to score; sample_quality needs a prior "
+      "run (ar_prior, maskgit_prior), an autoencoder or a VAE"
+    )
+  if not prior and sec.prior not in (samplers.LATENT_PRIORS if vae else ("mixture",)):
+    raise ConfigError(
+      f"{where}.prior: how a '{ctx.config.model.name}' run's codes are drawn must be "
+      + ("'mixture' or 'normal'" if vae else "'mixture' (only a VAE has the prior 'normal')")
+      + f", got {sec.prior!r}"
+    )
+  options = generate.SampleOptions(
+    sec.temperature, sec.top_k, sec.top_p, sec.steps, sec.choice_temperature, sec.label
+  )
+  settings = feature_network.Settings(steps=int(sec.feature_steps))
+
+  def evaluate(rstate, step: int, final: bool) -> evaluators.Result:
+    run = _run_of(ctx, parallel.unreplicate(rstate), step)
+    drawn = samplers.draw(
+      run,
+      int(sec.num),
+      seed=int(sec.seed),
+      options=options if prior else None,
+      latent_prior=None if prior else sec.prior,
+      components=int(sec.components),
+      covariance=sec.covariance,
+    )
+    quality = samplers.score(drawn, settings, feature_cache=sec.feature_cache, reference_split=sec.split)
+    metrics = {k: float(v) for k, v in quality.items() if isinstance(v, (float, int, np.floating))}
+    lines = [f"{name}: {samplers.describe(quality)} ({int(quality['num_samples']):,} samples, {drawn.what})"]
+    return evaluators.Result(metrics, {"feature_network": quality["feature_network"]}, lines=lines)
+
+  return evaluate
+
+
+def _images(spec, data) -> str | None:
+  if spec.name == "codes" or spec.drawable:
+    return None
+  return "its examples are not images"
+
+
+evaluators.register(
+  evaluators.EvaluatorSpec(
+    name="sample_quality",
+    build=_build,
+    options={
+      "num": 10_000,
+      "seed": 0,
+      "temperature": 1.0,
+      "top_k": 0,
+      "top_p": 1.0,
+      "steps": 8,
+      "choice_temperature": 4.5,
+      "label": ml_collections.config_dict.placeholder(str),
+      "prior": "mixture",
+      "components": 10,
+      "covariance": "full",
+      "feature_steps": 2000,
+      "feature_cache": ml_collections.config_dict.placeholder(str),
+    },
+    needs=_images,
+    description="Fréchet feature distance, precision/recall and the floor of samples the run generates",
+  )
+)

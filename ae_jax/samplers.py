@@ -1,0 +1,170 @@
+"""Drawing images from a run that can generate, and scoring them: `experiments.sample` and the
+`sample_quality` evaluator share these.
+
+    run = stage_one.load_run("runs/prior_ar")
+    drawn = draw(run, 10_000, seed=0, options=generate.SampleOptions(top_k=50))
+    quality = score(drawn, feature_network.Settings())
+
+* A stage-two prior run (ar_prior, maskgit_prior; trained on the `codes` dataset): codes from
+  `priors.generate.sample_tokens`, decoded by its frozen stage one.
+* An autoencoder run (the "autoencoding" ability) or a VAE: codes from a Gaussian mixture fitted on its
+  training codes (`latent_prior="mixture"`, cached in WORKDIR/latent_priors) or from a VAE's prior N(0, I)
+  (`latent_prior="normal"`), decoded by its decoder (`ae_jax.priors.latent`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ae_jax import stage_one
+from ae_jax.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+LATENT_PRIORS = ("mixture", "normal")
+
+
+@dataclasses.dataclass(frozen=True)
+class Drawn:
+  """Generated images and how they were drawn.
+
+  images: float32 [N, H, W, C] in the imitated run's model range; labels: int32 [N], the classes of
+  class-conditional samples (None for unconditional ones); arrays: what samples.npz keeps beside them
+  (codes, options, fingerprints); source: the run whose dataset the samples imitate (a prior run's stage
+  one, else the run itself); what: one line on how they were drawn."""
+
+  images: np.ndarray
+  labels: np.ndarray | None
+  arrays: dict[str, Any]
+  source: stage_one.Run
+  what: str
+
+  def to_unit(self, x: np.ndarray) -> np.ndarray:
+    """Images in the source run's model range -> [0, 1] (for pictures)."""
+    return stage_one.to_unit(self.source.config, x)
+
+
+def is_prior_run(run: stage_one.Run) -> bool:
+  """Whether `run` is a stage-two prior (it trained on the `codes` dataset)."""
+  return run.config.data.get("name") == "codes"
+
+
+def draw(
+  run: stage_one.Run,
+  num: int,
+  *,
+  seed: int = 0,
+  options: Any = None,
+  per_device: int = 16,
+  latent_prior: str | None = None,
+  components: int = 10,
+  covariance: str = "full",
+  progress: Callable[[int], None] | None = None,
+) -> Drawn:
+  """`num` images from `run` (module docstring), deterministic for `seed`. `options`: a prior run's
+  `generate.SampleOptions` (default: plain sampling); `latent_prior`, `components`, `covariance`: how an
+  autoencoder's or VAE's codes are drawn. ConfigError (one line) for what this run cannot do."""
+  if num < 1:
+    raise ConfigError(f"the number of samples must be >= 1, got {num}")
+  if is_prior_run(run):
+    if latent_prior is not None:
+      raise ConfigError(
+        f"a latent prior ('{latent_prior}') is for autoencoder and VAE runs; {run.workdir} is a prior run"
+      )
+    return _draw_tokens(run, num, seed, options, per_device, progress)
+  return _draw_latents(run, num, seed, latent_prior, components, covariance)
+
+
+def _draw_tokens(run, num, seed, options, per_device, progress) -> Drawn:
+  from ae_jax.priors import generate
+
+  options = options or generate.SampleOptions()
+  generate.check_options(run, options, num)
+  tokenizer = generate.tokenizer_of(run)
+  tokens = generate.sample_tokens(
+    run, num, seed=seed, options=options, per_device=per_device, progress=progress
+  )
+  codes = tokens.reshape(len(tokens), *tokenizer.layout.grid)
+  labels = options.labels(np.arange(num), run.model.num_classes)
+  arrays = dict(
+    codes=codes,
+    tokens=tokens,
+    labels=labels,
+    temperature=options.temperature,
+    top_k=options.top_k,
+    top_p=options.top_p,
+    steps=options.steps,
+    prior_step=run.step,
+    stage_one=np.str_(tokenizer.fingerprint),
+  )
+  what = f"prior step {run.step}, stage one {tokenizer.fingerprint}"
+  conditional = labels if labels.min() >= 0 else None
+  return Drawn(tokenizer.decode_codes(codes), conditional, arrays, tokenizer.run, what)
+
+
+def _draw_latents(run, num, seed, latent_prior, components, covariance) -> Drawn:
+  from ae_jax.priors import latent
+
+  codec = latent.LatentCodec.of(run)
+  if latent_prior not in LATENT_PRIORS:
+    raise ConfigError(
+      f"{run.workdir} is a '{run.config.model.name}' run: choose how its codes are drawn with "
+      "--prior=mixture (a Gaussian mixture fitted on its training codes)"
+      + (" or --prior=normal (its prior N(0, I))" if codec.vae else "")
+    )
+  if latent_prior == "normal":
+    codes = latent.standard_normal(codec, num, seed)
+    what = "N(0, I)"
+  else:
+    mixture = latent.fit_mixture(codec, components, covariance=covariance, seed=seed)
+    codes = mixture.sample(np.random.default_rng(seed), num).astype(np.float32)
+    what = f"a {components}-component {covariance} Gaussian mixture over the training codes"
+  arrays = dict(codes=codes, prior=np.str_(latent_prior), run_step=run.step, run=np.str_(run.fingerprint))
+  return Drawn(codec.decode(codes), None, arrays, run, f"codes from {what}")
+
+
+def score(
+  drawn: Drawn,
+  settings: Any = None,
+  *,
+  feature_cache: str | None = None,
+  reference_split: str = "test",
+) -> dict[str, Any]:
+  """Scores drawn images against as many images of the source run's `reference_split`, with the floor
+  (as many training images against the same reference) and, for class-conditional samples, the feature
+  network's accuracy on their classes (`ae_jax.sample_quality`). The feature network
+  (`feature_network.load_or_train`, `settings`: its `Settings`) is trained once per dataset and cached."""
+  from ae_jax import data, feature_network, sample_quality
+  from ae_jax.evaluators.batches import stack_examples
+
+  data_config = drawn.source.config.data
+  net = feature_network.load_or_train(data_config, feature_cache, settings or feature_network.Settings())
+  dataset = data.get_dataset(data_config)
+  reference, train = dataset.split(reference_split), dataset.split("train")
+  n = min(len(drawn.images), len(reference), len(train))
+  if n < len(drawn.images):
+    log.info("sample quality: %d of the %d samples, as many as the reference split has", n, len(drawn.images))
+  quality = sample_quality.sample_quality(
+    drawn.images[:n],
+    net,
+    stack_examples(reference, dataset.info, range(n))["x"],
+    train_reference=stack_examples(train, dataset.info, range(n))["x"],
+    labels=None if drawn.labels is None else drawn.labels[:n],
+  )
+  quality["feature_network"] = net.describe()
+  return quality
+
+
+def describe(quality: dict[str, Any]) -> str:
+  """One line of a `score` result."""
+  return (
+    f"Fréchet feature distance {quality['frechet_feature_distance']:.4g} (train-vs-test floor "
+    f"{quality['floor_frechet_feature_distance']:.4g}), precision {quality['precision']:.3f}, recall "
+    f"{quality['recall']:.3f}"
+    + (f", class accuracy {quality['class_accuracy']:.3f}" if "class_accuracy" in quality else "")
+  )
