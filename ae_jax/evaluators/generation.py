@@ -24,12 +24,11 @@ from ae_jax import evaluators, models, parallel, samplers, stage_one
 from ae_jax.errors import ConfigError
 
 
-def _run_of(ctx: evaluators.Context, state, step: int) -> stage_one.Run:
-  """The state being evaluated as a `stage_one.Run`: a mixture over its codes is cached in its workdir (or
-  a temporary folder when this run writes no files)."""
+def _run_of(ctx: evaluators.Context, state, step: int, workdir: str) -> stage_one.Run:
+  """The state being evaluated as a `stage_one.Run` in `workdir` (where a mixture over its codes is
+  cached)."""
   variables = {"params": state.params, **state.model_state}
   example = ctx.dataset.info.example
-  workdir = ctx.workdir or tempfile.mkdtemp(prefix="ae_jax_samples_")
   return stage_one.Run(
     workdir,
     step,
@@ -66,9 +65,18 @@ def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
     sec.temperature, sec.top_k, sec.top_p, sec.steps, sec.choice_temperature, sec.label
   )
   settings = feature_network.Settings(steps=int(sec.feature_steps))
+  # a run that writes no files caches its mixtures in one temporary folder, made when first needed
+  scratch: list[str] = []
+
+  def workdir() -> str:
+    if ctx.workdir is not None:
+      return ctx.workdir
+    if not scratch:
+      scratch.append(tempfile.mkdtemp(prefix="ae_jax_samples_"))
+    return scratch[0]
 
   def evaluate(rstate, step: int, final: bool) -> evaluators.Result:
-    run = _run_of(ctx, parallel.unreplicate(rstate), step)
+    run = _run_of(ctx, parallel.unreplicate(rstate), step, workdir())
     drawn = samplers.draw(
       run,
       int(sec.num),
