@@ -49,9 +49,33 @@ class Drawn:
     return stage_one.to_unit(self.source.config, x)
 
 
-def is_prior_run(run: stage_one.Run) -> bool:
-  """Whether `run` is a stage-two prior (it trained on the `codes` dataset)."""
-  return run.config.data.get("name") == "codes"
+def is_prior_run(config: Any) -> bool:
+  """Whether a run's config is a stage-two prior's (it trained on the `codes` dataset)."""
+  return config.data.get("name") == "codes"
+
+
+def check_latent_prior(
+  config: Any, latent_prior: str | None, option: str = "--prior", workdir: str = "this"
+) -> None:
+  """ConfigError (one line) unless an autoencoder's or VAE's codes can be drawn from `latent_prior`:
+  "mixture", or "normal" for a VAE (also when the model has no continuous code: `LatentCodec.is_vae`);
+  `option` names the setting and `workdir` the run in the messages."""
+  from ae_jax.priors import latent
+
+  name = config.model.name
+  vae = latent.LatentCodec.is_vae(name, workdir)
+  if latent_prior not in LATENT_PRIORS:
+    raise ConfigError(
+      f"{workdir} is a '{name}' run: choose how its codes are drawn with {option}=mixture (a Gaussian "
+      "mixture fitted on its training codes)"
+      + (f" or {option}=normal (its prior N(0, I))" if vae else "")
+      + (f", not {latent_prior!r}" if latent_prior is not None else "")
+    )
+  if latent_prior == "normal" and not vae:
+    raise ConfigError(
+      f"{option}=normal samples a VAE's prior N(0, I); a '{name}' run's codes have no prior (only a VAE has "
+      f"the prior 'normal'): use {option}=mixture"
+    )
 
 
 def draw(
@@ -71,7 +95,7 @@ def draw(
   autoencoder's or VAE's codes are drawn. ConfigError (one line) for what this run cannot do."""
   if num < 1:
     raise ConfigError(f"the number of samples must be >= 1, got {num}")
-  if is_prior_run(run):
+  if is_prior_run(run.config):
     if latent_prior is not None:
       raise ConfigError(
         f"a latent prior ('{latent_prior}') is for autoencoder and VAE runs; {run.workdir} is a prior run"
@@ -110,13 +134,8 @@ def _draw_tokens(run, num, seed, options, per_device, progress) -> Drawn:
 def _draw_latents(run, num, seed, latent_prior, components, covariance) -> Drawn:
   from ae_jax.priors import latent
 
+  check_latent_prior(run.config, latent_prior, workdir=run.workdir)
   codec = latent.LatentCodec.of(run)
-  if latent_prior not in LATENT_PRIORS:
-    raise ConfigError(
-      f"{run.workdir} is a '{run.config.model.name}' run: choose how its codes are drawn with "
-      "--prior=mixture (a Gaussian mixture fitted on its training codes)"
-      + (" or --prior=normal (its prior N(0, I))" if codec.vae else "")
-    )
   if latent_prior == "normal":
     codes = latent.standard_normal(codec, num, seed)
     what = "N(0, I)"

@@ -115,7 +115,7 @@ def sample(argv: list[str]) -> None:
   options = generate.SampleOptions(
     FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.steps, FLAGS.choice_temperature, FLAGS.label
   )
-  if samplers.is_prior_run(run):
+  if samplers.is_prior_run(run.config):
     if FLAGS.prior is not None:
       raise ConfigError(
         f"--prior is for autoencoder and VAE runs; {run.workdir} is a prior run: drop --prior"
@@ -127,7 +127,7 @@ def sample(argv: list[str]) -> None:
         raise ConfigError(f"--{name} is for prior runs (ar_prior, maskgit_prior), not --prior={FLAGS.prior}")
   start = time.perf_counter()
   with tqdm.tqdm(
-    total=FLAGS.num, unit="image", desc="sampling", disable=not samplers.is_prior_run(run)
+    total=FLAGS.num, unit="image", desc="sampling", disable=not samplers.is_prior_run(run.config)
   ) as bar:
     drawn = samplers.draw(
       run,

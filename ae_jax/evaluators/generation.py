@@ -20,8 +20,7 @@ import tempfile
 import ml_collections
 import numpy as np
 
-from ae_jax import evaluators, models, parallel, samplers, stage_one
-from ae_jax.errors import ConfigError
+from ae_jax import evaluators, parallel, samplers, stage_one
 
 
 def _run_of(ctx: evaluators.Context, state, step: int, workdir: str) -> stage_one.Run:
@@ -46,21 +45,9 @@ def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
   from ae_jax import feature_network
   from ae_jax.priors import generate
 
-  prior = ctx.config.data.get("name") == "codes"
-  have = models.abilities(ctx.model)
-  vae = {"generative", "likelihood"} <= have
-  where = f"config.evals.{name}"
-  if not prior and not (vae or "autoencoding" in have):
-    raise ConfigError(
-      f"{where}: a '{ctx.config.model.name}' model generates nothing to score; sample_quality needs a prior "
-      "run (ar_prior, maskgit_prior), an autoencoder or a VAE"
-    )
-  if not prior and sec.prior not in (samplers.LATENT_PRIORS if vae else ("mixture",)):
-    raise ConfigError(
-      f"{where}.prior: how a '{ctx.config.model.name}' run's codes are drawn must be "
-      + ("'mixture' or 'normal'" if vae else "'mixture' (only a VAE has the prior 'normal')")
-      + f", got {sec.prior!r}"
-    )
+  prior = samplers.is_prior_run(ctx.config)
+  if not prior:
+    samplers.check_latent_prior(ctx.config, sec.prior, f"config.evals.{name}.prior", ctx.workdir or "this")
   options = generate.SampleOptions(
     sec.temperature, sec.top_k, sec.top_p, sec.steps, sec.choice_temperature, sec.label
   )

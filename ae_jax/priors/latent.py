@@ -56,20 +56,25 @@ class LatentCodec:
   run: stage_one.Run
   vae: bool
 
-  @classmethod
-  def of(cls, run: stage_one.Run) -> LatentCodec:
-    """The codec of a run; ConfigError when its model has no continuous code to sample."""
-    name = run.config.model.name
+  @staticmethod
+  def is_vae(name: str, workdir: str = "this") -> bool:
+    """Whether model `name`'s codes are a VAE's (posterior means, prior N(0, I)) rather than an
+    autoencoder's; ConfigError when the model has no continuous code to sample."""
     abilities = models.abilities(name)
     if {"generative", "likelihood"} <= abilities:
-      return cls(run, vae=True)
+      return True
     if "autoencoding" in abilities:
-      return cls(run, vae=False)
+      return False
     raise ConfigError(
-      f"{run.workdir} is a '{name}' run, which has no continuous code to sample; give an autoencoder or "
+      f"{workdir} is a '{name}' run, which has no continuous code to sample; give an autoencoder or "
       "VAE run (a model with the 'autoencoding' or 'generative' ability), or a prior run (ar_prior, "
       "maskgit_prior) for a VQ-VAE"
     )
+
+  @classmethod
+  def of(cls, run: stage_one.Run) -> LatentCodec:
+    """The codec of a run; ConfigError when its model has no continuous code to sample."""
+    return cls(run, vae=cls.is_vae(run.config.model.name, run.workdir))
 
   @functools.cached_property
   def _pmapped(self) -> dict[str, Any]:
