@@ -81,6 +81,21 @@ class Settings:
     return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)}).check()
 
 
+# The shipped network of each dataset (`experiments/configs/feature_network.py`, `experiments.sample
+# --quality`, the sample_quality evaluator); other datasets get Settings().
+DATASET_SETTINGS = {
+  "fashion_mnist": Settings(steps=2000, batch_size=128, channels=(16, 32, 64), features=128),
+  "cifar10": Settings(steps=3000, batch_size=128, channels=(32, 64, 128), features=128),
+}
+
+
+def settings_for(data: ml_collections.ConfigDict, steps: int | None = None) -> Settings:
+  """The feature network settings of dataset `data.name` (`DATASET_SETTINGS`, else `Settings()`), with
+  `steps` training steps when given."""
+  settings = DATASET_SETTINGS.get(str(data.get("name", "")), Settings())
+  return (settings if steps is None else dataclasses.replace(settings, steps=int(steps))).check()
+
+
 class FeatureCNN(nn.Module):
   """Images [B, H, W, C] in [0, 1] -> (features [B, features] (post-ReLU), logits [B, num_classes])."""
 

@@ -3,7 +3,7 @@
 
     run = stage_one.load_run("runs/prior_ar")
     drawn = draw(run, 10_000, seed=0, options=generate.SampleOptions(top_k=50))
-    quality = score(drawn, feature_network.Settings())
+    quality = score(drawn)
 
 * A stage-two prior run (ar_prior, maskgit_prior; trained on the `codes` dataset): codes from
   `priors.generate.sample_tokens`, decoded by its frozen stage one.
@@ -149,20 +149,22 @@ def _draw_latents(run, num, seed, latent_prior, components, covariance) -> Drawn
 
 def score(
   drawn: Drawn,
-  settings: Any = None,
   *,
+  feature_steps: int | None = None,
   feature_cache: str | None = None,
   reference_split: str = "test",
 ) -> dict[str, Any]:
   """Scores drawn images against as many images of the source run's `reference_split`, with the floor
   (as many training images against the same reference) and, for class-conditional samples, the feature
-  network's accuracy on their classes (`ae_jax.sample_quality`). The feature network
-  (`feature_network.load_or_train`, `settings`: its `Settings`) is trained once per dataset and cached."""
+  network's accuracy on their classes (`ae_jax.sample_quality`). The feature network is the dataset's
+  shipped one (`feature_network.settings_for`; `feature_steps` changes its training steps), trained once
+  and cached (`feature_network.load_or_train`)."""
   from ae_jax import data, feature_network, sample_quality
   from ae_jax.evaluators.batches import stack_examples
 
   data_config = drawn.source.config.data
-  net = feature_network.load_or_train(data_config, feature_cache, settings or feature_network.Settings())
+  settings = feature_network.settings_for(data_config, feature_steps)
+  net = feature_network.load_or_train(data_config, feature_cache, settings)
   dataset = data.get_dataset(data_config)
   reference, train = dataset.split(reference_split), dataset.split("train")
   n = min(len(drawn.images), len(reference), len(train))

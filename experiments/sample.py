@@ -83,7 +83,11 @@ flags.DEFINE_string(
   flag_values=FLAGS,
 )
 flags.DEFINE_integer(
-  "feature_steps", 2000, "Training steps of the feature network (part of its cache key).", flag_values=FLAGS
+  "feature_steps",
+  None,
+  "Training steps of the feature network (part of its cache key; default: the dataset's shipped network, "
+  "experiments/configs/feature_network.py).",
+  flag_values=FLAGS,
 )
 flags.mark_flags_as_required(["workdir"], flag_values=FLAGS)
 GRID_IMAGES = 256  # at most this many samples in samples.png
@@ -102,7 +106,7 @@ def sample(argv: list[str]) -> None:
   import numpy as np
   import tqdm
 
-  from ae_jax import feature_network, samplers, stage_one, visualize
+  from ae_jax import samplers, stage_one, visualize
   from ae_jax.errors import ConfigError
   from ae_jax.priors import generate
 
@@ -156,8 +160,7 @@ def sample(argv: list[str]) -> None:
   )
   print(f"files:       {png}, {npz}")
   if FLAGS.quality:
-    settings = feature_network.Settings(steps=FLAGS.feature_steps)
-    quality = samplers.score(drawn, settings, feature_cache=FLAGS.feature_cache)
+    quality = samplers.score(drawn, feature_steps=FLAGS.feature_steps, feature_cache=FLAGS.feature_cache)
     with open(os.path.join(out, "quality.json"), "w") as f:
       json.dump(quality, f, indent=1, sort_keys=True)
     n = int(quality["num_samples"])

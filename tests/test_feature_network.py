@@ -150,6 +150,20 @@ def test_shipped_configs():
     configs.get_config("cifar_10")
 
 
+def test_each_dataset_has_one_network_for_its_config_sampling_and_evaluators():
+  """settings_for (used by experiments.sample --quality and the sample_quality evaluator) gives the
+  shipped config's settings; other datasets the defaults; feature_steps changes the steps only."""
+  from experiments.configs import feature_network as configs
+
+  for name in ("fashion_mnist", "cifar10"):
+    config = configs.get_config(name)
+    assert feature_network.settings_for(config.data) == feature_network.Settings.from_config(config)
+  cifar = feature_network.settings_for(data_config("cifar10", scale="centered"))
+  assert cifar.channels == (32, 64, 128) and cifar.steps == 3000
+  assert feature_network.settings_for(data_config("cifar10"), 7) == dataclasses.replace(cifar, steps=7)
+  assert feature_network.settings_for(data_config("mnist")) == feature_network.Settings()
+
+
 @pytest.mark.integration
 @pytest.mark.skipif(
   not fashion_mnist.has_idx_files(fashion_mnist.DEBIAN_IDX_DIR),

@@ -360,7 +360,7 @@ def test_sample_cli_writes_a_grid_and_codes_deterministically(ar_prior, tmp_path
 def test_the_sample_quality_evaluator_scores_what_the_sampler_draws(ar_prior, tmp_path):
   """`sample_quality` in config.evals (run here on the saved checkpoint, as experiments.evaluate does) gives
   the numbers of samplers.score on samplers.draw of the loaded run: the same samples, the same network."""
-  from ae_jax import evaluators, feature_network, samplers
+  from ae_jax import evaluators, samplers
 
   path = ar_prior[0]
   config = stage_one.saved_config(path)[1]
@@ -371,7 +371,7 @@ def test_the_sample_quality_evaluator_scores_what_the_sampler_draws(ar_prior, tm
   step, result, _ = loop.evaluate_checkpoint(config, path, names=["quality"])
   run = stage_one.load_run(path)
   drawn = samplers.draw(run, 12, seed=2, options=generate.SampleOptions())
-  quality = samplers.score(drawn, feature_network.Settings(steps=3), feature_cache=cache)
+  quality = samplers.score(drawn, feature_steps=3, feature_cache=cache)
   for key in ("frechet_feature_distance", "precision", "recall", "floor_frechet_feature_distance"):
     np.testing.assert_allclose(result.metrics[f"quality/{key}"], quality[key], rtol=1e-6)
   assert result.metrics["quality/num_samples"] == 12 and step == run.step

@@ -10,7 +10,8 @@ samples: the feature network's accuracy on the classes they were drawn for), num
 Options: num, seed; a prior run's temperature, top_k, top_p, steps, choice_temperature and label (a class,
 or "all" for the classes in turn); an autoencoder's or VAE's prior ("mixture" over its training codes, with
 components and covariance; "normal": a VAE's N(0, I)); feature_steps and feature_cache (the feature
-network's training steps and cache folder, default <data root>/feature_networks).
+network's training steps, default the dataset's shipped network (`feature_network.settings_for`), and its
+cache folder, default <data root>/feature_networks).
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ def _run_of(ctx: evaluators.Context, state, step: int, workdir: str) -> stage_on
 
 
 def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
-  from ae_jax import feature_network
   from ae_jax.priors import generate
 
   prior = samplers.is_prior_run(ctx.config)
@@ -51,7 +51,6 @@ def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
   options = generate.SampleOptions(
     sec.temperature, sec.top_k, sec.top_p, sec.steps, sec.choice_temperature, sec.label
   )
-  settings = feature_network.Settings(steps=int(sec.feature_steps))
   # a run that writes no files caches its mixtures in one temporary folder, made when first needed
   scratch: list[str] = []
 
@@ -73,7 +72,9 @@ def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
       components=int(sec.components),
       covariance=sec.covariance,
     )
-    quality = samplers.score(drawn, settings, feature_cache=sec.feature_cache, reference_split=sec.split)
+    quality = samplers.score(
+      drawn, feature_steps=sec.feature_steps, feature_cache=sec.feature_cache, reference_split=sec.split
+    )
     metrics = {k: float(v) for k, v in quality.items() if isinstance(v, (float, int, np.floating))}
     lines = [f"{name}: {samplers.describe(quality)} ({int(quality['num_samples']):,} samples, {drawn.what})"]
     return evaluators.Result(metrics, {"feature_network": quality["feature_network"]}, lines=lines)
@@ -103,7 +104,7 @@ evaluators.register(
       "prior": "mixture",
       "components": 10,
       "covariance": "full",
-      "feature_steps": 2000,
+      "feature_steps": ml_collections.config_dict.placeholder(int),
       "feature_cache": ml_collections.config_dict.placeholder(str),
     },
     needs=_images,

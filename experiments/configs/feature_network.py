@@ -9,29 +9,25 @@ config.data.scale does not matter (one cached network serves every scale); every
 every training setting is part of the cache key.
 """
 
+import dataclasses
+
 import ml_collections
 
 from ae_jax.data import data_config
 from ae_jax.errors import ConfigError, did_you_mean
+from ae_jax.feature_network import DATASET_SETTINGS
 
 # Not an experiment (no model to inspect): tests/test_configs.py's sweep runs each ARGS entry through the
 # autoencoder inspector, so this lists none; tests/test_feature_network.py checks these configs.
 ARGS = ()
 
-# dataset -> training settings. Fashion-MNIST: 4.3 epochs (see the README for its time and accuracy).
-SETTINGS = {
-  "fashion_mnist": dict(steps=2000, batch_size=128, learning_rate=1e-3, channels=(16, 32, 64), features=128),
-  "cifar10": dict(steps=3000, batch_size=128, learning_rate=1e-3, channels=(32, 64, 128), features=128),
-}
-
 
 def get_config(arg: str = "fashion_mnist") -> ml_collections.ConfigDict:
   """config.data of dataset `arg` and the feature network's training settings (`feature_network.Settings`)."""
-  if arg not in SETTINGS:
+  if arg not in DATASET_SETTINGS:
     raise ConfigError(
-      f"feature_network.py:{arg}: unknown dataset; {did_you_mean(arg, SETTINGS)}"
-      f"choose one of {sorted(SETTINGS)}"
+      f"feature_network.py:{arg}: unknown dataset; {did_you_mean(arg, DATASET_SETTINGS)}"
+      f"choose one of {sorted(DATASET_SETTINGS)}"
     )
-  config = ml_collections.ConfigDict({"data": data_config(arg), "seed": 0, **SETTINGS[arg]})
-  config.channels = tuple(config.channels)
-  return config
+  settings = dataclasses.asdict(DATASET_SETTINGS[arg])
+  return ml_collections.ConfigDict({"data": data_config(arg), **settings})
