@@ -88,6 +88,14 @@ def device_memory_bytes() -> int:
   return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // jax.local_device_count()
 
 
+def _assembly(config: ml_collections.ConfigDict) -> str:
+  """What assembles the host pipeline's batches, when more than the trainer's prefetch thread."""
+  workers, threads = int(config.data.get("num_workers", 0)), int(config.data.get("num_threads", 1))
+  if workers > 0:
+    return f"; {workers} worker processes assemble the batches"
+  return f"; {threads} threads assemble the batches" if threads > 1 else ""
+
+
 def plan(config: ml_collections.ConfigDict, dataset: Dataset) -> Plan:
   """Decides config.data.on_device ("auto", "true", "false") for this run; "true" where the split cannot
   be device-resident raises ConfigError naming why."""
@@ -95,7 +103,7 @@ def plan(config: ml_collections.ConfigDict, dataset: Dataset) -> Plan:
   if choice not in CHOICES:
     raise ConfigError(f"config.data.on_device must be one of {CHOICES}, not {config.data.on_device!r}")
   if choice == "false":
-    return Plan(False, "input: host pipeline (config.data.on_device=false)")
+    return Plan(False, f"input: host pipeline (config.data.on_device=false){_assembly(config)}")
   # the split is read (a gather, for a split not already held as arrays) only when it could be placed
   arrays = training_arrays(dataset) if dataset.info.device_preprocess is not None else None
   size = sum(v.nbytes for v in arrays.values()) if arrays is not None else 0
@@ -118,7 +126,7 @@ def plan(config: ml_collections.ConfigDict, dataset: Dataset) -> Plan:
   if why_not is not None:
     if choice == "true":
       raise ConfigError(f"config.data.on_device=true, but {why_not}; set config.data.on_device=auto or false")
-    return Plan(False, f"input: host pipeline ({why_not})")
+    return Plan(False, f"input: host pipeline ({why_not}){_assembly(config)}")
   return Plan(
     True,
     f"input: device-resident, {size_text(size)} of training data on each of {jax.local_device_count()} "

@@ -51,7 +51,14 @@ log = logging.getLogger(__name__)
 FORMAT = 1  # bump when the architecture or training changes meaning: old cache entries are then not read
 CACHE_FOLDER = "feature_networks"
 # config.data options that change how data is read, not what the examples are: left out of the fingerprint
-_RUNTIME_OPTIONS = ("num_threads", "cache_in_memory", "on_device", "on_device_memory_fraction", "download")
+_RUNTIME_OPTIONS = (
+  "num_threads",
+  "num_workers",
+  "cache_in_memory",
+  "on_device",
+  "on_device_memory_fraction",
+  "download",
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -194,6 +194,7 @@ class _Feed:
       seed=config.seed,
       start_step=start,
       num_threads=config.data.num_threads,
+      num_workers=config.data.num_workers,
       batch_preprocess=info.batch_preprocess_for(True),
     )
     self._prefetch = parallel.Prefetcher(batches, sizes, int(config.prefetch))

@@ -2,6 +2,7 @@
 bitwise the batches of the record-by-record definition (`stream_record` + per-record preprocess)."""
 
 import itertools
+import os
 
 import ml_collections
 import numpy as np
@@ -42,7 +43,7 @@ def assert_bitwise(got, want):
     assert g.tobytes() == w.tobytes(), k
 
 
-def _train(source, info, steps, *, seed=0, start_step=0, num_threads=1, global_batch=B):
+def _train(source, info, steps, *, seed=0, start_step=0, num_threads=1, num_workers=0, global_batch=B):
   it = pipeline.train_batches(
     source,
     None,
@@ -51,6 +52,7 @@ def _train(source, info, steps, *, seed=0, start_step=0, num_threads=1, global_b
     seed=seed,
     start_step=start_step,
     num_threads=num_threads,
+    num_workers=num_workers,
   )
   return list(itertools.islice(it, steps))
 
@@ -226,6 +228,66 @@ def test_thread_counts_give_the_same_batches():
   for batches in runs[1:]:
     for a, b in zip(batches, runs[0], strict=True):
       assert_bitwise(a, b)
+
+
+def test_worker_processes_give_the_same_batches():
+  """num_workers=2 (spawned processes): training batches with random crops, resizes and dynamic
+  binarisation (the first ones through the pipe, the rest through shared-memory slots), a resumed stream
+  and the evaluation batches are bitwise those of the caller's thread; no slot outlives its stream."""
+  from ae_jax.data import worker_processes
+
+  geometry = images.Geometry(image_size=48, crop="random", crop_size=40, channels=1)
+  info = images.image_info(_image_config(scale="binary", binarize="dynamic"), (48, 48, 1), geometry=geometry)
+  assert B * 48 * 48 * 4 > worker_processes.MIN_SLOT_BYTES  # the float32 batches qualify for slots
+  source = [
+    {"image": r["image"][: 50 + i % 3], "label": r["label"]}
+    for i, r in enumerate(_synthetic(24, (52, 48, 3)))
+  ]
+  blocks = set(os.listdir(worker_processes.SHM))
+  want = _train(source, info, 8, seed=2)
+  for a, b in zip(_train(source, info, 8, seed=2, num_workers=2), want, strict=True):
+    assert_bitwise(a, b)
+  assert set(os.listdir(worker_processes.SHM)) <= blocks
+  assert_bitwise(_train(source, info, 1, seed=2, start_step=3, num_workers=1)[0], want[3])
+  evals = [
+    list(pipeline.eval_batches(source, None, batch_preprocess=info.batch_preprocess_for(False), **kw))
+    for kw in ({"global_batch": B}, {"global_batch": B, "num_workers": 2})
+  ]
+  for a, b in zip(*evals, strict=True):
+    assert_bitwise(a, b)
+
+
+def _failing_in_worker(records, positions):
+  from ae_jax.errors import DataError
+
+  raise DataError("images/7.jpg: cannot decode this image; remove or replace it")
+
+
+def _dying_worker(records, positions):
+  import os
+
+  os._exit(3)
+
+
+def test_worker_errors_are_raised_where_the_batch_is_consumed():
+  """A worker's own error reaches the caller as it is; a worker that dies, and a reader that cannot be
+  sent to workers, are one project error naming config.data.num_workers."""
+  import threading
+
+  from ae_jax.errors import ConfigError, DataError
+
+  def batches(fn, num_workers=1):
+    return pipeline.train_batches(
+      _synthetic(), None, batch_preprocess=fn, global_batch=B, seed=0, num_workers=num_workers
+    )
+
+  with pytest.raises(DataError, match="images/7.jpg: cannot decode"):
+    next(batches(_failing_in_worker))
+  with pytest.raises(DataError, match="a data worker process died.*num_workers"):
+    next(batches(_dying_worker))
+  lock = threading.Lock()
+  with pytest.raises(ConfigError, match="num_workers=2: this dataset's reader cannot be sent"):
+    next(batches(lambda records, positions: (lock, records)[1], num_workers=2))
 
 
 @pytest.mark.parametrize("num_threads", [1, 2])

@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 from ae_jax import data, experiment, loop, parallel, train
@@ -168,3 +169,18 @@ def test_every_baseline_is_timed_against_its_counterpart():
 def test_gpu_mode_fails_clearly_without_a_gpu(tmp_path):
   done = _suite(["--gpu", "--models", "mlp_ae"], tmp_path)
   assert done.returncode != 0 and "--gpu needs an NVIDIA GPU" in done.stderr
+
+
+def test_decode_benchmark_reports_every_lever(tmp_path):
+  """`benchmarks.decode_images --smoke`: one row per (size, lever), made by the real pipeline from JPEG
+  records that decode to the stored size."""
+  from benchmarks import decode_images
+
+  records, _ = decode_images.jpeg_records(64, 3)
+  assert records[2]["image"].shape == (64, 64, 3) and records[2]["image"].dtype == np.uint8
+  assert decode_images.main(["--smoke", "--out", str(tmp_path)]) == 0
+  report = json.loads((tmp_path / "decode_images.json").read_text())
+  assert report["timing_claims"] is False
+  assert [(c["threads"], c["workers"]) for c in report["cases"]] == [(1, 0), (0, 1)]
+  assert all(c["images_per_s"] > 0 for c in report["cases"])
+  assert "num_workers=1" in (tmp_path / "decode_images.md").read_text()

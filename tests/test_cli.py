@@ -81,7 +81,7 @@ def test_evaluate_without_a_checkpoint_is_one_error_line(tmp_path):
 
 def test_the_console_shows_what_matters_and_the_log_keeps_the_rest(tmp_path):
   """A run that prepares a dataset prints one line about it (not tfds' banners and progress bars) and no
-  absl INFO lines; WORKDIR/log.txt keeps everything."""
+  absl INFO lines, also from its data worker processes; WORKDIR/log.txt keeps everything."""
   from PIL import Image
 
   for split in ("train", "test"):
@@ -99,6 +99,8 @@ def test_the_console_shows_what_matters_and_the_log_keeps_the_rest(tmp_path):
       "-m",
       "experiments.main",
       f"--config=tests/tiny_experiment.py:steps=20,ckpt=0,folder={tmp_path / 'pics'}",
+      "--config.data.on_device=false",  # the host pipeline, its batches made by worker processes
+      "--config.data.num_workers=2",
       f"--workdir={tmp_path / 'run'}",
     ],
     cwd=ROOT,
@@ -112,6 +114,7 @@ def test_the_console_shows_what_matters_and_the_log_keeps_the_rest(tmp_path):
   for noise in ("Downloading and preparing", "Shuffling", "Generating", "I1", "W1", "libtpu"):
     assert noise not in console, (noise, console[-3000:])
   assert "preparing image_folder from" in console and "step 20:" in out.stdout
+  assert "2 worker processes assemble the batches" in console
   log = (tmp_path / "run" / "log.txt").read_text()
   assert "Downloading and preparing" in log and "INFO" in log
 

@@ -35,6 +35,8 @@ COMMON_OPTIONS: dict[str, Any] = {
   "data_dir": ml_collections.config_dict.placeholder(str),  # tfds data_dir; None: tfds' default
   "download": False,  # let tfds download and prepare (needs TensorFlow: pip install 'ae-jax[tfds-download]')
   "num_threads": 1,  # threads assembling input batches: 1 the caller's; more for decode/resize-heavy data
+  # > 0: worker processes assemble the batches instead (decoding or resizing that threads cannot scale)
+  "num_workers": 0,
   "cache_in_memory": True,  # read every split into RAM once (fast random access for small datasets)
   "validation_size": 0,  # > 0: the last N training records become the validation split (if there is none)
   # "auto": the training split lives on the devices and each step gathers its own batch there, when the

@@ -8,9 +8,11 @@ positions [s * B, (s + 1) * B), whatever the number of processes or devices, and
 from s alone: a run resumed at step s reads the same batches as one that never stopped.
 
 A batch is read with one `sources.gather` (a numpy gather for data in memory) and preprocessed as a
-whole by the dataset's batch function (`DatasetInfo.batch_preprocess_for`), either when asked or by
-background threads a few batches ahead (`num_threads`). Given only a per-record preprocess, each
-gathered record is preprocessed on its own and the outputs stacked (`dataset.per_record`).
+whole by the dataset's batch function (`DatasetInfo.batch_preprocess_for`), either when asked, by
+background threads a few batches ahead (`num_threads`), or by worker processes (`num_workers`: for data
+whose decoding or resizing holds the GIL too long for threads to scale). Given only a per-record
+preprocess, each gathered record is preprocessed on its own and the outputs stacked (`dataset.per_record`).
+Batch s is the same on every path: it is computed from s alone.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ def train_batches(
   seed: int,
   start_step: int = 0,
   num_threads: int = 1,
+  num_workers: int = 0,
   batch_preprocess: BatchPreprocess | None = None,
 ) -> Iterator[Example]:
   """Yields this process's share [global_batch // process_count, ...] of global batches start_step, +1, ...
@@ -111,7 +114,8 @@ def train_batches(
 
   num_threads: 1 assembles each batch in the thread that asks for it (the trainer's prefetch thread
   already runs ahead of the devices; for data in memory a second thread only adds hand-offs on 2 cores);
-  N > 1 uses N background threads, 2N batches ahead (decode- or resize-heavy data).
+  N > 1 uses N background threads, 2N batches ahead (decode- or resize-heavy data). num_workers N > 0
+  assembles batches in N worker processes instead, 2N batches ahead (`worker_processes.batches`).
   """
   nproc, pid = jax.process_count(), jax.process_index()
   _local_batch(global_batch, nproc)  # raises here, not at the first batch
@@ -122,7 +126,7 @@ def train_batches(
     positions, records = train_batch_indices(seed, step, global_batch, n, pid, nproc)
     return make(records, positions)
 
-  return _assembled(batch, itertools.count(start_step), num_threads)
+  return _assembled(batch, itertools.count(start_step), num_threads, num_workers)
 
 
 def num_eval_batches(num_examples: int, global_batch: int) -> int:
@@ -150,6 +154,7 @@ def eval_batches(
   *,
   global_batch: int,
   num_threads: int = 1,
+  num_workers: int = 0,
   max_examples: int | None = None,
   batch_preprocess: BatchPreprocess | None = None,
 ) -> Iterator[Example]:
@@ -174,20 +179,34 @@ def eval_batches(
       "index": positions.astype(np.int32),
     }
 
-  return _assembled(batch, range(num_eval_batches(n, global_batch)), num_threads)
+  return _assembled(batch, range(num_eval_batches(n, global_batch)), num_threads, num_workers)
 
 
-def _assembled(make: Callable[[int], Example], steps: Iterable[int], num_threads: int) -> Iterator[Example]:
-  """make(s) for s in steps, in order: in the caller's thread when asked (num_threads <= 1), else by
-  `num_threads` background threads up to 2 * num_threads batches ahead. Errors are raised where the
-  batch is consumed."""
+def _assembled(
+  make: Callable[[int], Example], steps: Iterable[int], num_threads: int, num_workers: int = 0
+) -> Iterator[Example]:
+  """make(s) for s in steps, in order: in the caller's thread when asked (num_threads <= 1 and no
+  workers), else by `num_threads` background threads, or `num_workers` worker processes, up to twice as
+  many batches ahead. Errors are raised where the batch is consumed."""
+  if num_workers > 0:
+    from ae_jax.data import worker_processes
+
+    yield from worker_processes.batches(make, steps, num_workers)
+    return
   if num_threads <= 1:
     yield from map(make, steps)
     return
-  steps = iter(steps)
   pool = concurrent.futures.ThreadPoolExecutor(num_threads, thread_name_prefix="ae_jax-batches")
+  yield from _ahead(pool, make, steps, 2 * num_threads)
+
+
+def _ahead(
+  pool: concurrent.futures.Executor, make: Callable[[int], Example], steps: Iterable[int], depth: int
+) -> Iterator[Example]:
+  """make(s) for s in steps, in order, computed by `pool` up to `depth` batches ahead; shuts it down."""
+  steps = iter(steps)
   try:
-    pending = collections.deque(pool.submit(make, s) for s in itertools.islice(steps, 2 * num_threads))
+    pending = collections.deque(pool.submit(make, s) for s in itertools.islice(steps, depth))
     while pending:
       batch = pending.popleft().result()
       pending.extend(pool.submit(make, s) for s in itertools.islice(steps, 1))

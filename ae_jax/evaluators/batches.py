@@ -33,6 +33,7 @@ def split_sums(
   *,
   batch_size: int,
   num_threads: int = 1,
+  num_workers: int = 0,
   max_examples: int | None = None,
   label: str = "evaluation",
 ) -> dict[str, np.ndarray]:
@@ -53,6 +54,7 @@ def split_sums(
     info.preprocess_for(train=False),
     global_batch=batch_size,
     num_threads=num_threads,
+    num_workers=num_workers,
     max_examples=max_examples,
     batch_preprocess=info.batch_preprocess_for(False),
   )
@@ -80,6 +82,7 @@ def section_sums(sums_fn: Callable, rstate: TrainState, context: Any, section: A
     context.dataset.info,
     batch_size=context.config.eval_batch_size,
     num_threads=context.config.data.num_threads,
+    num_workers=context.config.data.num_workers,
     max_examples=section.get("max_examples"),
     label=f"{section.get('type', 'evaluation')} on {section.split}",
   )
