@@ -184,3 +184,12 @@ def test_decode_benchmark_reports_every_lever(tmp_path):
   assert [(c["threads"], c["workers"]) for c in report["cases"]] == [(1, 0), (0, 1)]
   assert all(c["images_per_s"] > 0 for c in report["cases"])
   assert "num_workers=1" in (tmp_path / "decode_images.md").read_text()
+
+
+def test_the_convolution_rewrites_compute_the_convolution():
+  """benchmarks.conv_levers' im2col and NCHW rewrites equal lax.conv_general_dilated on the VQ-VAE's
+  kinds of convolution (4x4 stride 2, 3x3 and 1x1, explicit and string padding)."""
+  from benchmarks import conv_levers
+
+  assert conv_levers._check_rewritten_convs() < 1e-4
+  assert set(conv_levers.LEVERS) >= {"baseline", "onednn", "bfloat16", "im2col", "nchw"}
