@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 
 from ae_jax import parallel, train
-from ae_jax.data import pipeline, sources
+from ae_jax.data import pipeline, resolve, sources
 from ae_jax.data.dataset import Dataset
 from ae_jax.errors import ConfigError
 
@@ -88,9 +88,10 @@ def device_memory_bytes() -> int:
   return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // jax.local_device_count()
 
 
-def _assembly(config: ml_collections.ConfigDict) -> str:
-  """What assembles the host pipeline's batches, when more than the trainer's prefetch thread."""
-  workers, threads = int(config.data.get("num_workers", 0)), int(config.data.get("num_threads", 1))
+def _assembly(data: ml_collections.ConfigDict) -> str:
+  """What assembles the host pipeline's batches (resolved config.data), when more than the trainer's
+  prefetch thread."""
+  workers, threads = int(data.num_workers), int(data.num_threads)
   if workers > 0:
     return f"; {workers} worker processes assemble the batches"
   return f"; {threads} threads assemble the batches" if threads > 1 else ""
@@ -99,15 +100,16 @@ def _assembly(config: ml_collections.ConfigDict) -> str:
 def plan(config: ml_collections.ConfigDict, dataset: Dataset) -> Plan:
   """Decides config.data.on_device ("auto", "true", "false") for this run; "true" where the split cannot
   be device-resident raises ConfigError naming why."""
-  choice = str(config.data.get("on_device", "auto")).lower()
+  data = resolve(config.data)
+  choice = str(data.on_device).lower()
   if choice not in CHOICES:
-    raise ConfigError(f"config.data.on_device must be one of {CHOICES}, not {config.data.on_device!r}")
+    raise ConfigError(f"config.data.on_device must be one of {CHOICES}, not {data.on_device!r}")
   if choice == "false":
-    return Plan(False, f"input: host pipeline (config.data.on_device=false){_assembly(config)}")
+    return Plan(False, f"input: host pipeline (config.data.on_device=false){_assembly(data)}")
   # the split is read (a gather, for a split not already held as arrays) only when it could be placed
   arrays = training_arrays(dataset) if dataset.info.device_preprocess is not None else None
   size = sum(v.nbytes for v in arrays.values()) if arrays is not None else 0
-  budget = float(config.data.get("on_device_memory_fraction", 0.25)) * device_memory_bytes()
+  budget = float(data.on_device_memory_fraction) * device_memory_bytes()
   why_not = None
   if dataset.info.device_preprocess is None:
     why_not = (
@@ -126,13 +128,30 @@ def plan(config: ml_collections.ConfigDict, dataset: Dataset) -> Plan:
   if why_not is not None:
     if choice == "true":
       raise ConfigError(f"config.data.on_device=true, but {why_not}; set config.data.on_device=auto or false")
-    return Plan(False, f"input: host pipeline ({why_not}){_assembly(config)}")
+    return Plan(False, f"input: host pipeline ({why_not}){_assembly(data)}")
   return Plan(
     True,
     f"input: device-resident, {size_text(size)} of training data on each of {jax.local_device_count()} "
     "devices; each step gathers its batch there (no host work or transfer per step)",
     size,
     arrays,
+  )
+
+
+def host_batches(config: ml_collections.ConfigDict, dataset: Dataset, start: int = 0) -> Iterator[Any]:
+  """The host pipeline's global training batches {field: [batch_size, ...]} from step `start`, for a run
+  whose plan is not device-resident: `pipeline.train_batches` with the dataset's batch preprocessing, and
+  config.data's num_threads or num_workers assembling them."""
+  data = resolve(config.data)
+  return pipeline.train_batches(
+    dataset.split("train"),
+    dataset.info.preprocess,
+    global_batch=config.batch_size,
+    seed=config.seed,
+    start_step=start,
+    num_threads=data.num_threads,
+    num_workers=data.num_workers,
+    batch_preprocess=dataset.info.batch_preprocess_for(True),
   )
 
 

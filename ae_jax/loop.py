@@ -35,7 +35,6 @@ import numpy as np
 
 from ae_jax import checkpoint, device_input, evaluators, experiment, metrics_log, parallel, workdir
 from ae_jax import config as config_checks
-from ae_jax.data import pipeline
 from ae_jax.errors import AEJaxError, ConfigError
 from ae_jax.preemption import PreemptedError, Preemption
 
@@ -186,17 +185,7 @@ class _Feed:
         self._resident, dataset.info.device_preprocess, **exp.step_options
       )
       return
-    info = dataset.info
-    batches = pipeline.train_batches(
-      dataset.split("train"),
-      info.preprocess,
-      global_batch=config.batch_size,
-      seed=config.seed,
-      start_step=start,
-      num_threads=config.data.num_threads,
-      num_workers=config.data.num_workers,
-      batch_preprocess=info.batch_preprocess_for(True),
-    )
+    batches = device_input.host_batches(config, dataset, start)
     self._prefetch = parallel.Prefetcher(batches, sizes, int(config.prefetch))
     self._p_steps = experiment.pmapped_train_steps(exp)
 

@@ -30,8 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ae_jax import data, experiment, loop, parallel, train
-from ae_jax.data import pipeline
+from ae_jax import data, device_input, experiment, loop, parallel, train
 from ae_jax.errors import DataNotFoundError
 
 
@@ -294,17 +293,8 @@ def build(config: ml_collections.ConfigDict) -> Bench:
 
 
 def host_batches(bench: Bench) -> Iterator[dict[str, np.ndarray]]:
-  """The trainer's host-pipeline training batches of the bench's config (pipeline.train_batches with the
-  dataset's batch_preprocess, from step 0)."""
-  info, config = bench.dataset.info, bench.config
-  return pipeline.train_batches(
-    bench.dataset.split("train"),
-    info.preprocess,
-    global_batch=config.batch_size,
-    seed=config.seed,
-    num_threads=config.data.num_threads,
-    batch_preprocess=info.batch_preprocess_for(True),
-  )
+  """The trainer's host-pipeline training batches of the bench's config, from step 0."""
+  return device_input.host_batches(bench.config, bench.dataset)
 
 
 def dispatch(batches: Iterator[dict[str, np.ndarray]], k: int) -> Any:

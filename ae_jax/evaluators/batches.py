@@ -13,7 +13,7 @@ import numpy as np
 from flax import linen as nn
 
 from ae_jax import parallel
-from ae_jax.data import DatasetInfo, sources
+from ae_jax.data import DatasetInfo, resolve, sources
 from ae_jax.data.pipeline import eval_batches
 from ae_jax.outputs import Progress
 from ae_jax.train import TrainState, apply_model, eval_rng
@@ -75,14 +75,15 @@ def split_sums(
 def section_sums(sums_fn: Callable, rstate: TrainState, context: Any, section: Any) -> dict[str, np.ndarray]:
   """`split_sums` over the split an evaluator section names, with the run's evaluation batch size and
   read threads and the section's `max_examples`; its progress lines say "<type> on <split>"."""
+  assembly = resolve(context.config.data)
   return split_sums(
     sums_fn,
     rstate,
     context.dataset.split(section.split),
     context.dataset.info,
     batch_size=context.config.eval_batch_size,
-    num_threads=context.config.data.num_threads,
-    num_workers=context.config.data.num_workers,
+    num_threads=assembly.num_threads,
+    num_workers=assembly.num_workers,
     max_examples=section.get("max_examples"),
     label=f"{section.get('type', 'evaluation')} on {section.split}",
   )
