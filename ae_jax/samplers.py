@@ -33,7 +33,8 @@ LATENT_PRIORS = ("mixture", "normal")
 class Drawn:
   """Generated images and how they were drawn.
 
-  images: float32 [N, H, W, C] in the imitated run's model range; labels: int32 [N], the classes of
+  images: float32 [N, H, W, C] in the imitated run's model range (or [N, T, F] frames of a sequence model);
+  labels: int32 [N], the classes of
   class-conditional samples (None for unconditional ones); arrays: what samples.npz keeps beside them
   (codes, options, fingerprints); source: the run whose dataset the samples imitate (a prior run's stage
   one, else the run itself); what: one line on how they were drawn."""
@@ -48,10 +49,32 @@ class Drawn:
     """Images in the source run's model range -> [0, 1] (for pictures)."""
     return stage_one.to_unit(self.source.config, x)
 
+  def pictures(self, x: np.ndarray) -> np.ndarray:
+    """Samples [n, ...] -> pictures [n, H, W, C] in [0, 1]: images as they are, other examples (frames of
+    a sequence [n, T, F]) as the source run's dataset draws them (`DatasetInfo.to_image`)."""
+    if x.ndim == 4:
+      return self.to_unit(x)
+    from ae_jax import data
+
+    return data.get_dataset(self.source.config.data).info.to_image(x)
+
 
 def is_prior_run(config: Any) -> bool:
   """Whether a run's config is a stage-two prior's (it trained on the `codes` dataset)."""
   return config.data.get("name") == "codes"
+
+
+def quality_unavailable(data_config: Any) -> str | None:
+  """Why samples imitating dataset `data_config` cannot be scored in a feature network's space (None: they
+  can): its examples must be images [H, W, C] (a prior run's are its stage one's)."""
+  from ae_jax import data
+
+  if data_config.name == "codes":
+    return None
+  shape = data.example_spec(data_config).shape
+  if len(shape) == 3:
+    return None
+  return f"its examples have shape {list(shape)}, not images [H, W, C] (sample quality scores images)"
 
 
 def check_latent_prior(
@@ -141,8 +164,10 @@ def _draw_latents(run, num, seed, latent_prior, components, covariance) -> Drawn
     what = "N(0, I)"
   else:
     mixture = latent.fit_mixture(codec, components, covariance=covariance, seed=seed)
-    codes = mixture.sample(np.random.default_rng(seed), num).astype(np.float32)
+    codes = latent.mixture_codes(codec, mixture, num, seed)
     what = f"a {components}-component {covariance} Gaussian mixture over the training codes"
+  if codec.frames:
+    what += f", {codec.frames_per_example} frames drawn independently"
   arrays = dict(codes=codes, prior=np.str_(latent_prior), run_step=run.step, run=np.str_(run.fingerprint))
   return Drawn(codec.decode(codes), None, arrays, run, f"codes from {what}")
 
@@ -163,6 +188,9 @@ def score(
   from ae_jax.evaluators.batches import stack_examples
 
   data_config = drawn.source.config.data
+  why_not = quality_unavailable(data_config)
+  if why_not is not None:
+    raise ConfigError(f"cannot score samples of dataset '{data_config.name}': {why_not}")
   settings = feature_network.settings_for(data_config, feature_steps)
   net = feature_network.load_or_train(data_config, feature_cache, settings)
   dataset = data.get_dataset(data_config)

@@ -16,8 +16,10 @@ A bad flag or workdir stops with one `error:` line.
 
 Any autoencoder (mlp_ae, conv_ae, tied_ae) or VAE run: `--prior=mixture` fits a Gaussian mixture on its
 training codes (Ghosh et al. 2020; cached in WORKDIR/latent_priors/), `--prior=normal` draws a VAE's prior
-N(0, I) (`ae_jax.priors.latent`). `--quality` scores the samples against the test split in a feature
-network's space (`ae_jax.sample_quality`), with the train-vs-test floor, into OUT/quality.json.
+N(0, I) (`ae_jax.priors.latent`). A sequence VAE with a latent per frame (seq_vae_conv) draws each frame's
+code independently from either and decodes spectrograms [N, T, F], shown as pictures in samples.png.
+`--quality` scores image samples against the test split in a feature network's space
+(`ae_jax.sample_quality`), with the train-vs-test floor, into OUT/quality.json.
 """
 
 from __future__ import annotations
@@ -129,6 +131,9 @@ def sample(argv: list[str]) -> None:
     for name in ("temperature", "top_k", "top_p", "steps", "label"):
       if FLAGS[name].present and FLAGS.prior is not None:
         raise ConfigError(f"--{name} is for prior runs (ar_prior, maskgit_prior), not --prior={FLAGS.prior}")
+  why_not = samplers.quality_unavailable(run.config.data) if FLAGS.quality else None
+  if why_not:
+    raise ConfigError(f"--quality: dataset '{run.config.data.name}': {why_not}; drop --quality")
   start = time.perf_counter()
   with tqdm.tqdm(
     total=FLAGS.num, unit="image", desc="sampling", disable=not samplers.is_prior_run(run.config)
@@ -147,7 +152,7 @@ def sample(argv: list[str]) -> None:
   decoded = time.perf_counter()
   os.makedirs(out, exist_ok=True)
   shown = drawn.images[:GRID_IMAGES]  # the grid shows the first ones; the .npz holds all
-  grid = visualize.image_grid(drawn.to_unit(shown), ncols=math.ceil(math.sqrt(len(shown))))
+  grid = visualize.image_grid(drawn.pictures(shown), ncols=math.ceil(math.sqrt(len(shown))))
   png = visualize.save_png(os.path.join(out, "samples.png"), grid)
   npz = os.path.join(out, "samples.npz")
   with open(npz + ".tmp", "wb") as f:

@@ -130,3 +130,76 @@ def test_the_sample_quality_evaluator_draws_from_the_mixture_after_training(ae_r
   config.evals.quality.prior = "normal"
   with pytest.raises(ConfigError, match="only a VAE has the prior 'normal'"):
     loop.evaluate_checkpoint(config, ae_run, names=["quality"])
+
+
+@pytest.fixture(scope="module")
+def frames_run(tmp_path_factory):
+  """A seq_vae_conv run (a latent per frame) on short synthetic recordings, some padded."""
+  from ae_jax.data import data_config, spoken_digit
+
+  def load_split(split, data):
+    rng = np.random.default_rng(0 if split == "train" else 1)
+    return [
+      {"audio": rng.integers(-9000, 9000, 24 + 9 * i).astype(np.int16), "label": i % 10} for i in range(20)
+    ]
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(spoken_digit, "load_split", load_split)
+    config = make_tiny_config()
+    config.model = model_config("seq_vae_conv", latent_dim=3)
+    config.data = data_config("spoken_digit", num_frames=6, n_fft=16, hop=8)
+    config.loss = {"bernoulli_nll": 1.0, "kl": 1.0}
+    config.total_steps, config.batch_size, config.eval_batch_size, config.evals = 4, 8, 8, {}
+    workdir = str(tmp_path_factory.mktemp("seq_vae"))
+    loop.train_and_evaluate(config, workdir)
+    yield workdir
+
+
+def test_a_latent_per_frame_is_fitted_on_real_frames_and_sampled_frame_by_frame(frames_run, tmp_path):
+  """seq_vae_conv's mixture is fitted on the posterior means of the real frames only (those of the model's
+  own forward pass with the padding mask); a sample is T frame codes drawn independently, decoded frame by
+  frame; N(0, I) draws [num, T, latent_dim]; sample quality, which scores images, is one error."""
+  from ae_jax import data
+  from ae_jax.evaluators.batches import stack_examples
+
+  run = stage_one.load_run(frames_run)
+  codec = latent.LatentCodec.of(run)
+  assert codec.vae and codec.frames and codec.frames_per_example == 6
+  dataset = data.get_dataset(run.config.data)
+  train = dataset.split("train")
+  batch = stack_examples(train, dataset.info, range(len(train)))
+  mask = batch["mask"] > 0
+  assert 0 < mask.sum() < mask.size  # some recordings are padded
+  encode = lambda v, x, m: run.model.apply(v, x, mask=m, method="encode")[0]  # noqa: E731
+  means = jax.jit(parallel.with_named_axis(encode))(run.variables, batch["x"], batch["mask"])
+  codes = latent.training_codes(codec)
+  assert codes.shape == (mask.sum(), 3)
+  np.testing.assert_allclose(codes, np.asarray(means)[mask], rtol=0, atol=1e-5)
+
+  mixture = latent.fit_mixture(codec, 2, covariance="diag")
+  drawn = latent.mixture_codes(codec, mixture, 5, seed=4)
+  expected = mixture.sample(np.random.default_rng(4), 30).astype(np.float32).reshape(5, 6, 3)
+  np.testing.assert_array_equal(drawn, expected)
+  decoded = codec.decode(drawn)
+  assert decoded.shape == (5, 6, 9)
+  np.testing.assert_allclose(
+    decoded, run.model.apply(run.variables, drawn, method="decode_frames"), atol=1e-6
+  )
+  assert latent.standard_normal(codec, 2, seed=0).shape == (2, 6, 3)
+
+  for prior in ("mixture", "normal"):
+    _sample_cli(
+      [
+        f"--workdir={frames_run}",
+        "--num=4",
+        f"--prior={prior}",
+        "--components=2",
+        f"--out={tmp_path / prior}",
+      ]
+    )
+    saved = np.load(tmp_path / prior / "samples.npz")
+    assert saved["images"].shape == (4, 6, 9) and saved["codes"].shape == (4, 6, 3)
+    np.testing.assert_allclose(saved["images"], codec.decode(saved["codes"]), rtol=0, atol=1e-6)
+    assert (tmp_path / prior / "samples.png").exists()
+  with pytest.raises(ConfigError, match=r"shape \[6, 9\], not images"):
+    _sample_cli([f"--workdir={frames_run}", "--prior=normal", "--quality", f"--out={tmp_path / 'q'}"])

@@ -82,12 +82,6 @@ def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
   return evaluate
 
 
-def _images(spec, data) -> str | None:
-  if spec.name == "codes" or spec.drawable:
-    return None
-  return "its examples are not images"
-
-
 evaluators.register(
   evaluators.EvaluatorSpec(
     name="sample_quality",
@@ -107,7 +101,7 @@ evaluators.register(
       "feature_steps": ml_collections.config_dict.placeholder(int),
       "feature_cache": ml_collections.config_dict.placeholder(str),
     },
-    needs=_images,
+    needs=lambda spec, data: samplers.quality_unavailable(data),
     description="Fréchet feature distance, precision/recall and the floor of samples the run generates",
   )
 )

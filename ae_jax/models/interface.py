@@ -17,6 +17,10 @@ Protocol the model class implements (a test checks every registered model agains
 * "autoencoding": `latent_code(x) -> [B, D]` and `decode_latent(code) -> [B, *input_shape]`, the
   reconstruction (a deterministic code; an ex-post density over the codes makes it generative:
   `ae_jax.priors.latent`).
+* "frame_latents": a local latent per frame of a sequence [B, T, F] with the prior N(0, I) on each frame:
+  `latent_dim`, `frame_codes(x) -> [B, T, latent_dim]` (posterior means; a real frame's code does not
+  depend on the padding after it) and `decode_frames(z [B, T, latent_dim]) -> [B, T, F]` (the mean of
+  p(x|z)).
 * "quantized": the outputs hold integer "indices" [B, ...] (one token per latent position and codebook) and
   `codebooks() -> tuple[int, ...]` gives the size of each codebook a position is coded with (one entry per
   residual stage), so a position carries sum(log2 K) bits.
@@ -53,6 +57,15 @@ class Autoencoding(Protocol):
   def latent_code(self, x: jax.Array) -> jax.Array: ...
 
   def decode_latent(self, code: jax.Array) -> jax.Array: ...
+
+
+@runtime_checkable
+class FrameLatents(Protocol):
+  latent_dim: int
+
+  def frame_codes(self, x: jax.Array) -> jax.Array: ...
+
+  def decode_frames(self, z: jax.Array) -> jax.Array: ...
 
 
 @runtime_checkable
@@ -102,6 +115,7 @@ ABILITIES: dict[str, type] = {
   "generative": Generative,
   "likelihood": Likelihood,
   "autoencoding": Autoencoding,
+  "frame_latents": FrameLatents,
   "quantized": Quantized,
 }
 

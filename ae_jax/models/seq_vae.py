@@ -155,7 +155,7 @@ class SeqConvDecoder(nn.Module):
     return nn.Dense(self.features, dtype=self.dtype, name="output")(z)
 
 
-@interface.register("seq_vae_conv", ("masked",))
+@interface.register("seq_vae_conv", ("masked", "frame_latents"))
 class SeqVAEConv(nn.Module):
   """Sequence VAE with a local latent per frame: causal-conv encoder, 1x1-conv decoder, sigmoid output.
 
@@ -196,6 +196,15 @@ class SeqVAEConv(nn.Module):
     """z [B, T, Z] -> {"logits", "recon" = sigmoid(logits)}, each [B, T, F]."""
     logits = self.decoder(z, train=train, mask=mask)
     return {"logits": logits, "recon": nn.sigmoid(logits)}
+
+  def frame_codes(self, x: jax.Array) -> jax.Array:
+    """The "frame_latents" ability: x [B, T, F] -> posterior means [B, T, latent_dim] (causal: a real
+    frame's code never depends on the padding after it)."""
+    return self.encode(x)[0]
+
+  def decode_frames(self, z: jax.Array) -> jax.Array:
+    """The "frame_latents" ability: z [B, T, latent_dim] -> the decoded frames [B, T, F] in [0, 1]."""
+    return self.decode(z)["recon"]
 
   def _active_dims(self, mean: jax.Array, logvar: jax.Array, w: jax.Array) -> jax.Array:
     """Latent dims whose KL per real frame, averaged over the global batch, exceeds ACTIVE_KL_NATS."""
