@@ -25,9 +25,10 @@ How each number is measured:
   least 3 dispatches).
 * loop: `loop.train_and_evaluate` on a temporary workdir with the config's input pipeline, logging at its
   log_every and asynchronous checkpoints at its checkpoint_every, without evaluators (keep_best off).
-  The trainer logs examples_per_sec per log interval, the first dispatch (compilation) left out; the loop
-  time per step is the summed time of the intervals (steps x batch / examples_per_sec) over their summed
-  steps, the median over --loop-rounds runs. A run has --loop-steps steps, fewer (whole log intervals,
+  The trainer logs examples_per_sec per log interval, the first dispatch (compilation) left out, and with
+  more than one interval the first (with K > 1 it compiles the shorter dispatch that ends at a log step);
+  the loop time per step is the summed time of the intervals (steps x batch / examples_per_sec) over their
+  summed steps, the median over --loop-rounds runs. A run has --loop-steps steps, fewer (whole log intervals,
   at least 3 dispatches) when --budget would be exceeded; a checkpoint save counts only when the run
   passes one before its last step (the JSON says how many: checkpoints_timed).
 * data: the real dataset when it opens locally (prepared once by the trainer's own loaders), else a

@@ -91,6 +91,16 @@ def as_process(monkeypatch):
   return set_process
 
 
+def pytest_collection_modifyitems(config, items):
+  """Files with `slow` or `integration` tests run first (each file's tests in their order): pytest-xdist's
+  `--dist loadfile` hands files out in collection order, and a long file handed out last would leave the
+  other worker idle while it runs."""
+  heavy = {
+    item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("integration")
+  }
+  items.sort(key=lambda item: item.path not in heavy)
+
+
 def pytest_report_header(config):
   return f"jax {jax.__version__}, {jax.local_device_count()} local devices ({jax.default_backend()})"
 

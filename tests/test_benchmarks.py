@@ -72,7 +72,7 @@ def test_the_timed_step_is_the_trainers(tiny_config, monkeypatch):
   monkeypatch.setattr(jax, "pmap", lambda fn, **kw: captured.append((fn, kw)) or pmap(fn, **kw))
   timed = measure.time_loop(measure.loop_config(tiny_config, 6, 1))
   monkeypatch.undo()
-  assert timed["timed_steps"] == 5 and timed["ms"] > 0
+  assert timed["timed_steps"] == 3 and timed["ms"] > 0  # log steps 3 and 6: the second interval
   (trainer_fn, trainer_kw), *_ = [
     (f, kw) for f, kw in captured if getattr(f, "func", None) is train.train_steps
   ]
@@ -109,18 +109,25 @@ def test_ae_jax_and_the_suite_need_no_tensorflow_datasets():
 
 
 def test_loop_time_is_read_from_the_logged_examples_per_sec(tiny_config, monkeypatch):
-  rows = [{"step": 3, "examples_per_sec": 160.0}, {"step": 6, "loss": 1.0, "examples_per_sec": 480.0}]
+  """The summed time of the log intervals over their steps, the first interval (which compiles the
+  dispatch that ends at a log step) left out when there are others; a single one is kept, less its first
+  dispatch."""
+  logged = [{"step": 3, "examples_per_sec": 160.0}, {"step": 6, "loss": 1.0, "examples_per_sec": 480.0}]
 
   def fake_run(config, workdir):
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in rows)
-    return {"compile_seconds": 1.0, "input": "input: host pipeline (a test)", "input_bytes_placed": 600}
+    return {"compile_seconds": 1.0, "input": "input: host pipeline (a test)", "input_bytes_placed": 900}
 
   monkeypatch.setattr(loop, "train_and_evaluate", fake_run)
-  config = measure.loop_config(tiny_config, 6, 1, {"log_every": 3, "checkpoint_every": 0})
-  timed = measure.time_loop(config)  # batch 16: steps 2-3 in 0.2 s, steps 4-6 in 0.1 s
-  assert timed["timed_steps"] == 5 and timed["ms"] == pytest.approx(1e3 * 0.3 / 5)
+  rows = [*logged, {"step": 9, "examples_per_sec": 240.0}]
+  config = measure.loop_config(tiny_config, 9, 1, {"log_every": 3, "checkpoint_every": 0})
+  timed = measure.time_loop(config)  # batch 16: steps 4-6 in 0.1 s, steps 7-9 in 0.2 s
+  assert timed["timed_steps"] == 6 and timed["ms"] == pytest.approx(1e3 * 0.3 / 6)
   assert timed["input"] == "host" and timed["input_bytes_per_step"] == 100
+  rows = logged[1:]
+  timed = measure.time_loop(measure.loop_config(tiny_config, 6, 1, {"log_every": 6, "checkpoint_every": 0}))
+  assert timed["timed_steps"] == 5 and timed["ms"] == pytest.approx(1e3 * 16 / 480)  # steps 2-6
 
 
 def test_plans_fit_the_budget():

@@ -61,8 +61,12 @@ def _frame_decode(module: Any, z: jax.Array) -> jax.Array:
   return module.decode_frames(z)
 
 
-_METHODS = {"ae": (_ae_encode, _ae_decode), "vae": (_vae_encode, _vae_decode)}
-_METHODS["frames"] = (_frame_encode, _frame_decode)
+# (encode, decode) of each kind of code
+_METHODS = {
+  "ae": (_ae_encode, _ae_decode),
+  "vae": (_vae_encode, _vae_decode),
+  "frames": (_frame_encode, _frame_decode),
+}
 
 
 @dataclasses.dataclass(frozen=True)
