@@ -37,10 +37,12 @@ demo: venv data
 	$(PY) -m experiments.main --config experiments/configs/conv_ae_fashion_mnist.py \
 	  --workdir $(DEMO_WORKDIR) --config.total_steps=$(DEMO_STEPS)
 
-# Two workers, one test file each at a time. A worker that crashes ends the run (xdist otherwise waits for it
+# Two workers, one test file each at a time, handed out in the order tests/conftest.py sorts them (the files
+# with long tests first). A worker that crashes ends the run (xdist otherwise waits for it
 # forever); a test that runs past its timeout fails with its name and stack (pytest-timeout), and the run
 # ends with the summary and the slowest tests.
-PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile --max-worker-restart=0 --timeout=600 --durations=10
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --max-worker-restart=0 --timeout=600 \
+  --durations=10
 test: venv data
 	$(PYTEST) tests
 

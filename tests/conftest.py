@@ -12,6 +12,7 @@ writes entries without a lock, so each pytest-xdist worker has its own directory
 an entry another is still writing); tests that run processes side by side give each its own too.
 """
 
+import collections
 import os
 import tempfile
 
@@ -92,13 +93,19 @@ def as_process(monkeypatch):
 
 
 def pytest_collection_modifyitems(config, items):
-  """Files with `slow` or `integration` tests run first (each file's tests in their order): pytest-xdist's
-  `--dist loadfile` hands files out in collection order, and a long file handed out last would leave the
-  other worker idle while it runs."""
+  """Files with `slow` or `integration` tests run first, then the others by their number of tests, most
+  first (each file's tests in their order). `make test` runs pytest-xdist's `--dist loadfile` with
+  `--no-loadscope-reorder`, so files are handed out in this order: a long file handed out last would leave
+  the other worker idle while it runs (xdist's own reorder, by number of tests alone, puts the process
+  tests, a few long tests per file, last)."""
   heavy = {
     item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("integration")
   }
-  items.sort(key=lambda item: item.path not in heavy)
+  count = collections.Counter(item.path for item in items)
+  first = {}
+  for i, item in enumerate(items):
+    first.setdefault(item.path, i)
+  items.sort(key=lambda item: (item.path not in heavy, -count[item.path], first[item.path]))
 
 
 def pytest_report_header(config):
