@@ -25,6 +25,7 @@ A new kind is one line below (its packages, and where its name is set in a confi
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import inspect
@@ -78,6 +79,12 @@ class Spec:
   def details(self) -> list[str]:
     """Kind-specific metadata, one short `key: value` string each (for listings)."""
     return []
+
+  def defaults(self) -> dict[str, Any]:
+    """The options with their defaults, copied for a new config section: a placeholder default is an
+    ml_collections FieldReference, which setting the option in one config would otherwise change for
+    every config built from this entry."""
+    return copy.deepcopy(dict(self.options))
 
 
 S = TypeVar("S", bound=Spec)
@@ -247,7 +254,7 @@ class Registry(Generic[S]):
       raise ConfigError(f"{where} needs a 'name' (one of {sorted(self)})")
     name = items.pop("name")
     spec = self.check_options(name, list(items), where)
-    return {"name": name, **spec.options, **items}
+    return {"name": name, **spec.defaults(), **items}
 
   def owners(self, option: str) -> list[str]:
     """The registered entries that have `option`."""

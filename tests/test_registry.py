@@ -350,3 +350,36 @@ def test_a_new_kind_is_one_registry_whose_package_is_discovered(tmp_path, monkey
     del registry.Registry.ALL["tmp_prior"]
     for name in [m for m in sys.modules if m.startswith("tmp_kind_plugins")]:
       del sys.modules[name]
+
+
+def test_setting_a_placeholder_option_leaves_the_registered_default():
+  """A placeholder default is an ml_collections FieldReference: each config gets its own, so setting it in
+  one config, or building an evaluator from a section that sets it, changes no other config."""
+  import ml_collections
+
+  from ae_jax.config import default_config
+  from ae_jax.data import data_config
+
+  first = data_config("fashion_mnist")
+  first.idx_dir, first.data_dir = "/one", "/two"
+  assert data_config("fashion_mnist").idx_dir is None and data_config("fashion_mnist").data_dir is None
+  section = evaluators.section("sample_quality")
+  section.feature_steps = 5
+  assert evaluators.section("sample_quality").feature_steps is None
+
+  seen = []
+  evaluators.register(
+    evaluators.EvaluatorSpec(
+      name="tmp_placeholder_probe",
+      build=lambda name, sec, ctx: seen.append(sec.max_examples),
+      options={"max_examples": ml_collections.config_dict.placeholder(int)},
+      description="a probe",
+    )
+  )
+  try:
+    config = default_config()
+    config.evals = {"probe": evaluators.section("tmp_placeholder_probe", max_examples=7)}
+    evaluators.build(config, None)
+    assert seen == [7] and evaluators.section("tmp_placeholder_probe").max_examples is None
+  finally:
+    evaluators.EVALUATORS.unregister("tmp_placeholder_probe")

@@ -14,6 +14,7 @@ rejects a key the dataset does not have, naming the closest one, before any comp
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -199,7 +200,7 @@ def get_spec(name: str) -> DatasetSpec:
 
 
 def _defaults(spec: DatasetSpec) -> dict[str, Any]:
-  return {"name": spec.name, **COMMON_OPTIONS, **spec.options}
+  return {"name": spec.name, **copy.deepcopy(COMMON_OPTIONS), **spec.defaults()}
 
 
 def data_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:

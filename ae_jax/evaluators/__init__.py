@@ -107,7 +107,9 @@ def section(type_: str, split: str = "test", every: int = 0, **options: Any) -> 
         f"'{key}' is not an option of evaluator type '{type_}'; {did_you_mean(key, spec.options)}"
         f"options: {sorted(spec.options)}"
       )
-  return ml_collections.ConfigDict({"type": type_, "split": split, "every": every, **spec.options, **options})
+  return ml_collections.ConfigDict(
+    {"type": type_, "split": split, "every": every, **spec.defaults(), **options}
+  )
 
 
 def _spec(type_: str, name: str) -> EvaluatorSpec:
@@ -164,7 +166,7 @@ def build(config: ml_collections.ConfigDict, context: Context) -> dict[str, tupl
   out = {}
   for name, sec in config.evals.items():
     spec = _spec(sec.type, name)
-    full = ml_collections.ConfigDict({"split": "test", "every": 0, **spec.options})
+    full = ml_collections.ConfigDict({"split": "test", "every": 0, **spec.defaults()})
     full.update(sec.to_dict())
     out[name] = (int(full.every), spec.build(name, full, context))
   return out

@@ -96,7 +96,7 @@ def model_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
   for key in overrides:
     if key not in spec.options:
       raise _not_an_option(spec, key, name, "")
-  values = {**spec.options, **overrides}
+  values = {**spec.defaults(), **overrides}
   for field, reg in spec.sections.items():
     values[field] = ml_collections.ConfigDict(reg.section(values[field], f"config.model.{field}"))
   return ml_collections.ConfigDict({"name": name, **values})
