@@ -34,10 +34,9 @@ class Drawn:
   """Generated images and how they were drawn.
 
   images: float32 [N, H, W, C] in the imitated run's model range (or [N, T, F] frames of a sequence model);
-  labels: int32 [N], the classes of
-  class-conditional samples (None for unconditional ones); arrays: what samples.npz keeps beside them
-  (codes, options, fingerprints); source: the run whose dataset the samples imitate (a prior run's stage
-  one, else the run itself); what: one line on how they were drawn."""
+  labels: int32 [N], the classes of class-conditional samples (None for unconditional ones); arrays: what
+  samples.npz keeps beside them (codes, options, fingerprints); source: the run whose dataset the samples
+  imitate (a prior run's stage one, else the run itself); what: one line on how they were drawn."""
 
   images: np.ndarray
   labels: np.ndarray | None
