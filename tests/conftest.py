@@ -102,10 +102,7 @@ def pytest_collection_modifyitems(config, items):
     item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("integration")
   }
   count = collections.Counter(item.path for item in items)
-  first = {}
-  for i, item in enumerate(items):
-    first.setdefault(item.path, i)
-  items.sort(key=lambda item: (item.path not in heavy, -count[item.path], first[item.path]))
+  items.sort(key=lambda item: (item.path not in heavy, -count[item.path]))  # stable: files stay whole
 
 
 def pytest_report_header(config):
