@@ -75,7 +75,9 @@ def test_normal_logpdf_matches_numpy_and_the_vae_density():
   expected = -0.5 * np.log(2 * np.pi * var) - 0.5 * (z - mean) ** 2 / var
   chex.assert_trees_all_close(out, expected.astype(np.float32), rtol=1e-5, atol=1e-5)
   eps = (z - mean) * np.exp(-0.5 * logvar)
-  chex.assert_trees_all_close(out.sum(-1), dv.diagonal_normal_logpdf(eps, logvar), rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(
+    out.sum(-1), jax.jit(dv.diagonal_normal_logpdf)(eps, logvar), rtol=1e-5, atol=1e-5
+  )
   assert vae.diagonal_normal_logpdf is dv.diagonal_normal_logpdf  # one density, used by the VAEs too
   assert vae.standard_normal_logpdf is dv.standard_normal_logpdf
   nll = jax.jit(losses.gaussian_nll)(mean, z, logvar)  # the reconstruction NLL is the same density, summed
@@ -87,9 +89,10 @@ def test_kernel_scale_is_2_d_sigma2():
   d, sigma2 = 4, 1.5
   x = jnp.zeros((1, d))
   y = jnp.full((1, d), math.sqrt(2.0 * d * sigma2 / d))  # |x - y|^2 = C
-  chex.assert_trees_all_close(dv.imq_kernel(x, y, sigma2), jnp.array([0.5]), rtol=1e-6)
-  chex.assert_trees_all_close(dv.rbf_kernel(x, y, sigma2), jnp.array([math.exp(-1.0)]), rtol=1e-6)
-  for kernel in (dv.imq_kernel, dv.rbf_kernel):
+  imq, rbf = (jax.jit(kernel, static_argnums=3) for kernel in (dv.imq_kernel, dv.rbf_kernel))
+  chex.assert_trees_all_close(imq(x, y, sigma2), jnp.array([0.5]), rtol=1e-6)
+  chex.assert_trees_all_close(rbf(x, y, sigma2), jnp.array([math.exp(-1.0)]), rtol=1e-6)
+  for kernel in (imq, rbf):
     chex.assert_trees_all_close(kernel(x, x, sigma2, dv.WAE_MULTIPLIERS), jnp.array([7.0]), rtol=1e-6)
 
 
@@ -115,7 +118,7 @@ def test_mmd_terms_average_to_mmd_unbiased_on_one_and_on_8_devices(name):
   terms_fn = jax.jit(functools.partial(dv.mmd_terms, kernel=kernel))
   one = terms_fn(z, prior, z, prior, jnp.arange(DEVICES * b))
   chex.assert_shape(one, (DEVICES * b,))
-  reference = dv.mmd_unbiased(z, prior, kernel)
+  reference = jax.jit(dv.mmd_unbiased, static_argnums=2)(z, prior, kernel)
   chex.assert_trees_all_close(one.mean(), reference, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(one.mean(), np.float32(_np_mmd(name, z.astype(np.float64), prior)), rtol=1e-4)
   split = _split(terms_fn, b, z, prior)
@@ -177,7 +180,7 @@ def test_pmap_with_all_gather_matches_one_device_value_and_gradient():
     )
 
   args = (z, prior, mean, logvar)
-  value, grads = jax.value_and_grad(sharded, argnums=(0, 1, 2, 3))(*args)
+  value, grads = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2, 3)))(*args)
   value1, grads1 = jax.jit(jax.value_and_grad(single, argnums=(0, 1, 2, 3)))(*args)
   chex.assert_trees_all_close(value, value1, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(grads, grads1, rtol=1e-4, atol=1e-6)
@@ -352,7 +355,10 @@ def test_mmd_terms_with_padding_are_the_estimate_over_the_real_examples(name):
   chex.assert_trees_all_close(out[real], alone, rtol=1e-5, atol=1e-6)
   assert np.all(np.asarray(out)[~real] == 0.0)
   chex.assert_trees_all_close(
-    out.sum() / real.sum(), dv.mmd_unbiased(z[real], prior[real], kernel), rtol=1e-5, atol=1e-6
+    out.sum() / real.sum(),
+    jax.jit(dv.mmd_unbiased, static_argnums=2)(z[real], prior[real], kernel),
+    rtol=1e-5,
+    atol=1e-6,
   )
   chex.assert_trees_all_close(
     fn(z, prior, z, prior, jnp.arange(m), valid_all=np.ones(m)),
@@ -367,8 +373,9 @@ def test_mmd_terms_with_padding_are_the_estimate_over_the_real_examples(name):
 
 def test_mmd_terms_with_fewer_than_two_real_examples_are_zero():
   z = RNG.normal(size=(8, 3)).astype(np.float32)
+  fn = jax.jit(dv.mmd_terms)
   for num_real in (0, 1):
-    out = dv.mmd_terms(z, z + 1.0, z, z + 1.0, jnp.arange(8), valid_all=_real_mask(8, num_real, seed=0))
+    out = fn(z, z + 1.0, z, z + 1.0, jnp.arange(8), valid_all=_real_mask(8, num_real, seed=0))
     chex.assert_trees_all_equal(out, np.zeros(8, np.float32))
 
 
@@ -402,9 +409,10 @@ def test_tc_terms_of_a_single_real_example_treat_its_posterior_as_the_aggregate(
   z, mean, logvar, _ = _posteriors(8, 3, 0.2, 0.5, seed=8)
   valid = _real_mask(8, 1, seed=9)
   i = int(np.argmax(valid))
-  mss = dv.tc_terms(z, mean, logvar, mean, logvar, jnp.arange(8), 100, "mss", valid_all=valid)
+  fn = jax.jit(dv.tc_terms, static_argnames=("dataset_size", "estimator"))
+  mss = fn(z, mean, logvar, mean, logvar, jnp.arange(8), dataset_size=100, estimator="mss", valid_all=valid)
   np.testing.assert_allclose([mss["mi"][i], mss["tc"][i]], [0.0, 0.0], atol=1e-5)
   np.testing.assert_allclose(mss["dwkl"][i], mss["log_qz_x"][i] - mss["log_pz"][i], rtol=1e-6)
-  mws = dv.tc_terms(z, mean, logvar, mean, logvar, jnp.arange(8), 100, "mws", valid_all=valid)
+  mws = fn(z, mean, logvar, mean, logvar, jnp.arange(8), dataset_size=100, estimator="mws", valid_all=valid)
   np.testing.assert_allclose([mws["mi"][i], mws["tc"][i]], [math.log(100), 2 * math.log(100)], rtol=1e-5)
   assert all(np.isfinite(np.asarray(v)).all() for v in (*mss.values(), *mws.values()))

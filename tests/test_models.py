@@ -26,15 +26,16 @@ def _init(model, shape):
 def _random_variables(model, shape, seed=0, gain=1.0):
   """Concrete variables with the real structure: kernels ~ N(0, gain^2 / fan_in), biases ~ N(0, 0.1^2).
 
-  Filled in numpy because jit-compiling the Flax initialisers takes ~10 s on CPU for conv_ae.
+  Filled in numpy because jit-compiling the Flax initialisers takes ~10 s on CPU for conv_ae; cast there too
+  and put with jax.device_put, which (unlike jnp.asarray) compiles nothing per shape.
   """
   rng = np.random.default_rng(seed)
 
   def fill(path, leaf):
     if path[-1].key == "kernel":
       fan_in = math.prod(leaf.shape[:-1])
-      return jnp.asarray(rng.normal(scale=gain / math.sqrt(fan_in), size=leaf.shape), leaf.dtype)
-    return jnp.asarray(rng.normal(scale=0.1, size=leaf.shape), leaf.dtype)
+      return jax.device_put(rng.normal(scale=gain / math.sqrt(fan_in), size=leaf.shape).astype(leaf.dtype))
+    return jax.device_put(rng.normal(scale=0.1, size=leaf.shape).astype(leaf.dtype))
 
   return jax.tree_util.tree_map_with_path(fill, _init(model, shape))
 
@@ -252,16 +253,16 @@ def test_subpixel_conv_transpose_is_nn_conv_transpose(kernel, strides, padding, 
   """SubpixelConvTranspose has nn.ConvTranspose's parameter tree, output shape, values and gradients (for the
   parameters and the input) to float32 rounding."""
   rng = np.random.default_rng(sum(hw))
-  x = jnp.asarray(rng.normal(size=(2, *hw, 3)), jnp.float32)
+  x = jax.device_put(rng.normal(size=(2, *hw, 3)).astype(np.float32))
   sub = SubpixelConvTranspose(4, kernel, strides, padding)
   ref = nn.ConvTranspose(4, kernel, strides, padding=padding)
   abstract = jax.eval_shape(ref.init, jax.random.key(0), x)
   chex.assert_trees_all_equal_shapes_and_dtypes(jax.eval_shape(sub.init, jax.random.key(0), x), abstract)
-  variables = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), a.dtype), abstract)
-  y_ref, y = ref.apply(variables, x), sub.apply(variables, x)
+  variables = jax.tree.map(lambda a: jax.device_put(rng.normal(size=a.shape).astype(a.dtype)), abstract)
+  y_ref, y = jax.jit(ref.apply)(variables, x), jax.jit(sub.apply)(variables, x)
   assert y.shape == y_ref.shape
   np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
-  cotangent = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  cotangent = jax.device_put(rng.normal(size=y.shape).astype(np.float32))
 
   def grads(layer):
     def loss(v, x):
@@ -277,7 +278,9 @@ def test_subpixel_conv_transpose_initialises_like_nn_conv_transpose():
   x = jnp.ones((1, 5, 6, 3))
   sub = SubpixelConvTranspose(4, (4, 4), (2, 2), ((2, 2), (2, 2)))
   ref = nn.ConvTranspose(4, (4, 4), (2, 2), padding=((2, 2), (2, 2)))
-  chex.assert_trees_all_equal(sub.init(jax.random.key(3), x), ref.init(jax.random.key(3), x))
+  chex.assert_trees_all_equal(
+    jax.jit(sub.init)(jax.random.key(3), x), jax.jit(ref.init)(jax.random.key(3), x)
+  )
 
 
 def test_subpixel_conv_transpose_keeps_batch_dims_and_dtype():
@@ -452,6 +455,6 @@ def test_encode_decode_agree_with_call(name):
   chex.assert_trees_all_close(code, out["code"], rtol=1e-6, atol=1e-6)
   chex.assert_trees_all_close(recon, out["recon"], rtol=1e-6, atol=1e-6)
   # decode of a different code gives a different image (decode really uses its input).
-  other = jax.jit(lambda v, z: model.apply(v, z, method="decode"))(variables, code + 1.0)
+  other = jax.jit(lambda v, z: model.apply(v, z + 1.0, method="decode"))(variables, code)
   assert not np.allclose(other, recon, atol=1e-4)
   chex.assert_shape(recon, (B, 28, 28, 1))

@@ -84,7 +84,7 @@ def test_every_batch_level_term_on_8_devices_equals_1_device():
 
 def _vae_and_params(hidden=(16,), latent=LATENT, seed=0):
   model = get_model("vae_mlp", input_shape=SHAPE, hidden=hidden, latent_dim=latent)
-  variables = model.init(
+  variables = jax.jit(model.init)(
     {"params": jax.random.key(seed), "sample": jax.random.key(1)}, jnp.zeros((1, *SHAPE))
   )
   return model, variables
@@ -189,12 +189,13 @@ def test_padding_of_an_evaluation_batch_changes_no_term():
   chex.assert_trees_all_close(evaluate(garbage)[0], sums, rtol=1e-6, atol=1e-6)
   assert sums["count"] == real
   real_outputs = {k: v[:real] for k, v in outputs.items()}
-  real_batch = {"x": x[:real], **constants}
+  expected = jax.jit(
+    lambda o, x: {name: losses.LOSSES[name](o, {"x": x, **constants}).sum() for name in names}
+  )(real_outputs, x[:real])
   for name in names:
-    expected = float(losses.LOSSES[name](real_outputs, real_batch).sum())
-    np.testing.assert_allclose(sums[name], expected, rtol=1e-5, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(sums[name], float(expected[name]), rtol=1e-5, atol=1e-5, err_msg=name)
   # Counting the padding in would have changed the batch-level terms.
-  padded = float(losses.LOSSES["tc"](outputs, {"x": x, **constants})[:real].sum())
+  padded = float(jax.jit(lambda o, x: losses.LOSSES["tc"](o, {"x": x, **constants})[:real].sum())(outputs, x))
   assert padded != pytest.approx(float(sums["tc"]), rel=1e-3)
 
 
@@ -238,8 +239,8 @@ def test_objective_arguments_set_the_documented_weights(module):
 def test_deterministic_encoder_outputs_the_mean_and_no_density():
   model = get_model("vae_mlp", input_shape=SHAPE, hidden=(16,), latent_dim=LATENT, deterministic_encoder=True)
   x = _images(4)
-  variables = model.init({"params": jax.random.key(0), "sample": jax.random.key(1)}, x)
-  out = model.apply(variables, x, rngs={"sample": jax.random.key(2)})
+  variables = jax.jit(model.init)({"params": jax.random.key(0), "sample": jax.random.key(1)}, x)
+  out = jax.jit(lambda v, x: model.apply(v, x, rngs={"sample": jax.random.key(2)}))(variables, x)
   chex.assert_trees_all_equal(out["z"], out["mean"])
   chex.assert_shape([out["z"], out["prior_z"]], (4, LATENT))
   assert "logvar" not in out and "log_qz_x" not in out
@@ -252,8 +253,13 @@ def test_deterministic_encoder_outputs_the_mean_and_no_density():
 def test_prior_z_is_standard_normal_and_independent_of_z():
   model, variables = _vae_and_params()
   x = np.repeat(_images(1), 4096, axis=0)
-  out = model.apply(variables, x, rngs={"sample": jax.random.key(5)})
-  prior, eps = np.asarray(out["prior_z"]), (out["z"] - out["mean"]) * jnp.exp(-0.5 * out["logvar"])
+
+  @jax.jit
+  def prior_and_eps(x):
+    out = model.apply(variables, x, rngs={"sample": jax.random.key(5)})
+    return out["prior_z"], (out["z"] - out["mean"]) * jnp.exp(-0.5 * out["logvar"])
+
+  prior, eps = jax.tree.map(np.asarray, prior_and_eps(x))
   assert abs(prior.mean()) < 0.05 and abs(prior.var() - 1.0) < 0.05
   assert abs(np.corrcoef(prior.ravel(), np.asarray(eps).ravel())[0, 1]) < 0.05
 

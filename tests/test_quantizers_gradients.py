@@ -98,7 +98,7 @@ def test_each_term_reaches_exactly_its_parameters(case):
   model = Encoded(make())
   x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 6, 3)), jnp.float32)
   rngs = {"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)}
-  variables = model.init(rngs, x)
+  variables = jax.jit(model.init)(rngs, x)
   state = {k: v for k, v in variables.items() if k != "params"}
   w = jnp.asarray(np.random.default_rng(1).normal(size=(4, 6, D)), jnp.float32)
 

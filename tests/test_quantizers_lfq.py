@@ -16,15 +16,15 @@ RNG = np.random.default_rng(0)
 
 def test_signs_bits_and_straight_through_gradients():
   z = jnp.asarray(RNG.normal(size=(3, 5, 4)), jnp.float32)
-  out, _ = q.lfq(z, beta=0.25)
+  out, _ = jax.jit(lambda z: q.lfq(z, beta=0.25))(z)
   signs = np.where(np.asarray(z) > 0, 1.0, -1.0)
   np.testing.assert_array_equal(out.quantized, signs)
   np.testing.assert_array_equal(out.indices, ((np.asarray(z) > 0) * 2 ** np.arange(4)).sum(-1))
   np.testing.assert_array_equal(out.codebook_loss, 0.0)
   np.testing.assert_allclose(out.commitment_loss, 0.25 * ((z - signs) ** 2).reshape(3, -1).mean(1), rtol=1e-6)
   w = jnp.asarray(RNG.normal(size=z.shape), jnp.float32)
-  np.testing.assert_array_equal(jax.grad(lambda z: jnp.sum(w * q.lfq(z)[0].quantized))(z), w)
-  g = jax.grad(lambda z: q.lfq(z, 0.25)[0].commitment_loss.sum())(z)
+  np.testing.assert_array_equal(jax.jit(jax.grad(lambda z: jnp.sum(w * q.lfq(z)[0].quantized)))(z), w)
+  g = jax.jit(jax.grad(lambda z: q.lfq(z, 0.25)[0].commitment_loss.sum()))(z)
   np.testing.assert_allclose(g, 0.25 * 2 * (z - signs) / 20, rtol=1e-5, atol=1e-7)  # from z itself
   with pytest.raises(ValueError, match="above 20 bits"):
     q.lfq(jnp.zeros((1, 21)))
@@ -46,19 +46,19 @@ def test_entropy_penalty_against_the_full_softmax_over_all_codes():
   factorised = -(mean_bits * np.log(mean_bits) + (1 - mean_bits) * np.log(1 - mean_bits)).sum()
   mean_full = p.reshape(-1, 8).mean(0)
   joint = -(mean_full * np.log(mean_full)).sum()
-  _, entropy = q.lfq(jnp.asarray(z, jnp.float32), 0.25, t, diversity)
+  _, entropy = jax.jit(lambda z: q.lfq(z, 0.25, t, diversity))(jnp.asarray(z, jnp.float32))
   np.testing.assert_allclose(entropy, sample - diversity * joint, rtol=1e-5, atol=1e-6)
   assert factorised >= joint - 1e-9
-  grad = jax.grad(lambda z: q.lfq(z, 0.25, t, diversity)[1].sum())(jnp.asarray(z, jnp.float32))
+  grad = jax.jit(jax.grad(lambda z: q.lfq(z, 0.25, t, diversity)[1].sum()))(jnp.asarray(z, jnp.float32))
   assert np.abs(grad).max() > 0  # the penalty reaches the encoder
 
 
 def test_module_outputs_and_loss_term():
   z = jnp.asarray(RNG.normal(size=(2, 3, 5)), jnp.float32)
   module = q.LookupFreeQuantizer(5)
-  variables = module.init({"params": jax.random.PRNGKey(0)}, z)
+  variables = jax.jit(module.init)({"params": jax.random.PRNGKey(0)}, z)
   assert not variables  # no parameters, no state
-  out = module.apply(variables, z)
+  out = jax.jit(module.apply)(variables, z)
   assert out["lfq_entropy"].shape == (2,) and "code_logits" not in out
   np.testing.assert_array_equal(losses.LOSSES["lfq_entropy"](out, {}), out["lfq_entropy"])
   counts = np.bincount(np.asarray(out["indices"]).ravel(), minlength=32)

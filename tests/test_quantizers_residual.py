@@ -1,6 +1,8 @@
 """Residual VQ: stage by stage against numpy, quantizer dropout and eval_stages, shared codebooks, which
 parameters each loss term moves, and the per-stage usage metrics."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +19,8 @@ def _nearest(x, codebook):
 def test_each_stage_quantises_the_previous_stages_residual():
   z = RNG.normal(size=(3, 4, 5)).astype(np.float32)
   codebooks = (RNG.normal(size=(3, 11, 5)) * np.array([1.0, 0.5, 0.25])[:, None, None]).astype(np.float32)
-  out, inputs = q.residual_quantize(jnp.asarray(z), jnp.asarray(codebooks), beta=0.25)
+  quantize = jax.jit(q.residual_quantize, static_argnames="beta")
+  out, inputs = quantize(jnp.asarray(z), jnp.asarray(codebooks), beta=0.25)
   residual, total, terms = z.astype(np.float64), 0.0, []
   for s in range(3):
     idx = _nearest(residual, codebooks[s])
@@ -33,7 +36,7 @@ def test_each_stage_quantises_the_previous_stages_residual():
   assert out.indices.shape == (3, 4, 3) and out.code_logits.shape == (3, 4, 3, 11)
   # fewer active stages: the output sums only those codes, the terms average only those stages
   active = jnp.array([[1.0, 0, 0], [1, 1, 0], [1, 1, 1]])
-  part, _ = q.residual_quantize(jnp.asarray(z), jnp.asarray(codebooks), 0.25, active)
+  part, _ = quantize(jnp.asarray(z), jnp.asarray(codebooks), beta=0.25, active=active)
   codes = np.stack([codebooks[s][np.asarray(out.indices[..., s])] for s in range(3)], -2)  # [B, P, S, D]
   np.testing.assert_allclose(
     part.quantized, (codes * np.asarray(active)[:, None, :, None]).sum(-2), atol=1e-5
@@ -44,15 +47,15 @@ def test_each_stage_quantises_the_previous_stages_residual():
 
 
 def test_quantizer_dropout_draws_one_to_all_stages_per_example():
-  keys = jax.random.split(jax.random.PRNGKey(0), 400)
-  active = np.asarray(q.dropout_stages(keys, 4))
+  keys = jax.jit(jax.random.split, static_argnums=1)(jax.random.PRNGKey(0), 400)
+  active = np.asarray(jax.jit(q.dropout_stages, static_argnums=1)(keys, 4))
   used = active.sum(1)
   assert set(used.tolist()) == {1.0, 2.0, 3.0, 4.0}
   np.testing.assert_array_equal(active, np.arange(4)[None] < used[:, None])  # always the first n stages
 
 
 def _grads(module, z):
-  variables = module.init({"params": jax.random.PRNGKey(0)}, z)
+  variables = jax.jit(module.init)({"params": jax.random.PRNGKey(0)}, z)
 
   def term(name, params, z):
     return jnp.sum(module.apply({"params": params}, z)[name])
@@ -86,8 +89,8 @@ def test_trained_codebooks_each_term_moves_only_its_side():
 def test_eval_stages_and_per_stage_metrics():
   z = jnp.asarray(RNG.normal(size=(4, 3, 4)), jnp.float32)
   module = q.ResidualVectorQuantizer(6, 4, num_stages=3, ema=False, eval_stages=1)
-  variables = module.init({"params": jax.random.PRNGKey(0)}, z)
-  out = module.apply(variables, z)
+  variables = jax.jit(module.init)({"params": jax.random.PRNGKey(0)}, z)
+  out = jax.jit(module.apply)(variables, z)
   first = np.asarray(variables["params"]["codebook"][0])[np.asarray(out["indices"][..., 0])]
   np.testing.assert_allclose(out["quantized"], first, atol=1e-6)  # one stage at evaluation
   assert out["indices"].shape == (4, 3, 3)
@@ -99,18 +102,19 @@ def test_eval_stages_and_per_stage_metrics():
   np.testing.assert_allclose(metrics["codes_used_stage1"], 0.0)  # unused stages count nothing
   # training with dropout uses a random number of stages per example, evaluation with 0 uses all
   full = q.ResidualVectorQuantizer(6, 4, num_stages=3, ema=False, quantizer_dropout=True)
-  out = full.apply(variables, z, train=True, rngs={"sample": jax.random.PRNGKey(3)})
+  out = jax.jit(functools.partial(full.apply, train=True))(
+    variables, z, rngs={"sample": jax.random.PRNGKey(3)}
+  )
   assert 1.0 <= float(out["metrics"]["stages_used"]) <= 3.0
-  assert float(full.apply(variables, z)["metrics"]["stages_used"]) == 3.0
+  assert float(jax.jit(full.apply)(variables, z)["metrics"]["stages_used"]) == 3.0
 
 
 def test_ema_stages_are_seeded_from_the_residuals_of_the_seeded_stages_before_them():
   z = jnp.asarray(RNG.normal(size=(8, 8, 3)), jnp.float32)
   module = q.ResidualVectorQuantizer(4, 3, num_stages=2, codebook_init="random_data", decay=1.0 - 1e-9)
-  variables = module.init({"params": jax.random.PRNGKey(0)}, z)
-  out, state = module.apply(
-    variables, z, train=True, rngs={"sample": jax.random.PRNGKey(1)}, mutable=["vq_ema"]
-  )
+  variables = jax.jit(module.init)({"params": jax.random.PRNGKey(0)}, z)
+  apply = jax.jit(functools.partial(module.apply, train=True, mutable=["vq_ema"]))
+  out, state = apply(variables, z, rngs={"sample": jax.random.PRNGKey(1)})
   codebooks = np.asarray(state["vq_ema"]["codebook"])
   flat = np.asarray(z).reshape(-1, 3)
   assert all(any(np.allclose(c, row, atol=1e-6) for row in flat) for c in codebooks[0])  # rows of z

@@ -1,6 +1,8 @@
 """VectorQuantizer's options: cosine (l2-normalised) and low-dimensional codebooks, dead-code re-seeding
 under a lax.cond that resets the revived codes' statistics, and the code entropy penalty."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,8 +15,8 @@ RNG = np.random.default_rng(0)
 
 
 def _apply(module, z, variables=None, **kwargs):
-  variables = variables or module.init({"params": jax.random.PRNGKey(0)}, z)
-  return module.apply(variables, z, **kwargs), variables
+  variables = variables or jax.jit(module.init)({"params": jax.random.PRNGKey(0)}, z)
+  return jax.jit(functools.partial(module.apply, **kwargs))(variables, z), variables
 
 
 def test_cosine_codebook_looks_up_by_angle_and_outputs_unit_codes():
@@ -35,10 +37,9 @@ def test_cosine_codebook_looks_up_by_angle_and_outputs_unit_codes():
 def test_cosine_ema_codebook_averages_unit_vectors():
   z = jnp.asarray(RNG.normal(size=(4, 6, 3)) * 7.0, jnp.float32)
   module = q.VectorQuantizer(5, 3, cosine=True, codebook_init="random_data", decay=0.5)
-  variables = module.init({"params": jax.random.PRNGKey(0)}, z)
-  _, state = module.apply(
-    variables, z, train=True, rngs={"sample": jax.random.PRNGKey(1)}, mutable=["vq_ema"]
-  )
+  variables = jax.jit(module.init)({"params": jax.random.PRNGKey(0)}, z)
+  apply = jax.jit(functools.partial(module.apply, train=True, mutable=["vq_ema"]))
+  _, state = apply(variables, z, rngs={"sample": jax.random.PRNGKey(1)})
   units = np.asarray(z).reshape(-1, 3) / np.linalg.norm(np.asarray(z).reshape(-1, 3), axis=1, keepdims=True)
   sums = np.asarray(state["vq_ema"]["embed_sum"])
   assert np.all(np.linalg.norm(sums / state["vq_ema"]["cluster_size"][:, None], axis=1) <= 1 + 1e-5)
@@ -68,7 +69,7 @@ def test_reseed_under_a_cond_gives_the_same_result(sizes):
   stats = stats._replace(cluster_size=jnp.asarray(sizes, jnp.float32))
   candidates = jnp.arange(20.0).reshape(10, 2) + 1.0
   key = jax.random.PRNGKey(0)
-  plain = q.reseed_dead_codes(key, stats, candidates, 0.5, 4.0)
+  plain = jax.jit(q.reseed_dead_codes, static_argnums=(3, 4))(key, stats, candidates, 0.5, 4.0)
   cond = jax.jit(q.reseed_if_dead, static_argnums=(3, 4))(key, stats, candidates, 0.5, 4.0)
   jax.tree.map(np.testing.assert_array_equal, cond, plain)
 
@@ -79,20 +80,21 @@ def test_revived_code_keeps_its_new_value_after_the_next_update():
   codes = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [100.0, 100.0]])
   old = q.EMAStats(codes, jnp.array([3.0, 3.0, 3.0, 0.1]), codes * jnp.array([3.0, 3.0, 3.0, 0.1])[:, None])
   candidates = jnp.array([[0.5, 0.5], [0.2, 0.7]])
-  revived, dead = q.reseed_dead_codes(jax.random.PRNGKey(0), old, candidates, threshold=1.0, count=3.0)
+  reseed = jax.jit(q.reseed_dead_codes, static_argnames=("threshold", "count"))
+  revived, dead = reseed(jax.random.PRNGKey(0), old, candidates, threshold=1.0, count=3.0)
   assert dead.tolist() == [False, False, False, True]
   new_value = np.asarray(revived.codebook[3])
   assert any(np.array_equal(new_value, c) for c in np.asarray(candidates))
   counts = jnp.array([4.0, 4.0, 4.0, 0.0])
-  after = q.ema_update(revived, counts, codes * counts[:, None], decay=0.5)
+  after = jax.jit(lambda s, c, x: q.ema_update(s, c, x * c[:, None], decay=0.5))(revived, counts, codes)
   np.testing.assert_allclose(after.codebook[3], new_value, rtol=1e-4)  # no assignments: it stays
 
   # in the module: after re-seeding, a step whose data sit on the codes moves no code
   module = q.VectorQuantizer(4, 2, decay=0.5, dead_code_threshold=2.0)
   z1 = jnp.asarray(np.repeat(np.asarray(codes[:3]), 4, 0) + RNG.normal(scale=0.05, size=(12, 2)), jnp.float32)
-  variables = module.init({"params": jax.random.PRNGKey(0)}, z1[None])
+  variables = jax.jit(module.init)({"params": jax.random.PRNGKey(0)}, z1[None])
   variables = {"vq_ema": {**variables["vq_ema"], "codebook": codes}}
-  step = lambda v, z, k: module.apply(v, z[None], train=True, rngs={"sample": k}, mutable=["vq_ema"])
+  step = jax.jit(lambda v, z, k: module.apply(v, z[None], train=True, rngs={"sample": k}, mutable=["vq_ema"]))
   out, v1 = step(variables, z1, jax.random.PRNGKey(1))
   assert float(out["metrics"]["codes_reseeded"]) == 1.0
   revived_code = np.asarray(v1["vq_ema"]["codebook"][3])
@@ -117,11 +119,12 @@ def test_code_entropy_penalty_matches_numpy_and_its_extremes():
   logits = RNG.normal(size=(3, 5, 7)).astype(np.float64)
   weights = (RNG.uniform(size=(3, 5)) > 0.3).astype(np.float64)
   weights[:, 0] = 1.0
-  got = q.code_entropy_penalty(jnp.asarray(logits, jnp.float32), 0.7, 0.5, None, jnp.asarray(weights))
+  penalty = jax.jit(q.code_entropy_penalty, static_argnums=(1, 2, 3))
+  got = penalty(jnp.asarray(logits, jnp.float32), 0.7, 0.5, None, jnp.asarray(weights))
   np.testing.assert_allclose(got, _entropy_numpy(logits, 0.7, 0.5, weights), rtol=1e-5, atol=1e-6)
   # confident assignments spread evenly over the codes: the minimum, -diversity * log K
   confident = jnp.asarray(np.eye(4)[None] * 50.0, jnp.float32)
-  np.testing.assert_allclose(q.code_entropy_penalty(confident, 1.0, 1.0), -np.log(4), atol=1e-5)
+  np.testing.assert_allclose(penalty(confident, 1.0, 1.0), -np.log(4), atol=1e-5)
 
 
 def test_code_entropy_term_works_where_logits_exist_and_names_the_gap_elsewhere():

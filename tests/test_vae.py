@@ -1,5 +1,6 @@
 """VAEs: reparameterisation gradients, IWAE bounds, importance-sampled likelihood against a closed form."""
 
+import functools
 import math
 
 import chex
@@ -79,13 +80,19 @@ def test_iwae_bound_k1_is_elbo_and_increases_with_k():
   model, variables, b, cov = _linear_gaussian()
   x = np.random.default_rng(3).multivariate_normal(b, cov, size=8).astype(np.float32)
   repeats = 400
-  log_w, log_px_z, kl = log_importance_weights(model, variables, x, jax.random.key(4), 50 * repeats, 5000)
+  log_w, log_px_z, kl = jax.jit(log_importance_weights, static_argnums=(0, 4, 5))(
+    model, variables, x, jax.random.key(4), 50 * repeats, 5000
+  )
   log_w = np.asarray(log_w)
+
+  @functools.partial(jax.jit, static_argnums=1)
+  def mean_and_stderr(groups, k):
+    vals = jax.nn.logsumexp(groups, axis=1) - math.log(k)
+    return vals.mean(0), vals.std(0) / math.sqrt(groups.shape[0])
 
   def bound(k):  # average over independent groups of k weights
     groups = log_w[: (len(log_w) // k) * k].reshape(-1, k, len(x))
-    vals = jax.nn.logsumexp(groups, axis=1) - math.log(k)
-    return np.asarray(vals.mean(0)), np.asarray(vals.std(0) / math.sqrt(groups.shape[0]))
+    return jax.tree.map(np.asarray, mean_and_stderr(groups, k))
 
   b1, se1 = bound(1)
   # k = 1 is the ELBO: exactly the sampled-KL one, and within Monte Carlo error of the exact-KL one.
@@ -103,17 +110,23 @@ def test_iwae_bound_k1_is_elbo_and_increases_with_k():
 def test_iwae_loss_term_with_one_sample_is_negative_sampled_elbo():
   model, variables, b, cov = _linear_gaussian(num_samples=1)
   x = np.random.default_rng(5).multivariate_normal(b, cov, size=4).astype(np.float32)
-  out = model.apply(variables, x, rngs={"sample": jax.random.key(6)})
-  nll = losses.gaussian_nll(out["recon"], x, out["recon_logvar"])
-  log_q_minus_log_p = out["log_qz_x"][0] - out["log_pz"][0]
-  np.testing.assert_allclose(losses.LOSSES["iwae"](out, {"x": x}), nll + log_q_minus_log_p, rtol=1e-5)
+
+  @jax.jit
+  def iwae_and_sampled_elbo(variables, x):
+    out = model.apply(variables, x, rngs={"sample": jax.random.key(6)})
+    nll = losses.gaussian_nll(out["recon"], x, out["recon_logvar"])
+    log_q_minus_log_p = out["log_qz_x"][0] - out["log_pz"][0]
+    return losses.LOSSES["iwae"](out, {"x": x}), nll + log_q_minus_log_p
+
+  iwae, neg_elbo = iwae_and_sampled_elbo(variables, x)
+  np.testing.assert_allclose(iwae, neg_elbo, rtol=1e-5)
 
 
 def _mean_iwae_term(model, variables, x, draws):
   def term(rng):
     return losses.LOSSES["iwae"](model.apply(variables, x, rngs={"sample": rng}), {"x": x})
 
-  return np.asarray(jax.vmap(term)(jax.random.split(jax.random.key(8), draws))).mean(0)
+  return np.asarray(jax.jit(jax.vmap(term))(jax.random.split(jax.random.key(8), draws))).mean(0)
 
 
 def test_iwae_loss_term_decreases_with_k_on_a_fixed_model():
@@ -138,8 +151,8 @@ def test_reparameterisation_gradient_reaches_mean_and_logvar():
     params["encoder"]["code"]["bias"] = bias
     return jnp.sum(c * model.apply({"params": params}, x, rngs={"sample": rng})["z"])
 
-  grad = jax.grad(f)(variables["params"]["encoder"]["code"]["bias"])
-  out = model.apply(variables, x, rngs={"sample": rng})
+  grad = jax.jit(jax.grad(f))(variables["params"]["encoder"]["code"]["bias"])
+  out = jax.jit(lambda v: model.apply(v, x, rngs={"sample": rng}))(variables)
   std = np.exp(0.5 * np.asarray(out["logvar"]))
   eps = (np.asarray(out["z"]) - np.asarray(out["mean"])) / std
   np.testing.assert_allclose(grad[:L], c.sum(0), rtol=1e-5)
@@ -153,15 +166,16 @@ def test_vae_outputs_and_loss_terms(name, likelihood):
   model = get_model(name, likelihood=likelihood, num_samples=3)
   x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 28, 28, 1)), jnp.float32)
   shapes = jax.eval_shape(lambda: model.init({"params": jax.random.key(0), "sample": jax.random.key(1)}, x))
-  params = jax.tree.map(lambda s: jnp.full(s.shape, 0.01, s.dtype), shapes)
-  out = model.apply(params, x, rngs={"sample": jax.random.key(2)})
+  params = jax.jit(lambda: jax.tree.map(lambda s: jnp.full(s.shape, 0.01, s.dtype), shapes))()
+  out = jax.jit(lambda p, x: model.apply(p, x, rngs={"sample": jax.random.key(2)}))(params, x)
   latent = model.latent_dim
   chex.assert_shape([out["mean"], out["logvar"], out["z"], out["code"]], (2, latent))
   chex.assert_shape([out["log_px_z"], out["log_pz"], out["log_qz_x"]], (3, 2))
   chex.assert_shape(out["recon"], (2, 28, 28, 1))
   term = "bernoulli_nll" if likelihood == "bernoulli" else "gaussian_nll"
   # The first draw's log p(x|z) is the negative of the matching per-example loss term.
-  np.testing.assert_allclose(-losses.LOSSES[term](out, {"x": x}), out["log_px_z"][0], rtol=1e-5)
+  nll = jax.jit(lambda out, x: losses.LOSSES[term](out, {"x": x}))(out, x)
+  np.testing.assert_allclose(-nll, out["log_px_z"][0], rtol=1e-5)
 
 
 @pytest.mark.parametrize("upsample", ["auto", "subpixel", "transpose"])
