@@ -1,15 +1,15 @@
 """Test setup: 8 simulated CPU devices (set before JAX is imported), quick compilation, and small shared
 fixtures.
 
-The suite's time is mostly compiling small programs (about 6,000 of them, most single eager operations), so
-compilation is made quick, never at the cost of a comparison (both sides of an equality test run the same
-way):
+The suite's time is mostly compiling small programs (tests run their computations under `jax.jit`: an eager
+computation compiles one program per operation), so compilation is made quick, never at the cost of a
+comparison (both sides of an equality test run the same way):
 - XLA's optimisations are off (`JAX_DISABLE_MOST_OPTIMIZATIONS=1`, inherited by the processes tests start);
   tests marked `integration`, whose time is running a real training, turn them back on.
 - XLA's CPU backend emits fusions with its older emitters, which compile faster
-  (`--xla_cpu_use_fusion_emitters=false`): `make test-fast` on 2 cores, cold, went from 7m41s to 5m31s.
-  XLA aborts on a flag it does not know, so it is set only for the jaxlib versions it was checked with
-  (0.10.x).
+  (`--xla_cpu_use_fusion_emitters=false`): `make test-fast` on 2 cores, cold, went from 7m41s to 5m31s
+  and 4m48s (two runs). XLA aborts on a flag it does not know, so it is set only for the jaxlib versions
+  it was checked with (0.10.x).
 
 The tests compile the same small models many times, in this process and in the subprocesses they start
 (which inherit these variables): JAX's persistent cache serves repeated compilations from disk (a training

@@ -241,15 +241,16 @@ def test_gaussian_kl_matches_monte_carlo():
 
 def test_gaussian_kl_zero_at_prior_with_zero_gradient():
   """KL is 0 when q = p (mean 0, logvar 0), and its gradient wrt both arguments vanishes there."""
-  mean = jnp.zeros((2, 5))
-  logvar = jnp.zeros((2, 5))
-  chex.assert_trees_all_close(jax.jit(losses.gaussian_kl)(mean, logvar), jnp.zeros(2), atol=0.0)
-  grads = jax.jit(jax.grad(lambda m, lv: losses.gaussian_kl(m, lv).sum(), argnums=(0, 1)))(mean, logvar)
-  chex.assert_trees_all_close(grads, (jnp.zeros((2, 5)), jnp.zeros((2, 5))), atol=0.0)
+  mean = np.zeros((2, 5), np.float32)
+  logvar = np.zeros((2, 5), np.float32)
+  chex.assert_trees_all_close(jax.jit(losses.gaussian_kl)(mean, logvar), np.zeros(2, np.float32), atol=0.0)
+  kl_grad = jax.jit(jax.grad(lambda m, lv: losses.gaussian_kl(m, lv).sum(), argnums=(0, 1)))
+  grads = kl_grad(mean, logvar)
+  chex.assert_trees_all_close(grads, (np.zeros((2, 5), np.float32), np.zeros((2, 5), np.float32)), atol=0.0)
   # Away from the prior the gradient is (m, 0.5 (exp(lv) - 1)), so the test above is not vacuous.
-  m, lv = jnp.full((1, 2), 0.5), jnp.full((1, 2), 1.0)
-  gm, glv = jax.grad(lambda m, lv: losses.gaussian_kl(m, lv).sum(), argnums=(0, 1))(m, lv)
-  chex.assert_trees_all_close((gm, glv), (m, 0.5 * (jnp.exp(lv) - 1.0)), rtol=1e-6)
+  m, lv = np.full((1, 2), 0.5, np.float32), np.full((1, 2), 1.0, np.float32)
+  gm, glv = kl_grad(m, lv)
+  chex.assert_trees_all_close((gm, glv), (m, 0.5 * (np.exp(lv) - 1.0)), rtol=1e-6)
 
 
 def test_gaussian_kl_latent_mask():
@@ -296,14 +297,15 @@ def test_builtin_terms_registered():
   """LOSSES holds the five built-in terms, each wired to the matching primitive and model output."""
   assert {"mse", "l1", "bernoulli_nll", "gaussian_nll", "kl"} <= set(losses.LOSSES)
   outputs, batch = _outputs_and_batch()
-  expected = {
+  primitives = lambda outputs, batch: {
     "mse": losses.mse(outputs["recon"], batch["x"]),
     "l1": losses.l1(outputs["recon"], batch["x"]),
     "bernoulli_nll": losses.bernoulli_nll(outputs["logits"], batch["x"]),
     "gaussian_nll": losses.gaussian_nll(outputs["recon"], batch["x"]),
     "kl": losses.gaussian_kl(outputs["mean"], outputs["logvar"]),
   }
-  got = {name: losses.LOSSES[name](outputs, batch) for name in expected}
+  expected = jax.jit(primitives)(outputs, batch)
+  got = jax.jit(lambda o, b: {name: losses.LOSSES[name](o, b) for name in expected})(outputs, batch)
   chex.assert_trees_all_close(got, expected, rtol=1e-6)
 
 
@@ -366,7 +368,7 @@ def test_make_objective_zero_weight_reports_but_does_not_optimise():
   total, terms = jax.jit(objective)(outputs, batch, jnp.int32(0))
   assert "l1" in terms and np.all(np.asarray(terms["l1"]) > 0)
   chex.assert_trees_all_close(total, terms["mse"], rtol=1e-6)
-  grad = jax.grad(lambda r: objective({**outputs, "recon": r}, batch, 0)[0].sum())(outputs["recon"])
+  grad = jax.jit(jax.grad(lambda r: objective({**outputs, "recon": r}, batch, 0)[0].sum()))(outputs["recon"])
   expected = 2.0 * (outputs["recon"] - batch["x"]) / 16
   chex.assert_trees_all_close(grad, expected, rtol=1e-5, atol=1e-7)
 
@@ -434,8 +436,9 @@ def test_register_declares_the_constants_a_term_reads():
     assert losses.needed_constants(["nmse"]) == {"data_variance"}
     assert losses.needed_constants(["mse", "kl", "not_a_term"]) == frozenset()
     outputs, batch = _outputs_and_batch()
-    total, _ = losses.make_objective({name: 1.0}, {"test_scale": 3.0})(outputs, batch, 0)
-    chex.assert_trees_all_close(total, 3.0 * losses.mse(outputs["recon"], batch["x"]), rtol=1e-6)
+    total, _ = jax.jit(losses.make_objective({name: 1.0}, {"test_scale": 3.0}))(outputs, batch, 0)
+    expected = jax.jit(lambda o, b: 3.0 * losses.mse(o["recon"], b["x"]))(outputs, batch)
+    chex.assert_trees_all_close(total, expected, rtol=1e-6)
   finally:
     losses.LOSSES.unregister(name)
 
@@ -448,10 +451,15 @@ def test_batch_level_terms_on_one_device_are_the_divergence_estimators():
   logvar = RNG.normal(scale=0.3, size=(b, d)).astype(np.float32)
   outputs = {"z": z, "prior_z": prior, "mean": mean, "logvar": logvar}
   batch = {"x": np.zeros((b, 2), np.float32), "dataset_size": 50}
-  expected = divergences.mmd_terms(z, prior, z, prior, jnp.arange(b))
-  chex.assert_trees_all_close(losses.LOSSES["mmd_imq"](outputs, batch), expected, rtol=1e-6)
+  expected = jax.jit(divergences.mmd_terms)(z, prior, z, prior, np.arange(b))
+  mmd_imq = jax.jit(lambda o: losses.LOSSES["mmd_imq"](o, batch))(outputs)
+  chex.assert_trees_all_close(mmd_imq, expected, rtol=1e-6)
   tc = jax.jit(lambda o: sum(losses.LOSSES[n](o, batch) for n in ("tc_mi", "tc", "tc_dwkl")))(outputs)
-  log_ratio = divergences.normal_logpdf(z, mean, logvar).sum(-1) - divergences.standard_normal_logpdf(z)
+  log_ratio = jax.jit(
+    lambda z, mean, logvar: (
+      divergences.normal_logpdf(z, mean, logvar).sum(-1) - divergences.standard_normal_logpdf(z)
+    )
+  )(z, mean, logvar)
   chex.assert_trees_all_close(tc, log_ratio, rtol=1e-5, atol=1e-5)
   with pytest.raises(KeyError, match="'tc'.*dataset_size"):
     losses.LOSSES["tc"](outputs, {"x": batch["x"]})

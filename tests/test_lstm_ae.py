@@ -22,7 +22,8 @@ CODE_SHAPES = {"lstm_ae_repeat": (5,), "lstm_ae_stacked": (3,), "lstm_encdec_ad"
 
 def _variables(model, x, seed=0):
   """Concrete variables filled in numpy (jit-compiling Flax's initialisers of scanned cells takes seconds
-  on CPU): kernels (the LSTMs' input_kernel and recurrent_kernel too) ~ N(0, 1/fan_in), biases ~ N(0, 0.1^2),
+  on CPU), cast there and put with jax.device_put (jnp.asarray would compile a cast per shape): kernels
+  (the LSTMs' input_kernel and recurrent_kernel too) ~ N(0, 1/fan_in), biases ~ N(0, 0.1^2),
   embeddings ~ N(0, 1)."""
   rng = np.random.default_rng(seed)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
@@ -30,7 +31,7 @@ def _variables(model, x, seed=0):
   def fill(path, leaf):
     name = path[-1].key
     scale = 1.0 / math.sqrt(leaf.shape[0]) if name.endswith("kernel") else 0.1 if name == "bias" else 1.0
-    return jnp.asarray(rng.normal(scale=scale, size=leaf.shape), leaf.dtype)
+    return jax.device_put(rng.normal(scale=scale, size=leaf.shape).astype(leaf.dtype))
 
   return jax.tree_util.tree_map_with_path(fill, shapes)
 
@@ -86,8 +87,8 @@ def test_padding_changes_neither_loss_nor_gradient(name):
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grad_nan))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grad_nan, grad_big)
   alone = seqs[1:2, :5]
-  recon = jax.jit(lambda v, x: model.apply(v, x, train=True)["recon"])(variables, alone)
-  np.testing.assert_allclose(losses.mse(recon, alone)[0], loss_nan[1], rtol=1e-5)
+  alone_loss = jax.jit(lambda v, x: losses.mse(model.apply(v, x, train=True)["recon"], x))(variables, alone)
+  np.testing.assert_allclose(alone_loss[0], loss_nan[1], rtol=1e-5)
 
 
 def test_token_front_end_masked_cross_entropy():
@@ -95,15 +96,21 @@ def test_token_front_end_masked_cross_entropy():
   tokens = np.array([[1, 2, 3, 4, 5], [5, 4, 3, 0, 0]], np.int32)
   mask = _mask([5, 3], 5)
   variables = _variables(model, tokens)
-  apply = jax.jit(lambda x, mask: model.apply(variables, x, mask=mask))
-  out = apply(tokens, mask)
-  xent = losses.LOSSES["token_xent"](out, {"x": tokens, "mask": mask})
-  logp = np.asarray(jax.nn.log_softmax(out["logits"]))
+
+  @jax.jit
+  def apply(x, mask):  # the model's outputs, its token losses and its log-probabilities, one program
+    out = model.apply(variables, x, mask=mask)
+    batch = {"x": x} if mask is None else {"x": x, "mask": mask}
+    metrics = {k: losses.LOSSES[k](out, batch) for k in ("token_xent", "token_accuracy")}
+    return out, metrics, jax.nn.log_softmax(out["logits"])
+
+  _, metrics, logp = jax.device_get(apply(tokens, mask))
+  xent = metrics["token_xent"]
   expected = [-np.mean([logp[b, t, tokens[b, t]] for t in range(n)]) for b, n in enumerate([5, 3])]
   np.testing.assert_allclose(xent, expected, rtol=1e-5)
-  alone = apply(tokens[1:, :3], None)  # the second sequence without padding
-  np.testing.assert_allclose(losses.LOSSES["token_xent"](alone, {"x": tokens[1:, :3]}), xent[1:], rtol=1e-5)
-  accuracy = losses.LOSSES["token_accuracy"](out, {"x": tokens, "mask": mask})
+  _, alone, _ = apply(tokens[1:, :3], None)  # the second sequence without padding
+  np.testing.assert_allclose(alone["token_xent"], xent[1:], rtol=1e-5)
+  accuracy = metrics["token_accuracy"]
   assert accuracy.shape == (2,) and np.all((accuracy >= 0) & (accuracy <= 1))
 
 
@@ -121,8 +128,12 @@ def encdec():
   perturbed[np.arange(5), np.arange(5), 0] += 1.0
   xs = np.concatenate([x, perturbed])  # [7, 5, 1]
   mask = _mask([5, 3, 5, 5, 5, 5, 5], 5)
-  encode = jax.jit(lambda x, mask: model.apply(v, x, mask, method="encode"))
-  state = jax.tree.map(lambda s: s[np.array([0, 1, 0, 0, 0, 0, 0])], encode(x, mask[:2]))
+  encode = jax.jit(
+    lambda x, mask: jax.tree.map(
+      lambda s: s[np.array([0, 1, 0, 0, 0, 0, 0])], model.apply(v, x, mask, method="encode")
+    )
+  )
+  state = encode(x, mask[:2])
   decode = jax.jit(
     lambda xs, teacher: model.apply(v, state, xs, mask, teacher=teacher, method="decode"), static_argnums=1
   )
@@ -171,9 +182,9 @@ def test_encdec_ad_tokens_feed_back_the_embedding_of_the_argmax():
     ),
     static_argnums=0,
   )
-  table = v["params"]["embed"]["embedding"]
-  logits, inputs = decode(False)
-  previous = jnp.argmax(logits[0, ::-1], axis=-1)[:3]  # decoding order: step k - 1's most likely token
+  table = np.asarray(v["params"]["embed"]["embedding"])
+  logits, inputs = jax.device_get(decode(False))
+  previous = np.argmax(logits[0, ::-1], axis=-1)[:3]  # decoding order: step k - 1's most likely token
   np.testing.assert_allclose(inputs[0, 1:], table[previous], rtol=1e-6)
   _, inputs = decode(True)
   np.testing.assert_allclose(inputs[0, 1:], table[tokens[0, ::-1][:3]], rtol=1e-6)

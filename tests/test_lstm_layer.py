@@ -19,13 +19,15 @@ def _flax_and_ours(act="tanh", seed=0):
   x = jax.ShapeDtypeStruct((B, T, F), jnp.float32)
   shapes = jax.eval_shape(lambda x: rnn.init(jax.random.key(0), x), x)
   rng = np.random.default_rng(seed)
-  flax_vars = jax.tree.map(lambda s: jnp.asarray(rng.normal(scale=0.5, size=s.shape), jnp.float32), shapes)
-  ours = {"params": from_optimized_lstm_cell(flax_vars["params"]["cell"])}
+  flax_vars = jax.tree.map(
+    lambda s: jax.device_put(rng.normal(scale=0.5, size=s.shape).astype(np.float32)), shapes
+  )
+  ours = {"params": jax.jit(from_optimized_lstm_cell)(flax_vars["params"]["cell"])}
   return rnn, flax_vars, ours
 
 
 def _inputs(seed=1):
-  return jnp.asarray(np.random.default_rng(seed).normal(size=(B, T, F)), jnp.float32)
+  return jax.device_put(np.random.default_rng(seed).normal(size=(B, T, F)).astype(np.float32))
 
 
 def _close(a, b, rtol=2e-5, atol=2e-6):
@@ -42,7 +44,7 @@ def test_same_function_and_gradient_as_flax_rnn(act, masked, unroll):
   layer = LSTMLayer(H, cell_act=act, unroll=unroll)
   x = _inputs()
   lengths = jnp.asarray(LENGTHS) if masked else None
-  weights = jnp.asarray(np.random.default_rng(2).normal(size=(B, T, H)), jnp.float32)
+  weights = jax.device_put(np.random.default_rng(2).normal(size=(B, T, H)).astype(np.float32))
 
   def loss(module, v, x):
     (c, h), y = module.apply(v, x, seq_lengths=lengths, return_carry=True)
@@ -53,10 +55,10 @@ def test_same_function_and_gradient_as_flax_rnn(act, masked, unroll):
   (_, (carry_o, y_o)), (dv_o, dx_o) = jax.jit(lambda v, x: grad(layer, v, x))(ours, x)
   _close(y_o, y_f)
   _close(carry_o, carry_f)
-  _close(dv_o["params"], from_optimized_lstm_cell(dv_f["params"]["cell"]), rtol=1e-4, atol=1e-5)
+  _close(dv_o["params"], jax.jit(from_optimized_lstm_cell)(dv_f["params"]["cell"]), rtol=1e-4, atol=1e-5)
   _close(dx_o, dx_f, rtol=1e-4, atol=1e-5)
   if masked:  # the carry really is each sequence's state at its last real step
-    np.testing.assert_allclose(carry_o[1], y_o[np.arange(B), LENGTHS - 1], rtol=1e-6)
+    np.testing.assert_allclose(carry_o[1], np.asarray(y_o)[np.arange(B), LENGTHS - 1], rtol=1e-6)
   # Outputs without return_carry are the same outputs.
   _close(jax.jit(lambda v, x: layer.apply(v, x, seq_lengths=lengths))(ours, x), y_o, rtol=1e-6, atol=0)
 
@@ -65,11 +67,11 @@ def test_real_steps_ignore_padding_and_empty_sequences_keep_the_initial_carry():
   _, _, ours = _flax_and_ours()
   layer = LSTMLayer(H)
   x = _inputs()
-  lengths = jnp.asarray([7, 4, 0, 3, 2])
+  lengths = jax.device_put(np.array([7, 4, 0, 3, 2], np.int32))
   real = np.arange(T)[None, :, None] < np.asarray(lengths)[:, None, None]
-  noisy = jnp.where(real, x, 1e3 * _inputs(seed=3))
+  noisy = np.where(real, x, 1e3 * np.asarray(_inputs(seed=3)))
   apply = jax.jit(lambda x: layer.apply(ours, x, seq_lengths=lengths, return_carry=True))
-  (carry, y), (carry_noisy, y_noisy) = apply(x), apply(noisy)
+  (carry, y), (carry_noisy, y_noisy) = jax.device_get((apply(x), apply(noisy)))
   _close(carry_noisy, carry, rtol=1e-6, atol=0)
   np.testing.assert_allclose(np.where(real, y_noisy, 0), np.where(real, y, 0), rtol=1e-6)
   np.testing.assert_array_equal(carry[0][2], 0.0)
@@ -81,7 +83,7 @@ def test_initial_carry_and_its_gradient_match_flax():
   layer = LSTMLayer(H)
   x = _inputs()
   rng = np.random.default_rng(4)
-  init = tuple(jnp.asarray(rng.normal(size=(B, H)), jnp.float32) for _ in range(2))
+  init = tuple(jax.device_put(rng.normal(size=(B, H)).astype(np.float32)) for _ in range(2))
   lengths = jnp.asarray(LENGTHS)
 
   def loss(module, v, init):
@@ -98,8 +100,8 @@ def test_init_is_like_optimized_lstm_cell():
   """Same parameter count; input kernel ~ lecun_normal (variance 1 / F), each [H, H] block of the recurrent
   kernel orthogonal, zero biases; all float32."""
   features, hidden = 16, 32
-  x = jnp.zeros((2, 3, features))
-  params = LSTMLayer(hidden).init(jax.random.key(0), x)["params"]
+  x = np.zeros((2, 3, features), np.float32)
+  params = jax.jit(LSTMLayer(hidden).init)(jax.random.key(0), x)["params"]
   flax_params = jax.eval_shape(nn.RNN(nn.OptimizedLSTMCell(hidden)).init, jax.random.key(0), x)["params"]
   assert sum(p.size for p in jax.tree.leaves(params)) == sum(p.size for p in jax.tree.leaves(flax_params))
   assert params["input_kernel"].shape == (features, 4 * hidden)
@@ -117,7 +119,7 @@ def test_compute_dtype_keeps_float32_params_and_carry():
   _, _, ours = _flax_and_ours()
   x = _inputs()
   layer16 = LSTMLayer(H, dtype=jnp.bfloat16)
-  params16 = layer16.init(jax.random.key(0), x)["params"]
+  params16 = jax.jit(layer16.init)(jax.random.key(0), x)["params"]
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params16))
   (c, h), y = jax.jit(lambda x: layer16.apply(ours, x, return_carry=True))(x)
   assert y.dtype == jnp.bfloat16 and c.dtype == jnp.float32 and h.dtype == jnp.float32
@@ -131,14 +133,14 @@ def test_fused_cell_steps_like_the_layer():
   _, _, ours = _flax_and_ours()
   x = _inputs()
   cell = FusedLSTMCell(H)
-  carry = (jnp.zeros((B, H)), jnp.zeros((B, H)))
+  carry = (np.zeros((B, H), np.float32), np.zeros((B, H), np.float32))
   step = jax.jit(lambda carry, x_t: cell.apply(ours, carry, x_t))
   ys = []
   for t in range(T):
-    carry, y = step(carry, x[:, t])
+    carry, y = step(carry, np.asarray(x)[:, t])
     ys.append(y)
   (c, h), y_layer = jax.jit(lambda x: LSTMLayer(H).apply(ours, x, return_carry=True))(x)
-  _close(jnp.stack(ys, axis=1), y_layer, rtol=1e-5, atol=1e-6)
+  _close(np.stack(ys, axis=1), y_layer, rtol=1e-5, atol=1e-6)
   _close(carry, (c, h), rtol=1e-5, atol=1e-6)
 
 

@@ -63,7 +63,17 @@ def test_logits_are_float32_with_bfloat16_compute():
 
 
 def _all_sequences(k, length):
-  return jnp.asarray(list(itertools.product(range(k), repeat=length)), jnp.int32)
+  return jax.device_put(np.asarray(list(itertools.product(range(k), repeat=length)), np.int32))
+
+
+@jax.jit
+def _bump(tokens, t):
+  """tokens [B, L] with position t (traced: one program for every t) changed to the next token mod K."""
+  return tokens.at[:, t].set((tokens[:, t] + 1) % K)
+
+
+def _max_abs_diff(a, b):
+  return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
 
 
 def test_ar_logits_are_causal_and_shifted(ar):
@@ -72,7 +82,7 @@ def test_ar_logits_are_causal_and_shifted(ar):
   base = np.asarray(apply(tokens))
   assert base.shape == (3, L, K) and base.dtype == np.float32
   for t in range(L):
-    changed = np.asarray(apply(tokens.at[:, t].set((tokens[:, t] + 1) % K)))
+    changed = np.asarray(apply(_bump(tokens, t)))
     # logits[:, s] reads tokens[:, :s]: positions <= t cannot see token t.
     np.testing.assert_allclose(changed[:, : t + 1], base[:, : t + 1], atol=1e-6)
     if t < L - 1:
@@ -84,10 +94,11 @@ def test_ar_sequence_probabilities_sum_to_one(ar):
   seqs = _all_sequences(K, L)
   _, _, apply_uncond = ar["uncond"]
   _, _, apply_cond = ar["cond"]
-  totals = [jnp.sum(jnp.exp(-token_nll(apply_uncond(seqs), seqs)))]
+  total = jax.jit(lambda logits: jnp.sum(jnp.exp(-token_nll(logits, seqs))))
+  totals = [total(apply_uncond(seqs))]
   for label in range(2):
-    labels = jnp.full(seqs.shape[:1], label, jnp.int32)
-    totals.append(jnp.sum(jnp.exp(-token_nll(apply_cond(seqs, labels), seqs))))
+    labels = jax.device_put(np.full(seqs.shape[:1], label, np.int32))
+    totals.append(total(apply_cond(seqs, labels)))
   np.testing.assert_allclose(np.asarray(totals), 1.0, atol=1e-5)
 
 
@@ -100,15 +111,16 @@ def test_token_nll_matches_gathered_log_softmax():
   got = jax.jit(token_nll)(jnp.asarray(logits), jnp.asarray(tokens))
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
   # Extreme logits: finite, and the picked -1e4 logit costs 2e4 nats at each position.
-  extreme = jnp.tile(jnp.asarray([1e4, -1e4, 0.0]), (1, 2, 1))
-  np.testing.assert_allclose(np.asarray(token_nll(extreme, jnp.ones((1, 2), jnp.int32))), [4e4], rtol=1e-6)
+  extreme = np.tile(np.asarray([1e4, -1e4, 0.0], np.float32), (1, 2, 1))
+  extreme_nll = jax.jit(token_nll)(extreme, np.ones((1, 2), np.int32))
+  np.testing.assert_allclose(np.asarray(extreme_nll), [4e4], rtol=1e-6)
 
 
 def test_class_conditioning_changes_logits_and_labels_are_checked(ar):
   model, variables, apply = ar["cond"]
   tokens = jnp.zeros((2, L), jnp.int32)
-  a, b = apply(tokens, jnp.zeros(2, jnp.int32)), apply(tokens, jnp.ones(2, jnp.int32))
-  assert float(jnp.max(jnp.abs(a - b))) > 1e-4
+  a, b = apply(tokens, np.zeros(2, np.int32)), apply(tokens, np.ones(2, np.int32))
+  assert _max_abs_diff(a, b) > 1e-4
   with pytest.raises(ConfigError, match="class-conditional"):
     model.apply(variables, tokens, train=False)
   with pytest.raises(ConfigError, match="shape"):
@@ -134,7 +146,9 @@ def test_greedy_sampling_equals_stepwise_argmax(ar):
 
   for temperature in (0.0, -1.0, 1e-7):
     np.testing.assert_array_equal(np.asarray(sample(jax.random.key(5), temperature)), want)
-  top1 = sample_autoregressive(apply, jax.random.key(6), 4, seq_len=L, top_k=1, labels=labels)
+  top1 = jax.jit(lambda rng: sample_autoregressive(apply, rng, 4, seq_len=L, top_k=1, labels=labels))(
+    jax.random.key(6)
+  )
   np.testing.assert_array_equal(np.asarray(top1), want)
 
 
@@ -146,7 +160,7 @@ def test_sampler_draws_from_the_model_and_is_deterministic(ar):
   assert not np.array_equal(draws, np.asarray(sample(jax.random.key(8))))
   # The empirical law of the first two tokens matches the model's p(x0) p(x1 | x0).
   seqs = _all_sequences(K, L)
-  probs = np.exp(-np.asarray(token_nll(apply(seqs), seqs))).reshape(K, K, -1).sum(-1)
+  probs = np.exp(-np.asarray(jax.jit(token_nll)(apply(seqs), seqs))).reshape(K, K, -1).sum(-1)
   counts = np.zeros((K, K))
   np.add.at(counts, (draws[:, 0], draws[:, 1]), 1)
   np.testing.assert_allclose(counts / len(draws), probs, atol=0.025)
@@ -154,29 +168,30 @@ def test_sampler_draws_from_the_model_and_is_deterministic(ar):
 
 def test_top_k_and_top_p_filters_closed_form():
   probs = np.asarray([0.05, 0.5, 0.15, 0.3], np.float32)
-  logits = jnp.log(jnp.asarray(probs))
+  logits = jax.jit(jnp.log)(probs)
+  top_p, top_k = (jax.jit(f, static_argnums=1) for f in (filter_top_p, filter_top_k))
   kept = lambda f: np.isfinite(np.asarray(f)).tolist()
   # Sorted masses 0.5, 0.8, 0.95, 1.0: the smallest prefix with mass >= p.
-  assert kept(filter_top_p(logits, 0.4)) == [False, True, False, False]
-  assert kept(filter_top_p(logits, 0.7)) == [False, True, False, True]
-  assert kept(filter_top_p(logits, 0.9)) == [False, True, True, True]
-  assert kept(filter_top_p(logits, 0.97)) == [True, True, True, True]
-  assert kept(filter_top_p(logits, 0.0)) == [False, True, False, False]
-  assert kept(filter_top_k(logits, 2)) == [False, True, False, True]
-  assert kept(filter_top_k(logits, 0)) == [True] * 4
-  np.testing.assert_array_equal(np.asarray(filter_top_p(logits, 0.7))[[1, 3]], np.asarray(logits)[[1, 3]])
+  assert kept(top_p(logits, 0.4)) == [False, True, False, False]
+  assert kept(top_p(logits, 0.7)) == [False, True, False, True]
+  assert kept(top_p(logits, 0.9)) == [False, True, True, True]
+  assert kept(top_p(logits, 0.97)) == [True, True, True, True]
+  assert kept(top_p(logits, 0.0)) == [False, True, False, False]
+  assert kept(top_k(logits, 2)) == [False, True, False, True]
+  assert kept(top_k(logits, 0)) == [True] * 4
+  np.testing.assert_array_equal(np.asarray(top_p(logits, 0.7))[[1, 3]], np.asarray(logits)[[1, 3]])
   # Batched rows filter independently; draws stay in the kept set.
-  rows = jnp.stack([logits, logits[::-1]])
+  rows = np.stack([np.asarray(logits), np.asarray(logits)[::-1]])
   draws = jax.jit(lambda r: sample_logits(r, jnp.broadcast_to(rows, (500, 2, 4)), 1.0, 0, 0.7))(
     jax.random.key(9)
   )
-  assert set(np.asarray(draws[:, 0]).tolist()) == {1, 3}
-  assert set(np.asarray(draws[:, 1]).tolist()) == {0, 2}
+  assert set(np.asarray(draws)[:, 0].tolist()) == {1, 3}
+  assert set(np.asarray(draws)[:, 1].tolist()) == {0, 2}
 
 
 def test_zero_temperature_is_exact_argmax():
   """Near-tied logits (1e-6 apart): greedy picks the larger every time, dividing by no small number."""
-  logits = jnp.tile(jnp.asarray([0.0, 1e-6, -1.0]), (2000, 1))
+  logits = jax.device_put(np.tile(np.asarray([0.0, 1e-6, -1.0], np.float32), (2000, 1)))
   for temperature in (0.0, 1e-9):
     draws = jax.jit(sample_logits)(jax.random.key(19), logits, temperature)
     assert np.all(np.asarray(draws) == 1)
@@ -200,7 +215,7 @@ def test_mask_schedule_values():
   np.testing.assert_allclose(mask_schedule(r, "cosine"), [1.0, math.sqrt(0.5), 0.0], atol=1e-12)
   np.testing.assert_allclose(mask_schedule(r, "linear"), [1.0, 0.5, 0.0])
   np.testing.assert_allclose(mask_schedule(r, "square"), [1.0, 0.75, 0.0])
-  jax_values = np.asarray(mask_schedule(jnp.asarray(r), "cosine"))
+  jax_values = np.asarray(jax.jit(mask_schedule, static_argnums=1)(r.astype(np.float32), "cosine"))
   np.testing.assert_allclose(jax_values, [1, 0.70710678, 0], atol=1e-6)
   with pytest.raises(ConfigError, match="did you mean 'cosine'"):
     mask_schedule(0.5, "cosin")
@@ -219,12 +234,13 @@ def test_decode_mask_counts_by_hand():
 def test_maskgit_is_bidirectional_and_outputs_real_tokens(maskgit):
   _, _, apply = maskgit
   tokens = jax.random.randint(jax.random.key(10), (2, ML), 0, MK + 1)
-  labels = jnp.asarray([0, 2], jnp.int32)
-  base = apply(tokens, labels)
+  labels = np.asarray([0, 2], np.int32)
+  base = np.asarray(apply(tokens, labels))
   assert base.shape == (2, ML, MK)
-  changed = apply(tokens.at[:, -1].set((tokens[:, -1] + 1) % (MK + 1)), labels)
-  assert float(jnp.max(jnp.abs(changed[:, 0] - base[:, 0]))) > 1e-4
-  assert float(jnp.max(jnp.abs(apply(tokens, labels[::-1]) - base))) > 1e-4
+  bumped = jax.jit(lambda t: t.at[:, -1].set((t[:, -1] + 1) % (MK + 1)))(tokens)
+  changed = np.asarray(apply(bumped, labels))
+  assert _max_abs_diff(changed[:, 0], base[:, 0]) > 1e-4
+  assert _max_abs_diff(apply(tokens, labels[::-1]), base) > 1e-4
 
 
 def test_maskgit_decode_follows_the_schedule_and_is_deterministic(maskgit):
@@ -249,9 +265,9 @@ def test_maskgit_decode_follows_the_schedule_and_is_deterministic(maskgit):
 def test_maskgit_decode_keeps_the_most_confident_tokens():
   """A fake model that predicts token i % K at position i, more surely the larger i: without noise, the
   positions fixed after each iteration are the most confident ones, the last positions first."""
-  target = jnp.arange(ML) % MK
-  sureness = 1.0 + jnp.arange(ML, dtype=jnp.float32)
-  fake_logits = jax.nn.one_hot(target, MK) * sureness[:, None]
+  target = np.arange(ML) % MK
+  sureness = 1.0 + np.arange(ML, dtype=np.float32)
+  fake_logits = np.eye(MK, dtype=np.float32)[target] * sureness[:, None]
   apply = lambda t, _: jnp.broadcast_to(fake_logits, (*t.shape, MK))
   history = np.asarray(
     jax.jit(
@@ -271,16 +287,19 @@ def test_maskgit_decode_keeps_the_most_confident_tokens():
   for t, masked in enumerate([15, 14, 13, 11, 8, 6, 3, 0]):
     want = np.where(np.arange(ML) < masked, MK, np.asarray(target))
     np.testing.assert_array_equal(history[:, t], np.tile(want, (2, 1)))
-  decoded = maskgit_decode(
-    apply, jax.random.key(13), 2, seq_len=ML, vocab_size=MK, steps=8, temperature=0.0, choice_temperature=0.0
-  )
+  decoded = jax.jit(
+    lambda rng: maskgit_decode(
+      apply, rng, 2, seq_len=ML, vocab_size=MK, steps=8, temperature=0.0, choice_temperature=0.0
+    )
+  )(jax.random.key(13))
   np.testing.assert_array_equal(np.asarray(decoded), history[:, -1])
 
 
 def test_random_mask_counts_and_frequencies():
   batch = 4096
   tokens = jax.random.randint(jax.random.key(14), (batch, ML), 0, MK)
-  masked, mask = jax.jit(lambda r, t: random_mask(r, t, mask_id=MK))(jax.random.key(15), tokens)
+  masks = jax.jit(lambda r, t: random_mask(r, t, mask_id=MK))
+  masked, mask = masks(jax.random.key(15), tokens)
   masked, mask, tokens = map(np.asarray, (masked, mask, tokens))
   counts = mask.sum(-1)
   assert counts.min() >= 1 and counts.max() <= ML
@@ -291,14 +310,15 @@ def test_random_mask_counts_and_frequencies():
   assert abs(counts.mean() / ML - expected) < 0.01
   # Positions are chosen uniformly: every position is masked equally often.
   np.testing.assert_allclose(mask.mean(0), expected, atol=0.03)
-  one = np.asarray(random_mask(jax.random.key(16), jnp.zeros((8, 1), jnp.int32), mask_id=MK)[1])
+  one = np.asarray(masks(jax.random.key(16), np.zeros((8, 1), np.int32))[1])
   assert one.all()
 
 
 def test_masked_token_loss_is_the_mean_over_masked_positions():
   logits = jax.random.normal(jax.random.key(17), (3, 4, MK))
   tokens = jax.random.randint(jax.random.key(18), (3, 4), 0, MK)
-  mask = jnp.asarray([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]], bool)
-  nll = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), np.asarray(tokens)[..., None], -1)[..., 0]
+  mask = np.asarray([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]], bool)
+  log_probs = np.asarray(jax.jit(jax.nn.log_softmax)(logits))
+  nll = -np.take_along_axis(log_probs, np.asarray(tokens)[..., None], -1)[..., 0]
   want = [nll[0, [0, 2]].mean(), 0.0, nll[2].mean()]
   np.testing.assert_allclose(np.asarray(jax.jit(masked_token_loss)(logits, tokens, mask)), want, rtol=1e-5)

@@ -13,7 +13,8 @@ RNG = np.random.default_rng(0)
 
 
 def test_temperature_schedule():
-  temperature = lambda s, n=100: float(q.gumbel_temperature(jnp.asarray(s), 1.0, 1 / 16, n))
+  schedule = jax.jit(q.gumbel_temperature, static_argnums=(1, 2, 3))
+  temperature = lambda s, n=100: float(schedule(np.int32(s), 1.0, 1 / 16, n))
   assert temperature(0) == 1.0
   np.testing.assert_allclose(temperature(50), 0.25, rtol=1e-6)  # geometric: halfway in log space
   np.testing.assert_allclose([temperature(100), temperature(1000)], 1 / 16, rtol=1e-6)
@@ -21,17 +22,20 @@ def test_temperature_schedule():
 
 
 def test_hard_codes_forward_soft_gradients_and_argmax_at_evaluation():
-  logits = jnp.asarray(RNG.normal(size=(2, 3, 6)), jnp.float32)
-  codebook = jnp.asarray(RNG.normal(size=(6, 4)), jnp.float32)
-  noise = jax.random.gumbel(jax.random.PRNGKey(0), logits.shape)
-  out = q.gumbel_quantize(logits, codebook, 0.5, noise)
+  logits = RNG.normal(size=(2, 3, 6)).astype(np.float32)
+  codebook = RNG.normal(size=(6, 4)).astype(np.float32)
+  noise = np.asarray(jax.jit(jax.random.gumbel, static_argnums=1)(jax.random.PRNGKey(0), logits.shape))
+  out = jax.jit(q.gumbel_quantize)(logits, codebook, 0.5, noise)
   np.testing.assert_array_equal(out.indices, np.argmax(logits + noise, -1))
   np.testing.assert_array_equal(out.quantized, codebook[out.indices])  # exactly the hard code
-  w = jnp.asarray(RNG.normal(size=(2, 3, 4)), jnp.float32)
-  grad = jax.grad(lambda a: jnp.sum(w * q.gumbel_quantize(a, codebook, 0.5, noise).quantized))(logits)
+  w = RNG.normal(size=(2, 3, 4)).astype(np.float32)
+  grad = jax.jit(jax.grad(lambda a: jnp.sum(w * q.gumbel_quantize(a, codebook, 0.5, noise).quantized)))(
+    logits
+  )
   soft = lambda a: jax.nn.softmax((a + noise) / 0.5, -1) @ codebook
-  np.testing.assert_allclose(grad, jax.grad(lambda a: jnp.sum(w * soft(a)))(logits), rtol=1e-5, atol=1e-6)
-  evaluation = q.gumbel_quantize(logits, codebook, 0.5)
+  soft_grad = jax.jit(jax.grad(lambda a: jnp.sum(w * soft(a))))(logits)
+  np.testing.assert_allclose(grad, soft_grad, rtol=1e-5, atol=1e-6)
+  evaluation = jax.jit(lambda a, c: q.gumbel_quantize(a, c, 0.5))(logits, codebook)
   np.testing.assert_array_equal(evaluation.indices, np.argmax(logits, -1))
   np.testing.assert_array_equal(evaluation.quantized, codebook[evaluation.indices])
 
@@ -40,14 +44,15 @@ def test_kl_to_uniform():
   logits = RNG.normal(size=(3, 4, 5))
   p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
   expected = (p * np.log(p * 5)).sum(-1).mean(1)
-  np.testing.assert_allclose(q.gumbel_kl_to_uniform(jnp.asarray(logits, jnp.float32)), expected, rtol=1e-5)
-  np.testing.assert_allclose(q.gumbel_kl_to_uniform(jnp.zeros((2, 3, 5))), 0.0, atol=1e-7)
+  kl_to_uniform = jax.jit(q.gumbel_kl_to_uniform)
+  np.testing.assert_allclose(kl_to_uniform(logits.astype(np.float32)), expected, rtol=1e-5)
+  np.testing.assert_allclose(kl_to_uniform(np.zeros((2, 3, 5), np.float32)), 0.0, atol=1e-7)
 
 
 def test_step_counter_resumes_the_schedule_exactly_from_a_checkpoint(tmp_path):
   module = q.GumbelQuantizer(6, 4, anneal_steps=4)
-  z = jnp.asarray(RNG.normal(size=(2, 3, 4)), jnp.float32)
-  variables = module.init({"params": jax.random.PRNGKey(0)}, z)
+  z = jax.device_put(RNG.normal(size=(2, 3, 4)).astype(np.float32))
+  variables = jax.jit(module.init)({"params": jax.random.PRNGKey(0)}, z)
   assert int(variables["vq_ema"]["step"]) == 0
 
   @jax.jit
@@ -61,7 +66,8 @@ def test_step_counter_resumes_the_schedule_exactly_from_a_checkpoint(tmp_path):
     temperatures.append(float(out["metrics"]["temperature"]))
   np.testing.assert_allclose(temperatures, [1.0, 0.5, 0.25], rtol=1e-6)  # 1 -> 1/16 over 4 steps
   assert int(run["vq_ema"]["step"]) == 3
-  assert int(module.apply(run, z, mutable=["vq_ema"])[1]["vq_ema"]["step"]) == 3  # evaluation: no step
+  evaluate = jax.jit(lambda v: module.apply(v, z, mutable=["vq_ema"]))
+  assert int(evaluate(run)[1]["vq_ema"]["step"]) == 3  # evaluation: no step
 
   ckpt = checkpoint.Checkpointer(str(tmp_path), keep=1, async_save=False)
   ckpt.save(3, run, {})

@@ -40,7 +40,7 @@ RNGS = {"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)}
 
 
 def _x(n=4):
-  return jnp.asarray(np.random.default_rng(0).uniform(-0.5, 0.5, size=(n, 8, 8, 3)), jnp.float32)
+  return jax.device_put(np.random.default_rng(0).uniform(-0.5, 0.5, size=(n, 8, 8, 3)).astype(np.float32))
 
 
 def _init(model, x):
@@ -101,8 +101,8 @@ def test_options_are_checked(options, match):
 def test_code_usage_evaluator_counts_each_residual_stage():
   model = VQVAE(**TINY, **q("rvq", num_stages=2), axis_name=parallel.AXIS)
   x = _x(6)
-  state = train.create_train_state(model, optax.sgd(0.1), x[:1], 0)
-  batch = {"x": x, "valid": jnp.array([1, 1, 1, 1, 1, 0.0]), "index": jnp.arange(6)}
+  state = train.create_train_state(model, optax.sgd(0.1), np.asarray(x)[:1], 0)
+  batch = {"x": x, "valid": np.array([1, 1, 1, 1, 1, 0.0], np.float32), "index": np.arange(6, dtype=np.int32)}
   sizes = model.codebooks()
   hist = jax.jit(
     parallel.with_named_axis(functools.partial(codebook_evaluator.code_histograms, model=model, sizes=sizes))
@@ -110,6 +110,7 @@ def test_code_usage_evaluator_counts_each_residual_stage():
   indices = jax.jit(
     parallel.with_named_axis(lambda s, x: model.apply({"params": s.params, **s.model_state}, x)["indices"])
   )(state, x)
+  indices = np.asarray(indices)
   assert indices.shape == (6, 2, 2, 2)
   for s in range(2):
     np.testing.assert_array_equal(

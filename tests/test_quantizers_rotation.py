@@ -22,10 +22,12 @@ def _closed_form(e, c):
 
 @pytest.mark.parametrize("dim", [2, 3, 5])
 def test_gradient_is_the_rotation_and_rescaling_in_closed_form(dim):
+  jacobian_of = jax.jit(jax.jacobian(q.rotation_trick))
+  code_grad = jax.jit(jax.grad(lambda x, y: jnp.sum(q.rotation_trick(x, y)), argnums=1))
   for _ in range(3):
     e, c = (RNG.normal(size=dim).astype(np.float32) for _ in range(2))
     c = c * 2.5  # a code of another norm: the rescaling shows
-    jacobian = jax.jacobian(q.rotation_trick)(jnp.asarray(e), jnp.asarray(c))
+    jacobian = jacobian_of(e, c)
     expected, rotation, e_hat, q_hat = _closed_form(e, c)
     np.testing.assert_allclose(jacobian, expected, rtol=1e-4, atol=1e-5)
     # R is a rotation taking e^ to q^ (orthogonal, determinant 1)
@@ -33,7 +35,7 @@ def test_gradient_is_the_rotation_and_rescaling_in_closed_form(dim):
     np.testing.assert_allclose(rotation @ e_hat, q_hat, atol=1e-10)
     np.testing.assert_allclose(np.linalg.det(rotation), 1.0, atol=1e-10)
     # no gradient reaches the code through the output
-    g_code = jax.grad(lambda x, y: jnp.sum(q.rotation_trick(x, y)), argnums=1)(jnp.asarray(e), jnp.asarray(c))
+    g_code = code_grad(e, c)
     np.testing.assert_array_equal(g_code, 0.0)
 
 
@@ -42,23 +44,26 @@ def test_forward_value_is_the_code_exactly():
   z_q = RNG.normal(size=(64, 6)).astype(np.float32)
   z_q[0] = z_e[0]  # the code equal to the input: R = I
   z_q[1] = -3 * z_e[1]  # opposite directions
-  np.testing.assert_array_equal(q.rotation_trick(jnp.asarray(z_e), jnp.asarray(z_q)), z_q)
-  jacobian = jax.jacobian(lambda x: q.rotation_trick(x, jnp.asarray(z_q[0])))(jnp.asarray(z_e[0]))
+  np.testing.assert_array_equal(jax.jit(q.rotation_trick)(z_e, z_q), z_q)
+  jacobian = jax.jit(jax.jacobian(lambda x: q.rotation_trick(x, z_q[0])))(z_e[0])
   np.testing.assert_allclose(jacobian, np.eye(6), atol=1e-5)
 
 
 def test_vector_quantize_with_rotation_rotates_each_vectors_gradient():
   """gradient="rotation": the value is each vector's nearest code; the gradient of each output vector is
   the closed form for that vector and its code; the loss terms are those of the straight-through VQ."""
-  z_e = jnp.asarray(RNG.normal(size=(2, 3, 4)), jnp.float32)
-  codebook = jnp.asarray(RNG.normal(size=(7, 4)), jnp.float32)
-  rot, st = q.vector_quantize(z_e, codebook, gradient="rotation"), q.vector_quantize(z_e, codebook)
+  z_e = RNG.normal(size=(2, 3, 4)).astype(np.float32)
+  codebook = RNG.normal(size=(7, 4)).astype(np.float32)
+  rot, st = jax.jit(lambda z, c: (q.vector_quantize(z, c, gradient="rotation"), q.vector_quantize(z, c)))(
+    z_e, codebook
+  )
   np.testing.assert_array_equal(rot.quantized, codebook[rot.indices])
   np.testing.assert_array_equal(rot.indices, st.indices)
   np.testing.assert_array_equal(rot.commitment_loss, st.commitment_loss)
   np.testing.assert_array_equal(rot.codebook_loss, st.codebook_loss)
-  w = jnp.asarray(RNG.normal(size=z_e.shape), jnp.float32)
-  grad = jax.grad(lambda z: jnp.sum(w * q.vector_quantize(z, codebook, gradient="rotation").quantized))(z_e)
+  w = RNG.normal(size=z_e.shape).astype(np.float32)
+  loss = lambda z: jnp.sum(w * q.vector_quantize(z, codebook, gradient="rotation").quantized)
+  grad = np.asarray(jax.jit(jax.grad(loss))(z_e))
   for b, h in np.ndindex(2, 3):
     expected = _closed_form(z_e[b, h], codebook[rot.indices[b, h]])[0]
     np.testing.assert_allclose(grad[b, h], expected.T @ np.asarray(w[b, h]), rtol=1e-4, atol=1e-5)

@@ -91,12 +91,12 @@ def test_code_vectors_of_the_indices_are_the_quantized_latents(options):
   """code_vectors(indices of x) is the quantizer's own output and decodes to the model's recon of x."""
   kw = {**VQ, "quantizer": dict(quantizer_config(**options))}
   model = get_model("vqvae", input_shape=(8, 8, 3), axis_name=parallel.AXIS, **kw)
-  x = jnp.asarray(np.random.default_rng(0).uniform(-0.5, 0.5, (4, 8, 8, 3)), jnp.float32)
+  x = jax.device_put(np.random.default_rng(0).uniform(-0.5, 0.5, (4, 8, 8, 3)).astype(np.float32))
   init = parallel.with_named_axis(lambda r, x: model.init(r, x, train=False))
   variables = train.run_once(init, {"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)}, x)
-  out = parallel.with_named_axis(lambda v, x: model.apply(v, x))(variables, x)
-  z = stage_one.code_vectors(model, variables, out["indices"])
-  recon = parallel.with_named_axis(lambda v, z: model.apply(v, z, method="decode"))(variables, z)
+  out = jax.jit(parallel.with_named_axis(lambda v, x: model.apply(v, x)))(variables, x)
+  z = jax.jit(lambda v, i: stage_one.code_vectors(model, v, i))(variables, out["indices"])
+  recon = jax.jit(parallel.with_named_axis(lambda v, z: model.apply(v, z, method="decode")))(variables, z)
   np.testing.assert_allclose(z, out["code"], rtol=0, atol=1e-6)
   np.testing.assert_allclose(recon, out["recon"], rtol=0, atol=1e-6)
   assert int(jnp.max(out["indices"])) < model.codebooks()[0]
@@ -232,10 +232,14 @@ def test_maskgit_prior_trains_through_the_loop(stage_one_dir, tmp_path):
 def test_fixed_evaluation_mask_is_exact_and_independent_of_the_batch():
   from ae_jax.evaluators.prior_likelihood import fixed_mask
 
-  mask = np.asarray(fixed_mask(jnp.arange(6), 10, 0.33, 0))
+  fixed_mask = jax.jit(fixed_mask, static_argnums=(1, 2, 3))
+  mask = np.asarray(fixed_mask(np.arange(6, dtype=np.int32), 10, 0.33, 0))
   assert (mask.sum(1) == 3).all()
-  np.testing.assert_array_equal(np.asarray(fixed_mask(jnp.asarray([4, 2]), 10, 0.33, 0)), mask[[4, 2]])
-  assert (np.asarray(fixed_mask(jnp.arange(2), 10, 0.01, 0)).sum(1) == 1).all()  # at least one
+  np.testing.assert_array_equal(
+    np.asarray(fixed_mask(np.asarray([4, 2], np.int32), 10, 0.33, 0)), mask[[4, 2]]
+  )
+  one = np.asarray(fixed_mask(np.arange(2, dtype=np.int32), 10, 0.01, 0))
+  assert (one.sum(1) == 1).all()  # at least one
 
 
 def test_the_trainer_gives_a_conditional_prior_its_batch_labels(stage_one_dir):
@@ -245,22 +249,23 @@ def test_the_trainer_gives_a_conditional_prior_its_batch_labels(stage_one_dir):
   assert config.model.num_classes == 10  # the synthetic stage one's classes
   options = {k: v for k, v in config.model.items() if k != "name"}
   model = get_model("ar_prior", input_shape=(4,), **options)
-  x = jnp.asarray(np.random.default_rng(0).integers(0, 16, (3, 4)), jnp.int32)
-  labels = jnp.asarray([0, 1, 2], jnp.int32)
-  variables = model.init(jax.random.PRNGKey(0), x, labels=labels)
+  x = jax.device_put(np.random.default_rng(0).integers(0, 16, (3, 4)).astype(np.int32))
+  labels = np.asarray([0, 1, 2], np.int32)
+  variables = jax.jit(lambda r: model.init(r, x, labels=labels))(jax.random.PRNGKey(0))
   rng = jax.random.PRNGKey(1)
-  out, _ = train.apply_model(model, variables["params"], {}, {"x": x, "label": labels}, train=False, rng=rng)
-  np.testing.assert_array_equal(out["logits"], model.apply(variables, x, labels=labels)["logits"])
-  other, _ = train.apply_model(
-    model, variables["params"], {}, {"x": x, "label": labels[::-1]}, train=False, rng=rng
-  )
-  assert float(jnp.max(jnp.abs(other["logits"] - out["logits"]))) > 1e-4
+
+  def through_the_trainer(model):
+    return jax.jit(lambda p, batch: train.apply_model(model, p, {}, batch, train=False, rng=rng)[0]["logits"])
+
+  logits = through_the_trainer(model)
+  out = logits(variables["params"], {"x": x, "label": labels})
+  np.testing.assert_array_equal(out, jax.jit(lambda v: model.apply(v, x, labels=labels)["logits"])(variables))
+  other = logits(variables["params"], {"x": x, "label": labels[::-1]})
+  assert float(np.max(np.abs(np.asarray(other) - np.asarray(out)))) > 1e-4
   plain = get_model("ar_prior", input_shape=(4,), **{**options, "num_classes": 0})
-  plain_vars = plain.init(jax.random.PRNGKey(0), x)
-  kept, _ = train.apply_model(
-    plain, plain_vars["params"], {}, {"x": x, "label": labels}, train=False, rng=rng
-  )
-  np.testing.assert_array_equal(kept["logits"], plain.apply(plain_vars, x)["logits"])
+  plain_vars = jax.jit(lambda r: plain.init(r, x))(jax.random.PRNGKey(0))
+  kept = through_the_trainer(plain)(plain_vars["params"], {"x": x, "label": labels})
+  np.testing.assert_array_equal(kept, jax.jit(lambda v: plain.apply(v, x)["logits"])(plain_vars))
 
 
 def test_a_conditional_prior_trains_and_samples_every_class(stage_one_dir, tmp_path):
