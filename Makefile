@@ -46,9 +46,10 @@ PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --max-w
 test: venv data
 	$(PYTEST) tests
 
-# The unit tests alone: no process tests (`slow`) and no training on real data (`integration`).
+# The unit tests alone: no process tests (`slow`), no training run through the trainer (`training`) and no
+# training on real data (`integration`).
 test-fast: venv
-	$(PYTEST) -m "not slow and not integration" --timeout=120 tests
+	$(PYTEST) -m "not slow and not training and not integration" --timeout=120 tests
 
 # The tutorial, run as a user runs it: its kernel starts in docs/ and imports the installed package.
 notebook: venv data

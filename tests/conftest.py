@@ -101,16 +101,28 @@ def as_process(monkeypatch):
 
 
 def pytest_collection_modifyitems(config, items):
-  """Files with `slow` or `integration` tests run first, then the others by their number of tests, most
-  first (each file's tests in their order). `make test` runs pytest-xdist's `--dist loadfile` with
-  `--no-loadscope-reorder`, so files are handed out in this order: a long file handed out last would leave
-  the other worker idle while it runs (xdist's own reorder, by number of tests alone, puts the process
-  tests, a few long tests per file, last)."""
-  heavy = {
-    item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("integration")
-  }
+  """Files with `slow`, `integration` or `training` tests run first, then the others by their number of
+  tests, most first (each file's tests in their order). `make test` runs pytest-xdist's `--dist loadfile`
+  with `--no-loadscope-reorder`, so files are handed out in this order: a long file handed out last would
+  leave the other worker idle while it runs (xdist's own reorder, by number of tests alone, puts the
+  process tests, a few long tests per file, last)."""
+  long_markers = ("slow", "integration", "training")
+  heavy = {item.path for item in items if any(item.get_closest_marker(m) for m in long_markers)}
   count = collections.Counter(item.path for item in items)
   items.sort(key=lambda item: (item.path not in heavy, -count[item.path]))  # stable: files stay whole
+
+
+def process_env(devices: int, **extra: str) -> dict[str, str]:
+  """The environment for a process a test starts: this one's (the compilation settings above included),
+  with `devices` simulated CPU devices instead of 8, and the variables in `extra`."""
+  flags = [
+    f for f in os.environ["XLA_FLAGS"].split() if not f.startswith("--xla_force_host_platform_device_count=")
+  ]
+  return {
+    **os.environ,
+    "XLA_FLAGS": " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"]),
+    **extra,
+  }
 
 
 def pytest_report_header(config):

@@ -239,6 +239,7 @@ def test_anomaly_evaluator_needs_a_series_dataset_and_valid_options():
     anomaly.check_options(evaluators.section("anomaly", score="likelihood"), "config.evals.a")
 
 
+@pytest.mark.training
 def test_unsupervised_training_and_scoring_find_the_planted_anomalies(tmp_path):
   """The whole unsupervised path on a generated series: an MLP autoencoder trained on every window (the
   largest training errors trimmed from the loss after a warm-up), then the top-3 discords, each of which
@@ -259,8 +260,8 @@ def test_unsupervised_training_and_scoring_find_the_planted_anomalies(tmp_path):
     stride=2,
   )
   config.evals = {"anomaly": evaluators.section("anomaly", stride=4, top_k=3)}
-  config.trim.update(fraction=0.1, after=300)
-  config.update(dict(batch_size=32, total_steps=1500, log_every=500, checkpoint_every=0))
+  config.trim.update(fraction=0.1, after=150)
+  config.update(dict(batch_size=32, total_steps=600, log_every=200, checkpoint_every=0))
   config.optimizer.learning_rate = 3e-3
   summary = loop.train_and_evaluate(config, str(tmp_path / "run"))
   found = sorted((d["start"], d["end"]) for d in summary["results"].details["anomaly/discords"])

@@ -64,6 +64,7 @@ def test_smoke_run_reports_every_column_and_model(tmp_path):
     assert not report["comparisons"] and "PyTorch is not installed" in text
 
 
+@pytest.mark.training
 def test_the_timed_step_is_the_trainers(tiny_config, monkeypatch):
   """The trainer's pmapped function (captured from a run of the suite's timed loop) lowers to the same
   program, with the same FLOPs, as the step the suite times."""

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import process_env
 
 pytestmark = pytest.mark.slow  # starts processes: in make test, not in make test-fast
 
@@ -88,11 +89,7 @@ def test_the_console_shows_what_matters_and_the_log_keeps_the_rest(tmp_path):
     (tmp_path / "pics" / split).mkdir(parents=True)
     for i in range(8):
       Image.fromarray(np.full((12, 12), 10 * i, np.uint8)).save(tmp_path / "pics" / split / f"{i}.png")
-  env = {
-    **os.environ,
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-    "TFDS_DATA_DIR": str(tmp_path / "tfds"),
-  }
+  env = process_env(2, TFDS_DATA_DIR=str(tmp_path / "tfds"))
   out = subprocess.run(
     [
       sys.executable,

@@ -57,6 +57,7 @@ def test_device_gathered_batches_equal_the_host_pipelines_bitwise(tiny_config, d
   assert resident.order_bytes_placed > 4 * 40 * jax.local_device_count()  # placed more than once
 
 
+@pytest.mark.training
 def test_device_resident_training_equals_the_host_pipelines_and_places_nothing_per_step(
   tiny_config, tmp_path
 ):
@@ -78,6 +79,7 @@ def test_device_resident_training_equals_the_host_pipelines_and_places_nothing_p
   assert device["input_bytes_placed"] == 3 * 96 * 4 * jax.local_device_count()
 
 
+@pytest.mark.training
 def test_resuming_on_the_device_equals_not_stopping(tiny_config, tmp_path):
   tiny_config.data.on_device = "true"
   tiny_config.total_steps = 12

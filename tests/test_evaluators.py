@@ -31,6 +31,7 @@ def image_config(tiny_config):
   return tiny_config
 
 
+@pytest.mark.training
 def test_training_runs_every_evaluator_and_writes_results(image_config, tmp_path):
   summary = loop.train_and_evaluate(image_config, str(tmp_path))
   results = json.loads((tmp_path / "results.json").read_text())
@@ -152,6 +153,7 @@ def test_old_keys_name_what_replaced_them(tiny_config, key):
     check_config(tiny_config, num_processes=1, local_devices=8)
 
 
+@pytest.mark.training
 def test_a_checkpoint_can_be_evaluated_again(image_config, tmp_path):
   """evaluate_checkpoint restores the latest, a given or the best step and runs the evaluators it is
   given: the same test metrics as the training run's own final evaluation."""
@@ -173,6 +175,7 @@ def test_a_checkpoint_can_be_evaluated_again(image_config, tmp_path):
     loop.evaluate_checkpoint(image_config, str(tmp_path / "empty"))
 
 
+@pytest.mark.training
 def test_evaluating_a_checkpoint_writes_its_own_files_and_says_which(image_config, tmp_path, capsys):
   """Re-evaluation writes eval_<step>.json and eval_<step>_<name>.png beside the run's results.json and
   pictures, which stay as the run wrote them; its report names the files it wrote."""
@@ -234,6 +237,7 @@ def test_only_project_errors_become_one_line(capsys):
     cli.run_or_exit(bug)
 
 
+@pytest.mark.training
 def test_a_profile_of_the_chosen_steps_lands_in_tensorboard(tiny_config, tmp_path):
   tiny_config.profile.update(start=4, steps=2)
   loop.train_and_evaluate(tiny_config, str(tmp_path))
@@ -241,6 +245,7 @@ def test_a_profile_of_the_chosen_steps_lands_in_tensorboard(tiny_config, tmp_pat
   assert traces and os.path.getsize(traces[0]) > 1000
 
 
+@pytest.mark.training
 def test_parameters_and_gradients_are_logged_per_module(tiny_config, tmp_path):
   loop.train_and_evaluate(tiny_config, str(tmp_path))
   with open(tmp_path / "metrics.jsonl") as f:
@@ -279,6 +284,7 @@ def _build_mae(name, section, ctx):
   return evaluate
 
 
+@pytest.mark.training
 def test_a_custom_evaluator_as_the_readme_writes_it_runs_during_and_after_training(tiny_config, tmp_path):
   evaluators.register(
     evaluators.EvaluatorSpec(
@@ -325,6 +331,7 @@ def test_a_long_evaluation_logs_its_progress_and_a_short_one_nothing(caplog):
   assert not [r for r in caplog.records if r.name == "ae_jax.outputs"]
 
 
+@pytest.mark.training
 def test_a_vae_run_shorter_than_its_schedule_gets_the_stated_quick_likelihood(tiny_config, tmp_path):
   """full_from_step (the config's own schedule) above the trained steps: the likelihood is estimated on
   quick_max_examples examples with quick_num_samples samples, equal to that estimate made directly, and

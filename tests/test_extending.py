@@ -49,6 +49,7 @@ def _run(block: str, config) -> None:
   exec(compile(block, str(DOC), "exec"), {"config": config})
 
 
+@pytest.mark.training
 def test_the_dataset_model_evaluator_and_loss_examples_train_together(plugins, tiny_config, tmp_path):
   """The ramps dataset, the linear model, the `within` evaluator and the smoothness term, each named
   `module:name` by its config lines, train and evaluate; each value checks against a direct computation."""

@@ -3,7 +3,6 @@ and SIGTERM (also during an evaluation), each followed by a rerun that must equa
 Every wait is bounded; a child still running at the end of a test is killed."""
 
 import json
-import os
 import pathlib
 import random
 import signal
@@ -14,12 +13,13 @@ import time
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import process_env
 
 pytestmark = pytest.mark.slow  # starts processes: in make test, not in make test-fast
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = "tests/tiny_experiment.py"
-ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PYTHONUNBUFFERED": "1"}
+ENV = process_env(2, PYTHONUNBUFFERED="1")
 
 
 def _main(workdir, arg, **popen):

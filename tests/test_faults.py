@@ -9,6 +9,7 @@ import logging
 import os
 import pathlib
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 import pytest
+from conftest import process_env
 
 from ae_jax import checkpoint, console, loop, workdir
 from ae_jax.errors import WorkdirError
@@ -39,11 +41,20 @@ def reference(tmp_path_factory):
   return loop.train_and_evaluate(config, str(tmp_path_factory.mktemp("reference")))
 
 
-def _run_then_damage(config, path, damage):
-  config.total_steps = 12
-  loop.train_and_evaluate(config, str(path))  # checkpoints 4, 8, 12
+@pytest.fixture(scope="module")
+def twelve_steps(tmp_path_factory):
+  """The workdir of tiny_config's first 12 steps (checkpoints 4, 8, 12); tests damage copies of it."""
+  from conftest import make_tiny_config
+
+  config = make_tiny_config()
+  path = tmp_path_factory.mktemp("twelve_steps")
+  loop.train_and_evaluate(config, str(path))
+  return path
+
+
+def _copy_then_damage(twelve_steps, path, damage):
+  shutil.copytree(twelve_steps, path, dirs_exist_ok=True)
   damage(path / "checkpoints" / "12")
-  config.total_steps = 16
 
 
 def _truncate_data_files(step_dir):
@@ -64,10 +75,12 @@ def _empty_manifest(step_dir):
 
 
 @pytest.mark.parametrize("damage", [_truncate_data_files, _delete_state, _empty_manifest])
+@pytest.mark.training
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_step(
-  tiny_config, tmp_path, reference, damage, caplog
+  tiny_config, tmp_path, twelve_steps, reference, damage, caplog
 ):
-  _run_then_damage(tiny_config, tmp_path, damage)
+  _copy_then_damage(twelve_steps, tmp_path, damage)
+  tiny_config.total_steps = 16
   resumed = loop.train_and_evaluate(tiny_config, str(tmp_path))
   chex.assert_trees_all_equal(_params(reference), _params(resumed))  # resumed from step 8, exactly
   warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "ae_jax" in r.name]
@@ -80,6 +93,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_step(
   assert checkpoint.Checkpointer(str(tmp_path / "checkpoints"), keep=3).all_steps() == [8, 12, 16]
 
 
+@pytest.mark.training
 def test_no_readable_checkpoint_is_one_error_or_a_fresh_start_when_asked(tiny_config, tmp_path):
   tiny_config.total_steps, tiny_config.keep_checkpoints = 4, 1
   loop.train_and_evaluate(tiny_config, str(tmp_path))
@@ -95,6 +109,7 @@ def test_no_readable_checkpoint_is_one_error_or_a_fresh_start_when_asked(tiny_co
   assert summary["step"] == 8 and os.path.isdir(tmp_path / "checkpoints" / "4.corrupt")
 
 
+@pytest.mark.training
 def test_another_experiments_checkpoint_is_still_refused(tiny_config, tmp_path):
   loop.train_and_evaluate(tiny_config, str(tmp_path))
   tiny_config.model.code_dim = 8
@@ -115,6 +130,7 @@ def _fail_saves_of_step(monkeypatch, step):
 
 
 @pytest.mark.parametrize("async_save", [True, False])
+@pytest.mark.training
 def test_a_failed_save_stops_the_run_and_keeps_the_previous_checkpoint(
   tiny_config, tmp_path, reference, monkeypatch, async_save
 ):
@@ -166,6 +182,7 @@ def _assert_names_the_failed_and_the_newest_complete_step(message, checkpoints, 
 
 
 @pytest.mark.parametrize("async_save", [True, False])
+@pytest.mark.training
 def test_a_full_disk_names_the_save_that_failed(tiny_config, tmp_path, async_save):
   """A real small filesystem (a 600 KB tmpfs) fills up after a checkpoint or two of ~200 KB."""
   with _small_filesystem(tmp_path / "small", "600k") as mount:
@@ -191,7 +208,7 @@ def test_a_full_disk_during_asynchronous_saves_is_one_line_on_the_console(tmp_pa
       f"--workdir={mount / 'run'}",
       "--config.async_checkpoints=True",
     ]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = process_env(2)
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     lines = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.strip()]
     progress = ("step/s", "s/step", "?step")
@@ -221,6 +238,7 @@ def test_a_log_file_on_a_full_disk_drops_records_without_a_console_traceback(tmp
   assert "Logging error" not in capfd.readouterr().err
 
 
+@pytest.mark.training
 def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(tiny_config, tmp_path):
   path = workdir.prepare(str(tmp_path))
   with workdir.WorkdirLock(path):
@@ -269,6 +287,7 @@ def _events(path):
   return out
 
 
+@pytest.mark.training
 def test_metrics_have_one_row_per_step_after_a_resume(tiny_config, tmp_path):
   """The run killed after logging step 9 but checkpointed at 8 logged rows the rerun logs again: the
   rerun drops them first, and tells TensorBoard to drop that run's events after step 8."""
@@ -286,6 +305,7 @@ def test_metrics_have_one_row_per_step_after_a_resume(tiny_config, tmp_path):
   assert events[0] == (9, "purge") and all(step >= 9 for step, _ in events)  # step 9 on is replaced
 
 
+@pytest.mark.training
 def test_nonfinite_loss_before_any_checkpoint_says_so(tiny_config, tmp_path, monkeypatch):
   from ae_jax import train
 

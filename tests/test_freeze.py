@@ -133,6 +133,7 @@ def test_invalid_regex_fails_when_the_optimizer_is_built():
     make_optimizer(default_config().optimizer, 10, freeze=("encoder/(",))
 
 
+@pytest.mark.training
 def test_train_and_evaluate_keeps_frozen_decoder(tiny_config, tmp_path):
   """End to end (with checkpoints every 4 steps): the final decoder is the seed's initial decoder."""
   tiny_config.freeze = ("decoder/.*",)
@@ -143,6 +144,7 @@ def test_train_and_evaluate_keeps_frozen_decoder(tiny_config, tmp_path):
   assert not np.array_equal(final["encoder"]["code"]["kernel"], initial.params["encoder"]["code"]["kernel"])
 
 
+@pytest.mark.training
 def test_frozen_run_resumes_bit_exactly(tiny_config, tmp_path):
   """The masked optimizer state survives an Orbax save and restore: 6 + 6 steps == 12 steps."""
   tiny_config.freeze = ("encoder/.*",)

@@ -86,6 +86,7 @@ def test_tfds_dataset_needs_a_name_and_a_known_image_key():
     data.example_spec(data.data_config("tfds", tfds_name="imagenet2012"))
 
 
+@pytest.mark.training
 def test_tfds_training_is_sharded_per_process_and_resumes_exactly(tiny_config, tmp_path, monkeypatch):
   """Training on mocked celeb_a resized to 8x8: two simulated processes read disjoint halves of every
   global batch, and a run stopped at step 3 and resumed equals an unbroken one."""
@@ -248,6 +249,7 @@ def test_image_folder_errors_name_the_problem(folder, tmp_path):
     data.example_spec(data.data_config("image_folder", path=str(tmp_path / "missing")))
 
 
+@pytest.mark.training
 def test_image_folder_trains_end_to_end(folder, tmp_path):
   config = default_config()
   config.model = {"name": "mlp_ae", "hidden": (16,), "code_dim": 4}
@@ -260,6 +262,7 @@ def test_image_folder_trains_end_to_end(folder, tmp_path):
   assert np.isfinite(summary["metrics"]["test/mse"]) and summary["model"].input_shape == (8, 8, 1)
 
 
+@pytest.mark.training
 def test_vqvae_celeba64_config_trains_on_mocked_celeb_a(tmp_path):
   """The shipped 64x64 config (narrowed) runs end to end on mocked tfds celeb_a: 8x8 codes, finite losses
   on the validation and test splits."""

@@ -38,6 +38,7 @@ def vae_run(tmp_path_factory):
   return _train(str(tmp_path_factory.mktemp("vae")), model_config("vae_mlp", hidden=(16,), latent_dim=2))
 
 
+@pytest.mark.training
 def test_the_codec_encodes_and_decodes_as_the_model_does(ae_run):
   run = stage_one.load_run(ae_run)
   codec = latent.LatentCodec.of(run)
@@ -49,6 +50,7 @@ def test_the_codec_encodes_and_decodes_as_the_model_does(ae_run):
   np.testing.assert_allclose(codec.decode(codes, batch_size=8), out["recon"], rtol=0, atol=1e-6)
 
 
+@pytest.mark.training
 def test_the_mixture_is_fitted_on_the_training_codes_once_and_cached(ae_run, monkeypatch):
   codec = latent.LatentCodec.of(stage_one.load_run(ae_run))
   path = latent.mixture_path(codec.run, 2, "diag", 0)
@@ -66,6 +68,7 @@ def test_the_mixture_is_fitted_on_the_training_codes_once_and_cached(ae_run, mon
   np.testing.assert_array_equal(a, first.sample(np.random.default_rng(3), 5))
 
 
+@pytest.mark.training
 def test_normal_samples_only_a_vae_and_decodes_through_generate(ae_run, vae_run):
   vae = latent.LatentCodec.of(stage_one.load_run(vae_run))
   z = latent.standard_normal(vae, 4, seed=1)
@@ -93,6 +96,7 @@ def _sample_cli(argv):
     flag_values.unparse_flags()
 
 
+@pytest.mark.training
 def test_the_sampling_command_draws_deterministic_codes_of_either_prior(ae_run, vae_run, tmp_path):
   for run, prior in ((ae_run, "mixture"), (vae_run, "normal")):
     for name in ("a", "b"):
@@ -116,6 +120,7 @@ def test_the_sampling_command_draws_deterministic_codes_of_either_prior(ae_run, 
     _sample_cli([f"--workdir={vae_run}", "--prior=normal", "--top_k=3", f"--out={tmp_path / 'x'}"])
 
 
+@pytest.mark.training
 def test_the_sample_quality_evaluator_draws_from_the_mixture_after_training(ae_run, tmp_path):
   """An autoencoder's config.evals.quality (type sample_quality) draws from a mixture over its training codes;
   a prior an autoencoder has not (N(0, I)) is one error before any sample."""
@@ -155,6 +160,7 @@ def frames_run(tmp_path_factory):
     yield workdir
 
 
+@pytest.mark.training
 def test_a_latent_per_frame_is_fitted_on_real_frames_and_sampled_frame_by_frame(frames_run, tmp_path):
   """seq_vae_conv's mixture is fitted on the posterior means of the real frames only (those of the model's
   own forward pass with the padding mask); a sample is T frame codes drawn independently, decoded frame by

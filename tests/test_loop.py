@@ -66,6 +66,7 @@ def test_scanned_steps_equal_single_steps(tiny_config):
     np.testing.assert_allclose(scanned["loss"][0, i], m["loss"][0], rtol=1e-6)
 
 
+@pytest.mark.training
 def test_steps_per_dispatch_and_prefetch_give_the_same_run(tiny_config, tmp_path):
   """k = 3 steps per dispatch with prefetching equals one step per dispatch without it: the same final
   parameters, the same metrics rows at the same steps, and a resumed k = 3 run equals both."""
@@ -91,6 +92,7 @@ def test_steps_per_dispatch_and_prefetch_give_the_same_run(tiny_config, tmp_path
 
 
 @pytest.mark.parametrize("on_device", ["false", "true"])
+@pytest.mark.training
 def test_no_device_to_host_transfer_between_log_steps(tiny_config, tmp_path, monkeypatch, on_device):
   """With checkpoints and evaluation off, arrays come back from the devices only at log steps and at the
   end, with host input or device-resident. (The loop dispatches under a transfer guard; on CPU, whose
@@ -119,6 +121,7 @@ def test_no_device_to_host_transfer_between_log_steps(tiny_config, tmp_path, mon
   assert reads_after[2] > 0 and reads_after[5] > 0  # the log steps 6 and 12 fetch the metrics
 
 
+@pytest.mark.training
 def test_bfloat16_training_tracks_float32(tiny_config, tmp_path):
   """bf16 compute with float32 parameters and losses: the test loss after 200 steps is within 3% of the
   float32 run's, and the parameters and optimizer state stay float32."""

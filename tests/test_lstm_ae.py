@@ -190,6 +190,7 @@ def test_encdec_ad_tokens_feed_back_the_embedding_of_the_argmax():
   np.testing.assert_allclose(inputs[0, 1:], table[tokens[0, ::-1][:3]], rtol=1e-6)
 
 
+@pytest.mark.training
 def test_trains_on_masked_token_batches_through_the_trainer(tiny_config, tmp_path):
   """The pmapped trainer feeds batch["mask"] to the model; token_xent falls, token_accuracy is reported."""
   c = tiny_config

@@ -3,6 +3,8 @@ how many steps their means cover (fewer after a resume)."""
 
 import json
 
+import pytest
+
 from ae_jax import loop, metrics_log
 
 
@@ -36,6 +38,7 @@ def test_writer_skips_empty_rows_and_rows_already_written_at_the_resume_step(tmp
   ]
 
 
+@pytest.mark.training
 def test_training_rows_count_their_steps_and_no_row_is_empty(tiny_config, tmp_path):
   """A 4-step run continued to 12 (log_every 3, checkpoints every 4): the row at 4 closes the short run
   (1 step), the first row after the resume averages steps 5-6 only (2), the others 3. With no periodic
@@ -49,6 +52,7 @@ def test_training_rows_count_their_steps_and_no_row_is_empty(tiny_config, tmp_pa
   assert all("loss" in r for r in rows)
 
 
+@pytest.mark.training
 def test_rerunning_a_finished_run_adds_no_row(tiny_config, tmp_path):
   """The rerun restores the last checkpoint and evaluates it again: its periodic evaluation at the last
   step is in metrics.jsonl already, which stays as it was."""

@@ -41,7 +41,7 @@ def _own_cache(env, i):
 def _group(workdir, steps, local_devices=2, nproc=2, checkpoint_every=3):
   """Starts the processes; yields (procs, logs); kills any still running on the way out."""
   port = _free_port()
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = dict(os.environ)
   logs = [workdir.parent / f"{workdir.name}.process{i}.log" for i in range(nproc)]
   procs = []
   try:

@@ -271,6 +271,7 @@ def _first_and_last(path) -> tuple[list[float], list[float]]:
 
 
 @pytest.mark.parametrize("objective", ["tcvae", "infovae", "wae"])
+@pytest.mark.training
 def test_objective_trains_on_synthetic_data(objective, tiny_config, tmp_path):
   """The shipped objective's loss and model options on a small VAE: 30 steps, finite and decreasing, and
   the test evaluation (padded last batch) reports every term finite."""

@@ -272,6 +272,7 @@ FLAT_MODEL = {
 }  # fmt: skip
 
 
+@pytest.mark.training
 def test_a_workdir_saved_with_flat_quantizer_options_restores_and_reevaluates(tiny_config, tmp_path):
   """A checkpoint whose saved config has the flat layout (`quantizer: "rvq"` plus every quantizer's
   options) is read back in today's layout: `experiments.evaluate` re-evaluates it to the run's own final

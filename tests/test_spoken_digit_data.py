@@ -149,6 +149,7 @@ def test_cached_and_streamed_features_agree(data_dir, archive):
   assert info.class_names == sd.CLASS_NAMES and info.to_image(ea["x"][None]).shape == (1, 17, 6, 1)
 
 
+@pytest.mark.training
 def test_config_trains_and_restores_batchnorm_statistics(data_dir, archive, tmp_path):
   """The experiment config (tiny sizes), 8 devices: the checkpoint restores the BatchNorm statistics.
 

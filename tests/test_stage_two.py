@@ -102,6 +102,7 @@ def test_code_vectors_of_the_indices_are_the_quantized_latents(options):
   assert int(jnp.max(out["indices"])) < model.codebooks()[0]
 
 
+@pytest.mark.training
 def test_decode_of_encoded_codes_is_the_reconstruction(stage_one_dir):
   """encode_codes / decode_codes (pmapped over 8 devices, a padded last batch) give the trained model's
   own indices and reconstruction; the fingerprint names the step and the content."""
@@ -123,6 +124,7 @@ def test_decode_of_encoded_codes_is_the_reconstruction(stage_one_dir):
 # ----------------------------------------------------------------------------- the codes dataset
 
 
+@pytest.mark.training
 def test_codes_dataset_is_cached_per_stage_one_and_recomputed_when_it_changes(
   stage_one_dir, tmp_path, monkeypatch
 ):
@@ -169,6 +171,7 @@ def test_codes_dataset_is_cached_per_stage_one_and_recomputed_when_it_changes(
   assert os.path.isdir(os.path.join(work, "codes", changed.info.fingerprint)) and os.path.isdir(cache)
 
 
+@pytest.mark.training
 def test_a_missing_or_unsuitable_stage_one_is_one_clear_error(tmp_path, stage_one_dir):
   with pytest.raises(DataNotFoundError, match=r"has no checkpoint .*train that run first"):
     data.example_spec(data.data_config("codes", tokenizer_workdir=str(tmp_path / "none")))
@@ -199,6 +202,7 @@ def _train_losses(workdir: str) -> list[float]:
     return [r["loss"] for r in map(json.loads, f) if "loss" in r and "learning_rate" in r]
 
 
+@pytest.mark.training
 def test_ar_prior_trains_through_the_loop_and_leaves_the_stage_one_unchanged(ar_prior, stage_one_dir):
   path, summary, before = ar_prior
   losses = _train_losses(path)
@@ -214,6 +218,7 @@ def test_ar_prior_trains_through_the_loop_and_leaves_the_stage_one_unchanged(ar_
   assert saved.data.tokenizer_step == 4  # pinned: a stage one trained further is not mistaken for it
 
 
+@pytest.mark.training
 def test_maskgit_prior_trains_through_the_loop(stage_one_dir, tmp_path):
   path = str(tmp_path / "maskgit")
   summary = loop.train_and_evaluate(_prior_config("maskgit", stage_one_dir, 20), path)
@@ -242,6 +247,7 @@ def test_fixed_evaluation_mask_is_exact_and_independent_of_the_batch():
   assert (one.sum(1) == 1).all()  # at least one
 
 
+@pytest.mark.training
 def test_the_trainer_gives_a_conditional_prior_its_batch_labels(stage_one_dir):
   """apply_model passes batch["label"] to a model with the "conditional" ability: its outputs are the
   model's for those labels, and other labels give other logits; an unconditional prior ignores them."""
@@ -268,6 +274,7 @@ def test_the_trainer_gives_a_conditional_prior_its_batch_labels(stage_one_dir):
   np.testing.assert_array_equal(kept, jax.jit(lambda v: plain.apply(v, x)["logits"])(plain_vars))
 
 
+@pytest.mark.training
 def test_a_conditional_prior_trains_and_samples_every_class(stage_one_dir, tmp_path):
   path = str(tmp_path / "conditional")
   summary = loop.train_and_evaluate(_prior_config("ar", f"{stage_one_dir},conditional", 6), path)
@@ -291,6 +298,7 @@ def test_a_conditional_prior_trains_and_samples_every_class(stage_one_dir, tmp_p
 # ----------------------------------------------------------------------------- sampling
 
 
+@pytest.mark.training
 def test_samples_are_deterministic_and_the_same_on_one_or_eight_devices(ar_prior):
   run = stage_one.load_run(ar_prior[0])
   options = generate.SampleOptions(temperature=1.0, top_k=8)
@@ -307,6 +315,7 @@ def test_samples_are_deterministic_and_the_same_on_one_or_eight_devices(ar_prior
   assert (greedy == greedy[0]).all()  # greedy decoding of an unconditional prior ignores the key
 
 
+@pytest.mark.training
 def test_bad_sampling_options_are_one_clear_error(ar_prior):
   run = stage_one.load_run(ar_prior[0])
   cases = [
@@ -330,6 +339,7 @@ def _sample_cli(*args):
 
 
 @pytest.mark.slow
+@pytest.mark.training
 def test_sample_cli_writes_a_grid_and_codes_deterministically(ar_prior, tmp_path):
   path = ar_prior[0]
   for out in ("a", "b"):
@@ -362,6 +372,7 @@ def test_sample_cli_writes_a_grid_and_codes_deterministically(ar_prior, tmp_path
   assert missing.returncode == 1 and "error:" in missing.stderr and "has no checkpoint" in missing.stderr
 
 
+@pytest.mark.training
 def test_the_sample_quality_evaluator_scores_what_the_sampler_draws(ar_prior, tmp_path):
   """`sample_quality` in config.evals (run here on the saved checkpoint, as experiments.evaluate does) gives
   the numbers of samplers.score on samplers.draw of the loaded run: the same samples, the same network."""
@@ -388,6 +399,7 @@ def test_the_sample_quality_evaluator_scores_what_the_sampler_draws(ar_prior, tm
     loop.evaluate_checkpoint(config, path, names=["quality"])
 
 
+@pytest.mark.training
 def test_prior_configs_pass_the_config_check(stage_one_dir):
   from ae_jax.config import check_config
 

@@ -9,6 +9,7 @@ from ae_jax import loop
 from experiments import table
 
 
+@pytest.mark.training
 def test_a_row_holds_the_results_and_the_derived_values(tiny_config, tmp_path):
   loop.train_and_evaluate(tiny_config, str(tmp_path / "run_a"))
   results = json.loads((tmp_path / "run_a" / "results.json").read_text())

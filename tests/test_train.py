@@ -93,6 +93,7 @@ def test_a_nonfinite_batch_is_reported_as_such(tiny_config):
   assert [float(m["nonfinite"][0]) for m in metrics] == [0.0, 2.0]
 
 
+@pytest.mark.training
 def test_the_nonfinite_message_blames_the_data_when_the_batch_held_nan(tiny_config, tmp_path, monkeypatch):
   from ae_jax.data import images
 
@@ -106,9 +107,19 @@ def _params(summary):
   return jax.device_get(summary["state"].params)
 
 
-def test_resume_equals_uninterrupted_run(tiny_config, tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """(summary, workdir) of tiny_config's 12 steps in one go; the tests read both and write to neither."""
+  from conftest import make_tiny_config
+
+  path = tmp_path_factory.mktemp("uninterrupted")
+  return loop.train_and_evaluate(make_tiny_config(), str(path)), path
+
+
+@pytest.mark.training
+def test_resume_equals_uninterrupted_run(tiny_config, tmp_path, uninterrupted):
   """12 steps in one go == 6 steps, stop, rerun to 12 (same data order and randomness)."""
-  full = loop.train_and_evaluate(tiny_config, str(tmp_path / "full"))
+  full, full_path = uninterrupted
   half = tiny_config.copy_and_resolve_references()
   half.total_steps = 6
   first = loop.train_and_evaluate(half, str(tmp_path / "split"))
@@ -121,11 +132,12 @@ def test_resume_equals_uninterrupted_run(tiny_config, tmp_path):
   )
   assert full["metrics"] == resumed["metrics"]
   # Periodic saves every 4 steps plus the final step, the oldest pruned beyond keep_checkpoints=3.
-  assert checkpoint.Checkpointer(str(tmp_path / "full" / "checkpoints"), keep=3).all_steps() == [4, 8, 12]
+  assert checkpoint.Checkpointer(str(full_path / "checkpoints"), keep=3).all_steps() == [4, 8, 12]
 
 
-def test_same_seed_same_numbers_other_seed_differs(tiny_config, tmp_path):
-  a = loop.train_and_evaluate(tiny_config, str(tmp_path / "a"))
+@pytest.mark.training
+def test_same_seed_same_numbers_other_seed_differs(tiny_config, tmp_path, uninterrupted):
+  a = uninterrupted[0]
   b = loop.train_and_evaluate(tiny_config, str(tmp_path / "b"))
   assert a["metrics"] == b["metrics"]
   tiny_config.seed = 1
@@ -133,6 +145,7 @@ def test_same_seed_same_numbers_other_seed_differs(tiny_config, tmp_path):
   assert a["metrics"] != c["metrics"]
 
 
+@pytest.mark.training
 def test_metrics_jsonl_and_tensorboard(tiny_config, tmp_path):
   tiny_config.evals.test.every = 6
   summary = loop.train_and_evaluate(tiny_config, str(tmp_path))
@@ -147,9 +160,10 @@ def test_metrics_jsonl_and_tensorboard(tiny_config, tmp_path):
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
 
 
-def test_eval_is_exact_mean_over_test_set(tiny_config, tmp_path):
+@pytest.mark.training
+def test_eval_is_exact_mean_over_test_set(tiny_config, uninterrupted):
   """The pmapped, padded evaluation equals a plain per-example mean over all 40 test examples."""
-  summary = loop.train_and_evaluate(tiny_config, str(tmp_path))
+  summary = uninterrupted[0]
   dataset = get_dataset(tiny_config.data)
   test_src, info = dataset.split("test"), dataset.info
   x = np.stack([info.preprocess(r, 0)["x"] for r in test_src])
@@ -158,6 +172,7 @@ def test_eval_is_exact_mean_over_test_set(tiny_config, tmp_path):
   assert summary["metrics"]["test/mse"] == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.training
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
   monkeypatch.setattr(train, "loss_weights", lambda c: {"mse": lambda s: jnp.where(s >= 6, jnp.nan, 1.0)})
   with pytest.raises(
@@ -168,9 +183,10 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_pa
   assert ckpt.all_steps() == [4]
 
 
-def test_preemption_saves_and_resumes(tiny_config, tmp_path, monkeypatch):
+@pytest.mark.training
+def test_preemption_saves_and_resumes(tiny_config, tmp_path, monkeypatch, uninterrupted):
   """A SIGTERM at step 5 saves step 5 and returns; rerunning finishes with the uninterrupted result."""
-  full = loop.train_and_evaluate(tiny_config, str(tmp_path / "full"))
+  full = uninterrupted[0]
   monkeypatch.setattr(Preemption, "reached", lambda self, step: step == 5)
   stopped = loop.train_and_evaluate(tiny_config, str(tmp_path / "stopped"))
   assert stopped["preempted"] and stopped["step"] == 5
@@ -180,6 +196,7 @@ def test_preemption_saves_and_resumes(tiny_config, tmp_path, monkeypatch):
   chex.assert_trees_all_equal(_params(full), _params(resumed))
 
 
+@pytest.mark.training
 def test_keep_best_reports_the_lowest_evaluation_and_survives_a_restart(tiny_config, tmp_path, monkeypatch):
   """Gradient ascent on the MSE from step 7 on makes the last state worse than earlier ones: keep_best
   returns the evaluated state with the lowest validation/mse, and a run stopped at step 9 and rerun
@@ -237,6 +254,7 @@ def test_sigterm_sets_the_preemption_flag():
     handler.restore()
 
 
+@pytest.mark.training
 def test_other_model_in_same_workdir_is_refused_and_checkpoint_kept(tiny_config, tmp_path):
   loop.train_and_evaluate(tiny_config, str(tmp_path))
   before = sorted(os.listdir(tmp_path / "checkpoints"))

@@ -217,6 +217,7 @@ def test_vae_conv_default_parameter_tree(upsample):
   }
 
 
+@pytest.mark.training
 def test_vae_trains_and_likelihood_evaluation_runs(tiny_config, tmp_path):
   """A small Bernoulli VAE on binarised synthetic images: the negative ELBO falls; the IS NLL is below it."""
   c = tiny_config
