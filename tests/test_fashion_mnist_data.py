@@ -163,3 +163,41 @@ def test_idx_dir_defaults_to_debian_then_the_data_root(tmp_path, monkeypatch):
   monkeypatch.setattr(fm, "DEBIAN_IDX_DIR", str(tmp_path / "debian"))
   assert fm.idx_dir(data_config("fashion_mnist", root=str(tmp_path))) == tmp_path / "fashion-mnist"
   assert fm.idx_dir(data_config("fashion_mnist", idx_dir="/x")) == Path("/x")
+
+
+def test_a_prepared_split_is_read_from_its_files_once_per_process_until_they_change(
+  tmp_path, idx_dir, monkeypatch
+):
+  """get_dataset holds a prepared split in memory: opening it again reads nothing; the arrays are the
+  records, read-only; a validation hold-out is a copy of the last training records; new files (the
+  dataset prepared again) are read again."""
+  from ae_jax.data import get_dataset, sources
+
+  d, arrays = idx_dir
+  config = data_config("fashion_mnist", data_dir=str(tmp_path / "tfds"), idx_dir=str(d))
+  reads = []
+  from_source = sources.ArraySource.from_source.__func__
+  monkeypatch.setattr(
+    sources.ArraySource,
+    "from_source",
+    classmethod(lambda cls, source: reads.append(len(source)) or from_source(cls, source)),
+  )
+  first = get_dataset(config).split("train")
+  again = get_dataset(config).split("train")
+  assert reads == [N_TRAIN, N_TEST] and again is first  # get_dataset reads every split
+  np.testing.assert_array_equal(first.arrays["image"][..., 0], arrays["train"][0])
+  with pytest.raises(ValueError, match="read-only"):
+    first.arrays["image"][0, 0, 0, 0] = 1
+  config.validation_size = 4
+  held = get_dataset(config)
+  assert reads == [N_TRAIN, N_TEST]
+  np.testing.assert_array_equal(held.split("validation").arrays["image"], first.arrays["image"][-4:])
+  assert held.split("validation").arrays["image"].flags.writeable
+
+  shutil.rmtree(tmp_path / "tfds")
+  images, labels = make_split(N_TRAIN, 5)
+  write_idx(d / (fm.IDX_FILES["train"][0] + ".gz"), images, True)
+  config.validation_size = 0
+  fresh = get_dataset(config).split("train")
+  assert reads == [N_TRAIN, N_TEST] * 2
+  np.testing.assert_array_equal(fresh.arrays["image"][..., 0], images)
