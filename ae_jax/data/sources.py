@@ -162,7 +162,9 @@ def in_memory(source: Sequence[Record]) -> Sequence[Record]:
   key = _files_key(base)
   if key is None:
     return ArraySource.from_source(source)
-  read = _READ.pop(key, None) or _read_only(ArraySource.from_source(base))
+  read = _READ.pop(key, None)
+  if read is None:
+    read = _read_only(ArraySource.from_source(base))
   _READ[key] = read  # the most recently used last
   while len(_READ) > _READ_MAX:
     _READ.pop(next(iter(_READ)))
