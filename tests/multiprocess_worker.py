@@ -9,12 +9,7 @@ import os
 import sys
 
 pid, port, workdir, steps, local_devices, nproc, *rest = sys.argv[1:]
-os.environ["XLA_FLAGS"] = " ".join(  # the given device count; the test process's other XLA flags kept
-  [
-    *(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f),
-    f"--xla_force_host_platform_device_count={local_devices}",
-  ]
-)
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={local_devices}")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

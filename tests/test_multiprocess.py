@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import process_env
 
 pytestmark = pytest.mark.slow  # starts processes: in make test, not in make test-fast
 
@@ -41,7 +42,7 @@ def _own_cache(env, i):
 def _group(workdir, steps, local_devices=2, nproc=2, checkpoint_every=3):
   """Starts the processes; yields (procs, logs); kills any still running on the way out."""
   port = _free_port()
-  env = dict(os.environ)
+  env = process_env(local_devices)
   logs = [workdir.parent / f"{workdir.name}.process{i}.log" for i in range(nproc)]
   procs = []
   try:
