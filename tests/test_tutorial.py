@@ -1,6 +1,7 @@
 """docs/tutorial.ipynb runs top to bottom as a user runs it (`jupyter execute` from docs/, few training
 steps) and is stored without outputs."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -17,9 +18,12 @@ NOTEBOOK = ROOT / "docs" / "tutorial.ipynb"
 
 
 def test_the_notebook_is_stored_without_outputs():
+  """No outputs, and every cell has its own id (nbformat warns about cells without one on every read)."""
   import nbformat
 
   notebook = nbformat.read(NOTEBOOK, as_version=4)
+  ids = [c.get("id") for c in json.loads(NOTEBOOK.read_text())["cells"]]  # as stored: nbformat.read adds them
+  assert all(ids) and len(set(ids)) == len(ids), ids
   code = [c for c in notebook.cells if c.cell_type == "code"]
   assert code and all(not c.outputs and c.execution_count is None for c in code)
 
