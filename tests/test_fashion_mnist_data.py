@@ -4,6 +4,7 @@ import gzip
 import importlib
 import pickle
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +202,15 @@ def test_a_prepared_split_is_read_from_its_files_once_per_process_until_they_cha
   fresh = get_dataset(config).split("train")
   assert reads == [N_TRAIN, N_TEST] * 2
   np.testing.assert_array_equal(fresh.arrays["image"][..., 0], images)
+
+
+@pytest.mark.parametrize("builder", ["Cifar10Jpeg", "FashionMnistIdx", "SpokenDigitWav"])
+def test_a_local_builder_leaves_nothing_in_the_temporary_directory(tmp_path, monkeypatch, builder):
+  """tfds looks up an unprepared builder's info in its bucket through a temporary folder it never removes;
+  the local datasets have nothing there and skip the lookup."""
+
+  scratch = tmp_path / "scratch"
+  scratch.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+  getattr(_tfds_builders, builder)(data_dir=str(tmp_path / "tfds"))
+  assert not list(scratch.iterdir())

@@ -17,6 +17,17 @@ from ae_jax.data import cifar10, fashion_mnist, image_folder, images, spoken_dig
 from ae_jax.errors import DataError, DataNotFoundError
 
 
+class LocalDatasetInfo(tfds.core.DatasetInfo):
+  """The DatasetInfo of a dataset prepared from local files: nothing to look up in tfds' bucket.
+
+  tfds looks up the info of a builder that is not prepared yet in its GCS bucket, and that lookup creates
+  a temporary folder (`tempfile.mkdtemp("tfds")`) that it never removes, one per builder.
+  """
+
+  def initialize_from_bucket(self) -> None:
+    """Does nothing: a local dataset has no pre-computed info in the bucket."""
+
+
 class Cifar10Jpeg(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """CIFAR-10 from an archive of JPEG files, decoded with Pillow and stored as array_record.
 
@@ -38,7 +49,7 @@ class Cifar10Jpeg(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._original_state = dict(self._original_state, archive=self._archive)  # tfds re-creates on unpickling
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return LocalDatasetInfo(
       builder=self,
       description="CIFAR-10 (Krizhevsky 2009) decoded from a JPEG re-encoding (lossy).",
       features=tfds.features.FeaturesDict(
@@ -89,7 +100,7 @@ class FashionMnistIdx(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._original_state = dict(self._original_state, idx_dir=self._idx_dir)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return LocalDatasetInfo(
       builder=self,
       description="Fashion-MNIST (Xiao et al., 2017) read from the original idx files.",
       features=tfds.features.FeaturesDict(
@@ -135,7 +146,7 @@ class SpokenDigitWav(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._original_state = dict(self._original_state, archive=self._archive)  # for unpickling
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return LocalDatasetInfo(
       builder=self,
       description="Free Spoken Digit Dataset: 8 kHz recordings of spoken digits, raw int16 samples.",
       features=tfds.features.FeaturesDict(
@@ -184,7 +195,7 @@ class ImageFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     self._original_state = dict(self._original_state, listing=listing, geometry=geometry, shape=self._shape)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return LocalDatasetInfo(
       builder=self,
       description=f"The images under {self._listing.root}, {self._geometry}.",
       features=tfds.features.FeaturesDict(
