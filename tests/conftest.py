@@ -42,6 +42,7 @@ import pytest  # noqa: E402
 from ae_jax import parallel  # noqa: E402
 from ae_jax.config import default_config  # noqa: E402
 from ae_jax.data import data_config  # noqa: E402
+from ae_jax.quantizers import quantizer_config  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -86,6 +87,25 @@ def make_tiny_config():
   c.async_checkpoints = False
   c.optimizer.learning_rate = 3e-3
   return c
+
+
+# A tiny VQ-VAE's config.model options (16 codes of 4 dimensions; 8x8 images -> a 2x2 code grid).
+TINY_VQVAE = dict(
+  hidden=8, res_hidden=4, num_res_layers=1, quantizer=quantizer_config("vq", num_codes=16, code_dim=4)
+)
+
+
+def train_tiny_vqvae(workdir: str, steps: int) -> None:
+  """Trains a TINY_VQVAE on make_tiny_config's images for `steps` steps in `workdir` (a stage one)."""
+  from ae_jax import loop
+  from ae_jax.models import model_config
+
+  config = make_tiny_config()
+  config.model = model_config("vqvae", **TINY_VQVAE)
+  config.loss = {"mse": 1.0, "commitment": 1.0}
+  config.total_steps = steps
+  config.evals = {}
+  loop.train_and_evaluate(config, workdir)
 
 
 @pytest.fixture

@@ -18,31 +18,20 @@ import pytest
 from ae_jax import data, loop, parallel, stage_one, train
 from ae_jax.data import codes
 from ae_jax.errors import AEJaxError, ConfigError, DataNotFoundError
-from ae_jax.models import get_model, model_config
+from ae_jax.models import get_model
 from ae_jax.priors import generate
 from ae_jax.quantizers import quantizer_config
-from tests.conftest import make_tiny_config
+from tests.conftest import TINY_VQVAE, make_tiny_config, train_tiny_vqvae
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VQ = dict(
-  hidden=8, res_hidden=4, num_res_layers=1, quantizer=quantizer_config("vq", num_codes=16, code_dim=4)
-)
+VQ = TINY_VQVAE
 TINY_PRIOR = dict(num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32, dropout=0.0)
-
-
-def _train_stage_one(workdir: str, steps: int) -> None:
-  config = make_tiny_config()
-  config.model = model_config("vqvae", **VQ)
-  config.loss = {"mse": 1.0, "commitment": 1.0}
-  config.total_steps = steps
-  config.evals = {}
-  loop.train_and_evaluate(config, workdir)
 
 
 @pytest.fixture(scope="module")
 def stage_one_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("stage_one"))
-  _train_stage_one(path, 4)
+  train_tiny_vqvae(path, 4)
   return path
 
 
@@ -164,7 +153,7 @@ def test_codes_dataset_is_cached_per_stage_one_and_recomputed_when_it_changes(
   data.get_dataset(config)
   assert calls == ["encoding test with the stage one"]  # a file of another stage one is not served
 
-  _train_stage_one(work, 6)  # the stage one changes: its latest step is another checkpoint
+  train_tiny_vqvae(work, 6)  # the stage one changes: its latest step is another checkpoint
   calls.clear()
   changed = data.get_dataset(config)
   assert changed.info.fingerprint.startswith("6-") and len(calls) == 2

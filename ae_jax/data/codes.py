@@ -97,7 +97,9 @@ def _read_cache(path: str, fingerprint: str, n: int, seq_len: int) -> dict[str, 
 
 
 def _write_cache(path: str, arrays: Mapping[str, np.ndarray], fingerprint: str, info: CodesInfo) -> None:
-  tmp = f"{path}.tmp"
+  # Every process of a multi-host run encodes the split and writes it: each through a file of its own,
+  # renamed over the cache atomically, so processes sharing a file system leave one whole file.
+  tmp = f"{path}.{os.getpid()}-{id(arrays)}.tmp"
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(tmp, "wb") as f:
