@@ -13,9 +13,7 @@ import glob
 import json
 import logging
 import os
-import re
 import shutil
-import time
 from typing import Any
 
 import jax
@@ -23,8 +21,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ae_jax import checkpoint_failures as failures
+from ae_jax.checkpoint_failures import (  # noqa: F401  (part of this module's interface)
+  CheckpointCorruptError,
+  CheckpointMismatchError,
+  CheckpointSaveError,
+  NoValidCheckpointError,
+)
 from ae_jax.console import LOG_ONLY
-from ae_jax.errors import AEJaxError
 
 log = logging.getLogger(__name__)
 
@@ -53,22 +57,6 @@ def _host_local(tree: Any) -> Any:
   return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
 
 
-class CheckpointMismatchError(AEJaxError, ValueError):
-  """The checkpoint in a workdir belongs to a different experiment than the config being run."""
-
-
-class CheckpointCorruptError(AEJaxError):
-  """A checkpoint step cannot be read (truncated, deleted or unreadable files)."""
-
-
-class NoValidCheckpointError(AEJaxError):
-  """Every checkpoint step of a workdir is unreadable."""
-
-
-class CheckpointSaveError(AEJaxError, OSError):
-  """Writing a checkpoint failed (e.g. the disk is full); the previous checkpoint is intact."""
-
-
 def _lookup(config: dict, dotted: str) -> Any:
   node: Any = config
   for part in dotted.split("."):
@@ -76,48 +64,6 @@ def _lookup(config: dict, dotted: str) -> Any:
       return None
     node = node[part]
   return node
-
-
-_KNOWN_CAUSES = (
-  "No space left on device",
-  "Read-only file system",
-  "Permission denied",
-  "Disk quota exceeded",
-)
-
-
-_STATUS = re.compile(r"^[A-Z][A-Z_]{3,}: ")  # a tensorstore / absl status, e.g. "OUT_OF_RANGE: Error reading"
-
-
-def _cause(error: BaseException) -> str:
-  """The most telling one-line cause of an exception chain: an OS error's text (e.g. "No space left on
-  device"), a known cause named anywhere in the chain, the innermost tensorstore status message (what was
-  read and why it failed), else the first line of the first error's message (200 characters at most)."""
-  chain, e = [], error
-  while e is not None and e not in chain:
-    chain.append(e)
-    if isinstance(e, OSError) and e.strerror:
-      return e.strerror + (f": {e.filename}" if e.filename else "")
-    e = e.__cause__ or e.__context__
-  for known in _KNOWN_CAUSES:
-    if any(known in str(e) for e in chain):
-      return known
-  statuses = [str(e).strip() for e in chain if _STATUS.match(str(e).strip())]
-  first = (statuses[-1] if statuses else (str(error).strip().splitlines() or [""])[0]).splitlines()[0]
-  text = first if statuses else f"{type(error).__name__}: {first}"
-  return re.sub(r' (in OCDBT database at|of|at) local file "[^"]*"', "", text)[:200]
-
-
-def _cause_text(error: BaseException | str | None) -> str:
-  """`_cause` of an exception, or of a logged error message (a string), or "unknown (see log.txt)"."""
-  if error is None:
-    return "cause unknown (see the workdir's log.txt)"
-  if isinstance(error, BaseException):
-    return _cause(error)
-  for known in _KNOWN_CAUSES:
-    if known in error:
-      return known
-  return (error.strip().splitlines() or [""])[0][:200]
 
 
 def _all_processes_agree(ok: bool) -> bool:
@@ -149,40 +95,6 @@ def _metadata_mismatch(saved: Any, target: Any) -> str | None:
     if shape != expected:
       return f"{key} has shape {shape} in the checkpoint but {expected} here"
   return None
-
-
-def _remove_partial(pattern: str, seconds: float = 10.0, settle: float = 0.5) -> None:
-  """Removes the directories matching `pattern` (a failed save's partial files, never a finished step).
-  tensorstore's writer threads can still be finishing writes after Orbax reports the failure, and a write
-  recreates its directory, so the removal is repeated until nothing has matched for `settle` seconds (at
-  most `seconds` in all)."""
-  deadline = time.monotonic() + seconds
-  clear_since = None
-  while time.monotonic() < deadline:
-    found = glob.glob(pattern)
-    for tmp in found:
-      shutil.rmtree(tmp, ignore_errors=True)
-    now = time.monotonic()
-    if found:
-      clear_since = None
-    elif clear_since is None:
-      clear_since = now
-    elif now - clear_since >= settle:
-      return
-    time.sleep(0.05)
-
-
-class _OrbaxErrors(logging.Handler):
-  """Keeps the first error Orbax logs while a save is in flight: an asynchronous save's failure is logged
-  by Orbax's background threads (and may never be raised), so its cause is read from here."""
-
-  def __init__(self) -> None:
-    super().__init__(logging.ERROR)
-    self.first: str | None = None
-
-  def emit(self, record: logging.LogRecord) -> None:
-    if self.first is None:
-      self.first = record.getMessage()
 
 
 class Checkpointer:
@@ -223,7 +135,7 @@ class Checkpointer:
     self._async = async_save
     self._failed: int | None = None  # the step of a reported failed save; later waits do not raise it again
     self._pending: int | None = None  # the step of the save in flight
-    self._errors = _OrbaxErrors()
+    self._errors = failures.OrbaxErrors()
 
   def all_steps(self) -> list[int]:
     """The steps whose directory is complete on disk, oldest first (a save in flight is not one)."""
@@ -247,7 +159,7 @@ class Checkpointer:
     self._failed, self._pending = step, None
     self._remove_failed_partial()
     kept = self.latest_step()
-    cause = _cause_text(error if error is not None else self._errors.first)
+    cause = failures.cause_text(error if error is not None else self._errors.first)
     where = (
       f"the newest complete checkpoint is step {kept} (kept); free space (or fix the cause) and rerun the "
       "same command to resume from it"
@@ -271,7 +183,7 @@ class Checkpointer:
       return
     if os.path.isdir(os.path.join(self.directory, str(step))):
       if error is not None:
-        log.warning("checkpoint %d is complete, but Orbax reported: %s", step, _cause(error))
+        log.warning("checkpoint %d is complete, but Orbax reported: %s", step, failures.cause(error))
       self._pending = None
       self._prune()
       return
@@ -336,7 +248,9 @@ class Checkpointer:
       saved = self.restore_config(step)
       metadata = self._manager.item_metadata(step)["state"]
     except Exception as e:  # noqa: BLE001 - Orbax and tensorstore raise assorted types for damaged files
-      raise CheckpointCorruptError(f"step {step}: its config or metadata cannot be read ({_cause(e)})") from e
+      raise CheckpointCorruptError(
+        f"step {step}: its config or metadata cannot be read ({failures.cause(e)})"
+      ) from e
     config = json.loads(json.dumps(config))  # compare as saved: tuples become lists
     for key in _STRUCTURAL_KEYS:
       if _lookup(saved, key) != _lookup(config, key):
@@ -355,7 +269,7 @@ class Checkpointer:
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_global_replicated(target)))
       )
     except Exception as e:  # noqa: BLE001 - as above
-      raise CheckpointCorruptError(f"step {step}: its state cannot be read ({_cause(e)})") from e
+      raise CheckpointCorruptError(f"step {step}: its state cannot be read ({failures.cause(e)})") from e
     log.info("restored step %d from %s", step, self.directory, extra=LOG_ONLY)
     return _host_local(restored["state"])
 
@@ -442,13 +356,13 @@ class Checkpointer:
       try:
         self._manager.wait_until_finished()
       except Exception as e:  # noqa: BLE001 - the failure already reported
-        log.info("after the failed save: %s", _cause(e))
+        log.info("after the failed save: %s", failures.cause(e))
       return
     self._finish_pending(block=True)
 
   def _remove_failed_partial(self) -> None:
     if self._failed is not None and jax.process_index() == 0:
-      _remove_partial(os.path.join(self.directory, f"{self._failed}.orbax-checkpoint-tmp*"))
+      failures.remove_partial(os.path.join(self.directory, f"{self._failed}.orbax-checkpoint-tmp*"))
 
   def close(self) -> None:
     try:
@@ -460,7 +374,9 @@ class Checkpointer:
       except Exception as e:  # noqa: BLE001 - after a reported failed save, its writers fail too
         if self._failed is None:
           raise
-        log.info("closing after the failed save of step %d: %s", self._failed, _cause(e), extra=LOG_ONLY)
+        log.info(
+          "closing after the failed save of step %d: %s", self._failed, failures.cause(e), extra=LOG_ONLY
+        )
       # Orbax's metadata writer can still recreate a failed step's temporary directory until it is closed
       self._remove_failed_partial()
 
