@@ -53,10 +53,12 @@ def resolve_step(workdir: str, step: int | None = None, best: bool = False) -> i
   """The checkpoint step asked for: `step` (None or 0: the latest) of WORKDIR/checkpoints (or best/).
   Raises DataNotFoundError naming the workdir when it has no such checkpoint."""
   directory = checkpoint_dir(workdir, best)
-  what = "best state (config.keep_best)" if best else "checkpoint"
+  what = "best state" if best else "checkpoint"
   if not os.path.isdir(directory):
+    saves = "; config.keep_best saves one" if best else ""
     raise DataNotFoundError(
-      f"{os.path.dirname(directory)} has no {what} (no {directory}); train that run first or fix the path"
+      f"{os.path.dirname(directory)} has no {what} (no {directory}{saves}); train that run first or fix "
+      "the path"
     )
   names = os.listdir(directory)
   steps = sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(directory, n)))

@@ -15,7 +15,6 @@ runs just those. A workdir without a checkpoint stops with one `error:` line.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -37,9 +36,7 @@ USAGE = "python -m experiments.evaluate --workdir DIR [--step N | --best] [--onl
 
 def saved_config(argv: list[str]):
   """The config saved with the checkpoint the command line asks for (and --add sections added)."""
-  import ml_collections
-
-  from ae_jax import checkpoint, evaluators
+  from ae_jax import evaluators, stage_one
   from ae_jax.errors import ConfigError, DataError
 
   values: dict[str, list[str]] = {}
@@ -55,22 +52,8 @@ def saved_config(argv: list[str]):
     raise ConfigError(f"--workdir is required ({USAGE})")
   workdir = os.path.abspath(values["workdir"][-1])
   best = values.get("best", ["false"])[-1].lower() in ("true", "1")
-  directory = os.path.join(workdir, "best" if best else "checkpoints")
-  if not os.path.isdir(directory):
-    raise checkpoint.NoValidCheckpointError(
-      f"{workdir} has no {'best state' if best else 'checkpoint'} to evaluate (no {directory})"
-    )
-  ckpt = checkpoint.Checkpointer(directory, keep=1000, async_save=False)
-  steps = ckpt.all_steps()
-  if not steps:
-    raise checkpoint.NoValidCheckpointError(f"{directory} has no checkpoint to evaluate")
-  step = int(values["step"][-1]) if "step" in values else steps[-1]
-  if step not in steps:
-    raise checkpoint.NoValidCheckpointError(f"{directory} has no step {step}; it has {steps}")
-  saved = ckpt.restore_config(step)
-  ckpt.close()
-  saved.pop("best", None)
-  config = ml_collections.ConfigDict(json.loads(json.dumps(saved)))
+  step = int(values["step"][-1]) if "step" in values else None
+  _, config = stage_one.saved_config(workdir, step, best)
   for spec in values.get("add", []):
     name, type_, *split = spec.split(":")
     if not type_:

@@ -21,23 +21,7 @@ import statistics
 import sys
 from typing import Any
 
-import ml_collections
-
 DERIVED = ("bits", "ms_per_step", "steps")
-
-
-def saved_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config the run saved with its latest checkpoint."""
-  from ae_jax import checkpoint
-
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=1, async_save=False)
-  try:
-    step = ckpt.latest_step()
-    if step is None:
-      raise SystemExit(f"error: {workdir} has no checkpoint; train it first")
-    return ml_collections.ConfigDict(ckpt.restore_config(step))
-  finally:
-    ckpt.close()
 
 
 def ms_per_step(workdir: str, global_batch: int) -> float | None:
@@ -59,7 +43,9 @@ def row_values(workdir: str, keys: list[str]) -> dict[str, Any]:
     k: next((results[a] for a in k.split("|") if a in results), None) for k in keys if k not in DERIVED
   }
   if set(keys) & set(DERIVED):
-    config = saved_config(workdir)
+    from ae_jax import stage_one
+
+    _, config = stage_one.saved_config(workdir)
     if "ms_per_step" in keys:
       values["ms_per_step"] = ms_per_step(workdir, int(config.batch_size))
     if "steps" in keys:

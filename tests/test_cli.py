@@ -76,7 +76,7 @@ def test_evaluate_without_a_checkpoint_is_one_error_line(tmp_path):
     timeout=120,
   )
   assert out.returncode == 1 and out.stderr.strip().splitlines() == [
-    f"error: {tmp_path} has no checkpoint to evaluate (no {tmp_path}/checkpoints)"
+    f"error: {tmp_path} has no checkpoint (no {tmp_path}/checkpoints); train that run first or fix the path"
   ]
 
 
