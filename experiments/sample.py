@@ -126,11 +126,12 @@ def sample(argv: list[str]) -> None:
       raise ConfigError(
         f"--prior is for autoencoder and VAE runs; {run.workdir} is a prior run: drop --prior"
       )
-    generate.check_options(run, options, FLAGS.num, steps_given=FLAGS["steps"].present)
+    given = [n for n in ("temperature", "top_k", "top_p", "steps", "choice_temperature") if FLAGS[n].present]
+    generate.check_options(run, options, FLAGS.num, given=given)
   else:
-    for name in ("temperature", "top_k", "top_p", "steps", "label"):
+    for name in ("temperature", "top_k", "top_p", "steps", "choice_temperature", "label"):
       if FLAGS[name].present and FLAGS.prior is not None:
-        raise ConfigError(f"--{name} is for prior runs (ar_prior, maskgit_prior), not --prior={FLAGS.prior}")
+        raise ConfigError(f"--{name} is for runs of a prior over codes, not --prior={FLAGS.prior}")
   why_not = samplers.quality_unavailable(run.config.data) if FLAGS.quality else None
   if why_not:
     raise ConfigError(f"--quality: dataset '{run.config.data.name}': {why_not}; drop --quality")

@@ -224,7 +224,7 @@ def test_maskgit_prior_trains_through_the_loop(stage_one_dir, tmp_path):
 
 
 def test_fixed_evaluation_mask_is_exact_and_independent_of_the_batch():
-  from ae_jax.evaluators.prior_likelihood import fixed_mask
+  from ae_jax.priors.maskgit import fixed_mask
 
   fixed_mask = jax.jit(fixed_mask, static_argnums=(1, 2, 3))
   mask = np.asarray(fixed_mask(np.arange(6, dtype=np.int32), 10, 0.33, 0))
@@ -316,8 +316,10 @@ def test_bad_sampling_options_are_one_clear_error(ar_prior):
   for options, num, message in cases:
     with pytest.raises(ConfigError, match=message):
       generate.check_options(run, generate.SampleOptions(**options), num)
-  with pytest.raises(ConfigError, match="--steps sets MaskGIT"):
-    generate.check_options(run, generate.SampleOptions(), 4, steps_given=True)
+  for option in ("steps", "choice_temperature"):  # MaskGIT's: refused, not ignored
+    with pytest.raises(ConfigError, match=f"--{option} is not an option of this prior .'ar_prior'."):
+      generate.check_options(run, generate.SampleOptions(), 4, given=[option])
+  generate.check_options(run, generate.SampleOptions(), 4, given=["temperature", "top_k", "top_p"])
 
 
 def _sample_cli(*args):
@@ -356,7 +358,8 @@ def test_sample_cli_writes_a_grid_and_codes_deterministically(ar_prior, tmp_path
   assert quality["frechet_feature_distance"] >= 0 and quality["floor_frechet_feature_distance"] >= 0
   assert "not Inception" in quality["feature_network"] and "Fréchet feature distance" in scored.stdout
   bad = _sample_cli(f"--workdir={path}", "--num=2", "--steps=4")
-  assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: --steps sets MaskGIT")
+  last = bad.stderr.strip().splitlines()[-1]
+  assert bad.returncode == 1 and last.startswith("error: --steps is not an option of this prior")
   missing = _sample_cli(f"--workdir={tmp_path / 'none'}")
   assert missing.returncode == 1 and "error:" in missing.stderr and "has no checkpoint" in missing.stderr
 

@@ -1,14 +1,16 @@
-"""The `prior_likelihood` evaluator: how well a stage-two prior (`ae_jax.models.code_priors`) models a split's
-codes, summed exactly over every example, device and process.
+"""The `prior_likelihood` evaluator: how well a stage-two prior (a model with the "code_prior" ability)
+models a split's codes, summed exactly over every example, device and process.
 
-* `ar_prior` (a likelihood): "nll" (nats per image, -log p(x) of the L codes), "bits_per_code" (nll /
+What a prior's `eval_nats` measures is its `score` ("code_prior" ability, `ae_jax.models.interface`):
+
+* "nll" (`ar_prior`, a likelihood): "nll" (nats per image, -log p(x) of the L codes), "bits_per_code" (nll /
   (L ln 2)), "bits_per_image" (nll / ln 2), and "uniform_bits_per_code" = log2 K, the uniform prior's, to
   compare with (a prior that learnt nothing scores about that; fewer bits are better).
-* `maskgit_prior` (NOT a likelihood): "masked_xent_bits_per_code", the cross-entropy in bits of the
-  masked positions at the fixed mask ratio `mask_ratio` (round(ratio L) positions, at least 1, chosen per
-  example from `mask_seed` and the example's index, so every evaluation masks the same positions), and
-  "uniform_bits_per_code". It measures denoising of a partly masked sequence, not log p(x), so it is not
-  comparable with an AR prior's bits per code.
+* "masked_xent" (`maskgit_prior`, NOT a likelihood): "masked_xent_bits_per_code", the cross-entropy in
+  bits of the masked positions at the fixed mask ratio `mask_ratio` (round(ratio L) positions, at least
+  1, chosen per example from `mask_seed` and the example's index, so every evaluation masks the same
+  positions), and "uniform_bits_per_code". It measures denoising of a partly masked sequence, not
+  log p(x), so it is not comparable with an AR prior's bits per code.
 
 Options: mask_ratio (MaskGIT, in (0, 1]), mask_seed, max_examples.
 """
@@ -25,38 +27,24 @@ import ml_collections
 from ae_jax import evaluators, models
 from ae_jax.errors import ConfigError
 from ae_jax.evaluators import batches
-from ae_jax.models.code_priors import ARPrior, MaskGITPrior
 
 
-def fixed_mask(index: jax.Array, seq_len: int, ratio: float, seed: int) -> jax.Array:
-  """Masks [B, L] bool with exactly max(1, round(ratio L)) True positions per example, drawn uniformly
-  from fold_in(PRNGKey(seed), index[b]): the same example gets the same mask in every batch layout."""
-  count = min(seq_len, max(1, round(ratio * seq_len)))
-  base = jax.random.PRNGKey(seed)
-  scores = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(base, i), (seq_len,)))(index)
-  ranks = jnp.argsort(jnp.argsort(scores, axis=-1), axis=-1)
-  return ranks < count
-
-
-def prior_sums(state, batch, *, model, ratio: float, seed: int) -> dict[str, jax.Array]:
-  """This device's sums over its valid examples: "nats" (code_nll of an AR prior, or the masked
-  cross-entropy per masked code of MaskGIT at the fixed mask) and "count"."""
+def prior_sums(state, batch, *, model, settings: dict) -> dict[str, jax.Array]:
+  """This device's sums over its valid examples: "nats" (the prior's `eval_nats`: -log p(x) of an exact
+  prior, MaskGIT's masked cross-entropy per masked code) and "count"."""
   variables = {"params": state.params, **state.model_state}
   valid = batch["valid"].astype(jnp.float32)
-  inputs = models.model_inputs(model, batch)  # a class-conditional prior's labels
-  if isinstance(model, MaskGITPrior):
-    mask = fixed_mask(batch["index"], batch["x"].shape[-1], ratio, seed)
-    nats = model.apply(variables, batch["x"], train=False, token_mask=mask, **inputs)["masked_code_xent"]
-  else:
-    nats = model.apply(variables, batch["x"], train=False, **inputs)["code_nll"]
+  labels = models.model_inputs(model, batch).get("labels")  # a class-conditional prior's labels
+  nats = model.apply(variables, batch["x"], batch["index"], labels, settings, method="eval_nats")
   return {"nats": jnp.sum(nats * valid), "count": jnp.sum(valid)}
 
 
 def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
   model = ctx.model
-  if not isinstance(model, (ARPrior, MaskGITPrior)):
+  if "code_prior" not in models.abilities(model):
+    priors = sorted(n for n, spec in models.MODELS.items() if "code_prior" in spec.abilities)
     raise ConfigError(
-      f"config.evals.{name} (type 'prior_likelihood') needs a prior model (ar_prior or maskgit_prior), not "
+      f"config.evals.{name} (type 'prior_likelihood') needs a prior over codes ({', '.join(priors)}), not "
       f"'{ctx.config.model.name}'"
     )
   vocab = getattr(ctx.dataset.info, "vocab_size", 0)
@@ -67,15 +55,16 @@ def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
     )
   if not 0.0 < float(sec.mask_ratio) <= 1.0:
     raise ConfigError(f"config.evals.{name}.mask_ratio must be in (0, 1], got {sec.mask_ratio}")
-  maskgit = isinstance(model, MaskGITPrior)
+  masked = model.score == "masked_xent"  # else "nll", an exact likelihood
   seq_len = int(model.input_shape[0])
-  sums_fn = functools.partial(prior_sums, model=model, ratio=float(sec.mask_ratio), seed=int(sec.mask_seed))
+  settings = {"mask_ratio": float(sec.mask_ratio), "mask_seed": int(sec.mask_seed)}
+  sums_fn = functools.partial(prior_sums, model=model, settings=settings)
   uniform = math.log2(model.vocab_size)
 
   def evaluate(rstate, step: int, final: bool) -> evaluators.Result:
     sums = batches.section_sums(sums_fn, rstate, ctx, sec)
     nats = float(sums["nats"]) / max(float(sums["count"]), 1.0)
-    if maskgit:
+    if masked:
       bits = nats / math.log(2.0)
       metrics = {"masked_xent_bits_per_code": bits, "uniform_bits_per_code": uniform}
       line = (

@@ -31,9 +31,20 @@ import jax.numpy as jnp
 from ae_jax import losses
 from ae_jax.errors import ConfigError
 from ae_jax.models import interface
-from ae_jax.priors import ARTransformer, MaskGITTransformer, masked_token_loss, random_mask, token_nll
-from ae_jax.priors.maskgit import MASK_SCHEDULES
+from ae_jax.priors import (
+  ARTransformer,
+  MaskGITTransformer,
+  masked_token_loss,
+  maskgit_decode,
+  random_mask,
+  sample_autoregressive,
+  token_nll,
+)
+from ae_jax.priors.maskgit import MASK_SCHEDULES, fixed_mask
 from ae_jax.priors.trunk import TrunkOptions
+
+# The sampling options an autoregressive prior reads (generate.SampleOptions' fields).
+AUTOREGRESSIVE_OPTIONS = ("temperature", "top_k", "top_p", "label")
 
 
 def _seq_len(model: str, input_shape: Sequence[int]) -> int:
@@ -46,7 +57,8 @@ def _seq_len(model: str, input_shape: Sequence[int]) -> int:
 
 
 class _TransformerPrior(TrunkOptions):
-  """What both priors share: the options of `ae_jax.priors`' transformers and the input checks."""
+  """What both priors share: the options of `ae_jax.priors`' transformers and the input checks (the
+  "code_prior" ability: `ae_jax.models.interface`)."""
 
   vocab_size: int = 512
   input_shape: Sequence[int] = (49,)
@@ -68,10 +80,31 @@ class _TransformerPrior(TrunkOptions):
     return self.transformer(tokens, labels=labels if self.num_classes else None, train=train)["logits"]
 
 
-@interface.register("ar_prior", ("conditional",))
+@interface.register("ar_prior", ("code_prior", "conditional"))
 class ARPrior(_TransformerPrior):
   """Causal transformer prior over code sequences (`ae_jax.priors.ARTransformer`): x [B, L] int32 ->
   {"logits" [B, L, K], "code_nll" [B] nats, "metrics": {"bits_per_code"}}."""
+
+  objective = "code_nll"
+  score = "nll"
+  sampling_options = AUTOREGRESSIVE_OPTIONS
+
+  def eval_nats(self, x: jax.Array, index: jax.Array, labels: jax.Array | None, settings) -> jax.Array:
+    """-log p(x) in nats [B] (exact)."""
+    return self(x, train=False, labels=labels)["code_nll"]
+
+  def draw(self, logits_fn, key: jax.Array, labels: jax.Array | None, options) -> jax.Array:
+    """One sequence [1, L], position by position (`sample_autoregressive`)."""
+    return sample_autoregressive(
+      logits_fn,
+      key,
+      1,
+      seq_len=int(self.input_shape[0]),
+      temperature=options.temperature,
+      top_k=options.top_k,
+      top_p=options.top_p,
+      labels=labels,
+    )
 
   def setup(self) -> None:
     self.transformer = ARTransformer(**self._options(), name="transformer")
@@ -85,13 +118,40 @@ class ARPrior(_TransformerPrior):
     return {"logits": logits, "code_nll": nll, "metrics": {"bits_per_code": bits}}
 
 
-@interface.register("maskgit_prior", ("conditional",))
+@interface.register("maskgit_prior", ("code_prior", "conditional"))
 class MaskGITPrior(_TransformerPrior):
   """Masked-token transformer prior (`ae_jax.priors.MaskGITTransformer`): x [B, L] int32 -> {"logits",
   "token_mask", "masked_input", "masked_code_xent" [B] nats, "metrics": {"masked_bits_per_code"}}.
   mask_schedule: "cosine", "linear" or "square" (training masks and the decoder's schedule)."""
 
   mask_schedule: str = "cosine"
+
+  objective = "masked_code_xent"
+  score = "masked_xent"
+  sampling_options = (*AUTOREGRESSIVE_OPTIONS, "steps", "choice_temperature")
+
+  def eval_nats(self, x: jax.Array, index: jax.Array, labels: jax.Array | None, settings) -> jax.Array:
+    """The cross-entropy [B] in nats per masked code at the fixed mask of `settings.mask_ratio` and
+    `settings.mask_seed` (`fixed_mask`: the same positions for an example in every evaluation)."""
+    mask = fixed_mask(index, x.shape[-1], float(settings["mask_ratio"]), int(settings["mask_seed"]))
+    return self(x, train=False, labels=labels, token_mask=mask)["masked_code_xent"]
+
+  def draw(self, logits_fn, key: jax.Array, labels: jax.Array | None, options) -> jax.Array:
+    """One sequence [1, L] by iterative parallel decoding (`maskgit_decode`, `options.steps` iterations)."""
+    return maskgit_decode(
+      logits_fn,
+      key,
+      1,
+      seq_len=int(self.input_shape[0]),
+      vocab_size=self.vocab_size,
+      steps=options.steps,
+      temperature=options.temperature,
+      choice_temperature=options.choice_temperature,
+      labels=labels,
+      top_k=options.top_k,
+      top_p=options.top_p,
+      schedule=self.mask_schedule,
+    )
 
   def setup(self) -> None:
     if self.mask_schedule not in MASK_SCHEDULES:

@@ -21,6 +21,14 @@ Protocol the model class implements (a test checks every registered model agains
   `latent_dim`, `frame_codes(x) -> [B, T, latent_dim]` (posterior means; a real frame's code does not
   depend on the padding after it) and `decode_frames(z [B, T, latent_dim]) -> [B, T, F]` (the mean of
   p(x|z)).
+* "code_prior": a prior over token sequences x [B, L] int32 in [0, vocab_size) (a stage one's codes,
+  `ae_jax.data.codes`): `vocab_size`, `num_classes` (0: unconditional); class attributes `objective` (the
+  loss term it trains with), `score` ("nll": `eval_nats` is the exact -log p(x); "masked_xent": a masked-
+  token cross-entropy, not a likelihood) and `sampling_options` (the `generate.SampleOptions` fields it
+  reads); `logits(tokens, labels, train)`; `eval_nats(x, index, labels, settings) -> [B]` nats per example
+  (what the `prior_likelihood` evaluator sums; `settings` its config section); and `draw(logits_fn, key,
+  labels, options) -> tokens [1, L]`, one sample through `logits_fn(tokens, labels)` (plain Python on the
+  unbound module, jittable).
 * "quantized": the outputs hold integer "indices" [B, ...] (one token per latent position and codebook) and
   `codebooks() -> tuple[int, ...]` gives the size of each codebook a position is coded with (one entry per
   residual stage), so a position carries sum(log2 K) bits.
@@ -66,6 +74,28 @@ class FrameLatents(Protocol):
   def frame_codes(self, x: jax.Array) -> jax.Array: ...
 
   def decode_frames(self, z: jax.Array) -> jax.Array: ...
+
+
+@runtime_checkable
+class CodePrior(Protocol):
+  vocab_size: int
+  num_classes: int
+  objective: str
+  score: str
+  sampling_options: tuple[str, ...]
+
+  def logits(self, tokens: jax.Array, labels: jax.Array | None = None, train: bool = False) -> jax.Array: ...
+
+  def eval_nats(
+    self, x: jax.Array, index: jax.Array, labels: jax.Array | None, settings: Any
+  ) -> jax.Array: ...
+
+  def draw(
+    self, logits_fn: Callable, key: jax.Array, labels: jax.Array | None, options: Any
+  ) -> jax.Array: ...
+
+
+SCORES = ("nll", "masked_xent")  # what a code prior's eval_nats measures
 
 
 @runtime_checkable
@@ -117,6 +147,7 @@ ABILITIES: dict[str, type] = {
   "autoencoding": Autoencoding,
   "frame_latents": FrameLatents,
   "quantized": Quantized,
+  "code_prior": CodePrior,
 }
 
 

@@ -1,32 +1,31 @@
-"""Sampling a trained stage-two prior (`ar_prior`, `maskgit_prior`) and decoding through its frozen stage one.
+"""Sampling a trained stage-two prior (a model with the "code_prior" ability: `ar_prior`, `maskgit_prior`)
+and decoding through its frozen stage one.
 
     prior = stage_one.load_run("runs/prior_ar")
     tokens = sample_tokens(prior, 64, seed=0, options=SampleOptions(temperature=0.9, top_k=50))
     images = tokenizer_of(prior).decode_codes(tokens)
 
 Example i is drawn from its own key fold_in(PRNGKey(seed), i), `per_device` examples at a time on each
-local device (one vmapped sampler per example: `sample_autoregressive`, or `maskgit_decode` with `steps`
-iterations), so the samples of a seed do not depend on how many devices share the work: each device runs
-the same program on the same examples' keys (tested on 1 and 8 devices).
+local device (one vmapped sampler per example, the prior's `draw`: `sample_autoregressive`, or
+`maskgit_decode` with `steps` iterations), so the samples of a seed do not depend on how many devices
+share the work: each device runs the same program on the same examples' keys (tested on 1 and 8
+devices).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ae_jax import parallel, stage_one
+from ae_jax import models, parallel, stage_one
 from ae_jax.errors import ConfigError
-from ae_jax.models.code_priors import ARPrior, MaskGITPrior
-from ae_jax.priors.maskgit import maskgit_decode
 from ae_jax.priors.sampling import check_sampling_options
-from ae_jax.priors.transformer import sample_autoregressive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,21 +52,27 @@ class SampleOptions:
 
 
 def check_options(
-  prior: stage_one.Run, options: SampleOptions, num: int, *, steps_given: bool = False
+  prior: stage_one.Run, options: SampleOptions, num: int, *, given: Collection[str] = ()
 ) -> None:
-  """ConfigError (one line) for options this prior cannot use or values out of range."""
+  """ConfigError (one line) for options this prior cannot use or values out of range; `given`: the
+  options the user set (an option the prior does not read is refused, not ignored)."""
   model = prior.model
-  if not isinstance(model, (ARPrior, MaskGITPrior)):
+  if "code_prior" not in models.abilities(model):
+    priors = sorted(n for n, spec in models.MODELS.items() if "code_prior" in spec.abilities)
     raise ConfigError(
-      f"{prior.workdir} is a '{prior.config.model.name}' run, not a prior (ar_prior, maskgit_prior)"
+      f"{prior.workdir} is a '{prior.config.model.name}' run, not a prior over codes ({', '.join(priors)})"
+    )
+  unused = [name for name in given if name not in model.sampling_options]
+  if unused:
+    raise ConfigError(
+      f"--{unused[0]} is not an option of this prior ('{prior.config.model.name}'); it reads "
+      + ", ".join(f"--{n}" for n in model.sampling_options)
     )
   if num < 1:
     raise ConfigError(f"--num must be >= 1, got {num}")
   if options.temperature < 0:
     raise ConfigError(f"--temperature must be >= 0 (0: greedy), got {options.temperature}")
   check_sampling_options(options.temperature, options.top_k, options.top_p)
-  if isinstance(model, ARPrior) and steps_given:
-    raise ConfigError("--steps sets MaskGIT's decoding iterations; this prior is autoregressive (ar_prior)")
   if options.steps < 1:
     raise ConfigError(f"--steps must be >= 1, got {options.steps}")
   if model.num_classes and options.label is None:
@@ -84,28 +89,13 @@ def check_options(
 
 
 def _sampler(model: Any, options: SampleOptions) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
-  """(variables, keys [b], labels [b]) -> tokens int32 [b, L], one sampler per example (vmapped)."""
-  seq_len = int(model.input_shape[0])
+  """(variables, keys [b], labels [b]) -> tokens int32 [b, L], one sampler per example (the prior's
+  `draw`, vmapped)."""
 
   def one(variables: Any, key: jax.Array, label: jax.Array) -> jax.Array:
     labels = label[None] if model.num_classes else None
-    apply = lambda tokens, y: model.apply(variables, tokens, y, method="logits")  # noqa: E731
-    common = dict(seq_len=seq_len, temperature=options.temperature, top_k=options.top_k, labels=labels)
-    if isinstance(model, MaskGITPrior):
-      tokens = maskgit_decode(
-        apply,
-        key,
-        1,
-        vocab_size=model.vocab_size,
-        steps=options.steps,
-        choice_temperature=options.choice_temperature,
-        top_p=options.top_p,
-        schedule=model.mask_schedule,
-        **common,
-      )
-    else:
-      tokens = sample_autoregressive(apply, key, 1, top_p=options.top_p, **common)
-    return tokens[0]
+    logits_fn = lambda tokens, y: model.apply(variables, tokens, y, method="logits")  # noqa: E731
+    return model.draw(logits_fn, key, labels, options)[0]
 
   return lambda variables, keys, labels: jax.vmap(one, in_axes=(None, 0, 0))(variables, keys, labels)
 

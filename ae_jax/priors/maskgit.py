@@ -109,6 +109,16 @@ def masked_token_loss(logits: jax.Array, tokens: jax.Array, mask: jax.Array) -> 
   return jnp.sum(nll * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
 
 
+def fixed_mask(index: jax.Array, seq_len: int, ratio: float, seed: int) -> jax.Array:
+  """Masks [B, L] bool with exactly max(1, round(ratio L)) True positions per example, drawn uniformly
+  from fold_in(PRNGKey(seed), index[b]): the same example gets the same mask in every batch layout."""
+  count = min(seq_len, max(1, round(ratio * seq_len)))
+  base = jax.random.PRNGKey(seed)
+  scores = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(base, i), (seq_len,)))(index)
+  ranks = jnp.argsort(jnp.argsort(scores, axis=-1), axis=-1)
+  return ranks < count
+
+
 class MaskGITTransformer(TokenPrior):
   """Bidirectional transformer: tokens [B, L] with ids in [0, K] (K = the mask token) -> {"logits":
   [B, L, K] float32} over the K real tokens at every position.

@@ -20,16 +20,16 @@ from ae_jax import evaluators, stage_one
 from ae_jax.config import default_config, parse_arg
 from ae_jax.data import codes, data_config
 from ae_jax.errors import ConfigError
-from ae_jax.models import model_config
+from ae_jax.models import MODELS, model_config
 
 # Needs a trained stage one, so the shipped-config sweep (tests/test_configs.py) leaves it out;
 # tests/test_stage_two.py checks it on a tiny stage one.
 ARGS = ()
-LOSSES = {"ar_prior": "code_nll", "maskgit_prior": "masked_code_xent"}
 
 
 def prior_config(model: str, arg: str):
-  """The shared config of both priors: the codes of the stage one `arg` names, model `model`."""
+  """The shared config of the priors over codes: the codes of the stage one `arg` names, model `model`
+  (a registered model with the "code_prior" ability)."""
   options = parse_arg(arg, workdir="", step=0, best=False, conditional=False)
   if not options["workdir"]:
     raise ConfigError("the config needs the stage one's workdir: --config=...prior_*.py:STAGE_ONE_WORKDIR")
@@ -49,7 +49,7 @@ def prior_config(model: str, arg: str):
     model, vocab_size=layout.vocab_size, num_layers=4, num_heads=4, embed_dim=128, mlp_dim=512, dropout=0.1
   )
   config.model.num_classes = num_classes
-  config.loss = {LOSSES[model]: 1.0}
+  config.loss = {MODELS.lookup(model).cls.objective: 1.0}  # the prior's own loss term
   config.batch_size = 64
   config.eval_batch_size = 1000
   config.total_steps = 3000
