@@ -5,7 +5,7 @@
     drawn = draw(run, 10_000, seed=0, options=generate.SampleOptions(top_k=50))
     quality = score(drawn)
 
-* A stage-two prior run (ar_prior, maskgit_prior; trained on the `codes` dataset): codes from
+* A stage-two prior run (a "code_prior" model, trained on the `codes` dataset): codes from
   `priors.generate.sample_tokens`, decoded by its frozen stage one.
 * An autoencoder run (the "autoencoding" ability) or a VAE: codes from a Gaussian mixture fitted on its
   training codes (`latent_prior="mixture"`, cached in WORKDIR/latent_priors) or from a VAE's prior N(0, I)

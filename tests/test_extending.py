@@ -17,7 +17,7 @@ from ae_jax.errors import ConfigError
 from ae_jax.evaluators import batches
 
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "extending.md"
-MODULES = ("my_ramps", "my_models", "my_evals", "my_losses", "my_quantizers")
+MODULES = ("my_ramps", "my_models", "my_evals", "my_losses", "my_quantizers", "my_priors")
 
 
 def _blocks() -> tuple[dict[str, str], list[str]]:
@@ -93,3 +93,32 @@ def test_the_quantizer_example_runs_inside_the_vqvae(plugins, tiny_config):
   config.model.quantizer.num_codes = 8
   with pytest.raises(ConfigError, match=r"num_codes is not an option of quantizer 'my_quantizers:binary'"):
     train.build(config, (8, 8, 3))
+
+
+@pytest.mark.training
+def test_the_prior_example_trains_on_a_stage_ones_codes_scores_and_samples(plugins, tmp_path):
+  """The per-position prior, configured by its config lines over a tiny VQ-VAE's codes: its test NLL
+  (the prior_likelihood evaluator) is -sum_t log softmax(w_t)[x_t] computed from its parameters, and the
+  sampler draws from it."""
+  from ae_jax import stage_one
+  from ae_jax.priors import generate
+  from tests.conftest import train_tiny_vqvae
+
+  stage = str(tmp_path / "stage_one")
+  train_tiny_vqvae(stage, 4)
+  namespace = {"STAGE_ONE": stage}
+  exec(compile(plugins["my_priors"], str(DOC), "exec"), namespace)
+  config = namespace["config"]
+  config.batch_size = config.eval_batch_size = 16
+  config.total_steps, config.checkpoint_every, config.log_every = 20, 20, 10
+  config.evals.test.every = 0
+  summary = loop.train_and_evaluate(config, str(tmp_path / "prior"))
+  assert config.loss.to_dict() == {"code_nll": 1.0}  # the model's objective
+  table = np.asarray(summary["state"].params["logits"], np.float64)
+  log_p = table - np.log(np.exp(table).sum(-1, keepdims=True))
+  test = summary["dataset"].split("test")
+  codes = np.stack([test[i]["tokens"] for i in range(len(test))])
+  nll = -log_p[np.arange(codes.shape[1]), codes].sum(-1).mean()
+  assert summary["metrics"]["likelihood/nll"] == pytest.approx(nll, rel=1e-5)
+  samples = generate.sample_tokens(stage_one.load_run(str(tmp_path / "prior")), 6, seed=0, per_device=1)
+  assert samples.shape == (6, 4) and samples.min() >= 0 and samples.max() < 16

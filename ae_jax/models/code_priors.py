@@ -80,18 +80,28 @@ class _TransformerPrior(TrunkOptions):
     return self.transformer(tokens, labels=labels if self.num_classes else None, train=train)["logits"]
 
 
-@interface.register("ar_prior", ("code_prior", "conditional"))
-class ARPrior(_TransformerPrior):
-  """Causal transformer prior over code sequences (`ae_jax.priors.ARTransformer`): x [B, L] int32 ->
-  {"logits" [B, L, K], "code_nll" [B] nats, "metrics": {"bits_per_code"}}."""
+class Autoregressive:
+  """An exact autoregressive prior over codes, for a model whose `logits(tokens, labels, train)` [B, L,
+  K] read tokens[:, :t] only at position t: `__call__` gives {"logits", "code_nll" [B] (-log p(x) in
+  nats), "metrics": {"bits_per_code"}}, and the "code_prior" ability: trained on `code_nll`, scored by
+  it, sampled position by position."""
 
   objective = "code_nll"
   score = "nll"
   sampling_options = AUTOREGRESSIVE_OPTIONS
 
+  def __call__(
+    self, x: jax.Array, *, train: bool = False, labels: jax.Array | None = None
+  ) -> dict[str, jax.Array]:
+    logits = self.logits(x, labels, train)
+    nll = token_nll(logits, x)
+    bits = jnp.mean(nll) / (x.shape[-1] * math.log(2.0))
+    return {"logits": logits, "code_nll": nll, "metrics": {"bits_per_code": bits}}
+
   def eval_nats(self, x: jax.Array, index: jax.Array, labels: jax.Array | None, settings) -> jax.Array:
-    """-log p(x) in nats [B] (exact)."""
-    return self(x, train=False, labels=labels)["code_nll"]
+    """-log p(x) in nats [B] (exact); labels reach a class-conditional prior only."""
+    kwargs = {"labels": labels} if self.num_classes else {}
+    return self(x, train=False, **kwargs)["code_nll"]
 
   def draw(self, logits_fn, key: jax.Array, labels: jax.Array | None, options) -> jax.Array:
     """One sequence [1, L], position by position (`sample_autoregressive`)."""
@@ -106,16 +116,14 @@ class ARPrior(_TransformerPrior):
       labels=labels,
     )
 
+
+@interface.register("ar_prior", ("code_prior", "conditional"))
+class ARPrior(Autoregressive, _TransformerPrior):
+  """Causal transformer prior over code sequences (`ae_jax.priors.ARTransformer`): x [B, L] int32 ->
+  {"logits" [B, L, K], "code_nll" [B] nats, "metrics": {"bits_per_code"}}."""
+
   def setup(self) -> None:
     self.transformer = ARTransformer(**self._options(), name="transformer")
-
-  def __call__(
-    self, x: jax.Array, *, train: bool = False, labels: jax.Array | None = None
-  ) -> dict[str, jax.Array]:
-    logits = self.logits(x, labels, train)
-    nll = token_nll(logits, x)
-    bits = jnp.mean(nll) / (x.shape[-1] * math.log(2.0))
-    return {"logits": logits, "code_nll": nll, "metrics": {"bits_per_code": bits}}
 
 
 @interface.register("maskgit_prior", ("code_prior", "conditional"))

@@ -91,7 +91,7 @@ class LatentCodec:
     raise ConfigError(
       f"{workdir} is a '{name}' run, which has no continuous code to sample; give an autoencoder or "
       "VAE run (a model with the 'autoencoding', 'generative' or 'frame_latents' ability), or a prior run "
-      "(ar_prior, maskgit_prior) for a VQ-VAE"
+      "(ar_prior, maskgit_prior, pixelcnn_prior) for a VQ-VAE"
     )
 
   @classmethod

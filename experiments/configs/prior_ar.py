@@ -27,9 +27,13 @@ from ae_jax.models import MODELS, model_config
 ARGS = ()
 
 
-def prior_config(model: str, arg: str):
+# The transformer priors' size (ar_prior, maskgit_prior).
+TRANSFORMER = dict(num_layers=4, num_heads=4, embed_dim=128, mlp_dim=512, dropout=0.1)
+
+
+def prior_config(model: str, arg: str, **model_options):
   """The shared config of the priors over codes: the codes of the stage one `arg` names, model `model`
-  (a registered model with the "code_prior" ability)."""
+  (a registered model with the "code_prior" ability) with `model_options`."""
   options = parse_arg(arg, workdir="", step=0, best=False, conditional=False)
   if not options["workdir"]:
     raise ConfigError("the config needs the stage one's workdir: --config=...prior_*.py:STAGE_ONE_WORKDIR")
@@ -45,9 +49,9 @@ def prior_config(model: str, arg: str):
     raise ConfigError(
       "',conditional' needs class labels, but the stage one's dataset has none; leave out ',conditional'"
     )
-  config.model = model_config(
-    model, vocab_size=layout.vocab_size, num_layers=4, num_heads=4, embed_dim=128, mlp_dim=512, dropout=0.1
-  )
+  if "grid" in MODELS.lookup(model).options:  # a prior over the 2-D grid (pixelcnn_prior) reads its shape
+    model_options.setdefault("grid", tuple(layout.grid))
+  config.model = model_config(model, vocab_size=layout.vocab_size, **model_options)
   config.model.num_classes = num_classes
   config.loss = {MODELS.lookup(model).cls.objective: 1.0}  # the prior's own loss term
   config.batch_size = 64
@@ -68,4 +72,4 @@ def prior_config(model: str, arg: str):
 
 
 def get_config(arg: str = ""):
-  return prior_config("ar_prior", arg)
+  return prior_config("ar_prior", arg, **TRANSFORMER)

@@ -10,12 +10,12 @@ and schedule. Its `prior_likelihood` metric is the masked-token cross-entropy at
 per masked code), not a likelihood: it is not comparable with the AR prior's bits per code.
 """
 
-from experiments.configs.prior_ar import prior_config
+from experiments.configs.prior_ar import TRANSFORMER, prior_config
 
 ARGS = ()  # needs a trained stage one (see prior_ar.py)
 
 
 def get_config(arg: str = ""):
-  config = prior_config("maskgit_prior", arg)
+  config = prior_config("maskgit_prior", arg, **TRANSFORMER)
   config.model.mask_schedule = "cosine"
   return config
