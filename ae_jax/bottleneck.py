@@ -34,14 +34,12 @@ from flax import linen as nn
 from ml_collections import config_flags
 
 from ae_jax import config as config_checks
-from ae_jax import models, parallel
+from ae_jax import models, parallel, text_table
 from ae_jax.errors import AEJaxError
 
 CODE_KEYS = ("code", "mean", "z")  # the bottleneck output, in order of preference
 RECON_KEY = "recon"
 _BATCHES = (2, 3)  # the two batch sizes traced to tell batch dimensions from fixed ones
-MAX_WIDTH = 110  # the report's lines: a long output shape (a quantizer's dict of outputs) wraps
-MIN_WRAP = 24  # the narrowest a wrapped column gets, however wide the others are
 
 Dim = int | str  # a fixed size, "B" (the batch), "B*k" (batch folded with a size-k axis) or "?"
 
@@ -285,73 +283,23 @@ def _fmt_size(shape: Any, size: int) -> str:
   return f"{size:,}" if batched else f"{size:,} (total)"
 
 
-def _pieces(text: str, width: int) -> list[str]:
-  """`text` cut after each ", " at the outermost bracket depth, and a piece still longer than `width` cut
-  again one level deeper (so `{a: [B, 8], b: {c: [], d: []}}` breaks between its entries, inside b only
-  if b is long, and inside a shape last)."""
-  depths, level = [], 0
-  for ch in text:
-    level += ch in "([{"
-    depths.append(level)
-    level -= ch in ")]}"
-
-  def cut(a: int, b: int, depth: int) -> list[str]:
-    if b - a <= width or depth > max(depths[a:b]):
-      return [text[a:b].rstrip()]
-    cuts = [a, *(i + 2 for i in range(a, b - 1) if depths[i] == depth and text.startswith(", ", i)), b]
-    return [p for lo, hi in zip(cuts, cuts[1:], strict=False) for p in cut(lo, hi, depth + 1)]
-
-  return cut(0, len(text), 1)
-
-
-def _wrap(text: str, width: int) -> list[str]:
-  """`text` in lines of at most `width` characters where it can be broken (after a ", ", see `_pieces`);
-  continuation lines are indented by one space."""
-  if len(text) <= width:
-    return [text]
-  first, *rest = _pieces(text, width - 1)
-  lines = [first]
-  for piece in rest:
-    if len(lines[-1]) + 1 + len(piece) <= width:
-      lines[-1] += " " + piece
-    else:
-      lines.append(" " + piece)
-  return lines
-
-
-def _table(
-  header: Sequence[str], rows: list[Sequence[str]], right: set[int], wrap: int, width: int = MAX_WIDTH
-) -> list[str]:
-  """Rows of cells as aligned columns (those in `right` right-aligned) within `width` characters where
-  possible: column `wrap` takes what the others leave (at least MIN_WRAP) and its longer cells continue on
-  the next lines."""
-  widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-  others = sum(w for i, w in enumerate(widths) if i != wrap) + 2 * (len(header) - 1)
-  widths[wrap] = min(widths[wrap], max(width - others, MIN_WRAP, len(header[wrap])))
-  cell = lambda i, s: s.rjust(widths[i]) if i in right else s.ljust(widths[i])
-  lines = []
-  for r in [header, *rows]:
-    first, *rest = _wrap(r[wrap], widths[wrap])
-    lines.append("  ".join(cell(i, first if i == wrap else s) for i, s in enumerate(r)).rstrip())
-    lines += ["  ".join(cell(i, more if i == wrap else "") for i in range(len(r))).rstrip() for more in rest]
-  lines.insert(1, "  ".join("-" * w for w in widths))
-  return lines
-
-
 def format_report(report: Report) -> str:
-  """Plain text (no terminal-width dependence), lines within MAX_WIDTH characters: the per-call table,
+  """Plain text (no terminal-width dependence), lines within text_table.MAX_WIDTH characters: the per-call
+  table,
   then input/code/recon and the ratios."""
   body = [
     (r.path, r.module, _fmt_shape(r.shape), _fmt_size(r.shape, r.size), f"{r.params:,}") for r in report.rows
   ]
   lines = [f"{report.model} on inputs [B, {', '.join(map(str, report.input_shape))}]", ""]
-  lines += _table(("submodule call", "module", "output", "per example", "params"), body, {3, 4}, wrap=2)
+  lines += text_table.columns(
+    ("submodule call", "module", "output", "per example", "params"), body, {3, 4}, wrap=2
+  )
   lines.append("")
   ends = [("input", "", _fmt_shape(("B", *report.input_shape)), f"{report.input_size:,}")]
   roles = {report.code_key: "the code", RECON_KEY: "reconstruction"}
   for key, (shape, size) in report.outputs.items():
     ends.append((f'outputs["{key}"]', roles.get(key, ""), _fmt_shape(shape), _fmt_size(shape, size)))
-  lines += _table(("data", "role", "shape", "per example"), ends, {3}, wrap=2)
+  lines += text_table.columns(("data", "role", "shape", "per example"), ends, {3}, wrap=2)
   lines.append("")
   if report.ratio is None:
     lines.append(f"compression ratio: - (the model returns none of {', '.join(CODE_KEYS)} as its code)")
