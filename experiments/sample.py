@@ -24,6 +24,8 @@ code independently from either and decodes spectrograms [N, T, F], shown as pict
 
 from __future__ import annotations
 
+import math
+
 from absl import app, flags
 
 # Its own flag set, so this command and the others can be imported into one process (tests).
@@ -99,9 +101,17 @@ USAGE = (
 )
 
 
+def grid_layout(num: int, classes: int = 0) -> tuple[int, int]:
+  """(how many of `num` samples samples.png shows, its columns): at most GRID_IMAGES in a square grid, or
+  with `classes` K > 0 (--label all: sample i is of class i mod K) K columns, one class each, whole rows."""
+  if classes:
+    return min(num, max(GRID_IMAGES // classes, 1) * classes), classes
+  shown = min(num, GRID_IMAGES)
+  return shown, math.ceil(math.sqrt(shown))
+
+
 def sample(argv: list[str]) -> None:
   import json
-  import math
   import os
   import time
 
@@ -152,8 +162,10 @@ def sample(argv: list[str]) -> None:
     )
   decoded = time.perf_counter()
   os.makedirs(out, exist_ok=True)
-  shown = drawn.images[:GRID_IMAGES]  # the grid shows the first ones; the .npz holds all
-  grid = visualize.image_grid(drawn.pictures(shown), ncols=math.ceil(math.sqrt(len(shown))))
+  classes = getattr(run.model, "num_classes", 0) if FLAGS.label == "all" else 0
+  count, ncols = grid_layout(len(drawn.images), classes)
+  shown = drawn.images[:count]  # the first ones; the .npz holds all
+  grid = visualize.image_grid(drawn.pictures(shown), ncols=ncols)
   png = visualize.save_png(os.path.join(out, "samples.png"), grid)
   npz = os.path.join(out, "samples.npz")
   with open(npz + ".tmp", "wb") as f:
@@ -164,7 +176,7 @@ def sample(argv: list[str]) -> None:
     f"sampled {num} images in {decoded - start:.2f} s: {1e3 * (decoded - start) / num:.2f} ms per image "
     f"({drawn.what})"
   )
-  print(f"files:       {png}, {npz}")
+  print(f"files:       {png}, {npz}" + (" (samples.png: column c holds class c)" if classes else ""))
   if FLAGS.quality:
     quality = samplers.score(drawn, feature_steps=FLAGS.feature_steps, feature_cache=FLAGS.feature_cache)
     with open(os.path.join(out, "quality.json"), "w") as f:

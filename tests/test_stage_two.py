@@ -403,3 +403,11 @@ def test_prior_configs_pass_the_config_check(stage_one_dir):
     importlib.import_module("experiments.configs.prior_ar").get_config(f"{stage_one_dir},stpe=3")
   with pytest.raises(AEJaxError):
     importlib.import_module("experiments.configs.prior_ar").get_config("")
+
+
+def test_the_sample_grid_puts_one_class_in_each_column_for_label_all():
+  from experiments import sample
+
+  assert sample.grid_layout(10_000) == (256, 16) and sample.grid_layout(50) == (50, 8)
+  assert sample.grid_layout(10_000, classes=10) == (250, 10)  # 25 whole rows, column c = class c
+  assert sample.grid_layout(7, classes=10) == (7, 10) and sample.grid_layout(999, classes=300) == (300, 300)
