@@ -116,7 +116,7 @@ def test_the_sampling_command_draws_deterministic_codes_of_either_prior(ae_run, 
     _sample_cli([f"--workdir={ae_run}", "--prior=normal", f"--out={tmp_path / 'x'}"])
   with pytest.raises(ConfigError, match="choose how its codes are drawn"):
     _sample_cli([f"--workdir={ae_run}", f"--out={tmp_path / 'x'}"])
-  with pytest.raises(ConfigError, match="--top_k is for prior runs"):
+  with pytest.raises(ConfigError, match="--top_k is for runs of a prior over codes, not --prior=normal"):
     _sample_cli([f"--workdir={vae_run}", "--prior=normal", "--top_k=3", f"--out={tmp_path / 'x'}"])
 
 
