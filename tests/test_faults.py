@@ -183,9 +183,6 @@ def _assert_names_the_failed_and_the_newest_complete_step(message, checkpoints, 
 
 @pytest.mark.parametrize("async_save", [True, False])
 @pytest.mark.training
-# Orbax's background thread reports the failed write to its event loop after the checkpointer closed it;
-# the console test below checks that the command line shows only the one error line.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_full_disk_names_the_save_that_failed(tiny_config, tmp_path, async_save):
   """A real small filesystem (a 600 KB tmpfs) fills up after a checkpoint or two of ~200 KB."""
   with _small_filesystem(tmp_path / "small", "600k") as mount:
