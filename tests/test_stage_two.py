@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ae_jax import data, loop, parallel, stage_one, train
+from ae_jax import data, evaluators, loop, parallel, stage_one, train
 from ae_jax.data import codes
 from ae_jax.errors import AEJaxError, ConfigError, DataNotFoundError
 from ae_jax.models import get_model
@@ -174,6 +174,13 @@ def test_a_missing_or_unsuitable_stage_one_is_one_clear_error(tmp_path, stage_on
   loop.train_and_evaluate(config, mlp)
   with pytest.raises(ConfigError, match="'mlp_ae' run, which has no discrete codes"):
     data.example_spec(data.data_config("codes", tokenizer_workdir=mlp))
+  priors = r"\(ar_prior, maskgit_prior, pixelcnn_prior\)"  # the models with the code_prior ability
+  with pytest.raises(ConfigError, match=f"is a 'vqvae' run, not a prior over codes {priors}"):
+    generate.check_options(stage_one.load_run(stage_one_dir), generate.SampleOptions(), 4)
+  config.evals = {"nll": evaluators.section("prior_likelihood")}
+  with pytest.raises(ConfigError, match=f"needs a prior over codes {priors}, not 'mlp_ae'"):
+    loop.train_and_evaluate(config, str(tmp_path / "mlp_nll"))
+  assert not os.listdir(tmp_path / "mlp_nll" / "checkpoints")  # refused before the first step
 
 
 def test_vocabularies_above_two_to_the_sixteen_are_refused():
