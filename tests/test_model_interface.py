@@ -36,6 +36,14 @@ def test_unknown_abilities_are_refused_and_stand_ins_have_none():
   assert models.abilities(object()) == frozenset()
 
 
+def test_a_code_prior_must_say_what_its_evaluation_measures():
+  prior = models.MODELS["ar_prior"].cls
+  bad = type("BitsPrior", (prior,), {"score": "bits"})
+  with pytest.raises(ValueError, match="BitsPrior.score must be one of \\('nll', 'masked_xent'\\)"):
+    models.ModelSpec(name="bits_prior", cls=bad, abilities=frozenset({"code_prior"}))
+  assert models.with_ability("code_prior") == ["ar_prior", "maskgit_prior", "pixelcnn_prior"]
+
+
 @pytest.mark.parametrize(
   "options, codebooks",
   [(dict(quantizer={"name": "vq", "num_codes": 256}), (256,)), (dict(quantizer="fsq"), (1000,))],

@@ -42,7 +42,7 @@ def prior_sums(state, batch, *, model, settings: dict) -> dict[str, jax.Array]:
 def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
   model = ctx.model
   if "code_prior" not in models.abilities(model):
-    priors = sorted(n for n, spec in models.MODELS.items() if "code_prior" in spec.abilities)
+    priors = models.with_ability("code_prior")
     raise ConfigError(
       f"config.evals.{name} (type 'prior_likelihood') needs a prior over codes ({', '.join(priors)}), not "
       f"'{ctx.config.model.name}'"

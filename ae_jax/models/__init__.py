@@ -31,6 +31,7 @@ __all__ = [
   "model_fields",
   "register",
   "upgrade_config",
+  "with_ability",
 ]
 
 
@@ -43,6 +44,11 @@ def abilities(model: nn.Module | str) -> frozenset[str]:
     if type(model) is spec.cls:
       return spec.abilities
   return frozenset()
+
+
+def with_ability(ability: str) -> list[str]:
+  """The names of the registered models that have `ability`, sorted."""
+  return sorted(name for name, spec in MODELS.items() if ability in spec.abilities)
 
 
 def model_inputs(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, Any]:

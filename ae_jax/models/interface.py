@@ -178,6 +178,10 @@ class ModelSpec(Spec):
       raise ValueError(
         f"{self.cls.__name__}: unknown abilities {sorted(unknown)}; known: {sorted(ABILITIES)}"
       )
+    if "code_prior" in self.abilities and getattr(self.cls, "score", None) not in SCORES:
+      raise ValueError(
+        f"{self.cls.__name__}.score must be one of {SCORES}, got {getattr(self.cls, 'score', None)!r}"
+      )
     if not self.options:
       fields = {f.name: f.default for f in dataclasses.fields(self.cls) if f.name not in NOT_CONFIGURED}
       object.__setattr__(self, "options", fields)

@@ -1,5 +1,5 @@
-"""Sampling a trained stage-two prior (a model with the "code_prior" ability: `ar_prior`, `maskgit_prior`)
-and decoding through its frozen stage one.
+"""Sampling a trained stage-two prior (a model with the "code_prior" ability: `ar_prior`, `maskgit_prior`,
+`pixelcnn_prior`) and decoding through its frozen stage one.
 
     prior = stage_one.load_run("runs/prior_ar")
     tokens = sample_tokens(prior, 64, seed=0, options=SampleOptions(temperature=0.9, top_k=50))
@@ -58,7 +58,7 @@ def check_options(
   options the user set (an option the prior does not read is refused, not ignored)."""
   model = prior.model
   if "code_prior" not in models.abilities(model):
-    priors = sorted(n for n, spec in models.MODELS.items() if "code_prior" in spec.abilities)
+    priors = models.with_ability("code_prior")
     raise ConfigError(
       f"{prior.workdir} is a '{prior.config.model.name}' run, not a prior over codes ({', '.join(priors)})"
     )
