@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,6 +41,7 @@ import numpy as np
 import optax
 from flax import linen as nn
 
+from ae_jax import workdir
 from ae_jax.data import Dataset, get_dataset, pipeline, resolve, sources
 from ae_jax.data.images import SCALES
 from ae_jax.errors import ConfigError, DataError
@@ -371,12 +371,6 @@ def cache_paths(
   return stem.with_suffix(".msgpack"), stem.with_suffix(".json")
 
 
-def _write_atomic(path: Path, payload: bytes) -> None:
-  with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".", delete=False) as f:
-    f.write(payload)
-  os.replace(f.name, path)
-
-
 def _load(params_path: Path, meta_path: Path, data: ml_collections.ConfigDict, settings: Settings):
   try:
     meta = json.loads(meta_path.read_text())
@@ -431,8 +425,10 @@ def load_or_train(
   }
   try:
     params_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(params_path, flax.serialization.to_bytes(net.params))
-    _write_atomic(meta_path, (json.dumps(meta, indent=1, sort_keys=True, default=str) + "\n").encode())
+    params = flax.serialization.to_bytes(net.params)
+    meta_text = (json.dumps(meta, indent=1, sort_keys=True, default=str) + "\n").encode()
+    workdir.write_whole(params_path, lambda f: f.write(params))
+    workdir.write_whole(meta_path, lambda f: f.write(meta_text))
     log.info("feature network: cached at %s", params_path)
   except OSError as e:
     log.warning(

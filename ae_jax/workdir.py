@@ -1,5 +1,6 @@
 """The run's working directory: checked before anything is written, and held by one writer at a time.
 
+`write_whole(path, write)` writes a file through a temporary file of its own and renames it into place.
 `prepare(path)` creates the folder and checks that it is a writable folder (one WorkdirError line
 otherwise: a file in the way, no permission, a read-only filesystem). `WorkdirLock` is an exclusive
 `flock` on WORKDIR/lock, which also records the holder's process id, host and start time: a second run on
@@ -17,12 +18,29 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable
+from typing import IO
 
 import jax
 
 from ae_jax.errors import WorkdirError
 
 LOCK_NAME = "lock"
+
+
+def write_whole(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+  """Writes a file through `write(f)` into a temporary file of its own beside `path` (a unique name, so
+  processes and hosts sharing a file system never write into one), then renames it over `path`: readers
+  see the old file or the whole new one. OSError when the folder cannot be written."""
+  folder, name = os.path.split(os.fspath(path))
+  with tempfile.NamedTemporaryFile(dir=folder or ".", prefix=name + ".", suffix=".tmp", delete=False) as f:
+    try:
+      write(f)
+    except BaseException:
+      f.close()
+      os.unlink(f.name)
+      raise
+  os.replace(f.name, path)
 
 
 def prepare(path: str) -> str:

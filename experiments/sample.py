@@ -94,6 +94,8 @@ flags.DEFINE_integer(
   flag_values=FLAGS,
 )
 flags.mark_flags_as_required(["workdir"], flag_values=FLAGS)
+# the flags of generate.SampleOptions' fields, which only runs of a prior over codes take
+SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "steps", "choice_temperature", "label")
 GRID_IMAGES = 256  # at most this many samples in samples.png
 USAGE = (
   "python -m experiments.sample --workdir PRIOR_WORKDIR --num N [--seed S] [--temperature T] ..., or "
@@ -136,10 +138,10 @@ def sample(argv: list[str]) -> None:
       raise ConfigError(
         f"--prior is for autoencoder and VAE runs; {run.workdir} is a prior run: drop --prior"
       )
-    given = [n for n in ("temperature", "top_k", "top_p", "steps", "choice_temperature") if FLAGS[n].present]
+    given = [name for name in SAMPLING_FLAGS if FLAGS[name].present]
     generate.check_options(run, options, FLAGS.num, given=given)
   else:
-    for name in ("temperature", "top_k", "top_p", "steps", "choice_temperature", "label"):
+    for name in SAMPLING_FLAGS:
       if FLAGS[name].present and FLAGS.prior is not None:
         raise ConfigError(f"--{name} is for runs of a prior over codes, not --prior={FLAGS.prior}")
   why_not = samplers.quality_unavailable(run.config.data) if FLAGS.quality else None

@@ -312,3 +312,20 @@ def test_nonfinite_loss_before_any_checkpoint_says_so(tiny_config, tmp_path, mon
   monkeypatch.setattr(train, "loss_weights", lambda c: {"mse": lambda s: jnp.where(s >= 1, jnp.nan, 1.0)})
   with pytest.raises(loop.NonFiniteLossError, match="no checkpoint is saved yet"):
     loop.train_and_evaluate(tiny_config, str(tmp_path))
+
+
+def test_a_file_is_written_whole_or_not_at_all(tmp_path):
+  """workdir.write_whole: the new content replaces the file at once; a write that fails leaves the old
+  file and no temporary file."""
+  path = tmp_path / "cache.bin"
+  workdir.write_whole(path, lambda f: f.write(b"old"))
+
+  def fails(f):
+    f.write(b"half")
+    raise OSError(28, "No space left on device")
+
+  with pytest.raises(OSError, match="No space left"):
+    workdir.write_whole(path, fails)
+  assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["cache.bin"]
+  workdir.write_whole(path, lambda f: f.write(b"new"))
+  assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["cache.bin"]

@@ -418,3 +418,11 @@ def test_the_sample_grid_puts_one_class_in_each_column_for_label_all():
   assert sample.grid_layout(10_000) == (256, 16) and sample.grid_layout(50) == (50, 8)
   assert sample.grid_layout(10_000, classes=10) == (250, 10)  # 25 whole rows, column c = class c
   assert sample.grid_layout(7, classes=10) == (7, 10) and sample.grid_layout(999, classes=300) == (300, 300)
+
+
+def test_the_sampling_flags_are_the_sample_options():
+  import dataclasses
+
+  from experiments import sample
+
+  assert sample.SAMPLING_FLAGS == tuple(f.name for f in dataclasses.fields(generate.SampleOptions))

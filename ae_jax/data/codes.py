@@ -31,6 +31,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from ae_jax import workdir
 from ae_jax.data import dataset, sources
 from ae_jax.errors import ConfigError
 
@@ -97,16 +98,12 @@ def _read_cache(path: str, fingerprint: str, n: int, seq_len: int) -> dict[str, 
 
 
 def _write_cache(path: str, arrays: Mapping[str, np.ndarray], fingerprint: str, info: CodesInfo) -> None:
-  # Every process of a multi-host run encodes the split and writes it: each through a file of its own,
-  # renamed over the cache atomically, so processes sharing a file system leave one whole file.
-  tmp = f"{path}.{os.getpid()}-{id(arrays)}.tmp"
+  # Every process of a multi-host run encodes the split and writes it, each through a file of its own
+  # renamed over the cache, so processes sharing a file system leave one whole file.
+  extra = dict(fingerprint=np.str_(fingerprint), grid=np.asarray(info.grid), vocab=info.vocab_size)
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(tmp, "wb") as f:
-      np.savez(
-        f, **arrays, fingerprint=np.str_(fingerprint), grid=np.asarray(info.grid), vocab=info.vocab_size
-      )
-    os.replace(tmp, path)
+    workdir.write_whole(path, lambda f: np.savez(f, **arrays, **extra))
   except OSError as e:
     log.warning("cannot write the code cache %s (%s); the codes stay in memory only", path, e.strerror or e)
 
