@@ -30,8 +30,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ae_jax import data, device_input, experiment, loop, parallel, train
-from ae_jax.errors import DataNotFoundError
+from ae_jax import data
+from ae_jax.core import parallel
+from ae_jax.core.errors import DataNotFoundError
+from ae_jax.runner import experiment, loop
+from ae_jax.training import device_input, train
 
 
 class Spec(NamedTuple):

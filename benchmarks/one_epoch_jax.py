@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from ae_jax import loop
+from ae_jax.runner import loop
 from experiments.configs import conv_ae_fashion_mnist, mlp_ae_fashion_mnist
 
 CONFIGS = {"mlp": mlp_ae_fashion_mnist, "conv": conv_ae_fashion_mnist}

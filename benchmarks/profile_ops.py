@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
   used = measure.resolve_data(config, "auto", 4096, measure.MODELS[args.model].shape)
   bench = measure.build(config)
   batches = measure.host_batches(bench)
-  from ae_jax import parallel
+  from ae_jax.core import parallel
 
   rstate = parallel.replicate(bench.state)
   for _ in range(2):  # compile, then one warm step

@@ -9,7 +9,8 @@ evaluators' files as WORKDIR/eval_<step>_<name>.png (the run's own results.json 
 
 The config is the one the run saved with its checkpoint; `--config.KEY=VALUE` overrides any of it (an
 evaluator's options included), `--add NAME:TYPE` (or `--config.evals.NAME=TYPE`, see
-`ae_jax.config.complete_config`) adds an evaluator section with its defaults first, and `--only NAME,NAME`
+`ae_jax.runner.config.complete_config`) adds an evaluator section with its defaults first, and `--only
+NAME,NAME`
 runs just those. A workdir without a checkpoint stops with one `error:` line.
 """
 
@@ -36,8 +37,9 @@ USAGE = "python -m experiments.evaluate --workdir DIR [--step N | --best] [--onl
 
 def saved_config(argv: list[str]):
   """The config saved with the checkpoint the command line asks for (and --add sections added)."""
-  from ae_jax import evaluators, stage_one
-  from ae_jax.errors import ConfigError, DataError
+  from ae_jax import evaluators
+  from ae_jax.core.errors import ConfigError, DataError
+  from ae_jax.generation import stage_one
 
   values: dict[str, list[str]] = {}
   args = list(argv[1:])
@@ -63,9 +65,10 @@ def saved_config(argv: list[str]):
 
 
 def main(argv: list[str]) -> None:
-  from ae_jax import cli, console, loop
-  from ae_jax import config as configs
-  from ae_jax import workdir as workdirs
+  from ae_jax.core import cli, console
+  from ae_jax.core import workdir as workdirs
+  from ae_jax.runner import config as configs
+  from ae_jax.runner import loop
 
   def evaluate() -> None:
     configs.complete_config(FLAGS.config)
@@ -81,8 +84,8 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  from ae_jax import cli
-  from ae_jax.config import own_flags_parser
+  from ae_jax.core import cli
+  from ae_jax.runner.config import own_flags_parser
 
   config = cli.run_or_exit(lambda: saved_config(sys.argv))
   config_flags.DEFINE_config_dict(

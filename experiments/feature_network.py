@@ -28,13 +28,14 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(
       f"unexpected arguments {argv[1:]}; options are --config, --config.KEY=VALUE, --cache_dir"
     )
-  from ae_jax import cli
+  from ae_jax.core import cli
 
   cli.run_or_exit(lambda: _run(FLAGS.config, FLAGS.cache_dir))
 
 
 def _run(config, cache_dir: str | None) -> None:
-  from ae_jax import console, feature_network
+  from ae_jax.core import console
+  from ae_jax.metrics import feature_network
 
   console.setup()
   net = feature_network.load_or_train(config.data, cache_dir, feature_network.Settings.from_config(config))
@@ -46,6 +47,6 @@ def _run(config, cache_dir: str | None) -> None:
 
 
 if __name__ == "__main__":
-  from ae_jax.config import parse_flags_or_exit
+  from ae_jax.runner.config import parse_flags_or_exit
 
   app.run(main, flags_parser=lambda argv: parse_flags_or_exit(argv, FLAGS, USAGE))

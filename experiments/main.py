@@ -11,7 +11,7 @@ line), the evaluators' files (config.evals: reconstructions.png, ...) and result
 metrics). A bad config, data or workdir stops with one `error:` line; anything else is a bug and keeps its
 traceback.
 
-Flags may also add loss terms and evaluators to the config file's (`ae_jax.config.complete_config`):
+Flags may also add loss terms and evaluators to the config file's (`ae_jax.runner.config.complete_config`):
 
     --config.loss.l1=0.1 --config.loss_schedules.kl=5000
     --config.evals.psnr=image_quality --config.evals.val="{'type': 'losses', 'split': 'validation'}"
@@ -66,8 +66,8 @@ def define_flags(flag_values: flags.FlagValues, sys_argv: list[str] | None = Non
 def parse_command_line(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> list[str]:
   """Parses argv into flag_values (`define_flags`) and completes and checks its config
   (`config.complete_config`); a bad command line or config exits with one `error:` line."""
-  from ae_jax import cli
-  from ae_jax import config as configs
+  from ae_jax.core import cli
+  from ae_jax.runner import config as configs
 
   rest = configs.parse_flags_or_exit(argv, flag_values, USAGE)
   cli.run_or_exit(lambda: configs.complete_config(flag_values.config))
@@ -82,14 +82,15 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(
       f"unexpected arguments {argv[1:]}; options are --config, --config.KEY=VALUE, --workdir"
     )
-  from ae_jax import cli
+  from ae_jax.core import cli
 
   cli.run_or_exit(lambda: _train(FLAGS.config, FLAGS.workdir))
 
 
 def _train(config, workdir: str) -> None:
-  from ae_jax import cli, console, loop
-  from ae_jax import workdir as workdirs
+  from ae_jax.core import cli, console
+  from ae_jax.core import workdir as workdirs
+  from ae_jax.runner import loop
 
   console.setup()
   cli.initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)

@@ -16,10 +16,10 @@ A bad flag or workdir stops with one `error:` line.
 
 Any autoencoder (mlp_ae, conv_ae, tied_ae) or VAE run: `--prior=mixture` fits a Gaussian mixture on its
 training codes (Ghosh et al. 2020; cached in WORKDIR/latent_priors/), `--prior=normal` draws a VAE's prior
-N(0, I) (`ae_jax.priors.latent`). A sequence VAE with a latent per frame (seq_vae_conv) draws each frame's
+N(0, I) (`ae_jax.generation.latent`). A sequence VAE with a latent per frame (seq_vae_conv) draws each frame's
 code independently from either and decodes spectrograms [N, T, F], shown as pictures in samples.png.
 `--quality` scores image samples against the test split in a feature network's space
-(`ae_jax.sample_quality`), with the train-vs-test floor, into OUT/quality.json.
+(`ae_jax.metrics.sample_quality`), with the train-vs-test floor, into OUT/quality.json.
 """
 
 from __future__ import annotations
@@ -76,8 +76,8 @@ flags.DEFINE_bool(
   "quality",
   False,
   "Also score the samples against the stage one's test split (as many images as samples) in the space of "
-  "a feature network ae-jax trains on that dataset (ae_jax.feature_network; cached), with the train-vs-test "
-  "floor; writes OUT/quality.json.",
+  "a feature network ae-jax trains on that dataset (ae_jax.metrics.feature_network; cached), with the "
+  "train-vs-test floor; writes OUT/quality.json.",
   flag_values=FLAGS,
 )
 flags.DEFINE_string(
@@ -120,9 +120,9 @@ def sample(argv: list[str]) -> None:
   import numpy as np
   import tqdm
 
-  from ae_jax import samplers, stage_one, visualize
-  from ae_jax.errors import ConfigError
-  from ae_jax.priors import generate
+  from ae_jax.core import visualize
+  from ae_jax.core.errors import ConfigError
+  from ae_jax.generation import generate, samplers, stage_one
 
   if len(argv) > 1:
     raise ConfigError(f"unexpected arguments {argv[1:]} ({USAGE})")
@@ -191,13 +191,13 @@ def sample(argv: list[str]) -> None:
 
 
 def main(argv: list[str]) -> None:
-  from ae_jax import cli, console
+  from ae_jax.core import cli, console
 
   console.setup()
   cli.run_or_exit(lambda: sample(argv))
 
 
 if __name__ == "__main__":
-  from ae_jax.config import own_flags_parser
+  from ae_jax.runner.config import own_flags_parser
 
   app.run(main, flags_parser=own_flags_parser(FLAGS, USAGE))

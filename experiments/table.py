@@ -6,7 +6,8 @@ the config saved with its latest checkpoint).
 
 A column is LABEL=KEY (or just KEY; KEY|KEY2 takes the first a run has): a key of results.json, or one
 of the derived values
-  bits         bits per example of a quantized model's code (positions x sum of log2 K, as ae_jax.bottleneck)
+  bits         bits per example of a quantized model's code (positions x sum of log2 K, as
+  ae_jax.runner.bottleneck)
   ms_per_step  median over the logged intervals of global batch / examples_per_sec: training wall time
                per step, compilation excluded (the trainer leaves the first dispatch out of its rates)
   steps        the run's last step
@@ -43,7 +44,7 @@ def row_values(workdir: str, keys: list[str]) -> dict[str, Any]:
     k: next((results[a] for a in k.split("|") if a in results), None) for k in keys if k not in DERIVED
   }
   if set(keys) & set(DERIVED):
-    from ae_jax import stage_one
+    from ae_jax.generation import stage_one
 
     _, config = stage_one.saved_config(workdir)
     if "ms_per_step" in keys:
@@ -51,7 +52,7 @@ def row_values(workdir: str, keys: list[str]) -> dict[str, Any]:
     if "steps" in keys:
       values["steps"] = results.get("step")
     if "bits" in keys:
-      from ae_jax.bottleneck import inspect_config
+      from ae_jax.runner.bottleneck import inspect_config
 
       values["bits"] = inspect_config(config).bits
   return values

@@ -39,10 +39,10 @@ import chex  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from ae_jax import parallel  # noqa: E402
-from ae_jax.config import default_config  # noqa: E402
+from ae_jax.core import parallel  # noqa: E402
 from ae_jax.data import data_config  # noqa: E402
 from ae_jax.quantizers import quantizer_config  # noqa: E402
+from ae_jax.runner.config import default_config  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -97,8 +97,8 @@ TINY_VQVAE = dict(
 
 def train_tiny_vqvae(workdir: str, steps: int) -> None:
   """Trains a TINY_VQVAE on make_tiny_config's images for `steps` steps in `workdir` (a stage one)."""
-  from ae_jax import loop
   from ae_jax.models import model_config
+  from ae_jax.runner import loop
 
   config = make_tiny_config()
   config.model = model_config("vqvae", **TINY_VQVAE)

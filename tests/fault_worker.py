@@ -16,7 +16,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from tiny_experiment import get_config  # noqa: E402
 
-from ae_jax import loop  # noqa: E402
+from ae_jax.runner import loop  # noqa: E402
 
 workdir, arg, *marker = sys.argv[1:]
 pause = float(marker[1]) if len(marker) > 1 else 3.0

@@ -21,9 +21,10 @@ if int(nproc) > 1:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=int(nproc), process_id=int(pid))
 
-from ae_jax import loop, stage_one  # noqa: E402
-from ae_jax.config import default_config  # noqa: E402
 from ae_jax.data import data_config  # noqa: E402
+from ae_jax.generation import stage_one  # noqa: E402
+from ae_jax.runner import loop  # noqa: E402
+from ae_jax.runner.config import default_config  # noqa: E402
 
 checkpoint_every = int(rest[0]) if rest else 3
 prior_of = rest[1] if len(rest) > 1 else ""
@@ -51,7 +52,7 @@ summary = loop.train_and_evaluate(c, workdir)
 params = jax.tree_util.tree_leaves_with_path(jax.device_get(summary["state"].params))
 samples = []
 if prior_of:
-  from ae_jax.priors import generate
+  from ae_jax.generation import generate
 
   samples = generate.sample_tokens(stage_one.load_run(workdir), 8, seed=3, per_device=2).tolist()
 print(

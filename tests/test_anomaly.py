@@ -10,10 +10,10 @@ import pytest
 from flax import linen as nn
 
 from ae_jax import anomaly, data, evaluators
-from ae_jax.config import default_config
 from ae_jax.data import series_file
 from ae_jax.data.dataset import Dataset
-from ae_jax.train import create_train_state
+from ae_jax.runner.config import default_config
+from ae_jax.training.train import create_train_state
 
 
 def _correlated_errors(n, d, seed):
@@ -244,8 +244,8 @@ def test_unsupervised_training_and_scoring_find_the_planted_anomalies(tmp_path):
   """The whole unsupervised path on a generated series: an MLP autoencoder trained on every window (the
   largest training errors trimmed from the loss after a warm-up), then the top-3 discords, each of which
   overlaps one of the three planted anomalies."""
-  from ae_jax import loop
   from ae_jax.models import model_config
+  from ae_jax.runner import loop
 
   values, intervals = _planted_series(n=1600, seed=1)
   np.savetxt(tmp_path / "series.txt", values)

@@ -9,9 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-from ae_jax import data, loop, optim
-from ae_jax.config import check_config, default_config
-from ae_jax.errors import ConfigError
+from ae_jax import data
+from ae_jax.core.errors import ConfigError
+from ae_jax.runner import loop
+from ae_jax.runner.config import check_config, default_config
+from ae_jax.training import optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

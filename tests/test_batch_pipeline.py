@@ -258,7 +258,7 @@ def test_worker_processes_give_the_same_batches():
 
 
 def _failing_in_worker(records, positions):
-  from ae_jax.errors import DataError
+  from ae_jax.core.errors import DataError
 
   raise DataError("images/7.jpg: cannot decode this image; remove or replace it")
 
@@ -274,7 +274,7 @@ def test_worker_errors_are_raised_where_the_batch_is_consumed():
   sent to workers, are one project error naming config.data.num_workers."""
   import threading
 
-  from ae_jax.errors import ConfigError, DataError
+  from ae_jax.core.errors import ConfigError, DataError
 
   def batches(fn, num_workers=1):
     return pipeline.train_batches(

@@ -15,7 +15,10 @@ import jax
 import numpy as np
 import pytest
 
-from ae_jax import data, experiment, loop, parallel, train
+from ae_jax import data
+from ae_jax.core import parallel
+from ae_jax.runner import experiment, loop
+from ae_jax.training import train
 from benchmarks import measure, run
 from benchmarks import report as reports
 

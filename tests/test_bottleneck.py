@@ -1,4 +1,5 @@
-"""Tests for ae_jax.bottleneck: per-call shapes and parameters, compression ratios, the note, and the CLI."""
+"""Tests for ae_jax.runner.bottleneck: per-call shapes and parameters, compression ratios, the note, and the
+CLI."""
 
 import inspect as stdlib_inspect
 import os
@@ -10,9 +11,9 @@ import jax.numpy as jnp
 import pytest
 from flax import linen as nn
 
-import ae_jax.bottleneck as bottleneck
-from ae_jax.bottleneck import Report, format_report, inspect_model
+import ae_jax.runner.bottleneck as bottleneck
 from ae_jax.models import get_model
+from ae_jax.runner.bottleneck import Report, format_report, inspect_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONV_CONFIG = "experiments/configs/conv_ae_fashion_mnist.py"
@@ -167,7 +168,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   env.pop("XLA_FLAGS", None)
   return subprocess.run(
-    [sys.executable, "-m", "ae_jax.bottleneck", "--config", CONV_CONFIG, *args],
+    [sys.executable, "-m", "ae_jax.runner.bottleneck", "--config", CONV_CONFIG, *args],
     cwd=ROOT,
     env=env,
     capture_output=True,

@@ -130,7 +130,8 @@ def _parse(*args):
 
 
 def test_flags_add_loss_terms_warm_ups_and_evaluators():
-  from ae_jax import evaluators, train
+  from ae_jax import evaluators
+  from ae_jax.training import train
 
   config = _parse(
     "--config.loss.l1=0.1",

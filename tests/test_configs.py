@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from ae_jax import data
-from ae_jax.bottleneck import format_report, inspect_config
-from ae_jax.config import parse_arg
-from ae_jax.errors import ConfigError, DataNotFoundError
+from ae_jax.core.errors import ConfigError, DataNotFoundError
+from ae_jax.runner.bottleneck import format_report, inspect_config
+from ae_jax.runner.config import parse_arg
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs"
 

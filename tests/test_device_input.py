@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from ae_jax import device_input, loop
+from ae_jax.core.errors import ConfigError
 from ae_jax.data import data_config, get_dataset, pipeline
-from ae_jax.errors import ConfigError
+from ae_jax.runner import loop
+from ae_jax.training import device_input
 
 
 def _host_batches(dataset, config, steps):

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp as np_logsumexp
 
-from ae_jax import divergences as dv
-from ae_jax import losses, parallel
+from ae_jax import losses
+from ae_jax.core import parallel
+from ae_jax.losses import divergences as dv
 from ae_jax.models import vae
 
 RNG = np.random.default_rng(0)

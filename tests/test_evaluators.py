@@ -13,11 +13,16 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ae_jax import cli, data, evaluators, experiment, image_metrics, loop, outputs, parallel
-from ae_jax.config import check_config, default_config
-from ae_jax.errors import ConfigError
+from ae_jax import data, evaluators
+from ae_jax.core import cli, parallel
+from ae_jax.core.errors import ConfigError
+from ae_jax.data.dataset import stack_examples
 from ae_jax.evaluators import batches, codebook, latent_activity
+from ae_jax.metrics import image_metrics
 from ae_jax.models import model_config
+from ae_jax.runner import experiment, loop
+from ae_jax.runner.config import check_config, default_config
+from ae_jax.training import outputs
 
 
 @pytest.fixture
@@ -46,7 +51,7 @@ def test_training_runs_every_evaluator_and_writes_results(image_config, tmp_path
   assert not any("quality/ssim" in r for r in rows[:-1])  # every=0: after training only
   # the image-quality metrics equal a direct computation on the whole test split
   dataset, state, model = summary["dataset"], summary["state"], summary["model"]
-  x = batches.stack_examples(dataset.split("test"), dataset.info, range(40))["x"]
+  x = stack_examples(dataset.split("test"), dataset.info, range(40))["x"]
   recon = outputs.reconstruct(model, state, x)["recon"]
   unit = lambda v: np.clip(dataset.info.to_unit(np.asarray(v)), 0.0, 1.0)  # noqa: E731
   np.testing.assert_allclose(
@@ -80,7 +85,7 @@ def test_codebook_usage_over_the_whole_split_matches_a_histogram_and_one_device(
   eight = run(parallel.replicate(state), 0, True).metrics
   one = run(parallel.replicate(state, jax.local_devices()[:1]), 0, True).metrics
   assert eight == one
-  x = batches.stack_examples(dataset.split("test"), dataset.info, range(40))["x"]
+  x = stack_examples(dataset.split("test"), dataset.info, range(40))["x"]
   indices = outputs.reconstruct(model, state, x)["indices"]
   counts = np.bincount(indices.reshape(-1), minlength=32)
   assert eight == codebook.usage(counts)
@@ -107,7 +112,7 @@ def test_active_latent_dimensions_follow_the_variance_of_the_posterior_means():
   run = evaluators.EVALUATORS["latent_activity"].build("activity", section, ctx)
   eight = run(parallel.replicate(state), 0, True).metrics
   one = run(parallel.replicate(state, jax.local_devices()[:1]), 0, True).metrics
-  x = batches.stack_examples(dataset.split("test"), dataset.info, range(40))["x"]
+  x = stack_examples(dataset.split("test"), dataset.info, range(40))["x"]
   mean, _ = model.apply({"params": state.params}, x, method="encode")
   variance = np.var(np.asarray(mean, np.float64), axis=0)
   assert variance[2] < 1e-12 and eight["latent_dims"] == 6
@@ -199,7 +204,7 @@ def test_the_reconstruction_grid_labels_its_rows(tmp_path):
   start right of it, and each label's dark pixels lie beside its own row ("reconstruction" is longer)."""
   from PIL import Image
 
-  from ae_jax import visualize
+  from ae_jax.core import visualize
 
   originals = np.full((10, 8, 8, 1), 0.5, np.float32)  # 8 per row: 2 row pairs, the second short
   path = visualize.save_reconstructions(str(tmp_path / "r.png"), originals, originals, ncols=8)  # 3x
@@ -299,7 +304,7 @@ def test_a_custom_evaluator_as_the_readme_writes_it_runs_during_and_after_traini
   with open(tmp_path / "metrics.jsonl") as f:
     assert [r["step"] for r in map(json.loads, f) if "mae/mae" in r] == [6, 12]
   dataset, state, model = summary["dataset"], summary["state"], summary["model"]
-  x = batches.stack_examples(dataset.split("test"), dataset.info, range(len(dataset.split("test"))))["x"]
+  x = stack_examples(dataset.split("test"), dataset.info, range(len(dataset.split("test"))))["x"]
   recon = outputs.reconstruct(model, state, x)["recon"]
   np.testing.assert_allclose(summary["metrics"]["mae/mae"], np.mean(np.abs(recon - x)), rtol=1e-5)
 
@@ -314,7 +319,7 @@ def test_a_long_evaluation_logs_its_progress_and_a_short_one_nothing(caplog):
     now[0] = t
     progress.update(done)
   progress.close()
-  lines = [r.getMessage() for r in caplog.records if r.name == "ae_jax.outputs"]
+  lines = [r.getMessage() for r in caplog.records if r.name == "ae_jax.training.outputs"]
   assert lines == [
     # 500 examples in the 5 s since the first update: 100 a second, 400 left
     "likelihood on test: 600 / 1,000 examples (60%), 0m07s so far, about 0m04s left",
@@ -328,7 +333,7 @@ def test_a_long_evaluation_logs_its_progress_and_a_short_one_nothing(caplog):
     now[0] += 2.0
     short.update(done)
   short.close()
-  assert not [r for r in caplog.records if r.name == "ae_jax.outputs"]
+  assert not [r for r in caplog.records if r.name == "ae_jax.training.outputs"]
 
 
 @pytest.mark.training

@@ -12,9 +12,12 @@ import numpy as np
 import optax
 import pytest
 
-from ae_jax import data, loop, models, outputs, parallel, registry, train
-from ae_jax.errors import ConfigError
-from ae_jax.evaluators import batches
+from ae_jax import data, models
+from ae_jax.core import parallel, registry
+from ae_jax.core.errors import ConfigError
+from ae_jax.data.dataset import stack_examples
+from ae_jax.runner import loop
+from ae_jax.training import outputs, train
 
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 MODULES = ("my_ramps", "my_models", "my_evals", "my_losses", "my_quantizers", "my_priors")
@@ -62,7 +65,7 @@ def test_the_dataset_model_evaluator_and_loss_examples_train_together(plugins, t
   dataset, state, model = summary["dataset"], summary["state"], summary["model"]
   assert dataset.info.shape == (16,) and type(model).__name__ == "LinearAE" and model.code_dim == 3
   test = dataset.split("test")
-  x = batches.stack_examples(test, dataset.info, range(len(test)))["x"]
+  x = stack_examples(test, dataset.info, range(len(test)))["x"]
   recon = np.asarray(outputs.reconstruct(model, state, x)["recon"])
   err = np.abs(recon - x).mean(axis=1)
   np.testing.assert_allclose(summary["metrics"]["close/within"], np.mean(err < 0.5))
@@ -100,8 +103,7 @@ def test_the_prior_example_trains_on_a_stage_ones_codes_scores_and_samples(plugi
   """The per-position prior, configured by its config lines over a tiny VQ-VAE's codes: its test NLL
   (the prior_likelihood evaluator) is -sum_t log softmax(w_t)[x_t] computed from its parameters, and the
   sampler draws from it."""
-  from ae_jax import stage_one
-  from ae_jax.priors import generate
+  from ae_jax.generation import generate, stage_one
   from tests.conftest import train_tiny_vqvae
 
   stage = str(tmp_path / "stage_one")

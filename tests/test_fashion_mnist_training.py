@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from ae_jax import loop
 from ae_jax.data import fashion_mnist
+from ae_jax.runner import loop
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,10 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import process_env
 
-from ae_jax import checkpoint, console, loop, workdir
-from ae_jax.errors import WorkdirError
+from ae_jax.core import console, workdir
+from ae_jax.core.errors import WorkdirError
+from ae_jax.runner import loop
+from ae_jax.training import checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -307,7 +309,7 @@ def test_metrics_have_one_row_per_step_after_a_resume(tiny_config, tmp_path):
 
 @pytest.mark.training
 def test_nonfinite_loss_before_any_checkpoint_says_so(tiny_config, tmp_path, monkeypatch):
-  from ae_jax import train
+  from ae_jax.training import train
 
   monkeypatch.setattr(train, "loss_weights", lambda c: {"mse": lambda s: jnp.where(s >= 1, jnp.nan, 1.0)})
   with pytest.raises(loop.NonFiniteLossError, match="no checkpoint is saved yet"):

@@ -9,10 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from ae_jax import feature_network
+from ae_jax.core.errors import ConfigError, DataError
 from ae_jax.data import data_config, fashion_mnist
 from ae_jax.data.images import image_dataset
-from ae_jax.errors import ConfigError, DataError
+from ae_jax.metrics import feature_network
 
 TINY = feature_network.Settings(steps=6, batch_size=16, channels=(4, 8), features=16)
 

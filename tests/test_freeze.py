@@ -11,11 +11,13 @@ import numpy as np
 import optax
 import pytest
 
-from ae_jax import checkpoint, loop, optim, parallel, train
-from ae_jax.config import default_config
+from ae_jax.core import parallel
 from ae_jax.data import get_dataset
 from ae_jax.data.pipeline import train_batches
-from ae_jax.optim import make_optimizer
+from ae_jax.runner import loop
+from ae_jax.runner.config import default_config
+from ae_jax.training import checkpoint, optim, train
+from ae_jax.training.optim import make_optimizer
 
 OTHER = {"encoder": "decoder", "decoder": "encoder"}
 

@@ -12,10 +12,11 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from ae_jax import data, loop
-from ae_jax.config import default_config
+from ae_jax import data
+from ae_jax.core.errors import ConfigError, DataError, DataNotFoundError
 from ae_jax.data import cifar10, image_folder, images, pipeline
-from ae_jax.errors import ConfigError, DataError, DataNotFoundError
+from ae_jax.runner import loop
+from ae_jax.runner.config import default_config
 
 # ----------------------------------------------------------------------------- geometry
 

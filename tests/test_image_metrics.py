@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ae_jax import image_metrics
+from ae_jax.metrics import image_metrics
 
 skm = pytest.importorskip("skimage.metrics")
 

@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ae_jax import parallel, train
-from ae_jax.config import default_config
+from ae_jax.core import parallel
 from ae_jax.models import get_model, model_config
+from ae_jax.runner.config import default_config
+from ae_jax.training import train
 
 B = 2
 FACTORS = (2, 3, 4)  # num_downsamples: factors 4, 8, 16

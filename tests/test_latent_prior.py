@@ -9,10 +9,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ae_jax import loop, parallel, stage_one
-from ae_jax.errors import ConfigError
+from ae_jax.core import parallel
+from ae_jax.core.errors import ConfigError
+from ae_jax.generation import latent, stage_one
 from ae_jax.models import model_config
-from ae_jax.priors import latent
+from ae_jax.runner import loop
 from tests.conftest import make_tiny_config
 
 
@@ -166,7 +167,7 @@ def test_a_latent_per_frame_is_fitted_on_real_frames_and_sampled_frame_by_frame(
   own forward pass with the padding mask); a sample is T frame codes drawn independently, decoded frame by
   frame; N(0, I) draws [num, T, latent_dim]; sample quality, which scores images, is one error."""
   from ae_jax import data
-  from ae_jax.evaluators.batches import stack_examples
+  from ae_jax.data.dataset import stack_examples
 
   run = stage_one.load_run(frames_run)
   codec = latent.LatentCodec.of(run)

@@ -8,8 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from ae_jax import loop, parallel, train
+from ae_jax.core import parallel
 from ae_jax.data import get_dataset, pipeline
+from ae_jax.runner import loop
+from ae_jax.training import train
 
 
 def _params(summary):

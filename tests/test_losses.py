@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ae_jax import divergences, losses
+from ae_jax import losses
+from ae_jax.losses import divergences
 
 RNG = np.random.default_rng(0)
 

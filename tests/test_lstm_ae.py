@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ae_jax import loop, losses
+from ae_jax import losses
 from ae_jax.models import MODELS, get_model
+from ae_jax.runner import loop
 
 FAMILIES = {  # name: tiny options
   "lstm_ae_repeat": {"units": 5},

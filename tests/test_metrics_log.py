@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from ae_jax import loop, metrics_log
+from ae_jax.runner import loop
+from ae_jax.training import metrics_log
 
 
 def _rows(path):

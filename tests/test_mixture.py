@@ -1,12 +1,12 @@
-"""Ex-post Gaussian mixtures (ae_jax.priors.mixture): EM recovers known mixtures, log_prob is the mixture
+"""Ex-post Gaussian mixtures (ae_jax.generation.mixture): EM recovers known mixtures, log_prob is the mixture
 log-density (against scipy), sampling follows the fit, degenerate data stays finite."""
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from ae_jax.errors import ConfigError, DataError
-from ae_jax.priors import GaussianMixture, fit_gaussian_mixture
+from ae_jax.core.errors import ConfigError, DataError
+from ae_jax.generation import GaussianMixture, fit_gaussian_mixture
 
 WEIGHTS = np.asarray([0.2, 0.3, 0.5])
 MEANS = np.asarray([[-6.0, 0.0], [0.0, 6.0], [6.0, 0.0]])  # distinct x: sorting by x matches components

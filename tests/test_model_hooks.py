@@ -8,8 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ae_jax import models, outputs, parallel, train
-from ae_jax.bottleneck import inspect_model
+from ae_jax import models
+from ae_jax.core import parallel
+from ae_jax.runner.bottleneck import inspect_model
+from ae_jax.training import outputs, train
 
 
 class _SyncedBatchNormAE(nn.Module):

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from ae_jax import models
-from ae_jax.bottleneck import format_report, inspect_model
 from ae_jax.models.interface import ABILITIES
+from ae_jax.runner.bottleneck import format_report, inspect_model
 
 
 def _implements(cls, ability) -> bool:

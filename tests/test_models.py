@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-import ae_jax.bottleneck as bottleneck
+import ae_jax.runner.bottleneck as bottleneck
 from ae_jax.models import MODELS, get_model, model_config, model_fields
 from ae_jax.models.conv_ae import _torch_conv_transpose_padding
 from ae_jax.models.layers import SubpixelConvTranspose, resolve_upsample

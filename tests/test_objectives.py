@@ -16,12 +16,15 @@ import optax
 import pytest
 from conftest import run_pmapped_steps
 
-from ae_jax import loop, losses, parallel, train
+from ae_jax import losses
+from ae_jax.core import parallel
+from ae_jax.core.errors import ConfigError
 from ae_jax.data import get_dataset, synthetic_images
-from ae_jax.errors import ConfigError
 from ae_jax.losses import batch_terms
 from ae_jax.models import get_model
 from ae_jax.models.vae import VAEMLP
+from ae_jax.runner import loop
+from ae_jax.training import train
 from experiments.configs import vae_conv_fashion_mnist, vae_mlp_fashion_mnist
 
 SHAPE = (8, 8, 1)

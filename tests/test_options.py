@@ -9,9 +9,11 @@ import numpy as np
 import optax
 import pytest
 
-from ae_jax import data, optim, visualize
-from ae_jax.config import default_config
+from ae_jax import data
+from ae_jax.core import visualize
 from ae_jax.evaluators import batches, pictures
+from ae_jax.runner.config import default_config
+from ae_jax.training import optim
 
 
 def _opt(**kw):
@@ -122,14 +124,14 @@ def test_typo_inside_a_replaced_section_is_caught():
   c = default_config()
   c.optimizer = ml_collections.ConfigDict({"name": "adam"})
   c.optimizer.learning_rte = 1.0
-  from ae_jax.config import check_config
+  from ae_jax.runner.config import check_config
 
   with pytest.raises(ValueError, match="did you mean 'optimizer.learning_rate'"):
     check_config(c, num_processes=1, local_devices=jax.local_device_count())
 
 
 def test_kl_warmup_ramps_the_weight_linearly_from_zero():
-  from ae_jax import train
+  from ae_jax.training import train
 
   c = default_config()
   c.loss = ml_collections.ConfigDict({"bernoulli_nll": 1.0, "kl": 4.0})  # beta = 4

@@ -9,10 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ae_jax import loop, models, stage_one
-from ae_jax.errors import ConfigError
-from ae_jax.models.pixelcnn_prior import PixelCNNPrior
-from ae_jax.priors import generate
+from ae_jax import models
+from ae_jax.core.errors import ConfigError
+from ae_jax.generation import generate, stage_one
+from ae_jax.generation.pixelcnn_prior import PixelCNNPrior
+from ae_jax.runner import loop
 from experiments.configs import prior_pixelcnn
 from tests.conftest import train_tiny_vqvae
 

@@ -1,4 +1,4 @@
-"""The code priors (ae_jax.priors): the causal transformer's masking, normalisation and sampler, the logit
+"""The code priors (ae_jax.generation): the causal transformer's masking, normalisation and sampler, the logit
 filters, and MaskGIT's schedule, training masks and parallel decoder. Tiny models (1 layer, width 16)."""
 
 import itertools
@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ae_jax.errors import ConfigError
-from ae_jax.priors import (
+from ae_jax.core.errors import ConfigError
+from ae_jax.generation import (
   ARTransformer,
   MaskGITTransformer,
   decode_mask_counts,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ae_jax import quantizers as q
-from ae_jax.errors import ConfigError
+from ae_jax.core.errors import ConfigError
 from ae_jax.models.vqvae import VQVAE
 
 RNG = np.random.default_rng(0)

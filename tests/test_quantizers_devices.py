@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ae_jax import checkpoint, parallel, train
 from ae_jax import quantizers as q
+from ae_jax.core import parallel
+from ae_jax.training import checkpoint, train
 
 AXIS = parallel.AXIS
 D, K = 4, 8

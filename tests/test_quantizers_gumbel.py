@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ae_jax import checkpoint, losses
+from ae_jax import losses
 from ae_jax import quantizers as q
+from ae_jax.training import checkpoint
 
 RNG = np.random.default_rng(0)
 

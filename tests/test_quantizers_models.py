@@ -12,11 +12,12 @@ import numpy as np
 import optax
 import pytest
 
-from ae_jax import parallel, train
-from ae_jax.bottleneck import inspect_model
-from ae_jax.errors import ConfigError
+from ae_jax.core import parallel
+from ae_jax.core.errors import ConfigError
 from ae_jax.evaluators import codebook as codebook_evaluator
 from ae_jax.models.vqvae import VQVAE
+from ae_jax.runner.bottleneck import inspect_model
+from ae_jax.training import train
 
 TINY = dict(hidden=8, res_hidden=4, num_res_layers=1, input_shape=(8, 8, 3))
 

@@ -1,4 +1,5 @@
-"""The plug-in registries (ae_jax/registry.py): lazy discovery, `module:entry` plug-ins, errors, the import
+"""The plug-in registries (ae_jax/core/registry.py): lazy discovery, `module:entry` plug-ins, errors, the
+import
 graph without cycles, quantizer sections, the listing, and workdirs saved with flat quantizer options."""
 
 import ast
@@ -10,9 +11,11 @@ import sys
 
 import pytest
 
-from ae_jax import data, evaluators, loop, losses, models, registry
-from ae_jax.errors import ConfigError
+from ae_jax import data, evaluators, losses, models
+from ae_jax.core import registry
+from ae_jax.core.errors import ConfigError
 from ae_jax.quantizers import QUANTIZERS, quantizer_config
+from ae_jax.runner import loop
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -116,7 +119,7 @@ def test_a_registry_is_complete_whatever_was_imported_first():
   out = _python(
     "-c",
     "from ae_jax import losses; print(sorted(losses.LOSSES)); "
-    "from ae_jax.registry import MODELS, QUANTIZERS, EVALUATORS; "
+    "from ae_jax.core.registry import MODELS, QUANTIZERS, EVALUATORS; "
     "print(sorted(MODELS)); print(sorted(QUANTIZERS)); print(sorted(EVALUATORS))",
   )
   terms, names, quantizers, types = (eval(line) for line in out.splitlines())
@@ -129,7 +132,7 @@ def test_a_registry_is_complete_whatever_was_imported_first():
 
 
 def test_python_m_ae_jax_registry_lists_every_plugin_with_its_options():
-  out = _python("-m", "ae_jax.registry")
+  out = _python("-m", "ae_jax.core.registry")
   lines = out.splitlines()
   assert max(map(len, lines)) <= 110
   headers = [line for line in lines if not line.startswith(" ")]
@@ -330,7 +333,7 @@ def test_a_new_kind_is_one_registry_whose_package_is_discovered(tmp_path, monkey
   (package / "__init__.py").write_text("")
   (package / "sub" / "__init__.py").write_text("")
   code = (
-    "from ae_jax import registry\n"
+    "from ae_jax.core import registry\n"
     "def {0}():\n  '''The {0} prior. More text.'''\n"
     "spec = registry.Spec(name='{0}', obj={0}, options={{'scale': 1.0}})\n"
     "registry.Registry.ALL['tmp_prior'].register(spec)\n"
@@ -358,8 +361,8 @@ def test_setting_a_placeholder_option_leaves_the_registered_default():
   one config, or building an evaluator from a section that sets it, changes no other config."""
   import ml_collections
 
-  from ae_jax.config import default_config
   from ae_jax.data import data_config
+  from ae_jax.runner.config import default_config
 
   first = data_config("fashion_mnist")
   first.idx_dir, first.data_dir = "/one", "/two"

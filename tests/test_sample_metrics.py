@@ -1,4 +1,5 @@
-"""Sample-quality metrics (ae_jax.sample_metrics): the Fréchet distance against closed forms and scipy's
+"""Sample-quality metrics (ae_jax.metrics.sample_metrics): the Fréchet distance against closed forms and
+scipy's
 sqrtm, and k-NN precision/recall against hand-computed values and a brute-force reference."""
 
 import numpy as np
@@ -6,8 +7,8 @@ import pytest
 import scipy.linalg
 from scipy.spatial.distance import cdist
 
-from ae_jax.errors import ConfigError, DataError
-from ae_jax.sample_metrics import feature_statistics, frechet_distance, precision_recall
+from ae_jax.core.errors import ConfigError, DataError
+from ae_jax.metrics.sample_metrics import feature_statistics, frechet_distance, precision_recall
 
 
 def _random_cov(rng, dim, rank=None):

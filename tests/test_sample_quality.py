@@ -6,10 +6,10 @@ function of the images: enough here) on images whose bright quadrant is their cl
 import numpy as np
 import pytest
 
-from ae_jax.errors import DataError
-from ae_jax.feature_network import FeatureCNN, FeatureNetwork, Settings, init_params
-from ae_jax.sample_metrics import feature_statistics, frechet_distance
-from ae_jax.sample_quality import sample_quality
+from ae_jax.core.errors import DataError
+from ae_jax.metrics.feature_network import FeatureCNN, FeatureNetwork, Settings, init_params
+from ae_jax.metrics.sample_metrics import feature_statistics, frechet_distance
+from ae_jax.metrics.sample_quality import sample_quality
 
 SHAPE = (8, 8, 1)
 

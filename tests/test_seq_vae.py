@@ -9,10 +9,12 @@ import numpy as np
 import optax
 import pytest
 
-from ae_jax import models, parallel, train
-from ae_jax.bottleneck import inspect_model
+from ae_jax import models
+from ae_jax.core import parallel
 from ae_jax.models import seq_vae
 from ae_jax.models.seq_vae import CausalConv1d, MaskedBatchNorm, SeqVAEConv, frame_noise
+from ae_jax.runner.bottleneck import inspect_model
+from ae_jax.training import train
 
 F, Z, T = 5, 4, 6  # tiny sizes for everything that runs
 

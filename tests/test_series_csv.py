@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ae_jax import data
-from ae_jax.errors import ConfigError, DataError
+from ae_jax.core.errors import ConfigError, DataError
 
 CSV = """timestamp,temp,status,note
 2024-01-01T00:00:00,1.5,ok,"start, cold"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from ae_jax import data
+from ae_jax.core.errors import ConfigError, DataNotFoundError
 from ae_jax.data import series_file, shipped_series
-from ae_jax.errors import ConfigError, DataNotFoundError
 
 ROOT = data.data_root()
 needs_data = pytest.mark.skipif(

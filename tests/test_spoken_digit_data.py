@@ -8,9 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from ae_jax import checkpoint, data, loop, train
+from ae_jax import data
 from ae_jax.data import data_config
 from ae_jax.data import spoken_digit as sd
+from ae_jax.runner import loop
+from ae_jax.training import checkpoint, train
 from experiments.configs import seq_vae_spoken_digit
 
 ROOT = "free-spoken-digit-dataset-1.0.9"

@@ -15,12 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ae_jax import data, evaluators, loop, parallel, stage_one, train
-from ae_jax.data import codes
-from ae_jax.errors import AEJaxError, ConfigError, DataNotFoundError
+from ae_jax import data, evaluators
+from ae_jax.core import parallel
+from ae_jax.core.errors import AEJaxError, ConfigError, DataNotFoundError
+from ae_jax.generation import codes, generate, stage_one
 from ae_jax.models import get_model
-from ae_jax.priors import generate
 from ae_jax.quantizers import quantizer_config
+from ae_jax.runner import loop
+from ae_jax.training import train
 from tests.conftest import TINY_VQVAE, make_tiny_config, train_tiny_vqvae
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -231,7 +233,7 @@ def test_maskgit_prior_trains_through_the_loop(stage_one_dir, tmp_path):
 
 
 def test_fixed_evaluation_mask_is_exact_and_independent_of_the_batch():
-  from ae_jax.priors.maskgit import fixed_mask
+  from ae_jax.generation.maskgit import fixed_mask
 
   fixed_mask = jax.jit(fixed_mask, static_argnums=(1, 2, 3))
   mask = np.asarray(fixed_mask(np.arange(6, dtype=np.int32), 10, 0.33, 0))
@@ -375,7 +377,8 @@ def test_sample_cli_writes_a_grid_and_codes_deterministically(ar_prior, tmp_path
 def test_the_sample_quality_evaluator_scores_what_the_sampler_draws(ar_prior, tmp_path):
   """`sample_quality` in config.evals (run here on the saved checkpoint, as experiments.evaluate does) gives
   the numbers of samplers.score on samplers.draw of the loaded run: the same samples, the same network."""
-  from ae_jax import evaluators, samplers
+  from ae_jax import evaluators
+  from ae_jax.generation import samplers
 
   path = ar_prior[0]
   config = stage_one.saved_config(path)[1]
@@ -400,7 +403,7 @@ def test_the_sample_quality_evaluator_scores_what_the_sampler_draws(ar_prior, tm
 
 @pytest.mark.training
 def test_prior_configs_pass_the_config_check(stage_one_dir):
-  from ae_jax.config import check_config
+  from ae_jax.runner.config import check_config
 
   for name in ("ar", "maskgit"):
     config = _prior_config(name, stage_one_dir, 10)

@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 
-from ae_jax import loop
+from ae_jax.runner import loop
 from experiments import table
 
 

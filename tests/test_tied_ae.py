@@ -10,12 +10,13 @@ import numpy as np
 import optax
 import pytest
 
-from ae_jax import parallel, train
+from ae_jax.core import parallel
 from ae_jax.data import get_dataset
 from ae_jax.data.pipeline import train_batches
 from ae_jax.models import get_model
 from ae_jax.models.tied_ae import TiedAutoencoder
-from ae_jax.optim import param_path
+from ae_jax.training import train
+from ae_jax.training.optim import param_path
 
 DIMS = (32, 16, 4)  # on the 8x8x1 synthetic images of tiny_config: 64 -> 32 -> 16 -> 4 -> 16 -> 32 -> 64
 

@@ -8,8 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ae_jax.bottleneck import inspect_model  # noqa: E402
 from ae_jax.models import get_model  # noqa: E402
+from ae_jax.runner.bottleneck import inspect_model  # noqa: E402
 from benchmarks import torch_models  # noqa: E402
 
 # Small batches keep the tests fast; sizes and losses do not depend on the batch.

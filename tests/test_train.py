@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 from conftest import run_pmapped_steps
 
-from ae_jax import checkpoint, evaluators, experiment, loop, parallel, train
-from ae_jax.config import check_config
+from ae_jax import evaluators
+from ae_jax.core import parallel
 from ae_jax.data import get_dataset
 from ae_jax.data.pipeline import train_batches
-from ae_jax.preemption import Preemption
+from ae_jax.runner import experiment, loop
+from ae_jax.runner.config import check_config
+from ae_jax.training import checkpoint, train
+from ae_jax.training.preemption import Preemption
 
 
 def _setup(config):

@@ -9,10 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ae_jax import loop, losses, parallel
+from ae_jax import losses
+from ae_jax.core import parallel
 from ae_jax.data import synthetic_images
 from ae_jax.evaluators.likelihood import evaluate_likelihood, importance_estimate, log_importance_weights
 from ae_jax.models import get_model
+from ae_jax.runner import loop
 
 D, L = 6, 2  # data and latent dimensions of the linear-Gaussian model
 SIGMA2 = 0.3  # decoder noise variance

@@ -8,9 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ae_jax import checkpoint, losses, parallel, train
+from ae_jax import losses
+from ae_jax.core import parallel
 from ae_jax.models import get_model, model_config
 from ae_jax.models.vqvae import VQVAE
+from ae_jax.training import checkpoint, train
 
 ARCH = dict(hidden=8, res_hidden=4, num_res_layers=1)
 CODES = dict(num_codes=16, code_dim=4)

@@ -7,9 +7,9 @@ joined with "x"), `test` (test images) and `folder` (a folder of images to read 
 ones, resized to 8x8 grayscale); all optional.
 """
 
-from ae_jax.config import default_config
 from ae_jax.data import data_config
 from ae_jax.models import model_config
+from ae_jax.runner.config import default_config
 
 
 def get_config(arg: str = ""):

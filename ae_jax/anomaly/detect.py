@@ -49,12 +49,12 @@ from flax import linen as nn
 from ae_jax.anomaly.plot import save_anomaly_plot, save_discord_plot
 from ae_jax.anomaly.reconstruction import position_scale, sequence_scores, unit_errors, window_errors
 from ae_jax.anomaly.scores import SCORES, best_threshold, fit_gaussian, precision_recall_fbeta, roc_auc
+from ae_jax.core.errors import ConfigError
 from ae_jax.data.dataset import Dataset
 from ae_jax.data.series_file import AnomalySplits, Segment
 from ae_jax.data.series_table import format_time
-from ae_jax.errors import ConfigError
-from ae_jax.outputs import reconstruct as reconstruct_batches
-from ae_jax.train import TrainState
+from ae_jax.training.outputs import reconstruct as reconstruct_batches
+from ae_jax.training.train import TrainState
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Datasets by name (`DATASETS`, one `DatasetSpec` each, `ae_jax.registry`) and the batching pipeline.
+"""Datasets by name (`DATASETS`, one `DatasetSpec` each, `ae_jax.core.registry`) and the batching pipeline.
 
     dataset = get_dataset(config.data)        # splits by role + how to read them
     dataset.split("train"), dataset.info.preprocess(record, index) -> {"x", "label", ...}
@@ -6,7 +6,7 @@
 Built in: fashion_mnist, mnist, binarized_mnist, cifar10, tfds (any tfds image dataset), image_folder,
 spoken_digit, series_file (your own series; the shipped discord series and ECG5000 are presets in
 `shipped_series.PRESETS`), synthetic, synthetic_sequences. `register(DatasetSpec(...))` in any module adds
-one: the modules of this package are found by name (see ae_jax/registry.py), a module of your own by
+one: the modules of this package are found by name (see ae_jax/core/registry.py), a module of your own by
 `config.data.name = "your.module:name"` (docs/extending.md).
 """
 

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ae_jax.core.errors import DataError, DataNotFoundError
 from ae_jax.data import cifar10, fashion_mnist, image_folder, images, spoken_digit
-from ae_jax.errors import DataError, DataNotFoundError
 
 
 class LocalDatasetInfo(tfds.core.DatasetInfo):

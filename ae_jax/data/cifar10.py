@@ -22,8 +22,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from ae_jax.core.errors import DataError
 from ae_jax.data import images, sources
-from ae_jax.errors import DataError
 
 # tfds' cifar10 label order; the archive's folder names.
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

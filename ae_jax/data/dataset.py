@@ -1,4 +1,4 @@
-"""Datasets as plug-ins: one `DatasetSpec` per dataset (in `ae_jax.registry.DATASETS`), and the checked
+"""Datasets as plug-ins: one `DatasetSpec` per dataset (in `ae_jax.core.registry.DATASETS`), and the checked
 `config.data` built from it.
 
 A spec says everything the trainer, the inspector and the reports need before any data is read: its
@@ -22,9 +22,9 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from ae_jax.core.errors import ConfigError, did_you_mean
+from ae_jax.core.registry import DATASETS, Spec
 from ae_jax.data import sources
-from ae_jax.errors import ConfigError, did_you_mean
-from ae_jax.registry import DATASETS, Spec
 
 Record = Mapping[str, Any]
 Source = Sequence[Record]
@@ -67,6 +67,12 @@ def stack_outputs(examples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray
   return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
 
 
+def stack_examples(source: Sequence, info: DatasetInfo, indices: Sequence[int]) -> dict[str, np.ndarray]:
+  """source[i] for i in `indices`, preprocessed for evaluation, as one batch {"x": [n, ...], ...}."""
+  indices = np.asarray(indices, np.int64)
+  return info.batch_preprocess_for(False)(sources.gather(source, indices), indices)
+
+
 def per_record(preprocess: Preprocess) -> BatchPreprocess:
   """The batch form of a per-record preprocess: applied to each record of the batch, outputs stacked.
 
@@ -98,7 +104,7 @@ class DatasetInfo:
 
   device_preprocess is batch_preprocess written for jax arrays (traceable: it runs inside the pmapped
   step on records gathered on the device, with int32 stream positions), bitwise equal to it; None: the
-  training split cannot be device-resident (`config.data.on_device`, see ae_jax/device_input.py).
+  training split cannot be device-resident (`config.data.on_device`, see ae_jax/training/device_input.py).
   """
 
   example: ExampleSpec

@@ -20,8 +20,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from ae_jax.core.errors import DataError, DataNotFoundError
 from ae_jax.data import images, sources
-from ae_jax.errors import DataError, DataNotFoundError
 
 SHAPE = (28, 28, 1)
 

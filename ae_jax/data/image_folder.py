@@ -23,8 +23,8 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
+from ae_jax.core.errors import ConfigError, DataError, DataNotFoundError
 from ae_jax.data import dataset, images, sources
-from ae_jax.errors import ConfigError, DataError, DataNotFoundError
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 SPLIT_FOLDERS = {"train": "train", "test": "test", "validation": "validation", "val": "validation"}

@@ -16,8 +16,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from ae_jax.core.errors import ConfigError, DataError
 from ae_jax.data import dataset, philox, sources
-from ae_jax.errors import ConfigError, DataError
 
 # Options of every image dataset.
 IMAGE_OPTIONS: dict[str, Any] = {

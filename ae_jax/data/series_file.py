@@ -40,8 +40,8 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
+from ae_jax.core.errors import ConfigError, DataError
 from ae_jax.data import dataset, series_table, sources
-from ae_jax.errors import ConfigError, DataError
 
 ROLES = ("train", "validation", "threshold", "test")
 LAYOUTS = ("series", "windows")

@@ -29,7 +29,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from ae_jax.errors import ConfigError, DataError, did_you_mean
+from ae_jax.core.errors import ConfigError, DataError, did_you_mean
 
 NPY_MAGIC = b"\x93NUMPY"
 CLEAN = "clean the file: fill in or remove the rows with missing, NaN or infinite values"

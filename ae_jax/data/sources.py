@@ -20,7 +20,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from ae_jax.errors import DataError, DataNotFoundError
+from ae_jax.core.errors import DataError, DataNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +323,7 @@ def is_prepared(builder: Any) -> bool:
 def prepare(builder: Any, source: Any) -> None:
   """Prepares a local tfds builder once (ArrayRecord files written to a temporary directory and renamed
   when complete), announcing it in one line; tfds' own banners go to the log only."""
-  from ae_jax import console
+  from ae_jax.core import console
 
   log.info(
     "preparing %s from %s into %s (once; later runs read it directly)", builder.name, source, builder.data_dir

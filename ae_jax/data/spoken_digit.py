@@ -33,8 +33,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from ae_jax.core.errors import DataError
 from ae_jax.data import dataset, sources
-from ae_jax.errors import DataError
 
 SAMPLE_RATE = 8000
 N_FFT = 400  # 201 frequency bins

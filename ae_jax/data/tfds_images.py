@@ -15,8 +15,8 @@ import logging
 
 import ml_collections
 
+from ae_jax.core.errors import ConfigError, DataError
 from ae_jax.data import dataset, images, sources
-from ae_jax.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ae_jax.errors import ConfigError, DataError
+from ae_jax.core.errors import ConfigError, DataError
 
 Example = dict[str, np.ndarray]
 SHM = "/dev/shm"  # where Linux keeps POSIX shared-memory blocks

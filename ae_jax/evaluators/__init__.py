@@ -10,7 +10,7 @@ of a periodic evaluator's metrics. A registry entry (`EvaluatorSpec`) states wha
 (model abilities, a drawable dataset, anomaly labels), so a config that asks for what the model or data
 cannot serve fails before training with the reason. `check(config)` runs those checks;
 `build(config, ...)` makes the evaluators of a run; `register(EvaluatorSpec(...))` in any module adds a
-type: the modules of this package are found by name (ae_jax/registry.py), a module of your own by
+type: the modules of this package are found by name (ae_jax/core/registry.py), a module of your own by
 `type = "your.module:name"` (docs/extending.md).
 """
 
@@ -24,8 +24,8 @@ from typing import Any
 import jax
 import ml_collections
 
-from ae_jax.errors import ConfigError, did_you_mean
-from ae_jax.registry import EVALUATORS, Spec
+from ae_jax.core.errors import ConfigError, did_you_mean
+from ae_jax.core.registry import EVALUATORS, Spec
 
 COMMON_KEYS = ("type", "split", "every")
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from ae_jax import anomaly, evaluators, parallel
-from ae_jax.errors import ConfigError
+from ae_jax import anomaly, evaluators
+from ae_jax.core import parallel
+from ae_jax.core.errors import ConfigError
 
 OPTIONS = {
   "beta": 0.1,  # the threshold maximises F-beta on the threshold split (0.1: the paper's)

@@ -1,6 +1,6 @@
 """Machinery the evaluators share: examples stacked into batches, and exact sums of per-example values
 over a whole split, pmapped over every device and process (with `outputs.Progress` lines when it takes a
-while). The model's outputs on one device, `outputs.reconstruct`, live in `ae_jax.outputs`."""
+while). The model's outputs on one device, `outputs.reconstruct`, live in `ae_jax.training.outputs`."""
 
 from __future__ import annotations
 
@@ -12,17 +12,12 @@ import jax
 import numpy as np
 from flax import linen as nn
 
-from ae_jax import parallel
-from ae_jax.data import DatasetInfo, resolve, sources
+from ae_jax.core import parallel
+from ae_jax.data import DatasetInfo, resolve
+from ae_jax.data.dataset import stack_examples
 from ae_jax.data.pipeline import eval_batches
-from ae_jax.outputs import Progress
-from ae_jax.train import TrainState, apply_model, eval_rng
-
-
-def stack_examples(source: Sequence, info: DatasetInfo, indices: Sequence[int]) -> dict[str, np.ndarray]:
-  """source[i] for i in `indices`, preprocessed for evaluation, as one batch {"x": [n, ...], ...}."""
-  indices = np.asarray(indices, np.int64)
-  return info.batch_preprocess_for(False)(sources.gather(source, indices), indices)
+from ae_jax.training.outputs import Progress
+from ae_jax.training.train import TrainState, apply_model, eval_rng
 
 
 def split_sums(

@@ -1,5 +1,5 @@
 """The `image_quality` evaluator: PSNR and SSIM of the reconstructions of a split, in pure JAX over every
-device (`ae_jax.image_metrics`), on images mapped to [0, 1].
+device (`ae_jax.metrics.image_metrics`), on images mapped to [0, 1].
 
 Metrics: `psnr` (dB, the mean over examples of each example's PSNR; an exact reconstruction, whose PSNR
 is infinite, is left out of that mean and counted in `exact`), `psnr_of_mean_mse` (the PSNR of the split's
@@ -14,8 +14,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ae_jax import evaluators, image_metrics
+from ae_jax import evaluators
 from ae_jax.evaluators import batches
+from ae_jax.metrics import image_metrics
 
 
 def quality_sums(state, batch, *, model, to_unit):

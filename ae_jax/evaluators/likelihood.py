@@ -32,10 +32,10 @@ import numpy as np
 from flax import linen as nn
 
 from ae_jax import evaluators, losses
+from ae_jax.core.errors import ConfigError
 from ae_jax.data import DatasetInfo
-from ae_jax.errors import ConfigError
 from ae_jax.evaluators import batches
-from ae_jax.train import TrainState
+from ae_jax.training.train import TrainState
 
 _LIKELIHOOD_STREAM = 0x4C494B  # folded into the state's key: likelihood draws never reuse train/eval keys
 

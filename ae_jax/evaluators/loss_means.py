@@ -10,8 +10,9 @@ import functools
 
 import ml_collections
 
-from ae_jax import evaluators, train
+from ae_jax import evaluators
 from ae_jax.evaluators import batches
+from ae_jax.training import train
 
 
 def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):

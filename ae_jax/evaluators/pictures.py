@@ -16,11 +16,12 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from ae_jax import evaluators, parallel, visualize
+from ae_jax import evaluators
+from ae_jax.core import parallel, visualize
 from ae_jax.data import DatasetInfo
-from ae_jax.evaluators.batches import stack_examples
-from ae_jax.outputs import reconstruct
-from ae_jax.train import TrainState
+from ae_jax.data.dataset import stack_examples
+from ae_jax.training.outputs import reconstruct
+from ae_jax.training.train import TrainState
 
 
 def save_reconstruction_grid(

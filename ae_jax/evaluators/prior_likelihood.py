@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ae_jax import evaluators, models
-from ae_jax.errors import ConfigError
+from ae_jax.core.errors import ConfigError
 from ae_jax.evaluators import batches
 
 

@@ -6,7 +6,7 @@ Two layers:
   `ae_jax.losses.functions`) take arrays with a leading batch axis and reduce every other axis, returning
   shape `[batch]`. An optional `mask` of shape `[batch, ...]` (a prefix of the data's shape, e.g.
   `[batch, time]` for sequences) drops padded positions from the reduction.
-* Named terms (`LOSSES`, `LossSpec` entries, ae_jax/registry.py) read a model's outputs dict and the
+* Named terms (`LOSSES`, `LossSpec` entries, ae_jax/core/registry.py) read a model's outputs dict and the
   batch, e.g. `mse` compares `outputs["recon"]` with `batch["x"]`. An objective is a weighted sum of
   named terms chosen in the config (`config.loss = {"mse": 1.0}`); a weight of 0 reports a term without
   optimising it.
@@ -26,7 +26,7 @@ so `bernoulli_nll + kl` is the negative ELBO.
 
 A term that reads a dataset constant from the batch declares it (`register(name, constants=(...))`);
 `needed_constants` lists them for a config and `train.objective_constants` supplies them. Terms are
-registered by the module that defines them and found by name (ae_jax/registry.py): the per-example terms
+registered by the module that defines them and found by name (ae_jax/core/registry.py): the per-example terms
 in `ae_jax.losses.example_terms`, the batch-level terms of β-TCVAE, InfoVAE and WAE (`tc_mi`, `tc`,
 `tc_dwkl`, `mmd_imq`, `mmd_rbf`, ...) in `ae_jax.losses.batch_terms`, the quantizers' in
 `ae_jax.quantizers.terms`, the token terms in `ae_jax.models.lstm_ae`; a term of your own in any module
@@ -41,7 +41,8 @@ from typing import Any
 
 import jax
 
-from ae_jax.errors import ConfigError
+from ae_jax.core.errors import ConfigError
+from ae_jax.core.registry import LOSSES, Spec
 from ae_jax.losses.functions import (
   Batch,
   LossTerm,
@@ -55,7 +56,6 @@ from ae_jax.losses.functions import (
   per_example_mean,
   per_example_sum,
 )
-from ae_jax.registry import LOSSES, Spec
 
 __all__ = [
   "CONSTANTS",

@@ -4,7 +4,8 @@ Each term is still `fn(outputs, batch) -> [B]`, registered in `ae_jax.losses.LOS
 example depends on the whole global batch: inside the term the arrays it needs are gathered over the device
 axis (`jax.lax.all_gather(x, parallel.AXIS, tiled=True)`, [M, ...] with M = devices * B) and the term returns
 this device's per-example contributions, whose mean over the global batch is the estimator
-(`ae_jax.divergences`). The train step's mean over local examples, pmean over devices, gives the one-device
+(`ae_jax.losses.divergences`). The train step's mean over local examples, pmean over devices, gives the
+one-device
 value on the same global batch, and its gradients (all_gather's transpose routes every device's cotangent
 back) the one-device update. Called with the device axis unbound (plain jit, one device) the local batch is
 the global batch. Every term reads float32 copies of the model's outputs.
@@ -58,7 +59,9 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from ae_jax import divergences, losses, parallel
+from ae_jax import losses
+from ae_jax.core import parallel
+from ae_jax.losses import divergences
 from ae_jax.losses.functions import LossTerm
 
 Outputs = Mapping[str, jax.Array]

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from ae_jax import divergences
+from ae_jax.losses import divergences
 
 Outputs = Mapping[str, jax.Array]
 Batch = Mapping[str, jax.Array]

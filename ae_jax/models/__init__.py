@@ -1,7 +1,7 @@
 """Models as plug-ins: every model is a linen Module whose `__call__(x, *, train)` returns a dict of outputs.
 
 Each module of this package registers its models with the `register` decorator (`ae_jax.models.interface`):
-an entry (`ModelSpec` in `MODELS`, see ae_jax/registry.py) carries the class, its options (the dataclass
+an entry (`ModelSpec` in `MODELS`, see ae_jax/core/registry.py) carries the class, its options (the dataclass
 fields) and its abilities: what evaluators, the trainer and the inspector may ask of it beyond
 reconstructing. A model may hold a nested plug-in section (the VQ-VAE's `config.model.quantizer`).
 """
@@ -16,9 +16,9 @@ import ml_collections
 from flax import linen as nn
 from flax.core import FrozenDict
 
-from ae_jax.errors import ConfigError, did_you_mean
+from ae_jax.core.errors import ConfigError, did_you_mean
+from ae_jax.core.registry import MODELS
 from ae_jax.models.interface import ABILITIES, ModelSpec, register
-from ae_jax.registry import MODELS
 
 __all__ = [
   "ABILITIES",

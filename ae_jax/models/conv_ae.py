@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from ae_jax.errors import ConfigError
+from ae_jax.core.errors import ConfigError
 from ae_jax.models import interface
 from ae_jax.models.layers import activation, check_input_shape, conv_transpose, resolve_upsample
 

@@ -16,14 +16,14 @@ Protocol the model class implements (a test checks every registered model agains
   [k, B, D])` -> log p(x|z), log p(z), log q(z|x) [k, B] (importance-sampled log-likelihoods).
 * "autoencoding": `latent_code(x) -> [B, D]` and `decode_latent(code) -> [B, *input_shape]`, the
   reconstruction (a deterministic code; an ex-post density over the codes makes it generative:
-  `ae_jax.priors.latent`).
+  `ae_jax.generation.latent`).
 * "frame_latents": a local latent per frame of a sequence [B, T, F] with the prior N(0, I) on each frame:
   `latent_dim`, `frame_codes(x) -> [B, T, latent_dim]` (posterior means; a real frame's code does not
   depend on the padding after it) and `decode_frames(z [B, T, latent_dim]) -> [B, T, F]` (the mean of
   p(x|z)).
 * "code_prior": a prior over token sequences x [B, L] int32 in [0, vocab_size) (a stage one's codes,
-  `ae_jax.data.codes`): `vocab_size`, `num_classes` (0: unconditional); class attributes `objective` (the
-  loss term it trains with), `score` ("nll": `eval_nats` is the exact -log p(x); "masked_xent": a masked-
+  `ae_jax.generation.codes`): `vocab_size`, `num_classes` (0: unconditional); class attributes `objective`
+  (the loss term it trains with), `score` ("nll": `eval_nats` is the exact -log p(x); "masked_xent": a masked-
   token cross-entropy, not a likelihood) and `sampling_options` (the `generate.SampleOptions` fields it
   reads); `logits(tokens, labels, train)`; `eval_nats(x, index, labels, settings) -> [B]` nats per example
   (what the `prior_likelihood` evaluator sums; `settings` its config section); and `draw(logits_fn, key,
@@ -43,7 +43,7 @@ from typing import Any, Protocol, runtime_checkable
 import flax.linen as nn
 import jax
 
-from ae_jax.registry import MODELS, Registry, Spec
+from ae_jax.core.registry import MODELS, Registry, Spec
 
 
 @runtime_checkable

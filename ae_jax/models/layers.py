@@ -12,7 +12,7 @@ from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 from flax.linen.linear import canonicalize_padding
 
-from ae_jax.errors import ConfigError
+from ae_jax.core.errors import ConfigError
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
   "relu": nn.relu,

@@ -30,8 +30,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ae_jax import losses
-from ae_jax.divergences import diagonal_normal_logpdf, standard_normal_logpdf
-from ae_jax.errors import ConfigError
+from ae_jax.core.errors import ConfigError
+from ae_jax.losses.divergences import diagonal_normal_logpdf, standard_normal_logpdf
 from ae_jax.models import interface
 from ae_jax.models.conv_ae import ConvDecoder, ConvEncoder, conv_grid
 from ae_jax.models.layers import check_input_shape, resolve_upsample

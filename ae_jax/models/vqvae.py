@@ -33,11 +33,11 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from ae_jax.errors import ConfigError
+from ae_jax.core.errors import ConfigError
+from ae_jax.core.registry import QUANTIZERS
 from ae_jax.models.interface import register
 from ae_jax.models.layers import check_input_shape, conv_transpose, resolve_upsample
 from ae_jax.quantizers.spec import QuantizerSpec
-from ae_jax.registry import QUANTIZERS
 
 # A 4x4 stride-2 transposed convolution with PyTorch padding 1 (H -> 2H) in nn.ConvTranspose's terms.
 _UP_KERNEL, _UP_STRIDES, _UP_PADDING = (4, 4), (2, 2), ((2, 2), (2, 2))
@@ -168,7 +168,7 @@ def upgrade_legacy_config(model: dict) -> dict:
 class VQVAE(nn.Module):
   """VQ-VAE on [B, H, W, C] images with the quantizer section `quantizer` (module "vq", ae_jax/quantizers/).
 
-  `quantizer` names a registered quantizer (`ae_jax.registry.QUANTIZERS`) or is a section {"name": ...,
+  `quantizer` names a registered quantizer (`ae_jax.core.registry.QUANTIZERS`) or is a section {"name": ...,
   its options}, built by `ae_jax.quantizers.quantizer_config(name, **options)`; the encoder's code
   dimension is the quantizer's (its `code_dim`; len(levels) for fsq). Built in:
 

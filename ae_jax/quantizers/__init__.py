@@ -16,7 +16,7 @@ with one interface, `__call__(z [B, ..., D], *, train) -> dict`:
 
 and quantiser-specific per-example terms (code_entropy, lfq_entropy, gumbel_kl), read by the loss terms
 of `ae_jax.quantizers.terms`. Each module registers its quantizer (`spec.register`, found by name in
-`QUANTIZERS`, see ae_jax/registry.py); a model holds one as a section with its options only,
+`QUANTIZERS`, see ae_jax/core/registry.py); a model holds one as a section with its options only,
 `config.model.quantizer = quantizer_config("rvq", num_stages=8)`. Non-trainable state (EMA statistics,
 Gumbel's step counter) lives in the "vq_ema" collection. EMA counts and sums are psum'd over the device
 axis, and every data-dependent choice (initialisation, dead-code re-seeding, quantizer dropout, Gumbel
@@ -26,7 +26,8 @@ would compute on the same global batch.
 
 from __future__ import annotations
 
-from ae_jax.quantizers.core import (
+from ae_jax.core.registry import QUANTIZERS
+from ae_jax.quantizers.blocks import (
   EMA_COLLECTION,
   GRADIENTS,
   QuantizerOutput,
@@ -83,7 +84,6 @@ from ae_jax.quantizers.scalar import (
 )
 from ae_jax.quantizers.spec import QuantizerSpec, quantizer_config, register
 from ae_jax.quantizers.vq import VectorQuantizer
-from ae_jax.registry import QUANTIZERS
 
 __all__ = [
   "CODEBOOK_INITS",

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from ae_jax.errors import ConfigError
+from ae_jax.core.errors import ConfigError
 from ae_jax.quantizers import spec
-from ae_jax.quantizers.core import (
+from ae_jax.quantizers.blocks import (
   QuantizerOutput,
   code_counts,
   entropy_of,

@@ -1,4 +1,4 @@
-"""Quantizers as plug-ins: `QuantizerSpec` entries of `ae_jax.registry.QUANTIZERS`, added by `register`.
+"""Quantizers as plug-ins: `QuantizerSpec` entries of `ae_jax.core.registry.QUANTIZERS`, added by `register`.
 
 A quantizer is a linen Module with `__call__(z [B, ..., D], *, train) -> dict` (the outputs listed in
 ae_jax/quantizers/__init__.py) whose dataclass fields are its options (`axis_name` aside: the model binds
@@ -14,7 +14,7 @@ from typing import Any
 
 import ml_collections
 
-from ae_jax.registry import QUANTIZERS, Spec
+from ae_jax.core.registry import QUANTIZERS, Spec
 
 _NOT_OPTIONS = ("parent", "name", "axis_name")
 Options = Mapping[str, Any]

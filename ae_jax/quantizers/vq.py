@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from ae_jax.errors import ConfigError
+from ae_jax.core.errors import ConfigError
 from ae_jax.quantizers import spec
-from ae_jax.quantizers.core import (
+from ae_jax.quantizers.blocks import (
   EMA_COLLECTION,
   GRADIENTS,
   QuantizerOutput,

@@ -8,8 +8,8 @@ against 0.3466 for predicting the training mean image (pixels in [-1, 1]).
 """
 
 from ae_jax import evaluators
-from ae_jax.config import default_config
 from ae_jax.models import model_config
+from ae_jax.runner.config import default_config
 
 
 def get_config():

@@ -1,5 +1,7 @@
-r"""The feature network of a shipped image dataset (`ae_jax.feature_network`): a small classifier trained
-by ae-jax whose penultimate layer is the space of the sample-quality metrics (`ae_jax.sample_quality`).
+r"""The feature network of a shipped image dataset (`ae_jax.metrics.feature_network`): a small classifier
+trained
+by ae-jax whose penultimate layer is the space of the sample-quality metrics
+(`ae_jax.metrics.sample_quality`).
 
     python -m experiments.feature_network --config experiments/configs/feature_network.py:fashion_mnist
     python -m experiments.feature_network --config experiments/configs/feature_network.py:cifar10
@@ -13,9 +15,9 @@ import dataclasses
 
 import ml_collections
 
+from ae_jax.core.errors import ConfigError, did_you_mean
 from ae_jax.data import data_config
-from ae_jax.errors import ConfigError, did_you_mean
-from ae_jax.feature_network import DATASET_SETTINGS
+from ae_jax.metrics.feature_network import DATASET_SETTINGS
 
 # Not an experiment (no model to inspect): tests/test_configs.py's sweep runs each ARGS entry through the
 # autoencoder inspector, so this lists none; tests/test_feature_network.py checks these configs.

@@ -15,11 +15,11 @@ pixels in [-1, 1]). Every data and model option can be overridden, e.g. --config
 """
 
 from ae_jax import evaluators
-from ae_jax.config import default_config, parse_arg
+from ae_jax.core.errors import ConfigError
 from ae_jax.data import data_config
-from ae_jax.errors import ConfigError
 from ae_jax.models import model_config
 from ae_jax.quantizers import quantizer_config
+from ae_jax.runner.config import default_config, parse_arg
 
 ARGS = ("image_folder", "tfds,size=64", "image_folder,size=64,model=conv_ae")  # checked by the config sweep
 

@@ -15,10 +15,10 @@ quick estimate unless --config.evals.likelihood.full_from_step=0.
 """
 
 from ae_jax import evaluators
-from ae_jax.config import default_config, parse_arg
+from ae_jax.core.errors import ConfigError
 from ae_jax.data import data_config
-from ae_jax.errors import ConfigError
 from ae_jax.models import model_config
+from ae_jax.runner.config import default_config, parse_arg
 
 STEPS_PER_EPOCH = 60_000 // 20
 ARGS = ("k=1", "k=50")  # the arguments the config sweep test checks

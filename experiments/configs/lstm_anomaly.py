@@ -31,10 +31,10 @@ any of their options can be overridden, e.g. --config.data.window=100. Data: the
 """
 
 from ae_jax import evaluators
-from ae_jax.config import default_config, parse_arg
+from ae_jax.core.errors import ConfigError
 from ae_jax.data import data_config, shipped_series
-from ae_jax.errors import ConfigError
 from ae_jax.models import model_config
+from ae_jax.runner.config import default_config, parse_arg
 
 # data set: (batch size, steps, LSTM width, anomaly options)
 SETTINGS = {

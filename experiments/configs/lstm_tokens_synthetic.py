@@ -13,10 +13,10 @@ tokens reconstructed exactly (argmax), as test/token_accuracy.
 
 import ml_collections
 
-from ae_jax.config import default_config
+from ae_jax.core.errors import ConfigError
 from ae_jax.data import data_config
-from ae_jax.errors import ConfigError
 from ae_jax.models import model_config
+from ae_jax.runner.config import default_config
 
 VOCAB, TIME = 32, 32
 WIDTH = {

@@ -9,18 +9,19 @@ The argument is the stage one's workdir, optionally with `,step=N` (a checkpoint
 `,best` (its config.keep_best state; the step is pinned in the config, so a stage one trained further
 later is not mistaken for this one). `,conditional` trains a class-conditional prior (one start token per
 class of the stage one's dataset; sampled with `experiments.sample --label C`, or `--label all` for the
-classes in turn). The codes dataset (`ae_jax.data.codes`) encodes the stage
+classes in turn). The codes dataset (`ae_jax.generation.codes`) encodes the stage
 one's dataset once and caches the codes under STAGE_ONE_WORKDIR/codes/<fingerprint>/; the vocabulary K
 and the sequence length (Fashion-MNIST: 7x7 = 49 codes) are read from the stage one. Defaults: 4 layers of
 width 128, batch 64, 3,000 steps (a few minutes on a CPU); `prior_likelihood` reports test bits per code
 beside the uniform prior's log2 K.
 """
 
-from ae_jax import evaluators, stage_one
-from ae_jax.config import default_config, parse_arg
-from ae_jax.data import codes, data_config
-from ae_jax.errors import ConfigError
+from ae_jax import evaluators
+from ae_jax.core.errors import ConfigError
+from ae_jax.data import data_config
+from ae_jax.generation import codes, stage_one
 from ae_jax.models import MODELS, model_config
+from ae_jax.runner.config import default_config, parse_arg
 
 # Needs a trained stage one, so the shipped-config sweep (tests/test_configs.py) leaves it out;
 # tests/test_stage_two.py checks it on a tiny stage one.

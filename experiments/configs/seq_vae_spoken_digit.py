@@ -2,7 +2,7 @@ r"""Causal-Conv1d sequence VAE on Free Spoken Digit spectrograms (the seed quest
 
 Run:
     python -m experiments.main --config experiments/configs/seq_vae_spoken_digit.py --workdir runs/seq_vae
-    python -m ae_jax.bottleneck --config experiments/configs/seq_vae_spoken_digit.py
+    python -m ae_jax.runner.bottleneck --config experiments/configs/seq_vae_spoken_digit.py
 
 Data: FSDD through tfds (`spoken_digit`) or, offline, the release archive (config.data.archive, else
 <data root>/fsdd/); 2,250 training and 250 test recordings (numbers 0-4).
@@ -15,9 +15,9 @@ frame: 0.0229). With --config.loss.kl=0.1 (a beta-VAE): KL 113 nats, 63 active d
 """
 
 from ae_jax import evaluators
-from ae_jax.config import default_config
 from ae_jax.data import data_config
 from ae_jax.models import model_config
+from ae_jax.runner.config import default_config
 
 
 def get_config():

@@ -16,8 +16,8 @@ decoder's biases, at zero): --config.freeze='("decoder/.*",)' reaches test MSE 0
 """
 
 from ae_jax import evaluators
-from ae_jax.config import default_config
 from ae_jax.models import model_config
+from ae_jax.runner.config import default_config
 
 
 def get_config():

@@ -31,9 +31,9 @@ Result (README "Results"): see the table there for the ELBO and importance-sampl
 """
 
 from ae_jax import evaluators
-from ae_jax.config import default_config, parse_arg
-from ae_jax.errors import ConfigError
+from ae_jax.core.errors import ConfigError
 from ae_jax.models import model_config
+from ae_jax.runner.config import default_config, parse_arg
 
 OBJECTIVES = ("elbo", "beta", "tcvae", "infovae", "wae")
 ARGS = tuple(f"objective={name}" for name in OBJECTIVES)  # the arguments the config sweep test checks

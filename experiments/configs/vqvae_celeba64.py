@@ -1,7 +1,7 @@
 r"""VQ-VAE on CelebA at 64x64 (tfds `celeb_a`): 8x8 latent grid (three stride-2 levels), K=512 codes of D=64.
 
     python -m experiments.main --config experiments/configs/vqvae_celeba64.py --workdir runs/vqvae_celeba64
-    python -m ae_jax.bottleneck --config experiments/configs/vqvae_celeba64.py  # 8x8 grid, 576 bits per image
+    python -m ae_jax.runner.bottleneck --config experiments/configs/vqvae_celeba64.py  # 8x8, 576 bits
 
 Data: tfds `celeb_a` prepared as ArrayRecord in --config.data.data_dir (or, online, add
 --config.data.download=True with `pip install 'ae-jax[tfds-download]'`); the 178x218 aligned faces are
@@ -12,10 +12,10 @@ re-seeding, Adam 3e-4, batch 64; the validation split is evaluated during traini
 """
 
 from ae_jax import evaluators
-from ae_jax.config import default_config
 from ae_jax.data import data_config
 from ae_jax.models import model_config
 from ae_jax.quantizers import quantizer_config
+from ae_jax.runner.config import default_config
 
 
 def get_config():

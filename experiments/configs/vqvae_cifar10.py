@@ -16,7 +16,7 @@ re-seeded from the current batch's encoder outputs (as Jukebox's random restarts
 reference exactly.
 
 Other quantizers (ae_jax/quantizers/): an argument after the path, `vqvae_cifar10.py:quantizer=NAME`, sets
-the quantizer section config.model.quantizer (only that quantizer's options: `python -m ae_jax.registry`
+the quantizer section config.model.quantizer (only that quantizer's options: `python -m ae_jax.core.registry`
 lists them) as below and adds the loss terms it needs (or add them with flags:
 `--config.loss.lfq_entropy=0.1`); further `KEY=VALUE` pairs set options of the quantizer or of
 config.model, and `code_entropy=W` adds the codebook entropy penalty (vq, rvq, gumbel) with weight W.
@@ -35,11 +35,11 @@ Every option can then be changed with --config.model.quantizer.* (and --config.m
 """
 
 from ae_jax import evaluators
-from ae_jax.config import default_config, parse_arg
+from ae_jax.core.errors import ConfigError
 from ae_jax.data import data_config
-from ae_jax.errors import ConfigError
 from ae_jax.models import model_config
 from ae_jax.quantizers import quantizer_config
+from ae_jax.runner.config import default_config, parse_arg
 
 # The reference VQ (Sonnet's, with k-means++ seeding and dead-code re-seeding).
 VQ = dict(num_codes=512, code_dim=64, beta=0.25, ema=True, decay=0.99, codebook_init="kmeans++")

@@ -7,19 +7,19 @@ Pixels in [-0.5, 0.5]; the objective is NMSE (mse / the training variance, 0.124
 training images) + commitment, as on CIFAR-10.
 
 The quantizer is the section config.model.quantizer, which holds the options of its quantizer only
-(`python -m ae_jax.registry` lists each quantizer's): flags change them, e.g.
+(`python -m ae_jax.core.registry` lists each quantizer's): flags change them, e.g.
 `--config.model.quantizer.gradient=rotation` or `--config.model.quantizer.cosine=True
 --config.model.quantizer.codebook_dim=8`. Another quantizer (rvq, fsq, lfq, gumbel) has other options:
 switch with vqvae_cifar10.py's `:quantizer=NAME` argument, which also adds the loss terms it needs
 (lfq_entropy, gumbel_kl), or in a config file with `quantizer_config(NAME, ...)`.
 Loss terms and evaluators are added with flags, e.g. `--config.loss.code_entropy=0.1` or
-`--config.evals.quality=image_quality` (`ae_jax.config.complete_config`).
+`--config.evals.quality=image_quality` (`ae_jax.runner.config.complete_config`).
 """
 
 from ae_jax import evaluators
-from ae_jax.config import default_config
 from ae_jax.models import model_config
 from ae_jax.quantizers import quantizer_config
+from ae_jax.runner.config import default_config
 
 
 def get_config():

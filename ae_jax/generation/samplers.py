@@ -1,0 +1,219 @@
+"""Drawing images from a run that can generate, and scoring them: `experiments.sample` and the
+`sample_quality` evaluator share these.
+
+    run = stage_one.load_run("runs/prior_ar")
+    drawn = draw(run, 10_000, seed=0, options=generate.SampleOptions(top_k=50))
+    quality = score(drawn)
+
+* A stage-two prior run (a "code_prior" model, trained on the `codes` dataset): codes from
+  `priors.generate.sample_tokens`, decoded by its frozen stage one.
+* An autoencoder run (the "autoencoding" ability) or a VAE: codes from a Gaussian mixture fitted on its
+  training codes (`latent_prior="mixture"`, cached in WORKDIR/latent_priors) or from a VAE's prior N(0, I)
+  (`latent_prior="normal"`), decoded by its decoder (`ae_jax.generation.latent`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ae_jax.core.errors import ConfigError
+from ae_jax.generation import stage_one
+
+log = logging.getLogger(__name__)
+
+LATENT_PRIORS = ("mixture", "normal")
+
+
+@dataclasses.dataclass(frozen=True)
+class Drawn:
+  """Generated images and how they were drawn.
+
+  images: float32 [N, H, W, C] in the imitated run's model range (or [N, T, F] frames of a sequence model);
+  labels: int32 [N], the classes of class-conditional samples (None for unconditional ones); arrays: what
+  samples.npz keeps beside them (codes, options, fingerprints); source: the run whose dataset the samples
+  imitate (a prior run's stage one, else the run itself); what: one line on how they were drawn."""
+
+  images: np.ndarray
+  labels: np.ndarray | None
+  arrays: dict[str, Any]
+  source: stage_one.Run
+  what: str
+
+  def to_unit(self, x: np.ndarray) -> np.ndarray:
+    """Images in the source run's model range -> [0, 1] (for pictures)."""
+    return stage_one.to_unit(self.source.config, x)
+
+  def pictures(self, x: np.ndarray) -> np.ndarray:
+    """Samples [n, ...] -> pictures [n, H, W, C] in [0, 1]: images as they are, other examples (frames of
+    a sequence [n, T, F]) as the source run's dataset draws them (`DatasetInfo.to_image`)."""
+    if x.ndim == 4:
+      return self.to_unit(x)
+    from ae_jax import data
+
+    return data.get_dataset(self.source.config.data).info.to_image(x)
+
+
+def is_prior_run(config: Any) -> bool:
+  """Whether a run's config is a stage-two prior's (it trained on the `codes` dataset)."""
+  return config.data.get("name") == "codes"
+
+
+def quality_unavailable(data_config: Any) -> str | None:
+  """Why samples imitating dataset `data_config` cannot be scored in a feature network's space (None: they
+  can): its examples must be images [H, W, C] (a prior run's are its stage one's)."""
+  from ae_jax import data
+
+  if data_config.name == "codes":
+    return None
+  shape = data.example_spec(data_config).shape
+  if len(shape) == 3:
+    return None
+  return f"its examples have shape {list(shape)}, not images [H, W, C] (sample quality scores images)"
+
+
+def check_latent_prior(
+  config: Any, latent_prior: str | None, option: str = "--prior", workdir: str = "this"
+) -> None:
+  """ConfigError (one line) unless an autoencoder's or VAE's codes can be drawn from `latent_prior`:
+  "mixture", or "normal" for a VAE (also when the model has no continuous code: `LatentCodec.is_vae`);
+  `option` names the setting and `workdir` the run in the messages."""
+  from ae_jax.generation import latent
+
+  name = config.model.name
+  vae = latent.LatentCodec.is_vae(name, workdir)
+  if latent_prior not in LATENT_PRIORS:
+    raise ConfigError(
+      f"{workdir} is a '{name}' run: choose how its codes are drawn with {option}=mixture (a Gaussian "
+      "mixture fitted on its training codes)"
+      + (f" or {option}=normal (its prior N(0, I))" if vae else "")
+      + (f", not {latent_prior!r}" if latent_prior is not None else "")
+    )
+  if latent_prior == "normal" and not vae:
+    raise ConfigError(
+      f"{option}=normal samples a VAE's prior N(0, I); a '{name}' run's codes have no prior (only a VAE has "
+      f"the prior 'normal'): use {option}=mixture"
+    )
+
+
+def draw(
+  run: stage_one.Run,
+  num: int,
+  *,
+  seed: int = 0,
+  options: Any = None,
+  per_device: int = 16,
+  latent_prior: str | None = None,
+  components: int = 10,
+  covariance: str = "full",
+  progress: Callable[[int], None] | None = None,
+) -> Drawn:
+  """`num` images from `run` (module docstring), deterministic for `seed`. `options`: a prior run's
+  `generate.SampleOptions` (default: plain sampling); `latent_prior`, `components`, `covariance`: how an
+  autoencoder's or VAE's codes are drawn. ConfigError (one line) for what this run cannot do."""
+  if num < 1:
+    raise ConfigError(f"the number of samples must be >= 1, got {num}")
+  if is_prior_run(run.config):
+    if latent_prior is not None:
+      raise ConfigError(
+        f"a latent prior ('{latent_prior}') is for autoencoder and VAE runs; {run.workdir} is a prior run"
+      )
+    return _draw_tokens(run, num, seed, options, per_device, progress)
+  return _draw_latents(run, num, seed, latent_prior, components, covariance)
+
+
+def _draw_tokens(run, num, seed, options, per_device, progress) -> Drawn:
+  from ae_jax.generation import generate
+
+  options = options or generate.SampleOptions()
+  generate.check_options(run, options, num)
+  tokenizer = generate.tokenizer_of(run)
+  tokens = generate.sample_tokens(
+    run, num, seed=seed, options=options, per_device=per_device, progress=progress
+  )
+  codes = tokens.reshape(len(tokens), *tokenizer.layout.grid)
+  labels = options.labels(np.arange(num), run.model.num_classes)
+  arrays = dict(
+    codes=codes,
+    tokens=tokens,
+    labels=labels,
+    temperature=options.temperature,
+    top_k=options.top_k,
+    top_p=options.top_p,
+    steps=options.steps,
+    prior_step=run.step,
+    stage_one=np.str_(tokenizer.fingerprint),
+  )
+  what = f"prior step {run.step}, stage one {tokenizer.fingerprint}"
+  conditional = labels if labels.min() >= 0 else None
+  return Drawn(tokenizer.decode_codes(codes), conditional, arrays, tokenizer.run, what)
+
+
+def _draw_latents(run, num, seed, latent_prior, components, covariance) -> Drawn:
+  from ae_jax.generation import latent
+
+  check_latent_prior(run.config, latent_prior, workdir=run.workdir)
+  codec = latent.LatentCodec.of(run)
+  if latent_prior == "normal":
+    codes = latent.standard_normal(codec, num, seed)
+    what = "N(0, I)"
+  else:
+    mixture = latent.fit_mixture(codec, components, covariance=covariance, seed=seed)
+    codes = latent.mixture_codes(codec, mixture, num, seed)
+    what = f"a {components}-component {covariance} Gaussian mixture over the training codes"
+  if codec.frames:
+    what += f", {codec.frames_per_example} frames drawn independently"
+  arrays = dict(codes=codes, prior=np.str_(latent_prior), run_step=run.step, run=np.str_(run.fingerprint))
+  return Drawn(codec.decode(codes), None, arrays, run, f"codes from {what}")
+
+
+def score(
+  drawn: Drawn,
+  *,
+  feature_steps: int | None = None,
+  feature_cache: str | None = None,
+  reference_split: str = "test",
+) -> dict[str, Any]:
+  """Scores drawn images against as many images of the source run's `reference_split`, with the floor
+  (as many training images against the same reference) and, for class-conditional samples, the feature
+  network's accuracy on their classes (`ae_jax.metrics.sample_quality`). The feature network is the dataset's
+  shipped one (`feature_network.settings_for`; `feature_steps` changes its training steps), trained once
+  and cached (`feature_network.load_or_train`)."""
+  from ae_jax import data
+  from ae_jax.data.dataset import stack_examples
+  from ae_jax.metrics import feature_network, sample_quality
+
+  data_config = drawn.source.config.data
+  why_not = quality_unavailable(data_config)
+  if why_not is not None:
+    raise ConfigError(f"cannot score samples of dataset '{data_config.name}': {why_not}")
+  settings = feature_network.settings_for(data_config, feature_steps)
+  net = feature_network.load_or_train(data_config, feature_cache, settings)
+  dataset = data.get_dataset(data_config)
+  reference, train = dataset.split(reference_split), dataset.split("train")
+  n = min(len(drawn.images), len(reference), len(train))
+  if n < len(drawn.images):
+    log.info("sample quality: %d of the %d samples, as many as the reference split has", n, len(drawn.images))
+  quality = sample_quality.sample_quality(
+    drawn.images[:n],
+    net,
+    stack_examples(reference, dataset.info, range(n))["x"],
+    train_reference=stack_examples(train, dataset.info, range(n))["x"],
+    labels=None if drawn.labels is None else drawn.labels[:n],
+  )
+  quality["feature_network"] = net.describe()
+  return quality
+
+
+def describe(quality: dict[str, Any]) -> str:
+  """One line of a `score` result."""
+  return (
+    f"Fréchet feature distance {quality['frechet_feature_distance']:.4g} (train-vs-test floor "
+    f"{quality['floor_frechet_feature_distance']:.4g}), precision {quality['precision']:.3f}, recall "
+    f"{quality['recall']:.3f}"
+    + (f", class accuracy {quality['class_accuracy']:.3f}" if "class_accuracy" in quality else "")
+  )
