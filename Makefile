@@ -10,11 +10,17 @@ DEMO_STEPS ?= 2000
 
 .PHONY: demo test test-fast notebook venv data clean
 
-$(VENV)/.installed: pyproject.toml
+# The reference implementations the tests compare against, beside the package: PyTorch (CPU) and the
+# PyTorch `lpips` package, whose official .pth heads the LPIPS tests read with torch.load (installed without
+# its dependencies: its torchvision does not load with the CPU torch, and the tests never import it), and
+# fidax with its two small dependencies for the Inception tests. Editing this Makefile reinstalls.
+$(VENV)/.installed: pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=python3 ...'"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet --no-deps lpips==0.1.4 fidax==0.3.1 jaxtyping wadler_lindig
 	touch $@
 
 venv: $(VENV)/.installed
@@ -51,10 +57,16 @@ test: venv data
 test-fast: venv
 	$(PYTEST) -m "not slow and not training and not integration" --timeout=120 tests
 
-# The tutorial, run as a user runs it: its kernel starts in docs/ and imports the installed package.
+# The tutorial, run as a user runs it: its kernel starts in docs/ and imports the installed package. The
+# executed notebook, outputs and pictures included, is written to runs/tutorial.ipynb and what its cells
+# print is shown here; the notebook removes its temporary run folder in its last cell.
 notebook: venv data
 	$(PY) -m pip install --quiet -e '.[notebook]'
-	$(VENV)/bin/jupyter execute docs/tutorial.ipynb
+	mkdir -p runs
+	$(VENV)/bin/jupyter execute docs/tutorial.ipynb --output=../runs/tutorial
+	@$(PY) -c 'import nbformat; nb = nbformat.read("runs/tutorial.ipynb", 4); \
+	  print("".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stdout")); \
+	  print("executed notebook, with its outputs and pictures: runs/tutorial.ipynb (open it in Jupyter)")'
 
 clean:
 	rm -rf $(VENV) runs

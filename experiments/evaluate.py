@@ -85,7 +85,7 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   from ae_jax.core import cli
-  from ae_jax.runner.config import own_flags_parser
+  from ae_jax.runner.command_line import own_flags_parser
 
   config = cli.run_or_exit(lambda: saved_config(sys.argv))
   config_flags.DEFINE_config_dict(

@@ -3,7 +3,8 @@ r"""Trains (once) and caches the feature network of an image dataset, and prints
     python -m experiments.feature_network --config experiments/configs/feature_network.py:fashion_mnist \
         [--cache_dir DIR] [--config.steps=3000 ...]
 
-The network is cached as DATA_ROOT/feature_networks/<dataset>-<fingerprint>.msgpack (or under --cache_dir)
+The network is cached as CACHE/<dataset>-<fingerprint>.msgpack, CACHE being --cache_dir or the user cache
+($XDG_CACHE_HOME/ae_jax/feature_networks, else ~/.cache/ae_jax/feature_networks)
 with a .json of its test accuracy and settings; a rerun reads it instead of training.
 """
 
@@ -17,7 +18,10 @@ config_flags.DEFINE_config_file(
   "config", None, "experiments/configs/feature_network.py:DATASET", lock_config=True
 )
 flags.DEFINE_string(
-  "cache_dir", None, "Folder of cached feature networks (default DATA_ROOT/feature_networks)."
+  "cache_dir",
+  None,
+  "Folder of cached feature networks (default: $XDG_CACHE_HOME/ae_jax/feature_networks, else "
+  "~/.cache/ae_jax/feature_networks).",
 )
 flags.mark_flags_as_required(["config"])
 USAGE = "python -m experiments.feature_network --config experiments/configs/feature_network.py:DATASET"
@@ -47,6 +51,6 @@ def _run(config, cache_dir: str | None) -> None:
 
 
 if __name__ == "__main__":
-  from ae_jax.runner.config import parse_flags_or_exit
+  from ae_jax.runner.command_line import parse_flags_or_exit
 
   app.run(main, flags_parser=lambda argv: parse_flags_or_exit(argv, FLAGS, USAGE))

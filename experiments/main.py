@@ -9,7 +9,8 @@ add --coordinator_address=HOST:PORT --num_processes=N --process_id=I); batch_siz
 Everything is written under WORKDIR: checkpoints/ (Orbax), metrics.jsonl, tensorboard/, log.txt (every log
 line), the evaluators' files (config.evals: reconstructions.png, ...) and results.json (their final
 metrics). A bad config, data or workdir stops with one `error:` line; anything else is a bug and keeps its
-traceback.
+traceback. SIGTERM (preemption) and Ctrl-C (SIGINT) during training save the current step and exit 0 with
+one line; rerunning the command resumes from it.
 
 Flags may also add loss terms and evaluators to the config file's (`ae_jax.runner.config.complete_config`):
 
@@ -67,9 +68,10 @@ def parse_command_line(argv: list[str], flag_values: flags.FlagValues = FLAGS) -
   """Parses argv into flag_values (`define_flags`) and completes and checks its config
   (`config.complete_config`); a bad command line or config exits with one `error:` line."""
   from ae_jax.core import cli
+  from ae_jax.runner import command_line
   from ae_jax.runner import config as configs
 
-  rest = configs.parse_flags_or_exit(argv, flag_values, USAGE)
+  rest = command_line.parse_flags_or_exit(argv, flag_values, USAGE)
   cli.run_or_exit(lambda: configs.complete_config(flag_values.config))
   return rest
 
@@ -84,7 +86,23 @@ def main(argv: list[str]) -> None:
     )
   from ae_jax.core import cli
 
-  cli.run_or_exit(lambda: _train(FLAGS.config, FLAGS.workdir))
+  try:
+    cli.run_or_exit(lambda: _train(FLAGS.config, FLAGS.workdir))
+  except KeyboardInterrupt:  # Ctrl-C outside the training steps (there it saves the step and stops)
+    _interrupted(FLAGS.workdir)
+
+
+def _interrupted(workdir: str) -> None:
+  """Exits 130 with one line: the run was interrupted where no step was left unsaved (while starting up or
+  closing down), and the newest checkpoint it resumes from."""
+  import os
+  import sys
+
+  folder = os.path.join(os.path.abspath(workdir), "checkpoints")
+  steps = sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
+  where = f"the newest checkpoint is step {steps[-1]} in {folder}" if steps else "there is no checkpoint yet"
+  print(f"interrupted outside the training steps: {where}; rerun the same command to resume", file=sys.stderr)
+  sys.exit(130)
 
 
 def _train(config, workdir: str) -> None:

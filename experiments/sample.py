@@ -9,7 +9,14 @@ Writes OUT/samples.png (a grid of the first 256 decoded images) and OUT/samples.
 tokens [N, L], images [N, H, W, C] float32 in the stage one's model range, labels, and the options), OUT
 defaulting to WORKDIR/samples; prints the sampling time per image. The same seed and options give the same
 samples, on any number of devices. --step N / --best pick the prior's checkpoint (default: the latest).
-A bad flag or workdir stops with one `error:` line.
+A bad flag or workdir stops with one `error:` line, and so does an --out that is a file (before sampling)
+or a stage one other than the one the prior was trained on (`codes.pinned_stage_one`).
+
+The two files are written as one unit (`samplers.write_samples`): temporary files first, then renamed under a
+lock on OUT (the earlier samples.png removed first), so two samplers writing to one --out leave the files of
+one of them, a kill leaves no files of two runs side by side (at worst the .npz without its PNG), and a full
+disk stops with one line saying what OUT keeps. samples.npz, samples.png (a PNG text chunk) and quality.json
+carry the same `sample_id`.
 
     python -m experiments.sample --workdir runs/conv_ae --prior mixture [--components 10] [--covariance full]
     python -m experiments.sample --workdir runs/vae_mlp --prior normal
@@ -83,7 +90,8 @@ flags.DEFINE_bool(
 flags.DEFINE_string(
   "feature_cache",
   None,
-  "The feature networks' cache folder (default: <data root>/feature_networks).",
+  "The feature networks' cache folder (default: $XDG_CACHE_HOME/ae_jax/feature_networks, else "
+  "~/.cache/ae_jax/feature_networks).",
   flag_values=FLAGS,
 )
 flags.DEFINE_integer(
@@ -113,14 +121,13 @@ def grid_layout(num: int, classes: int = 0) -> tuple[int, int]:
 
 
 def sample(argv: list[str]) -> None:
-  import json
+  """The command: draws FLAGS.num samples and writes them to --out (module docstring)."""
   import os
   import time
 
-  import numpy as np
   import tqdm
 
-  from ae_jax.core import visualize
+  from ae_jax.core import visualize, workdir
   from ae_jax.core.errors import ConfigError
   from ae_jax.generation import generate, samplers, stage_one
 
@@ -129,7 +136,8 @@ def sample(argv: list[str]) -> None:
   if FLAGS.per_device < 1:
     raise ConfigError(f"--per_device must be >= 1, got {FLAGS.per_device}")
   run = stage_one.load_run(FLAGS.workdir, FLAGS.step, FLAGS.best)
-  out = os.path.abspath(FLAGS.out or os.path.join(run.workdir, "samples"))
+  # before sampling: an --out that is a file, or a folder that cannot be written, is refused
+  out = workdir.prepare(FLAGS.out or os.path.join(run.workdir, "samples"), flag="--out")
   options = generate.SampleOptions(
     FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.steps, FLAGS.choice_temperature, FLAGS.label
   )
@@ -163,34 +171,32 @@ def sample(argv: list[str]) -> None:
       progress=lambda n: bar.update(n - bar.n),
     )
   decoded = time.perf_counter()
-  os.makedirs(out, exist_ok=True)
   classes = getattr(run.model, "num_classes", 0) if FLAGS.label == "all" else 0
   count, ncols = grid_layout(len(drawn.images), classes)
   shown = drawn.images[:count]  # the first ones; the .npz holds all
   grid = visualize.image_grid(drawn.pictures(shown), ncols=ncols)
-  png = visualize.save_png(os.path.join(out, "samples.png"), grid)
-  npz = os.path.join(out, "samples.npz")
-  with open(npz + ".tmp", "wb") as f:
-    np.savez(f, images=drawn.images, seed=FLAGS.seed, **drawn.arrays)
-  os.replace(npz + ".tmp", npz)
+  files = samplers.write_samples(out, dict(images=drawn.images, seed=FLAGS.seed, **drawn.arrays), grid)
   num = len(drawn.images)
   print(
     f"sampled {num} images in {decoded - start:.2f} s: {1e3 * (decoded - start) / num:.2f} ms per image "
     f"({drawn.what})"
   )
-  print(f"files:       {png}, {npz}" + (" (samples.png: column c holds class c)" if classes else ""))
+  print(
+    f"files:       {files.png}, {files.npz}" + (" (samples.png: column c holds class c)" if classes else "")
+  )
   if FLAGS.quality:
     quality = samplers.score(drawn, feature_steps=FLAGS.feature_steps, feature_cache=FLAGS.feature_cache)
-    with open(os.path.join(out, "quality.json"), "w") as f:
-      json.dump(quality, f, indent=1, sort_keys=True)
+    samplers.write_quality(out, quality, files.sample_id)
     n = int(quality["num_samples"])
-    print(
-      f"sample quality ({n:,} samples vs {n:,} test images, {quality['feature_network']}): "
-      + samplers.describe(quality)
-    )
+    print(f"sample quality ({n:,} samples vs {n:,} test images): " + samplers.describe(quality))
 
 
 def main(argv: list[str]) -> None:
+  """The command's entry point: `sample` with a bad input stopping at one `error:` line."""
+  # JAX first: imported after console.setup() (which sets the "jax" logger to INFO), JAX takes that level
+  # as its own default and prints its INFO lines (C++ included) on the console
+  import jax  # noqa: F401
+
   from ae_jax.core import cli, console
 
   console.setup()
@@ -198,6 +204,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  from ae_jax.runner.config import own_flags_parser
+  from ae_jax.runner.command_line import own_flags_parser
 
   app.run(main, flags_parser=own_flags_parser(FLAGS, USAGE))

@@ -21,6 +21,7 @@ another is still writing); tests that run processes side by side give each its o
 import collections
 import importlib.metadata
 import os
+import tarfile
 import tempfile
 
 _flags = [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]
@@ -37,10 +38,13 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import chex  # noqa: E402
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from ae_jax.core import parallel  # noqa: E402
 from ae_jax.data import data_config  # noqa: E402
+from ae_jax.data.sources import data_root  # noqa: E402
 from ae_jax.quantizers import quantizer_config  # noqa: E402
 from ae_jax.runner.config import default_config  # noqa: E402
 
@@ -159,3 +163,19 @@ def run_pmapped_steps(step_fn, state, host_batches, devices):
     rstate, m = p_step(rstate, parallel.shard(parallel.split_for_devices(batch, len(devices)), devices))
     metrics.append(m)
   return jax.device_get(parallel.unreplicate(rstate)), jax.device_get(metrics)
+
+
+def cifar_test_images(n: int) -> np.ndarray | None:
+  """The first test image of each of the first `n` classes of the CIFAR-10 JPEG copy, uint8 [n, 32, 32, 3]."""
+  path = data_root() / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
+  if not path.is_file():
+    return None
+  images: dict[str, np.ndarray] = {}
+  with tarfile.open(path, "r|gz") as tar:  # streamed: the test split comes first
+    for member in tar:
+      parts = member.name.split("/")
+      if member.isfile() and parts[1] == "test" and parts[2] not in images:
+        images[parts[2]] = np.asarray(Image.open(tar.extractfile(member)).convert("RGB"))
+        if len(images) == n:
+          break
+  return np.stack(list(images.values()))

@@ -1,6 +1,7 @@
 """Fault injection on real processes: kill -9 at a random step or in the middle of an asynchronous save,
-and SIGTERM (also during an evaluation), each followed by a rerun that must equal an uninterrupted run.
-Every wait is bounded; a child still running at the end of a test is killed."""
+SIGTERM (also during an evaluation) and Ctrl-C (SIGINT, also during a save and while starting), each
+followed by a rerun that must equal an uninterrupted run. Every wait is bounded; a child still running at
+the end of a test is killed."""
 
 import json
 import pathlib
@@ -129,6 +130,44 @@ def test_sigterm_saves_the_current_step_and_exits_0(uninterrupted, tmp_path):
   assert code == 0 and "preempted: saved step" in out, out[-2000:]
   saved = int(out.split("preempted: saved step ")[1].split()[0])
   assert _final_params(tmp_path)[0] == saved >= 120
+  _run(tmp_path, "steps=300,ckpt=50")
+  _assert_same_run(uninterrupted, tmp_path)
+
+
+def _console_messages(out):
+  """The lines of a run's console output other than its progress bar and its first two lines."""
+  lines = [line.strip() for line in out.replace("\r", "\n").splitlines() if line.strip()]
+  progress = ("step/s", "s/step", "?step")
+  return [
+    x for x in lines if not any(p in x for p in progress) and not x.startswith(("devices: ", "input: "))
+  ]
+
+
+def test_ctrl_c_saves_the_current_step_and_exits_0_with_one_line(uninterrupted, tmp_path):
+  """SIGINT while starting up: nothing to save, one line, exit code 130. SIGINT during an asynchronous save
+  (its temporary directory exists): that save completes, the current step is saved too, one line and exit
+  code 0 as for SIGTERM; the rerun ends as a run that never stopped."""
+  proc = _main(tmp_path, "steps=300,ckpt=50")
+  assert proc.stdout.readline().startswith("devices: ")  # printed before the run's setup
+  proc.send_signal(signal.SIGINT)
+  code, out = _finish(proc)
+  assert code == 130 and _console_messages(out) == [
+    "interrupted outside the training steps: there is no checkpoint yet; rerun the same command to resume"
+  ], out[-2000:]
+  proc = _main(tmp_path, "steps=300,ckpt=50")
+  checkpoints = tmp_path / "checkpoints"
+
+  def saving():  # the first save (step 50): an interrupt there must not leave the run without a checkpoint
+    return checkpoints.is_dir() and any("tmp" in p.name for p in checkpoints.iterdir())
+
+  _wait_for(saving, proc)
+  in_flight = int(next(p.name.split(".")[0] for p in checkpoints.iterdir() if "tmp" in p.name))
+  proc.send_signal(signal.SIGINT)
+  code, out = _finish(proc)
+  (message,) = _console_messages(out)
+  assert code == 0 and message.startswith("interrupted: saved step "), out[-2000:]
+  saved = int(message.split("interrupted: saved step ")[1].split()[0])
+  assert _final_params(tmp_path)[0] == saved >= in_flight and (checkpoints / str(in_flight)).is_dir()
   _run(tmp_path, "steps=300,ckpt=50")
   _assert_same_run(uninterrupted, tmp_path)
 

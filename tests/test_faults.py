@@ -1,5 +1,6 @@
-"""Fault injection in one process: damaged checkpoints fall back, failed saves stop the run, one writer per
-workdir, bad workdirs, and metrics logs that survive resumption. (Killed processes: test_fault_processes.)"""
+"""Fault injection in one process: damaged checkpoints (unreadable, or arrays that differ from their digest)
+fall back, failed saves stop the run, Ctrl-C sets the stop flag, one writer per workdir, bad workdirs, and
+metrics logs that survive resumption. (Killed and interrupted processes: test_fault_processes.)"""
 
 import contextlib
 import errno
@@ -10,6 +11,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from ae_jax.core import console, workdir
 from ae_jax.core.errors import WorkdirError
 from ae_jax.runner import loop
 from ae_jax.training import checkpoint
+from ae_jax.training.preemption import PreemptedError, Preemption
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -76,10 +79,47 @@ def _empty_manifest(step_dir):
   open(step_dir / "state" / "manifest.ocdbt", "w").close()
 
 
-@pytest.mark.parametrize("damage", [_truncate_data_files, _delete_state, _empty_manifest])
+def _flip_one_bit(step_dir):
+  """Flips one bit of an array's bytes in the largest data file, where Orbax restores it without an error
+  (asserted: the fault the digest is there to catch)."""
+  state = step_dir / "state"
+  before = jax.tree.leaves(ocp.StandardCheckpointer().restore(state))
+  name = max(glob.glob(str(state / "**" / "d" / "*"), recursive=True), key=os.path.getsize)
+  data = bytearray(pathlib.Path(name).read_bytes())
+  for offset in range(len(data) // 2, len(data) // 2 + 64):  # the middle of the file: array bytes
+    data[offset] ^= 0x10
+    pathlib.Path(name).write_bytes(data)
+    with contextlib.suppress(Exception):
+      after = jax.tree.leaves(ocp.StandardCheckpointer().restore(state))
+      if any((a != b).any() for a, b in zip(before, after, strict=True)):
+        return
+    data[offset] ^= 0x10
+  pytest.fail("no single bit flip restored silently with different values")
+
+
+def _delete_metadata(step_dir):
+  """The state's tree metadata only: the arrays are intact, but the step cannot be described."""
+  os.remove(step_dir / "state" / "_METADATA")
+
+
+def _delete_digest(step_dir):
+  shutil.rmtree(step_dir / "digest")
+
+
+@pytest.mark.parametrize(
+  "damage, cause",
+  [
+    (_truncate_data_files, ""),
+    (_delete_state, ""),
+    (_empty_manifest, ""),
+    (_flip_one_bit, "differs from the sha256 digest saved with the step"),
+    (_delete_metadata, "its state metadata (state/_METADATA) is missing"),
+    (_delete_digest, "its digest (digest/) is missing"),
+  ],
+)
 @pytest.mark.training
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_step(
-  tiny_config, tmp_path, twelve_steps, reference, damage, caplog
+  tiny_config, tmp_path, twelve_steps, reference, damage, cause, caplog
 ):
   _copy_then_damage(twelve_steps, tmp_path, damage)
   tiny_config.total_steps = 16
@@ -90,9 +130,29 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_step(
   assert (
     "step 12" in warnings[0] and "cannot be restored" in warnings[0] and "resumed from step 8" in warnings[0]
   )
+  assert cause in warnings[0] and "does not fit" not in warnings[0]  # damaged, not another model's
   assert "\n" not in warnings[0] and "<bound method" not in warnings[0]
   assert os.path.isdir(tmp_path / "checkpoints" / "12.corrupt")  # moved aside, not deleted
   assert checkpoint.Checkpointer(str(tmp_path / "checkpoints"), keep=3).all_steps() == [8, 12, 16]
+
+
+@pytest.mark.training
+def test_a_step_saved_without_a_digest_restores_unverified(
+  tiny_config, tmp_path, twelve_steps, reference, caplog
+):
+  """A step saved before digests existed (Orbax's step metadata names no digest item) still resumes."""
+  caplog.set_level(logging.INFO, logger="ae_jax.training.checkpoint")
+  shutil.copytree(twelve_steps, tmp_path, dirs_exist_ok=True)
+  step_dir = tmp_path / "checkpoints" / "12"
+  shutil.rmtree(step_dir / "digest")
+  metadata = json.loads((step_dir / "_CHECKPOINT_METADATA").read_text())
+  del metadata["item_handlers"]["digest"]
+  (step_dir / "_CHECKPOINT_METADATA").write_text(json.dumps(metadata))
+  tiny_config.total_steps = 16
+  resumed = loop.train_and_evaluate(tiny_config, str(tmp_path))
+  chex.assert_trees_all_equal(_params(reference), _params(resumed))
+  assert "step 12 was saved without a digest: restored unverified" in caplog.messages  # log.txt only
+  assert not glob.glob(str(tmp_path / "checkpoints" / "*.corrupt"))
 
 
 @pytest.mark.training
@@ -118,6 +178,20 @@ def test_another_experiments_checkpoint_is_still_refused(tiny_config, tmp_path):
   with pytest.raises(checkpoint.CheckpointMismatchError, match="use a new --workdir"):
     loop.train_and_evaluate(tiny_config, str(tmp_path))
   assert not glob.glob(str(tmp_path / "checkpoints" / "*.corrupt"))
+
+
+def test_ctrl_c_requests_a_stop_like_sigterm():
+  """SIGINT sets the flag the loop polls (no KeyboardInterrupt), abandons an `interrupting()` block, and
+  `restore` puts Python's own handler back."""
+  stop = Preemption()
+  try:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop.requested and stop.reached(1) and stop.reason == "interrupted"
+    with pytest.raises(PreemptedError), stop.interrupting():
+      pass
+  finally:
+    stop.restore()
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def _fail_saves_of_step(monkeypatch, step):

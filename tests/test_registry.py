@@ -142,6 +142,7 @@ def test_python_m_ae_jax_registry_lists_every_plugin_with_its_options():
     "evaluators",
     "loss terms",
     "quantizers",
+    "discriminators",
   ]
   for kind, reg in registry.Registry.ALL.items():  # ae-jax's own (a test may have added others here)
     own = sum(1 for spec in reg.values() if spec.module.startswith("ae_jax."))

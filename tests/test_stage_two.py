@@ -3,9 +3,13 @@ steps by the loop is the stage one; its codes feed tiny AR and MaskGIT priors tr
 which are sampled and decoded back to images."""
 
 import dataclasses
+import errno
 import importlib
 import json
+import logging
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,13 +20,14 @@ import numpy as np
 import pytest
 
 from ae_jax import data, evaluators
-from ae_jax.core import parallel
-from ae_jax.core.errors import AEJaxError, ConfigError, DataNotFoundError
-from ae_jax.generation import codes, generate, stage_one
-from ae_jax.models import get_model
+from ae_jax.core import parallel, workdir
+from ae_jax.core.errors import AEJaxError, ConfigError, DataError, DataNotFoundError, WorkdirError
+from ae_jax.generation import codes, generate, samplers, stage_one
+from ae_jax.models import get_model, model_config
 from ae_jax.quantizers import quantizer_config
 from ae_jax.runner import loop
 from ae_jax.training import train
+from ae_jax.training.checkpoint import CheckpointMismatchError
 from tests.conftest import TINY_VQVAE, make_tiny_config, train_tiny_vqvae
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,6 +165,128 @@ def test_codes_dataset_is_cached_per_stage_one_and_recomputed_when_it_changes(
   changed = data.get_dataset(config)
   assert changed.info.fingerprint.startswith("6-") and len(calls) == 2
   assert os.path.isdir(os.path.join(work, "codes", changed.info.fingerprint)) and os.path.isdir(cache)
+
+
+@pytest.mark.training
+def test_an_unreadable_code_cache_is_encoded_again_with_one_warning(stage_one_dir, tmp_path, caplog):
+  """A truncated cache file and one that is no .npz at all are encoded again, one warning each; the
+  temporary file a killed cache write left is removed when the split is next opened."""
+  work = str(tmp_path / "stage_one")
+  shutil.copytree(stage_one_dir, work)
+  config = data.data_config("codes", tokenizer_workdir=work)
+  want = {role: s.arrays["tokens"] for role, s in data.get_dataset(config).splits.items()}
+  cache = os.path.join(work, "codes", stage_one.load_stage_one(work).fingerprint)
+  with open(os.path.join(cache, "train.npz"), "r+b") as f:
+    f.truncate(os.path.getsize(f.name) // 2)  # a file cut short (EOFError, BadZipFile)
+  with open(os.path.join(cache, "test.npz"), "wb") as f:
+    f.write(b"\x00" * 100)  # not an .npz
+  dead = subprocess.run(
+    [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+  )
+  left = os.path.join(
+    cache, f"test.npz.{workdir._HOST}.{int(dead.stdout)}.x1y2z3.tmp"
+  )  # its writer was killed
+  with open(left, "wb") as f:
+    f.write(b"half")
+  with caplog.at_level(logging.WARNING, logger="ae_jax"):
+    again = data.get_dataset(config)
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warnings) == 2 and all(
+    "cannot be read" in w and "encoding the split again" in w for w in warnings
+  )
+  assert all("\n" not in w for w in warnings)
+  for role, tokens in want.items():
+    np.testing.assert_array_equal(again.split(role).arrays["tokens"], tokens)
+  assert sorted(os.listdir(cache)) == ["test.npz", "train.npz"]  # rewritten, the leftover gone
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="ae_jax"):
+    data.get_dataset(config)
+  assert not caplog.records
+
+
+def _retrain_stage_one(workdir_path: str, steps: int, seed: int) -> None:
+  """Trains the stage one afresh in its own workdir (its checkpoints removed first) from another seed."""
+  shutil.rmtree(os.path.join(workdir_path, "checkpoints"))
+  config = make_tiny_config()
+  config.model = model_config("vqvae", **TINY_VQVAE)
+  config.loss = {"mse": 1.0, "commitment": 1.0}
+  config.total_steps, config.evals, config.seed = steps, {}, seed
+  loop.train_and_evaluate(config, workdir_path)
+
+
+def _sample_in_process(*args: str) -> None:
+  """experiments.sample's command with these flags, in this process (its errors raised, not printed)."""
+  from experiments import sample
+
+  sample.FLAGS(["sample", *args])
+  try:
+    sample.sample(["sample"])
+  finally:
+    sample.FLAGS.unparse_flags()
+
+
+@pytest.mark.training
+def test_a_prior_refuses_a_stage_one_retrained_in_its_workdir(stage_one_dir, tmp_path):
+  """The stage one retrained from scratch in the same workdir (the same step number, other weights):
+  sampling, evaluating, opening the codes and resuming the prior each stop with one line naming the prior
+  and the fingerprints, and nothing is decoded or trained."""
+  work, prior = str(tmp_path / "stage_one"), str(tmp_path / "prior")
+  shutil.copytree(stage_one_dir, work)
+  loop.train_and_evaluate(_prior_config("ar", work, 2), prior)
+  saved = stage_one.saved_config(prior)[1]
+  pinned = saved.data.tokenizer_fingerprint
+  assert pinned == stage_one.load_stage_one(work).fingerprint and saved.data.tokenizer_step == 4
+  _retrain_stage_one(work, 4, seed=1)
+  now = stage_one.load_stage_one(work).fingerprint
+  assert now.startswith("4-") and now != pinned
+  changed = (
+    f"was trained on the stage one {work} with fingerprint {pinned}, but its step 4 now has fingerprint "
+    f"{now} (retrained or replaced); restore the stage one it was trained on, or train a new prior"
+  )
+  with pytest.raises(DataError, match=re.escape(f"the prior at {prior} {changed}")):
+    generate.tokenizer_of(stage_one.load_run(prior))
+  out = tmp_path / "samples"
+  with pytest.raises(DataError, match=re.escape(f"the prior at {prior} {changed}")) as e:
+    _sample_in_process(f"--workdir={prior}", "--num=2", f"--out={out}")
+  assert "\n" not in str(e.value) and not (out / "samples.npz").exists()
+  with pytest.raises(DataError, match=re.escape(f"this prior {changed}")):
+    loop.evaluate_checkpoint(saved, prior)
+  with pytest.raises(DataError, match=re.escape(changed)):
+    data.get_dataset(saved.data)
+  steps_before = sorted(os.listdir(os.path.join(prior, "checkpoints")))
+  resumed = re.escape(f"of a prior trained on the codes of stage one {pinned} (step-fingerprint), but this ")
+  with pytest.raises(CheckpointMismatchError, match=resumed + r"config's stage one is " + re.escape(now)):
+    loop.train_and_evaluate(_prior_config("ar", work, 4), prior)  # the config now pins the new stage one
+  assert sorted(os.listdir(os.path.join(prior, "checkpoints"))) == steps_before
+
+
+@pytest.mark.training
+def test_a_pinned_step_is_kept_from_pruning_and_a_lost_one_names_its_prior(stage_one_dir, tmp_path):
+  """A prior pins the stage-one step it trains on (STAGE/pinned/checkpoints): the stage one trained
+  further with keep_checkpoints=1 keeps it; a step lost anyway is one line naming the prior that depends
+  on it, when sampling and when resuming the prior."""
+  work, prior = str(tmp_path / "stage_one"), str(tmp_path / "prior")
+  shutil.copytree(stage_one_dir, work)
+  loop.train_and_evaluate(_prior_config("ar", work, 2), prior)
+  checkpoints = os.path.join(work, "checkpoints")
+  assert workdir.pinned_steps(checkpoints) == {4: [prior]}
+  config = make_tiny_config()
+  config.model = model_config("vqvae", **TINY_VQVAE)
+  config.loss = {"mse": 1.0, "commitment": 1.0}
+  config.total_steps, config.evals, config.keep_checkpoints = 12, {}, 1
+  loop.train_and_evaluate(config, work)  # saves 8 and 12; keeps 4, pinned
+  assert sorted(os.listdir(checkpoints), key=int) == ["4", "12"]
+  run = stage_one.load_run(prior)
+  assert generate.tokenizer_of(run).fingerprint == stage_one.saved_config(prior)[1].data.tokenizer_fingerprint
+  shutil.rmtree(os.path.join(checkpoints, "4"))  # lost all the same (deleted by hand)
+  gone = re.escape(f"the prior at {prior} depends on step 4 (fingerprint ") + r"4-\w+\) of the stage one "
+  gone += re.escape(f"{work}, which is gone (") + ".*keep_checkpoints.*restore that checkpoint"
+  with pytest.raises(DataNotFoundError, match=gone):
+    generate.tokenizer_of(run)
+  with pytest.raises(DataNotFoundError, match=gone):
+    _sample_in_process(f"--workdir={prior}", "--num=2")
+  with pytest.raises(DataNotFoundError, match=gone):
+    loop.train_and_evaluate(stage_one.saved_config(prior)[1], prior)
 
 
 @pytest.mark.training
@@ -331,6 +458,52 @@ def test_bad_sampling_options_are_one_clear_error(ar_prior):
   generate.check_options(run, generate.SampleOptions(), 4, given=["temperature", "top_k", "top_p"])
 
 
+@pytest.mark.training
+def test_bits_per_code_of_the_losses_evaluator_is_its_code_nll_in_bits(ar_prior):
+  """With max_examples not a multiple of the evaluation batch (13 of 16: a padded last batch), the losses
+  evaluator's bits_per_code is its own exact code_nll / (L ln 2), L = 4 codes."""
+  path = ar_prior[0]
+  config = stage_one.saved_config(path)[1]
+  config.evals = {"part": evaluators.section("losses", split="test", max_examples=13, baseline=False)}
+  _, result, _ = loop.evaluate_checkpoint(config, path, names=["part"])
+  m = result.metrics
+  np.testing.assert_allclose(m["part/bits_per_code"], m["part/code_nll"] / (4 * math.log(2.0)), rtol=1e-6)
+
+
+@pytest.mark.training
+def test_sampling_refuses_an_out_file_and_keeps_the_old_samples_on_a_full_disk(
+  ar_prior, tmp_path, monkeypatch
+):
+  """--out that is a file is refused before anything is drawn; a full disk while the samples are written
+  is one line naming what OUT keeps, the earlier samples.npz and samples.png intact, no temporary file."""
+  path, out = ar_prior[0], tmp_path / "out"
+  a_file = tmp_path / "file"
+  a_file.write_text("")
+  real_draw = samplers.draw
+  monkeypatch.setattr(samplers, "draw", lambda *a, **k: pytest.fail("sampled before refusing --out"))
+  with pytest.raises(WorkdirError, match=re.escape(f"--out {a_file} is a file, not a folder")):
+    _sample_in_process(f"--workdir={path}", "--num=2", f"--out={a_file}")
+  monkeypatch.setattr(samplers, "draw", real_draw)
+  _sample_in_process(f"--workdir={path}", "--num=3", "--seed=1", f"--out={out}")
+  ids = samplers.sample_ids(str(out))
+  assert len(set(ids.values())) == 1 and None not in ids.values() and len(ids) == 2
+  before = {name: (out / name).read_bytes() for name in ids}
+  real = workdir._temporary
+
+  def full(target, write):
+    if target.endswith(".png"):
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real(target, write)
+
+  monkeypatch.setattr(workdir, "_temporary", full)
+  with pytest.raises(WorkdirError) as e:
+    _sample_in_process(f"--workdir={path}", "--num=3", "--seed=2", f"--out={out}")
+  assert "\n" not in str(e.value) and "No space left on device" in str(e.value)
+  assert f"keeps the earlier samples.npz and samples.png (sample id {ids['samples.npz']})" in str(e.value)
+  assert {name: (out / name).read_bytes() for name in ids} == before
+  assert sorted(os.listdir(out)) == ["samples.npz", "samples.png"]
+
+
 def _sample_cli(*args):
   env = {**os.environ, "PYTHONPATH": ROOT}
   return subprocess.run(
@@ -338,20 +511,42 @@ def _sample_cli(*args):
   )
 
 
+def _sample_cli_started(*args):
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  command = [sys.executable, "-m", "experiments.sample", *args]
+  return subprocess.Popen(
+    command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
+
+
 @pytest.mark.slow
 @pytest.mark.training
 def test_sample_cli_writes_a_grid_and_codes_deterministically(ar_prior, tmp_path):
-  path = ar_prior[0]
-  for out in ("a", "b"):
-    result = _sample_cli(f"--workdir={path}", "--num=6", "--seed=1", "--top_k=4", f"--out={tmp_path / out}")
-    assert result.returncode == 0, result.stderr
-    assert "ms per image" in result.stdout
-  a, b = (np.load(tmp_path / out / "samples.npz") for out in ("a", "b"))
-  np.testing.assert_array_equal(a["codes"], b["codes"])
-  assert a["codes"].shape == (6, 2, 2) and a["images"].shape == (6, 8, 8, 1)
+  """Two samplers at once into one --out (seeds 1 and 2): its files are then both one sampler's, its codes
+  and the images they decode to; the console shows the command's own lines only (no JAX INFO lines, the
+  quality summary once)."""
+  path, out = ar_prior[0], tmp_path / "shared"
+  runs = [
+    _sample_cli_started(f"--workdir={path}", "--num=6", f"--seed={seed}", "--top_k=4", f"--out={out}")
+    for seed in (1, 2)
+  ]
+  for run in runs:
+    stdout, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr
+    assert "ms per image" in stdout
+    assert not [line for line in stderr.splitlines() if "INFO" in line or line.startswith("I1")], stderr
+  drawn = np.load(out / "samples.npz")
+  ids = samplers.sample_ids(str(out))
+  assert ids == {"samples.npz": str(drawn["sample_id"]), "samples.png": str(drawn["sample_id"])}  # one pair
+  assert sorted(os.listdir(out)) == ["samples.npz", "samples.png"] and int(drawn["seed"]) in (1, 2)
+  want = generate.sample_tokens(
+    stage_one.load_run(path), 6, seed=int(drawn["seed"]), options=generate.SampleOptions(top_k=4)
+  )
+  np.testing.assert_array_equal(drawn["tokens"], want)  # the codes of that sampler's seed, deterministic
   tok = stage_one.load_stage_one(stage_one.saved_config(path)[1].data.tokenizer_workdir)
-  np.testing.assert_allclose(a["images"], tok.decode_codes(a["codes"]), rtol=0, atol=1e-6)
-  assert (tmp_path / "a" / "samples.png").stat().st_size > 0
+  np.testing.assert_allclose(drawn["images"], tok.decode_codes(drawn["codes"]), rtol=0, atol=1e-6)
+  assert drawn["codes"].shape == (6, 2, 2) and drawn["images"].shape == (6, 8, 8, 1)
+  assert (out / "samples.png").stat().st_size > 0
   scored = _sample_cli(
     f"--workdir={path}",
     "--num=12",
@@ -366,6 +561,8 @@ def test_sample_cli_writes_a_grid_and_codes_deterministically(ar_prior, tmp_path
   assert 0 <= quality["precision"] <= 1 and 0 <= quality["recall"] <= 1
   assert quality["frechet_feature_distance"] >= 0 and quality["floor_frechet_feature_distance"] >= 0
   assert "not Inception" in quality["feature_network"] and "Fréchet feature distance" in scored.stdout
+  assert (scored.stdout + scored.stderr).count("sample quality") == 1
+  assert quality["sample_id"] == samplers.sample_ids(str(tmp_path / "q"))["samples.npz"]
   bad = _sample_cli(f"--workdir={path}", "--num=2", "--steps=4")
   last = bad.stderr.strip().splitlines()[-1]
   assert bad.returncode == 1 and last.startswith("error: --steps is not an option of this prior")

@@ -266,9 +266,14 @@ DATASETS: Registry = Registry("dataset", ("ae_jax.data", "ae_jax.generation"), "
 MODELS: Registry = Registry("model", ("ae_jax.models", "ae_jax.generation"), "config.model.name")
 EVALUATORS: Registry = Registry("evaluator", ("ae_jax.evaluators",), "config.evals.NAME.type")
 LOSSES: Registry = Registry(
-  "loss term", ("ae_jax.losses", "ae_jax.quantizers", "ae_jax.models", "ae_jax.generation"), "config.loss key"
+  "loss term",
+  ("ae_jax.losses", "ae_jax.quantizers", "ae_jax.models", "ae_jax.metrics", "ae_jax.generation"),
+  "config.loss key",
 )
 QUANTIZERS: Registry = Registry("quantizer", ("ae_jax.quantizers",), "config.model.quantizer.name")
+DISCRIMINATORS: Registry = Registry(
+  "discriminator", ("ae_jax.models",), "config.adversarial.discriminator.name"
+)
 
 
 def _format(value: Any) -> str:

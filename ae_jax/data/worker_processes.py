@@ -14,6 +14,10 @@ about 170 MB/s on the 2-core machine measured, page-faulting a fresh block per b
 Without room in /dev/shm (or without /dev/shm), or for ragged (object) fields, batches go through the
 pipe. The slots belong to the consumer: they are unlinked when the stream ends, and by
 multiprocessing's resource tracker if the consumer dies.
+
+Workers die with the consumer: each watches its parent (`os.getppid()`, every PARENT_POLL_SECONDS) and,
+once the consumer is gone (kill -9 included), unlinks the slots it mapped and exits at once; the resource
+tracker, whose pipe the workers held open, then sees every user gone, unlinks any slot left and exits too.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ import itertools
 import multiprocessing
 import os
 import pickle
+import secrets
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing import shared_memory
 from typing import Any
@@ -37,6 +44,13 @@ Example = dict[str, np.ndarray]
 SHM = "/dev/shm"  # where Linux keeps POSIX shared-memory blocks
 MIN_SLOT_BYTES = 1 << 16  # smaller batches travel pickled through the pipe
 _ALIGN = 64  # bytes: each array of a batch starts at a multiple of this in its slot
+PARENT_POLL_SECONDS = 0.25  # how often a worker checks that the consumer still runs
+SLOT_PREFIX = "ae_jax_slot_"  # slot names: SLOT_PREFIX + the consumer's pid + "_" + random hex
+
+
+def slot_prefix(pid: int | None = None) -> str:
+  """The name prefix of the shared-memory slots consumer `pid` (default: this process) makes."""
+  return f"{SLOT_PREFIX}{os.getpid() if pid is None else pid}_"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +78,25 @@ _make: Callable[[int], Example] | None = None
 _attached: dict[str, shared_memory.SharedMemory] = {}  # the slots this worker has mapped, by name
 
 
-def _start(payload: bytes) -> None:
+def _start(payload: bytes, parent: int) -> None:
+  """A worker's initializer: the batch function, and a watcher that ends the worker with its parent."""
   global _make
+  threading.Thread(target=_watch_parent, args=(parent,), name="parent-watch", daemon=True).start()
   _make = pickle.loads(payload)
+
+
+def _watch_parent(parent: int) -> None:
+  """Ends this worker once `parent` (the consumer) is gone: a worker whose parent died is re-parented,
+  so its parent process id changes. The slots it mapped are unlinked first (the consumer cannot)."""
+  while os.getppid() == parent:
+    time.sleep(PARENT_POLL_SECONDS)
+  for block in list(_attached.values()):
+    try:
+      block.close()
+      block.unlink()
+    except Exception:  # noqa: BLE001 - already unlinked, or the resource tracker gone: nothing to keep
+      pass
+  os._exit(1)
 
 
 def _slot(name: str) -> shared_memory.SharedMemory:
@@ -117,7 +147,10 @@ class _Slots:
       return
     if nbytes < MIN_SLOT_BYTES or 2 * self.count * nbytes > room:
       return
-    self.blocks = [shared_memory.SharedMemory(create=True, size=nbytes) for _ in range(self.count)]
+    self.blocks = [
+      shared_memory.SharedMemory(name=slot_prefix() + secrets.token_hex(6), create=True, size=nbytes)
+      for _ in range(self.count)
+    ]
     self.free = list(self.blocks)
 
   def take(self) -> shared_memory.SharedMemory | None:
@@ -159,7 +192,10 @@ def batches(make: Callable[[int], Example], steps: Iterable[int], num_workers: i
     ) from None
   depth = 2 * num_workers
   pool = concurrent.futures.ProcessPoolExecutor(
-    num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start, initargs=(payload,)
+    num_workers,
+    mp_context=multiprocessing.get_context("spawn"),
+    initializer=_start,
+    initargs=(payload, os.getpid()),
   )
   slots = _Slots(depth)
   steps = iter(steps)

@@ -12,7 +12,7 @@ Options: num, seed; a prior run's temperature, top_k, top_p, steps, choice_tempe
 or "all" for the classes in turn); an autoencoder's or VAE's prior ("mixture" over its training codes, with
 components and covariance; "normal": a VAE's N(0, I)); feature_steps and feature_cache (the feature
 network's training steps, default the dataset's shipped network (`feature_network.settings_for`), and its
-cache folder, default <data root>/feature_networks).
+cache folder, default $XDG_CACHE_HOME/ae_jax/feature_networks, else ~/.cache/ae_jax/feature_networks).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ae_jax.core import parallel
 from ae_jax.generation import samplers, stage_one
 
 
-def _run_of(ctx: evaluators.Context, state, step: int, workdir: str) -> stage_one.Run:
+def run_of(ctx: evaluators.Context, state, step: int, workdir: str) -> stage_one.Run:
   """The state being evaluated as a `stage_one.Run` in `workdir` (where a mixture over its codes is
   cached)."""
   variables = {"params": state.params, **state.model_state}
@@ -65,7 +65,7 @@ def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
     return scratch[0]
 
   def evaluate(rstate, step: int, final: bool) -> evaluators.Result:
-    run = _run_of(ctx, parallel.unreplicate(rstate), step, workdir())
+    run = run_of(ctx, parallel.unreplicate(rstate), step, workdir())
     drawn = samplers.draw(
       run,
       int(sec.num),
@@ -85,22 +85,28 @@ def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
   return evaluate
 
 
+# How an evaluator of generated images draws them (a prior run's sampling options, or an autoencoder's
+# density over its codes): its options and defaults.
+DRAW_OPTIONS = {
+  "num": 10_000,
+  "seed": 0,
+  "temperature": 1.0,
+  "top_k": 0,
+  "top_p": 1.0,
+  "steps": 8,
+  "choice_temperature": 4.5,
+  "label": ml_collections.config_dict.placeholder(str),
+  "prior": "mixture",
+  "components": 10,
+  "covariance": "full",
+}
+
 evaluators.register(
   evaluators.EvaluatorSpec(
     name="sample_quality",
     build=_build,
     options={
-      "num": 10_000,
-      "seed": 0,
-      "temperature": 1.0,
-      "top_k": 0,
-      "top_p": 1.0,
-      "steps": 8,
-      "choice_temperature": 4.5,
-      "label": ml_collections.config_dict.placeholder(str),
-      "prior": "mixture",
-      "components": 10,
-      "covariance": "full",
+      **DRAW_OPTIONS,
       "feature_steps": ml_collections.config_dict.placeholder(int),
       "feature_cache": ml_collections.config_dict.placeholder(str),
     },

@@ -6,15 +6,19 @@ order, residual stages innermost) and wrap the transformers of `ae_jax.generatio
 experiments/configs/prior_*.py read it from the stage one's workdir).
 
 * `ARPrior`: a causal transformer, p(x) = prod_t p(x_t | x_<t). Outputs "logits" [B, L, K] float32 and
-  "code_nll" [B], -log p(x) in nats (the `code_nll` loss term); metric "bits_per_code" = the batch mean of
-  code_nll / (L ln 2).
+  "code_nll" [B], -log p(x) in nats (the `code_nll` loss term); metric "bits_per_code" = the per-example
+  mean of code_nll / (L ln 2).
 * `MaskGITPrior`: a bidirectional transformer trained to predict masked tokens (Chang et al. 2022). In
   training and evaluation it masks each example with `random_mask` (gamma(r) of the positions for r ~ U[0,
   1)), drawn from the "sample" rng stream the train step passes; `token_mask` [B, L] bool (True = masked)
   replaces the draw (the `prior_likelihood` evaluator's fixed mask ratio). Outputs "logits", "token_mask",
   "masked_input" (the tokens the transformer read, K where masked) and "masked_code_xent" [B], the mean
   cross-entropy over an example's masked positions in nats (the `masked_code_xent` loss term; a training
-  objective, not a likelihood); metric "masked_bits_per_code".
+  objective, not a likelihood); metric "masked_bits_per_code" = its per-example mean / ln 2.
+
+Each metric is a function of its loss term's per-example mean, `term_metrics(means)`: the model applies it
+to its batch's mean, and the `losses` evaluator to the term's exact mean over the split (padding excluded),
+so test/bits_per_code is always test/code_nll / (L ln 2).
 
 `num_classes > 0` makes either class-conditional (labels [B] in [0, num_classes)); `logits(tokens,
 labels)` is the transformer alone, what the samplers (`sample_autoregressive`, `maskgit_decode`) call.
@@ -23,7 +27,8 @@ labels)` is the transformer alone, what the samplers (`sample_autoregressive`, `
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -95,8 +100,14 @@ class Autoregressive:
   ) -> dict[str, jax.Array]:
     logits = self.logits(x, labels, train)
     nll = token_nll(logits, x)
-    bits = jnp.mean(nll) / (x.shape[-1] * math.log(2.0))
-    return {"logits": logits, "code_nll": nll, "metrics": {"bits_per_code": bits}}
+    return {"logits": logits, "code_nll": nll, "metrics": self.term_metrics({"code_nll": jnp.mean(nll)})}
+
+  def term_metrics(self, means: Mapping[str, Any]) -> dict[str, Any]:
+    """{"bits_per_code": code_nll / (L ln 2)} of the per-example mean of code_nll in `means` (a batch's,
+    or a split's exact one: the `losses` evaluator); {} without it."""
+    if "code_nll" not in means:
+      return {}
+    return {"bits_per_code": means["code_nll"] / (math.prod(self.input_shape) * math.log(2.0))}
 
   def eval_nats(self, x: jax.Array, index: jax.Array, labels: jax.Array | None, settings) -> jax.Array:
     """-log p(x) in nats [B] (exact); labels reach a class-conditional prior only."""
@@ -196,8 +207,15 @@ class MaskGITPrior(_TransformerPrior):
       "token_mask": token_mask,
       "masked_input": masked,
       "masked_code_xent": xent,
-      "metrics": {"masked_bits_per_code": jnp.mean(xent) / math.log(2.0)},
+      "metrics": self.term_metrics({"masked_code_xent": jnp.mean(xent)}),
     }
+
+  def term_metrics(self, means: Mapping[str, Any]) -> dict[str, Any]:
+    """{"masked_bits_per_code": masked_code_xent / ln 2} of the per-example mean of masked_code_xent in
+    `means` (`Autoregressive.term_metrics`); {} without it."""
+    if "masked_code_xent" not in means:
+      return {}
+    return {"masked_bits_per_code": means["masked_code_xent"] / math.log(2.0)}
 
 
 @losses.register("code_nll")

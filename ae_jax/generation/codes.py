@@ -16,6 +16,16 @@ names the checkpoint by its content (`stage_one.fingerprint`), so a retrained or
 encoded afresh, never served stale codes; a file whose fingerprint or size disagrees is recomputed too.
 When the cache folder cannot be written, the codes are computed in memory (a warning says so).
 
+An unreadable cache file (truncated, not an .npz) is encoded again, with one warning; the temporary files
+of a cache write that was killed are removed when the split is next opened.
+
+A prior's config pins the stage one: `tokenizer_step` and `tokenizer_fingerprint` (`prior_ar.py` sets
+both). `pinned_stage_one` loads it wherever a prior needs it (training and evaluation through this dataset,
+sampling through `generate.tokenizer_of`) and refuses, in one line naming the prior, a stage one whose
+fingerprint differs (retrained or replaced in the same workdir) or whose pinned step is gone. A prior that
+loads its stage one pins that step (`workdir.pin`: STAGE_ONE_WORKDIR/pinned/checkpoints/), which the stage
+one's checkpoint manager never prunes while the prior's workdir exists.
+
 `dataset.info` (`CodesInfo`) also holds the vocabulary size, grid shape, fingerprint and the stage one's
 workdir. A missing stage one is one DataNotFoundError line; a model without discrete codes, or codes of a
 vocabulary above `stage_one.MAX_VOCAB` (2^16), one ConfigError line.
@@ -23,17 +33,21 @@ vocabulary above `stage_one.MAX_VOCAB` (2^16), one ConfigError line.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import ml_collections
 import numpy as np
 
 from ae_jax.core import workdir
-from ae_jax.core.errors import ConfigError
+from ae_jax.core.console import LOG_ONLY
+from ae_jax.core.errors import ConfigError, DataError, DataNotFoundError
 from ae_jax.data import dataset, sources
 
 log = logging.getLogger(__name__)
@@ -42,10 +56,27 @@ OPTIONS: dict[str, Any] = {
   "tokenizer_workdir": "",  # the stage one's (a VQ-VAE run's) workdir
   "tokenizer_step": 0,  # its checkpoint step; 0: the latest
   "tokenizer_best": False,  # its config.keep_best state (WORKDIR/best) instead
+  "tokenizer_fingerprint": "",  # the stage one's fingerprint, checked on load ("": not checked)
   "cache_dir": "",  # "": WORKDIR/codes under the stage one's workdir
   "encode_batch_size": 256,  # images per encoding batch (split over the local devices)
 }
 ENCODE_CHUNK = 4096  # records read and preprocessed at a time while encoding
+_loading: contextvars.ContextVar[str | None] = contextvars.ContextVar("prior_workdir", default=None)
+
+
+@contextlib.contextmanager
+def loading_prior(prior: str) -> Iterator[None]:
+  """Within it, the codes dataset is opened for the prior run at `prior` (named in its errors and pins)."""
+  token = _loading.set(os.path.abspath(prior))
+  try:
+    yield
+  finally:
+    _loading.reset(token)
+
+
+def _prior_workdir() -> str | None:
+  """The workdir of the prior this process loads (`loading_prior`) or trains (`workdir.held`), if known."""
+  return _loading.get() or workdir.held()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,11 +98,74 @@ def stage_one_config(data: ml_collections.ConfigDict) -> tuple[ml_collections.Co
     raise ConfigError(
       "config.data.tokenizer_workdir is empty; set it to the workdir of a trained VQ-VAE run (the stage one)"
     )
+  _check_pinned_step(data, _prior_workdir())
   step = int(data.tokenizer_step) or None
   _, config = stage_one.saved_config(data.tokenizer_workdir, step, bool(data.tokenizer_best))
   layout = stage_one.code_layout(config)
   stage_one.check_vocab(layout, f"config.data.tokenizer_workdir={data.tokenizer_workdir}")
   return config, layout
+
+
+def _the_prior(prior: str | None) -> str:
+  return f"the prior at {os.path.abspath(prior)}" if prior else "this prior"
+
+
+def _check_pinned_step(data: ml_collections.ConfigDict, prior: str | None) -> None:
+  """A DataNotFoundError naming the prior when the step its config pins is no longer in the stage one."""
+  from ae_jax.generation import stage_one
+
+  step, pinned = int(data.tokenizer_step), data.get("tokenizer_fingerprint", "")
+  if not (step and pinned):
+    return
+  try:
+    stage_one.resolve_step(data.tokenizer_workdir, step, bool(data.tokenizer_best))
+  except DataNotFoundError as e:
+    # the prior being loaded, else those whose pins are left for that step
+    directory = stage_one.checkpoint_dir(data.tokenizer_workdir, bool(data.tokenizer_best))
+    holders = [os.path.abspath(prior)] if prior else workdir.pinned_steps(directory).get(step, [])
+    if len(holders) > 1:
+      who = f"the priors at {', '.join(holders)} depend"
+    else:
+      who = f"{_the_prior(holders[0] if holders else None)} depends"
+    raise DataNotFoundError(
+      f"{who} on step {step} (fingerprint {pinned}) of the stage one "
+      f"{os.path.abspath(data.tokenizer_workdir)}, which is gone ({e}; config.keep_checkpoints prunes the "
+      "steps no prior pins); restore that checkpoint, or train a new prior on the stage one as it is now "
+      "in a new --workdir"
+    ) from None
+
+
+def pinned_stage_one(data: ml_collections.ConfigDict, prior: str | None = None) -> Any:
+  """The stage one a `codes` data config names (`stage_one.load_stage_one`), checked against the step and
+  fingerprint a prior's config pins (DataNotFoundError when the step is gone, DataError when its content
+  differs; both name `prior`, the prior's workdir, when given) and pinned for `prior` (`workdir.pin`)."""
+  from ae_jax.generation import stage_one
+
+  _check_pinned_step(data, prior)
+  step, best = int(data.tokenizer_step) or None, bool(data.tokenizer_best)
+  tokenizer = stage_one.load_stage_one(data.tokenizer_workdir, step, best)
+  pinned = data.get("tokenizer_fingerprint", "")
+  if pinned and tokenizer.fingerprint != pinned:
+    raise DataError(
+      f"{_the_prior(prior)} was trained on the stage one {tokenizer.run.workdir} with fingerprint {pinned}, "
+      f"but its step {tokenizer.run.step} now has fingerprint {tokenizer.fingerprint} (retrained or "
+      "replaced); restore the stage one it was trained on, or train a new prior on this one in a new "
+      "--workdir"
+    )
+  if pinned and prior:
+    directory = stage_one.checkpoint_dir(tokenizer.run.workdir, best)
+    try:
+      workdir.pin(directory, tokenizer.run.step, prior, fingerprint=tokenizer.fingerprint)
+    except OSError as e:
+      log.info(
+        "cannot pin step %d of %s for %s (%s): config.keep_checkpoints of that run may prune it",
+        tokenizer.run.step,
+        directory,
+        prior,
+        e.strerror or e,
+        extra=LOG_ONLY,
+      )
+  return tokenizer
 
 
 def _example(data: ml_collections.ConfigDict) -> dataset.ExampleSpec:
@@ -84,13 +178,15 @@ def _splits(data: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 def _read_cache(path: str, fingerprint: str, n: int, seq_len: int) -> dict[str, np.ndarray] | None:
   """The cached codes of a split, or None when missing or not those of this stage one and split."""
+  workdir.remove_stale_temporaries(path)
   if not os.path.exists(path):
     return None
   try:
     with np.load(path) as f:
       arrays = {"tokens": f["tokens"], "label": f["label"], "fingerprint": str(f["fingerprint"])}
-  except (OSError, ValueError, KeyError) as e:
-    log.warning("ignoring the unreadable code cache %s (%s); encoding again", path, e)
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    why = str(e).splitlines()[0] if str(e) else type(e).__name__
+    log.warning("the code cache %s cannot be read (%s); encoding the split again", path, why)
     return None
   if arrays.pop("fingerprint") != fingerprint or arrays["tokens"].shape != (n, seq_len):
     log.warning("the code cache %s belongs to another stage one or split; encoding again", path)
@@ -148,11 +244,9 @@ def _device_preprocess(records: Mapping[str, Any], indices: Any) -> dict[str, An
 
 
 def _load(data: ml_collections.ConfigDict) -> dataset.Dataset:
-  from ae_jax.generation import stage_one
 
   config, layout = stage_one_config(data)
-  step = int(data.tokenizer_step) or None
-  tokenizer = stage_one.load_stage_one(data.tokenizer_workdir, step, bool(data.tokenizer_best))
+  tokenizer = pinned_stage_one(data, _prior_workdir())
   images = dataset.get_dataset(config.data)
   root = data.cache_dir or os.path.join(tokenizer.run.workdir, "codes")
   info = CodesInfo(

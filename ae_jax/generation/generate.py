@@ -138,11 +138,13 @@ def sample_tokens(
 
 
 def tokenizer_of(prior: stage_one.Run) -> stage_one.StageOne:
-  """The frozen stage one a prior run was trained on (its config.data of the `codes` dataset)."""
+  """The frozen stage one a prior run was trained on (its config.data of the `codes` dataset), checked
+  against the step and fingerprint the prior's config pins (`codes.pinned_stage_one`)."""
+  from ae_jax.generation import codes
+
   data = prior.config.data
   if data.get("name") != "codes":
     raise ConfigError(
       f"{prior.workdir} was not trained on the 'codes' dataset (config.data.name='{data.name}')"
     )
-  step = int(data.tokenizer_step) or None
-  return stage_one.load_stage_one(data.tokenizer_workdir, step, bool(data.tokenizer_best))
+  return codes.pinned_stage_one(data, prior.workdir)

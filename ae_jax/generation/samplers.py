@@ -10,18 +10,30 @@
 * An autoencoder run (the "autoencoding" ability) or a VAE: codes from a Gaussian mixture fitted on its
   training codes (`latent_prior="mixture"`, cached in WORKDIR/latent_priors) or from a VAE's prior N(0, I)
   (`latent_prior="normal"`), decoded by its decoder (`ae_jax.generation.latent`).
+
+`write_samples` writes OUT/samples.npz and OUT/samples.png as one unit (`workdir.write_together`): both are
+written to temporary files of their own first, then, under a lock on OUT, the earlier samples.png and
+quality.json are removed and the new files renamed into place (a kill in between leaves at worst the .npz
+without its PNG, never files of two runs side by side); both carry one sample id (the .npz's `sample_id`, the
+PNG's text chunk "ae_jax.sample_id", quality.json's "sample_id"), so files of one write are recognisable as
+such. A failed write (a full disk) leaves the earlier files as they were and no temporary file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 import logging
+import os
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from ae_jax.core.errors import ConfigError
+from ae_jax.core import workdir
+from ae_jax.core.errors import ConfigError, WorkdirError
 from ae_jax.generation import stage_one
 
 log = logging.getLogger(__name__)
@@ -217,3 +229,97 @@ def describe(quality: dict[str, Any]) -> str:
     f"{quality['recall']:.3f}"
     + (f", class accuracy {quality['class_accuracy']:.3f}" if "class_accuracy" in quality else "")
   )
+
+
+SAMPLES_NPZ, SAMPLES_PNG, QUALITY_JSON = "samples.npz", "samples.png", "quality.json"
+PNG_ID_KEY = "ae_jax.sample_id"
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleFiles:
+  """The files `write_samples` wrote, and the id they share."""
+
+  npz: str
+  png: str
+  sample_id: str
+
+
+def _png_bytes(grid: np.ndarray, scale: int, sample_id: str) -> bytes:
+  """A uint8 grid [H, W, C] as PNG, enlarged `scale` times, with the sample id in a text chunk."""
+  from PIL import Image, PngImagePlugin
+
+  img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+  img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+  info = PngImagePlugin.PngInfo()
+  info.add_text(PNG_ID_KEY, sample_id)
+  buffer = io.BytesIO()
+  img.save(buffer, format="PNG", pnginfo=info)
+  return buffer.getvalue()
+
+
+def sample_ids(out: str) -> dict[str, str | None]:
+  """{file name: its sample id (None: unreadable)} of the sample files in `out` (missing ones left out)."""
+  from PIL import Image
+
+  ids: dict[str, str | None] = {}
+  npz, png = os.path.join(out, SAMPLES_NPZ), os.path.join(out, SAMPLES_PNG)
+  if os.path.exists(npz):
+    try:
+      with np.load(npz) as f:
+        ids[SAMPLES_NPZ] = str(f["sample_id"]) if "sample_id" in f.files else None
+    except Exception:  # noqa: BLE001 - any unreadable file is reported as such
+      ids[SAMPLES_NPZ] = None
+  if os.path.exists(png):
+    try:
+      with Image.open(png) as img:
+        ids[SAMPLES_PNG] = img.text.get(PNG_ID_KEY)
+    except Exception:  # noqa: BLE001 - as above
+      ids[SAMPLES_PNG] = None
+  return ids
+
+
+def _kept(out: str) -> str:
+  ids = sample_ids(out)
+  if not ids:
+    return f"nothing was written to {out}"
+  names = " and ".join(ids)
+  known = {i for i in ids.values() if i}
+  which = f" (sample id {known.pop()})" if len(known) == 1 else ""
+  return f"{out} keeps the earlier {names}{which}"
+
+
+def write_samples(out: str, arrays: dict[str, Any], grid: np.ndarray, *, scale: int = 3) -> SampleFiles:
+  """Writes OUT/samples.npz (`arrays` and a new `sample_id`) and OUT/samples.png (the uint8 `grid`,
+  enlarged `scale` times, with the same id) as one unit, removing an earlier OUT/quality.json (module
+  docstring). WorkdirError (one line, saying what OUT keeps) when they cannot be written."""
+  sample_id = uuid.uuid4().hex[:16]
+  npz, png = os.path.join(out, SAMPLES_NPZ), os.path.join(out, SAMPLES_PNG)
+  picture = _png_bytes(grid, scale, sample_id)
+  try:
+    workdir.write_together(
+      {
+        npz: lambda f: np.savez(f, sample_id=np.str_(sample_id), **arrays),
+        png: lambda f: f.write(picture),
+      },
+      stale=[os.path.join(out, QUALITY_JSON)],
+    )
+  except OSError as e:
+    raise WorkdirError(
+      f"cannot write the samples to {out} ({e.strerror or e}); {_kept(out)}; free space or choose another "
+      "--out and rerun"
+    ) from None
+  return SampleFiles(npz, png, sample_id)
+
+
+def write_quality(out: str, quality: dict[str, Any], sample_id: str) -> str:
+  """Writes OUT/quality.json (the `score` result of the samples `sample_id`) whole; returns its path.
+  WorkdirError (one line) when it cannot be written; the samples stay."""
+  path = os.path.join(out, QUALITY_JSON)
+  text = json.dumps({**quality, "sample_id": sample_id}, indent=1, sort_keys=True)
+  try:
+    workdir.write_whole(path, lambda f: f.write(text.encode()))
+  except OSError as e:
+    raise WorkdirError(
+      f"cannot write {path} ({e.strerror or e}); the samples (id {sample_id}) are kept in {out}"
+    ) from None
+  return path

@@ -167,27 +167,39 @@ class Run:
 
 
 def load_run(workdir: str, step: int | None = None, best: bool = False) -> Run:
-  """Restores a run's checkpoint (`step`: None or 0 the latest; `best`: the config.keep_best state).
+  """Restores a run's checkpoint (`step`: None or 0 the latest; `best`: the config.keep_best state); its
+  variables are the run's evaluation weights (the weight EMA when it kept one, `train.evaluation_state`).
   DataNotFoundError when it has none, CheckpointCorruptError when it cannot be read."""
   from ae_jax import data
-  from ae_jax.training import train
+  from ae_jax.generation import codes
+  from ae_jax.training import adversarial, train
 
   step, config = saved_config(workdir, step, best)
-  spec = data.example_spec(config.data)
+  with codes.loading_prior(workdir):  # a prior's errors about its stage one name it
+    spec = data.example_spec(config.data)
   shape = tuple(config.model.get("input_shape") or spec.shape)
   model, _, tx, _ = train.build(config, shape)
+
+  # A run with a weight EMA or a discriminator saved them too: the target holds them, and the run's
+  # evaluation weights (the EMA when it kept one) are what the stage one encodes and decodes with.
+  ema = float(config.get("ema_decay", 0.0)) > 0
+  adversary = adversarial.build(config) if adversarial.enabled(config) else None
 
   def fresh() -> train.TrainState:
     keys = jax.random.split(jax.random.PRNGKey(0), 1 + len(train.RNG_STREAMS))
     rngs = {"params": keys[0], **dict(zip(train.RNG_STREAMS, keys[1:], strict=True))}
-    variables = dict(train.init_fn(model)(rngs, jnp.zeros((1, *shape), spec.dtype)))
+    example = jnp.zeros((1, *shape), spec.dtype)
+    variables = dict(train.init_fn(model)(rngs, example))
     params = variables.pop("params")
-    return train.TrainState(jnp.zeros((), jnp.int32), params, variables, tx.init(params), keys[0])
+    disc = None if adversary is None else adversarial.init_state(adversary, example, 0)
+    return train.TrainState(
+      jnp.zeros((), jnp.int32), params, variables, tx.init(params), keys[0], params if ema else None, disc
+    )
 
   target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(fresh))
   ckpt = checkpoint.Checkpointer(checkpoint_dir(workdir, best), keep=1_000_000, async_save=False)
   try:
-    state = ckpt.restore(step, target, config.to_dict())
+    state = train.evaluation_state(ckpt.restore(step, target, config.to_dict()))
   finally:
     ckpt.close()
   variables = _frozen({"params": state.params, **state.model_state})

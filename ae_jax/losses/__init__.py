@@ -64,7 +64,9 @@ __all__ = [
   "LossSpec",
   "LossTerm",
   "Outputs",
+  "Objective",
   "Weight",
+  "adversarial_terms",
   "bernoulli_nll",
   "check_loss_names",
   "gaussian_kl",
@@ -85,10 +87,14 @@ class LossSpec(Spec):
   """A registered loss term `fn(outputs, batch) -> [batch]`; calling the spec calls it.
 
   constants: the dataset constants (e.g. "data_variance", "dataset_size") it reads from the batch.
+  adversarial: a generator term that reads the discriminator's logits (outputs["disc_fake"]): with a
+  discriminator configured its weight is scaled by the adaptive weight and is 0 before the discriminator
+  starts (`ae_jax.training.adversarial`); without one the term is refused.
   """
 
   fn: LossTerm
   constants: tuple[str, ...] = ()
+  adversarial: bool = False
 
   @property
   def target(self) -> Any:
@@ -98,19 +104,23 @@ class LossSpec(Spec):
     return self.fn(outputs, batch)
 
   def details(self) -> list[str]:
-    return [f"reads batch[{', '.join(self.constants)}]"] if self.constants else []
+    details = [f"reads batch[{', '.join(self.constants)}]"] if self.constants else []
+    return details + (["adversarial (reads the discriminator's logits)"] if self.adversarial else [])
 
 
 def register(
-  name: str, constants: Sequence[str] = (), description: str = ""
+  name: str, constants: Sequence[str] = (), description: str = "", *, adversarial: bool = False
 ) -> Callable[[LossTerm], LossTerm]:
   """Decorator adding `fn(outputs, batch) -> [batch]` to `LOSSES` under `name`; `constants` names the
-  dataset constants (e.g. "data_variance", "dataset_size") it reads from the batch. The same module
-  registering the name again (a module reloaded, a notebook cell run twice) replaces it; another module
-  is refused."""
+  dataset constants (e.g. "data_variance", "dataset_size") it reads from the batch; `adversarial` marks a
+  generator term that reads outputs["disc_fake"] (see `LossSpec`). The same module registering the name
+  again (a module reloaded, a notebook cell run twice) replaces it; another module is refused."""
 
   def add(fn: LossTerm) -> LossTerm:
-    LOSSES.register(LossSpec(name=name, fn=fn, constants=tuple(constants), description=description))
+    spec = LossSpec(
+      name=name, fn=fn, constants=tuple(constants), adversarial=adversarial, description=description
+    )
+    LOSSES.register(spec)
     return fn
 
   return add
@@ -157,24 +167,54 @@ def check_loss_names(names: Mapping[str, object] | list[str]) -> None:
     LOSSES.lookup(name, "config.loss term")
 
 
-def make_objective(
-  weights: Mapping[str, Weight], constants: Mapping[str, float] | None = None
-) -> Callable[[Outputs, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]:
-  """Builds `objective(outputs, batch, step) -> (total [batch], {name: term [batch]})`.
+def adversarial_terms(names: Iterable[str]) -> tuple[str, ...]:
+  """The registered generator terms among `names` that read the discriminator's logits, in order."""
+  return tuple(name for name in names if name in LOSSES and LOSSES[name].adversarial)
 
-  `weights` maps registered term names to a float or to a schedule `step -> weight` (e.g. a KL warm-up).
-  `constants` (e.g. {"data_variance": 0.063}) are added to every batch the terms see.
-  """
+
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity, as jax.jit needs
+class Objective:
+  """`objective(outputs, batch, step) -> (total [batch], {name: term [batch]})`: the weighted sum of the
+  registered terms named in `weights` (a float or a schedule `step -> weight` each, e.g. a KL warm-up);
+  `constants` (e.g. {"data_variance": 0.063}) are added to every batch the terms see."""
+
+  weights: Mapping[str, Weight]
+  constants: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self) -> None:
+    check_loss_names(list(self.weights))
+    # resolved once, not at every trace
+    object.__setattr__(self, "_specs", {name: LOSSES[name] for name in self.weights})
+
+  def terms(self, outputs: Outputs, batch: Batch) -> dict[str, jax.Array]:
+    """Every named term, unweighted: {name: [batch]}."""
+    batch = {**batch, **self.constants}
+    return {name: spec(outputs, batch) for name, spec in self._specs.items()}
+
+  def weighted_sum(self, terms: Mapping[str, jax.Array], step: jax.Array, names: Iterable[str]) -> jax.Array:
+    """sum over `names` of weight(step) * terms[name] ([batch]; 0.0 for no names)."""
+    total = 0.0
+    for name in names:
+      w = self.weights[name]
+      total = total + (w(step) if callable(w) else w) * terms[name]
+    return total
+
+  def without(self, names: Iterable[str]) -> Objective:
+    """The same objective without the terms `names` (e.g. the adversarial ones, which evaluation cannot
+    compute without a discriminator)."""
+    drop = set(names)
+    return Objective({k: w for k, w in self.weights.items() if k not in drop}, self.constants)
+
+  def __call__(
+    self, outputs: Outputs, batch: Batch, step: jax.Array
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    terms = self.terms(outputs, batch)
+    return self.weighted_sum(terms, step, self.weights), terms
+
+
+def make_objective(weights: Mapping[str, Weight], constants: Mapping[str, float] | None = None) -> Objective:
+  """The `Objective` of `weights` (config.loss: term name -> weight or schedule) and dataset `constants`;
+  ConfigError for an empty objective or an unknown term."""
   if not weights:
     raise ConfigError("config.loss is empty; name at least one loss term, e.g. config.loss = {'mse': 1.0}")
-  check_loss_names(list(weights))
-  specs = {name: LOSSES[name] for name in weights}  # resolved once, not at every trace
-  constants = dict(constants or {})
-
-  def objective(outputs: Outputs, batch: Batch, step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    batch = {**batch, **constants}
-    terms = {name: spec(outputs, batch) for name, spec in specs.items()}
-    total = sum((w(step) if callable(w) else w) * terms[name] for name, w in weights.items())
-    return total, terms
-
-  return objective
+  return Objective(dict(weights), dict(constants or {}))

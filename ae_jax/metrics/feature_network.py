@@ -14,7 +14,8 @@ Training (`train_feature_network`): Adam, its learning rate decayed to 0 along a
 cross-entropy of the training split's labels, batches from the data pipeline's step-indexed stream; the
 same seed gives the same parameters bitwise.
 
-`load_or_train` caches a network under DATA_ROOT/feature_networks (or `cache_dir`) as
+`load_or_train` caches a network in the user's cache folder (`default_cache_dir()`:
+$XDG_CACHE_HOME/ae_jax/feature_networks, else ~/.cache/ae_jax/feature_networks; or `cache_dir`) as
 `<dataset>-<fingerprint>.msgpack` (flax.serialization) beside a .json with its test accuracy and settings;
 the fingerprint covers everything that changes the network: the data options (minus scale and runtime-only
 ones), the training settings and the architecture.
@@ -43,7 +44,7 @@ from flax import linen as nn
 
 from ae_jax.core import workdir
 from ae_jax.core.errors import ConfigError, DataError
-from ae_jax.data import Dataset, get_dataset, pipeline, resolve, sources
+from ae_jax.data import Dataset, get_dataset, pipeline, resolve
 from ae_jax.data.images import SCALES
 
 log = logging.getLogger(__name__)
@@ -361,12 +362,20 @@ def fingerprint(data: ml_collections.ConfigDict, settings: Settings) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def default_cache_dir() -> Path:
+  """Where feature networks are cached when no cache_dir is given: the user's cache folder, never the data
+  root (which may be read-only or shared): $XDG_CACHE_HOME/ae_jax/feature_networks, else
+  ~/.cache/ae_jax/feature_networks."""
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return Path(base) / "ae_jax" / CACHE_FOLDER
+
+
 def cache_paths(
   data: ml_collections.ConfigDict, settings: Settings, cache_dir: str | os.PathLike | None = None
 ) -> tuple[Path, Path]:
   """(parameters .msgpack, metadata .json) of the network for `data` and `settings`, under `cache_dir`,
-  else DATA_ROOT/feature_networks."""
-  folder = Path(cache_dir) if cache_dir else sources.data_root(data) / CACHE_FOLDER
+  else `default_cache_dir()`."""
+  folder = Path(cache_dir) if cache_dir else default_cache_dir()
   stem = folder / f"{data.name}-{fingerprint(data, settings)}"
   return stem.with_suffix(".msgpack"), stem.with_suffix(".json")
 
@@ -411,6 +420,7 @@ def load_or_train(
     net = _load(params_path, meta_path, data, settings)
     log.info("feature network: %s, read from %s", net.describe(), params_path)
     return net
+  log.info("feature network: none cached in %s; training it once", params_path.parent)
   net = train_feature_network(data, settings)
   meta = {
     "what": net.describe(),
@@ -432,7 +442,8 @@ def load_or_train(
     log.info("feature network: cached at %s", params_path)
   except OSError as e:
     log.warning(
-      "feature network: could not cache it in %s (%s); pass cache_dir (--cache_dir) to keep it",
+      "feature network: could not cache it in %s (%s); to keep it, name a writable folder (--feature_cache "
+      "for experiments.sample, --cache_dir for experiments.feature_network) or set XDG_CACHE_HOME",
       params_path.parent,
       e,
     )

@@ -26,6 +26,7 @@ import logging
 
 import numpy as np
 
+from ae_jax.core.console import LOG_ONLY
 from ae_jax.core.errors import DataError
 from ae_jax.metrics.feature_network import FeatureNetwork
 from ae_jax.metrics.sample_metrics import feature_statistics, frechet_distance, precision_recall
@@ -54,7 +55,7 @@ def sample_quality(
         f"sample_quality: labels must be integer class ids [N] = [{samples.shape[0]}], one per sample; got "
         f"{labels.dtype} {list(labels.shape)}"
       )
-  log.info("sample quality in the space of %s", net.describe())
+  log.info("sample quality in the space of %s", net.describe(), extra=LOG_ONLY)  # callers print the result
   sample_features, sample_logits = net.outputs(samples)
   reference_features = net.features(reference)
   mean, cov = feature_statistics(reference_features)

@@ -36,6 +36,7 @@ from ml_collections import config_flags
 from ae_jax import models
 from ae_jax.core import parallel, text_table
 from ae_jax.core.errors import AEJaxError
+from ae_jax.runner import command_line
 from ae_jax.runner import config as config_checks
 
 CODE_KEYS = ("code", "mean", "z")  # the bottleneck output, in order of preference
@@ -332,7 +333,7 @@ def format_report(report: Report) -> str:
       ratio = _fmt_ratio(report.input_bits / report.bits)
       lines.append(
         f"bits ratio:        {report.input_bits:,} / {report.bits:,.0f} = {ratio} (input / code bits per "
-        "example: the bottleneck of a quantized model)"
+        "example, the quantized bottleneck)"
       )
   lines.append(f"total parameters:  {report.total_params:,}")
   for name, n in report.other_variables.items():
@@ -368,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys_argv=argv,
   )
   usage = "python -m ae_jax.runner.bottleneck --config FILE.py[:ARG] [--config.KEY=VALUE ...]"
-  rest = config_checks.parse_flags_or_exit(argv, flag_values, usage)
+  rest = command_line.parse_flags_or_exit(argv, flag_values, usage)
   if len(rest) > 1:
     sys.exit(f"error: unexpected arguments {rest[1:]}; {usage}")
   if flag_values.config is None:

@@ -13,13 +13,19 @@ warm-ups and evaluator sections, which `complete_config` completes and checks be
     --config.loss_schedules.kl=5000                    # a linear warm-up of a term's weight
     --config.evals.psnr=image_quality                  # an evaluator of a registered type, its defaults
     --config.evals.val="{'type': 'losses', 'split': 'validation', 'every': 500}"  # ... with options
+
+Plug-ins of your own are named `module:name` there too (`command_line.parse_flags_or_exit` turns such a key
+into the quoted form ml_collections reads, and a model named by flag starts from its own defaults):
+
+    --config.loss.my_module:my_term=0.01               # a loss term of my_module.py, with its weight
+    --config.model.name=my_module:my_model             # a model of my_module.py, options at their defaults
 """
 
 from __future__ import annotations
 
 import ast
-import re
-import sys
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
@@ -27,51 +33,14 @@ import ml_collections
 from ae_jax.core.errors import ConfigError, did_you_mean
 
 
-def own_flags_parser(flag_values: Any, usage: str) -> Any:
-  """absl app.run's flags_parser for a command with a flag set of its own (not absl's global FLAGS, so
-  several commands can be imported into one process): `parse_flags_or_exit` on it, and the global set
-  (absl's own flags only, in such a command's process) marked parsed, as app.run requires."""
-  from absl import flags
-
-  def parse(argv: list[str]) -> list[str]:
-    rest = parse_flags_or_exit(argv, flag_values, usage)
-    flags.FLAGS(argv[:1])
-    return rest
-
-  return parse
-
-
-def parse_flags_or_exit(
-  argv: list[str], flag_values: Any, usage: str, config_flag: str = "config"
-) -> list[str]:
-  """Parses absl flags (a config file with --config.KEY=VALUE overrides); a bad command line or config file
-  exits with one line naming the problem, instead of a traceback."""
-  try:
-    rest = flag_values(argv)
-    config = getattr(flag_values, config_flag, None)
-    if config is not None:
-      config.keys()  # config files load lazily: surface a missing or broken file now
-    return rest
-  except Exception as e:  # noqa: BLE001 - absl / ml_collections raise several types for bad flags
-    text = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split())
-    key = re.fullmatch(r"\"?'(\w+)'\"?", text)  # ml_collections' KeyError for --config.A.B.KEY, no A.B
-    missing = [a.split("=")[0] for a in argv if key and f".{key.group(1)}." in a]
-    if missing:
-      section = missing[0].lstrip("-").rsplit(".", 1)[0]
-      text = (
-        f"{missing[0]}: there is no {section} to set a key of; add a section whole, e.g. an evaluator "
-        f"--config.evals.NAME=TYPE or --config.evals.NAME=\"{{'type': TYPE, 'split': 'test'}}\""
-      )
-    if m := re.search(r"Traceback \(most recent call last\):.*?ae_jax\.core\.errors\.\w+: (.*)$", text):
-      text = m.group(1)  # a config file's get_config raised the project's own error: its message only
-    if m := re.match(r"^'*([\w.]+)'*\s+Did you mean \"([\w.]+)\"", text):  # ml_collections' unknown key
-      text = f"unknown config key '{m.group(1)}'; did you mean '{m.group(2)}'?"
-    elif m := re.fullmatch(r"[\"']+(\w+)[\"']+", text):  # no close match: perhaps a moved quantizer option
-      text = _unknown_key(m.group(1))
-    for old, replacement in RENAMED.items():
-      if re.search(rf"\b{old}\b", text):
-        text = replacement
-    sys.exit(f"error: {text} (usage: {usage})")
+def nonfinite_paths(value: Any, path: str) -> list[str]:
+  if isinstance(value, float) and not math.isfinite(value):
+    return [f"{path}={value}"]
+  if isinstance(value, Mapping):
+    return [p for k, v in value.items() for p in nonfinite_paths(v, f"{path}.{k}")]
+  if isinstance(value, list | tuple):
+    return [p for i, v in enumerate(value) for p in nonfinite_paths(v, f"{path}[{i}]")]
+  return []
 
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
@@ -133,7 +102,7 @@ def _typed(text: str, default: Any, where: str) -> Any:
     raise ConfigError(f"{where} must be {type(default).__name__}, got '{text}'") from None
 
 
-def _unknown_key(key: str) -> str:
+def unknown_key_message(key: str) -> str:
   """The error line for a flag naming an unknown key; a quantizer's option says where it lives now."""
   from ae_jax.core.registry import QUANTIZERS
 
@@ -147,7 +116,15 @@ def _unknown_key(key: str) -> str:
 
 
 # Sections whose keys are owned by a registry or a dataset and validated there.
-_FREE_FORM = ("model", "loss", "loss_schedules", "data", "evals")
+_FREE_FORM = (
+  "model",
+  "loss",
+  "loss_schedules",
+  "data",
+  "evals",
+  "adversarial.discriminator",
+  "adversarial.loss",
+)
 
 # Keys that were replaced, with what replaced them (a config or flag using one gets this as its error).
 RENAMED = {
@@ -164,6 +141,7 @@ RENAMED = {
 def default_config() -> ml_collections.ConfigDict:
   """The shared experiment schema with its defaults."""
   from ae_jax import data, evaluators  # on use: importing this module stays light (no jax)
+  from ae_jax.training import adversarial
 
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -228,6 +206,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.trim = ml_collections.ConfigDict()
   c.trim.fraction = 0.0
   c.trim.after = 0
+
+  # Polyak averaging of the parameters (latent-diffusion's LitEma): 0 off; with a decay in (0, 1) the
+  # averaged weights are checkpointed and are what evaluators, reconstructions, code caches and sampling use.
+  c.ema_decay = 0.0
+  # A discriminator trained beside the model (ae_jax.training.adversarial; none by default).
+  c.adversarial = adversarial.schema()
   return c
 
 
@@ -239,7 +223,7 @@ def _check_keys(config: ml_collections.ConfigDict, schema: ml_collections.Config
     if key not in schema:
       hint = did_you_mean(key, schema.keys(), prefix)
       raise ConfigError(f"unknown config key '{path}'; {hint}valid keys here: {sorted(schema.keys())}")
-    if isinstance(schema[key], ml_collections.ConfigDict) and key not in _FREE_FORM:
+    if isinstance(schema[key], ml_collections.ConfigDict) and path not in _FREE_FORM:
       if not isinstance(config[key], ml_collections.ConfigDict):
         raise ConfigError(f"config key '{path}' must be a section (ConfigDict), got {config[key]!r}")
       _check_keys(config[key], schema[key], path + ".")
@@ -284,9 +268,12 @@ def check_config(
   """Raises ConfigError with one line naming the bad key or value and how to fix it. Without
   num_processes and local_devices, whether the batches split over the devices is left unchecked."""
   from ae_jax import data, evaluators, losses, models
-  from ae_jax.training import optim, train
+  from ae_jax.training import adversarial, optim, train
 
   _check_keys(config, default_config(), "")
+  bad = nonfinite_paths(config.to_dict(), "config")
+  if bad:
+    raise ConfigError(f"{bad[0]}: every number of a config must be finite")
   if "name" not in config.model:
     raise ConfigError("config.model.name is missing; set it to a registered model, e.g. 'conv_ae'")
   models.check_keys(config.model.name, config.model.keys())
@@ -298,6 +285,9 @@ def check_config(
   optim.check_options(config.optimizer)
   data.resolve(config.data)
   evaluators.check(config)
+  if not 0.0 <= float(config.ema_decay) < 1.0:
+    raise ConfigError(f"config.ema_decay must be in [0, 1) (0: no weight EMA), got {config.ema_decay}")
+  adversarial.check(config)
   if config.dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"config.dtype must be 'float32' or 'bfloat16', got '{config.dtype}'")
   if not 0.0 <= float(config.trim.fraction) < 1.0 or int(config.trim.after) < 0:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -24,7 +25,7 @@ from flax import linen as nn
 
 from ae_jax import data, evaluators
 from ae_jax.core import parallel
-from ae_jax.training import optim, train
+from ae_jax.training import adversarial, optim, train
 
 # How the trainer pmaps `train.train_steps` on host batches: over the device axis, the state donated.
 PMAP_OPTIONS: dict[str, Any] = {"axis_name": parallel.AXIS, "donate_argnums": (0,)}
@@ -37,7 +38,8 @@ class Experiment:
   dataset: the opened dataset (`data.get_dataset(config.data)`); model, objective, tx, schedule:
   `train.build`'s, the objective with the dataset constants its terms need (`train.objective_constants`);
   state: the fresh train state from config.seed, initialised on `example_shape` (one preprocessed training
-  example, without the batch axis); workdir: where evaluators write their files (None: nowhere).
+  example, without the batch axis); workdir: where evaluators write their files (None: nowhere);
+  adversary: the discriminator of config.adversarial (`adversarial.build`), or None.
   """
 
   config: ml_collections.ConfigDict
@@ -49,6 +51,7 @@ class Experiment:
   state: train.TrainState
   example_shape: tuple[int, ...]
   workdir: str | None = None
+  adversary: adversarial.Adversary | None = None
 
   @property
   def step_options(self) -> dict[str, Any]:
@@ -62,6 +65,8 @@ class Experiment:
       trainable=optim.trainable_mask(train.freeze_patterns(self.config)),
       trim_fraction=float(self.config.trim.fraction),
       trim_after=int(self.config.trim.after),
+      ema_decay=float(self.config.ema_decay),
+      adversary=self.adversary,
     )
 
   @property
@@ -71,9 +76,10 @@ class Experiment:
 
   def context(self, file_prefix: str = "") -> evaluators.Context:
     """The evaluators' context of this experiment (their files: WORKDIR/<file_prefix><name>.png)."""
-    return evaluators.Context(
-      self.model, self.objective, self.dataset, self.config, self.workdir, file_prefix
-    )
+    # Evaluators report the objective without its adversarial terms, which need the discriminator: the
+    # reconstruction terms on held-out data (the discriminator's numbers are logged during training).
+    objective = self.objective.without(self.adversary.adversarial_terms) if self.adversary else self.objective
+    return evaluators.Context(self.model, objective, self.dataset, self.config, self.workdir, file_prefix)
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str | None = None) -> Experiment:
@@ -84,8 +90,12 @@ def setup(config: ml_collections.ConfigDict, workdir: str | None = None) -> Expe
   info = dataset.info
   model, objective, tx, schedule = train.build(config, info.shape, train.objective_constants(config, dataset))
   example = info.preprocess(dataset.split("train")[0], 0)["x"][None]
-  state = train.create_train_state(model, tx, example, config.seed)
-  return Experiment(config, dataset, model, objective, tx, schedule, state, tuple(example.shape[1:]), workdir)
+  adversary = adversarial.build(config, dtype=jnp.dtype(config.dtype), axis_name=parallel.AXIS)
+  state = train.create_train_state(
+    model, tx, example, config.seed, ema=float(config.ema_decay) > 0, adversary=adversary
+  )
+  shape = tuple(example.shape[1:])
+  return Experiment(config, dataset, model, objective, tx, schedule, state, shape, workdir, adversary)
 
 
 def pmapped_train_steps(exp: Experiment) -> Callable[[Any, Any], tuple[Any, dict[str, jax.Array]]]:

@@ -12,7 +12,8 @@ dispatches.
 What happens when things fail:
 * a non-finite loss or gradient leaves the state untouched, and the run stops at the next log or
   checkpoint step (NonFiniteLossError) without saving anything after the last good checkpoint;
-* SIGTERM (preemption) saves the current step and returns with `preempted`; rerunning resumes exactly;
+* SIGTERM (preemption) or SIGINT (Ctrl-C) saves the current step and returns with `preempted`; rerunning
+  resumes exactly;
 * a failed checkpoint save stops the run at once (CheckpointSaveError), the previous checkpoint intact;
 * an unreadable latest checkpoint falls back to the previous one (see `checkpoint.Checkpointer`);
 * one run writes a workdir at a time (`workdir.WorkdirLock`).
@@ -38,7 +39,7 @@ from ae_jax.core import parallel, workdir
 from ae_jax.core.errors import AEJaxError, ConfigError
 from ae_jax.runner import config as config_checks
 from ae_jax.runner import experiment
-from ae_jax.training import checkpoint, device_input, metrics_log
+from ae_jax.training import checkpoint, device_input, metrics_log, train
 from ae_jax.training.preemption import PreemptedError, Preemption
 
 # Dispatches queued on the devices at most. Two keep an accelerator busy while the host enqueues the next;
@@ -91,17 +92,23 @@ def mean_metrics(pending: list[dict[str, jax.Array]]) -> dict[str, float]:
 def run_evaluators(
   built: dict[str, tuple[int, Callable]], rstate: Any, step: int, *, final: bool, only: Callable[[int], bool]
 ) -> evaluators.Result:
-  """Runs the evaluators whose interval `only(every)` accepts; their results under their names."""
+  """Runs the evaluators whose interval `only(every)` accepts on the evaluation weights (the weight EMA
+  when the run keeps one: `train.evaluation_state`); their results under their names."""
+  rstate = train.evaluation_state(rstate)
   return evaluators.merge(
     [evaluators.prefixed(name, fn(rstate, step, final)) for name, (every, fn) in built.items() if only(every)]
   )
 
 
-def write_results(path: str, step: int, result: evaluators.Result, name: str = "results.json") -> str:
-  """WORKDIR/results.json (or `name`): the step, every evaluator's metrics and details, the files."""
+def write_results(
+  path: str, step: int, result: evaluators.Result, name: str = "results.json", *, weights: str = "params"
+) -> str:
+  """WORKDIR/results.json (or `name`): the step, every evaluator's metrics and details, the files, and
+  which weights were evaluated ("params", or "ema" with a weight EMA)."""
   out = os.path.join(path, name)
   if jax.process_index() == 0:
     content = {"step": int(step), **result.metrics, **result.details, "files": result.files}
+    content["weights"] = weights
     tmp = out + ".tmp"
     with open(tmp, "w") as f:
       json.dump(content, f, indent=1, default=float)
@@ -170,7 +177,8 @@ def evaluate_checkpoint(
     raise ConfigError(f"no evaluator named {sorted(unknown)} in config.evals (it has {sorted(built)})")
   chosen = {n: built[n] for n in (names or built)}
   result = run_evaluators(chosen, parallel.replicate(restored), step, final=True, only=lambda every: True)
-  return step, result, write_results(path, step, result, f"eval_{step}.json")
+  weights = "params" if restored.ema_params is None else "ema"
+  return step, result, write_results(path, step, result, f"eval_{step}.json", weights=weights)
 
 
 class _Feed:
@@ -350,7 +358,9 @@ def _train(config: ml_collections.ConfigDict, path: str) -> dict[str, Any]:
         check_finite()  # never save a state after an unchecked step
         ckpt.save(step, parallel.unreplicate(rstate), config_dict)
       if preempted:
-        writer.message(f"preempted: saved step {step} to {ckpt.directory}; rerun the command to resume")
+        writer.message(
+          f"{preemption.reason}: saved step {step} to {ckpt.directory}; rerun the command to resume"
+        )
         break
     feed.close()
     ckpt.wait()
@@ -359,12 +369,12 @@ def _train(config: ml_collections.ConfigDict, path: str) -> dict[str, Any]:
       try:
         with preemption.interrupting():  # the state is saved: a SIGTERM abandons the evaluation at once
           final, step, state = _final_evaluation(built, best, rstate, state, step, writer, config_dict)
-        write_results(path, step, final)
+        write_results(path, step, final, weights="params" if state.ema_params is None else "ema")
       except PreemptedError:
         preempted, final = True, evaluators.Result()
         writer.message(
-          f"preempted during the final evaluation: step {step} is saved in {ckpt.directory}; rerun the "
-          "command to evaluate it"
+          f"{preemption.reason} during the final evaluation: step {step} is saved in {ckpt.directory}; "
+          "rerun the command to evaluate it"
         )
   finally:
     failing = sys.exc_info()[1] is not None

@@ -1,8 +1,10 @@
 """Orbax checkpoints of the full train state plus the config; the only module that imports orbax.
 
-Layout: `WORKDIR/checkpoints/<step>/{state,config}`. Orbax writes each step into a temporary directory and
-renames it when complete, so a run killed mid-save leaves the previous checkpoint as the latest one; see
-`Checkpointer` for what happens to damaged steps and failed saves.
+Layout: `WORKDIR/checkpoints/<step>/{state,config,digest}`. Orbax writes each step into a temporary directory
+and renames it when complete, so a run killed mid-save leaves the previous checkpoint as the latest one; see
+`Checkpointer` for what happens to damaged steps and failed saves. `digest` holds a sha256 of each array of
+the state (`state_digest`), checked on every restore: Orbax itself does not notice a flipped bit or
+overwritten bytes in its data files.
 The state is saved unreplicated (one copy) and restores on any number of devices; with several processes
 (multi-host), each process's copy becomes a global replicated array for Orbax, which writes it once.
 """
@@ -19,8 +21,8 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ae_jax.core import workdir
 from ae_jax.core.console import LOG_ONLY
 from ae_jax.training import checkpoint_failures as failures
 from ae_jax.training.checkpoint_failures import (  # noqa: F401  (part of this module's interface)
@@ -29,32 +31,20 @@ from ae_jax.training.checkpoint_failures import (  # noqa: F401  (part of this m
   CheckpointSaveError,
   NoValidCheckpointError,
 )
+from ae_jax.training.state_trees import (
+  DIGEST_ALGORITHM,
+  global_replicated,
+  host_local,
+  metadata_mismatch,
+  rebuild,
+  savable,
+  state_digest,
+)
 
 log = logging.getLogger(__name__)
 
 # Config entries that decide the shape of the state: a checkpoint can only resume a run that agrees on them.
 _STRUCTURAL_KEYS = ("model", "optimizer.name", "data.name", "freeze")
-
-
-def _global_replicated(tree: Any) -> Any:
-  """With several processes, turns each process's replicated copy into one global array replicated over
-  all devices: Orbax writes global arrays (once), not host-local ones. A no-op in a single process."""
-  if jax.process_count() == 1:
-    return tree
-  sharding = NamedSharding(Mesh(np.array(jax.devices()), ("replica",)), PartitionSpec())
-
-  def to_global(x: Any) -> Any:
-    local = x.addressable_data(0) if isinstance(x, jax.Array) else x
-    return jax.make_array_from_process_local_data(sharding, np.asarray(local))
-
-  return jax.tree.map(to_global, tree)
-
-
-def _host_local(tree: Any) -> Any:
-  """The inverse of `_global_replicated`: this process's copy of each replicated array."""
-  if jax.process_count() == 1:
-    return tree
-  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
 
 
 def _lookup(config: dict, dotted: str) -> Any:
@@ -75,28 +65,6 @@ def _all_processes_agree(ok: bool) -> bool:
   return bool(multihost_utils.process_allgather(np.int32(ok)).min())
 
 
-def _flat(tree: Any) -> dict[str, Any]:
-  """Leaves by '/'-joined key names (Orbax stores dataclasses and tuples as dicts and lists)."""
-
-  def name(k: Any) -> str:
-    return str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-
-  return {"/".join(map(name, path)): v for path, v in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def _metadata_mismatch(saved: Any, target: Any) -> str | None:
-  """How the saved state's tree (Orbax metadata) differs from `target`'s, or None when they agree."""
-  flat_saved, flat_target = _flat(saved), _flat(target)
-  if set(flat_saved) != set(flat_target):
-    missing, extra = sorted(set(flat_target) - set(flat_saved)), sorted(set(flat_saved) - set(flat_target))
-    return f"different state entries (missing {missing[:3]}, unexpected {extra[:3]})"
-  for key, meta in flat_saved.items():
-    shape, expected = tuple(getattr(meta, "shape", ()) or ()), tuple(np.shape(flat_target[key]))
-    if shape != expected:
-      return f"{key} has shape {shape} in the checkpoint but {expected} here"
-  return None
-
-
 class Checkpointer:
   """Saves and restores `TrainState` pytrees with the run's config (a JSON dict) beside them.
 
@@ -111,7 +79,12 @@ class Checkpointer:
     ends, and every process at the next `save` or `wait` at the latest;
   * older steps are deleted only after a newer one is complete (at most `keep` complete steps are kept),
     so a failed save never costs a good checkpoint;
-  * `restore_latest` falls back to older steps past unreadable ones, which it moves aside (renamed
+  * each step holds a sha256 of every array of the state (`state_digest`), computed before the save and
+    written inside the step directory, so it is committed with the step; `restore` recomputes it from
+    the restored arrays and treats a difference (a flipped bit, overwritten bytes) as a damaged step,
+    like unreadable files or metadata (CheckpointCorruptError). A step saved before digests existed
+    restores unverified (noted in the log);
+  * `restore_latest` falls back to older steps past damaged ones, which it moves aside (renamed
     `<step>.corrupt`) and never deletes.
 
   Args:
@@ -130,7 +103,11 @@ class Checkpointer:
       for tmp in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
         log.warning("removing %s, left by a save that did not finish", tmp)
         shutil.rmtree(tmp, ignore_errors=True)
-    handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
+    handlers = {
+      "state": ocp.StandardCheckpointHandler(),
+      "config": ocp.JsonCheckpointHandler(),
+      "digest": ocp.JsonCheckpointHandler(),
+    }
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
     self._async = async_save
     self._failed: int | None = None  # the step of a reported failed save; later waits do not raise it again
@@ -190,12 +167,17 @@ class Checkpointer:
     raise self._save_failed(step, error) from error
 
   def _prune(self) -> None:
-    """Deletes all but the newest `keep` complete steps."""
+    """Deletes all but the newest `keep` complete steps, except the steps a prior pins
+    (`workdir.pinned_steps`: a prior trained on this run's codes depends on them)."""
     steps = self.all_steps()
     if len(steps) <= self._keep:
       return
+    pinned = workdir.pinned_steps(self.directory)
     self._manager.reload()
     for step in steps[: len(steps) - self._keep]:
+      if step in pinned:
+        log.info("kept step %d (pinned by %s)", step, ", ".join(pinned[step]), extra=LOG_ONLY)
+        continue
       self._manager.delete(step)
 
   def check(self) -> None:
@@ -212,6 +194,8 @@ class Checkpointer:
     self._finish_pending(block=True)
     if step in self.all_steps():
       return  # already on disk (e.g. the final step coincides with a periodic save)
+    state = savable(state)
+    digest = {"algorithm": DIGEST_ALGORITHM, "arrays": state_digest(state)}
     self._pending, self._errors.first = step, None
     orbax_log = logging.getLogger("absl")
     if self._errors not in orbax_log.handlers:
@@ -220,7 +204,9 @@ class Checkpointer:
       self._manager.save(
         step,
         args=ocp.args.Composite(
-          state=ocp.args.StandardSave(_global_replicated(state)), config=ocp.args.JsonSave(config)
+          state=ocp.args.StandardSave(global_replicated(state)),
+          config=ocp.args.JsonSave(config),
+          digest=ocp.args.JsonSave(digest),
         ),
         force=True,
       )
@@ -241,8 +227,9 @@ class Checkpointer:
     """Restores checkpoint `step` into the structure, dtypes and shardings of `target` (e.g. a fresh state).
 
     Raises CheckpointMismatchError (without touching the checkpoint) when the saved run's model, optimizer
-    or dataset differ from `config`, or when the saved state's tree does not fit `target`; raises
-    CheckpointCorruptError when the step's files cannot be read.
+    or dataset differ from `config`, or when the saved state's tree (readable) does not fit `target`;
+    raises CheckpointCorruptError when the step's files or metadata cannot be read, or its arrays differ
+    from the digest saved with them.
     """
     try:
       saved = self.restore_config(step)
@@ -251,6 +238,12 @@ class Checkpointer:
       raise CheckpointCorruptError(
         f"step {step}: its config or metadata cannot be read ({failures.cause(e)})"
       ) from e
+    tree = getattr(metadata, "tree", None)
+    if tree is None:  # Orbax returns no metadata when state/_METADATA is missing or unreadable
+      missing = not os.path.exists(os.path.join(self.directory, str(step), "state", "_METADATA"))
+      raise CheckpointCorruptError(
+        f"step {step}: its state metadata (state/_METADATA) {'is missing' if missing else 'cannot be read'}"
+      )
     config = json.loads(json.dumps(config))  # compare as saved: tuples become lists
     for key in _STRUCTURAL_KEYS:
       if _lookup(saved, key) != _lookup(config, key):
@@ -258,7 +251,16 @@ class Checkpointer:
           f"{self.directory} holds step {step} of a run with {key}={_lookup(saved, key)!r}, but this config "
           f"has {key}={_lookup(config, key)!r}; use a new --workdir (the existing checkpoint is kept)"
         )
-    mismatch = _metadata_mismatch(getattr(metadata, "tree", metadata), target)
+    trained_on, given = (_lookup(c, "data.tokenizer_fingerprint") for c in (saved, config))
+    if trained_on and given and trained_on != given:  # a prior over the codes of another stage one
+      raise CheckpointMismatchError(
+        f"{self.directory} holds step {step} of a prior trained on the codes of stage one {trained_on} "
+        f"(step-fingerprint), but this config's stage one is {given}; give the config the stage one it was "
+        "trained on (prior_*.py:STAGE_ONE_WORKDIR,step=N), or train the prior afresh in a new --workdir "
+        "(the existing checkpoint is kept)"
+      )
+    fields = savable(target)
+    mismatch = metadata_mismatch(tree, fields)
     if mismatch is not None:
       raise CheckpointMismatchError(
         f"checkpoint {self.directory}/{step} does not fit this model's state ({mismatch}); use a new "
@@ -266,22 +268,62 @@ class Checkpointer:
       )
     try:
       restored = self._manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_global_replicated(target)))
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(global_replicated(fields)))
       )
     except Exception as e:  # noqa: BLE001 - as above
       raise CheckpointCorruptError(f"step {step}: its state cannot be read ({failures.cause(e)})") from e
+    state = host_local(restored["state"])
+    self._verify(step, state)
+    state = rebuild(target, state)
     log.info("restored step %d from %s", step, self.directory, extra=LOG_ONLY)
-    return _host_local(restored["state"])
+    return state
+
+  def _saved_digest(self, step: int) -> dict[str, str] | None:
+    """The per-array digest saved with `step`, or None for a step saved before digests existed (its Orbax
+    step metadata names no digest item); CheckpointCorruptError when it is missing or unreadable."""
+    if not os.path.isdir(os.path.join(self.directory, str(step), "digest")):
+      try:
+        items = self._manager.metadata(step).item_handlers
+      except Exception:  # noqa: BLE001 - unreadable step metadata: the digest cannot be ruled out
+        items = None
+      if isinstance(items, dict) and "state" in items and "digest" not in items:
+        return None
+      raise CheckpointCorruptError(f"step {step}: its digest (digest/) is missing")
+    try:
+      saved = self._manager.restore(step, args=ocp.args.Composite(digest=ocp.args.JsonRestore()))["digest"]
+    except Exception as e:  # noqa: BLE001 - as in `restore`
+      raise CheckpointCorruptError(f"step {step}: its digest cannot be read ({failures.cause(e)})") from e
+    arrays = saved.get("arrays") if isinstance(saved, dict) else None
+    if not isinstance(arrays, dict) or saved.get("algorithm") != DIGEST_ALGORITHM:
+      raise CheckpointCorruptError(f"step {step}: its digest is not a {DIGEST_ALGORITHM} digest of arrays")
+    return arrays
+
+  def _verify(self, step: int, state: Any) -> None:
+    """Raises CheckpointCorruptError when the restored `state` differs from the digest saved with `step`."""
+    expected = self._saved_digest(step)
+    if expected is None:
+      log.info("step %d was saved without a digest: restored unverified", step, extra=LOG_ONLY)
+      return
+    actual = state_digest(state)
+    differ = [k for k in actual if expected.get(k) != actual[k]] + [k for k in expected if k not in actual]
+    if differ:
+      raise CheckpointCorruptError(
+        f"step {step}: {len(differ)} of its {len(expected)} arrays "
+        f"{'differs' if len(differ) == 1 else 'differ'} from the {DIGEST_ALGORITHM} digest saved with the "
+        f"step ({', '.join(differ[:3])}{', ...' if len(differ) > 3 else ''}): its files no longer hold the "
+        "arrays that were saved"
+      )
 
   def restore_latest(
     self, target: Any, config: dict, *, fresh_if_unreadable: bool = False
   ) -> tuple[int, Any]:
     """(step, state) of the newest checkpoint that restores, or (0, None) when there is none.
 
-    An unreadable step is skipped for the next older one, with one warning line naming it and the cause;
-    once an older step restores, the unreadable newer ones are moved aside (`<step>.corrupt`), so the run
-    continues from the good step and never overwrites or prunes them. When no step can be read it raises
-    NoValidCheckpointError, or with `fresh_if_unreadable` moves them all aside and starts afresh.
+    A damaged step (unreadable, or its arrays differ from their digest) is skipped for the next older one,
+    with one warning line naming it and the cause; once an older step restores, the damaged newer ones are
+    moved aside (`<step>.corrupt`), so the run continues from the good step and never overwrites or prunes
+    them. When no step can be read it raises NoValidCheckpointError, or with `fresh_if_unreadable` moves
+    them all aside and starts afresh.
     CheckpointMismatchError (another experiment's checkpoint) is raised as it is.
     """
     failures: list[tuple[int, str]] = []
@@ -303,7 +345,7 @@ class Checkpointer:
       self._set_aside(failures)
       if failures:
         log.warning(
-          "checkpoint step%s %s in %s cannot be restored (%s); resumed from step %d, and the unreadable "
+          "checkpoint step%s %s in %s cannot be restored (%s); resumed from step %d, and the damaged "
           "step%s moved aside as <step>.corrupt (kept, not deleted; details in log.txt)",
           "s" if len(failures) > 1 else "",
           ", ".join(str(s) for s, _ in failures),
@@ -324,7 +366,7 @@ class Checkpointer:
       )
     if failures:
       log.warning(
-        "no checkpoint in %s can be restored (steps %s); starting afresh, the unreadable steps moved aside "
+        "no checkpoint in %s can be restored (steps %s); starting afresh, the damaged steps moved aside "
         "as <step>.corrupt (config.fresh_start_if_unreadable; kept, not deleted)",
         self.directory,
         ", ".join(str(s) for s, _ in failures),
@@ -341,7 +383,7 @@ class Checkpointer:
         target, n = f"{source}.corrupt.{n}", n + 1
       if jax.process_index() == 0 and os.path.exists(source):
         os.rename(source, target)
-      log.info("moved the unreadable checkpoint step %d aside to %s", step, target, extra=LOG_ONLY)
+      log.info("moved the damaged checkpoint step %d aside to %s", step, target, extra=LOG_ONLY)
     if failures:
       if jax.process_count() > 1:
         from jax.experimental import multihost_utils

@@ -23,7 +23,7 @@ from ae_jax import losses, models
 from ae_jax.core import parallel
 from ae_jax.core.errors import ConfigError
 from ae_jax.losses import Weight
-from ae_jax.training import optim
+from ae_jax.training import adversarial, optim
 
 if TYPE_CHECKING:  # for annotations only: the steps never touch the data
   from ae_jax.data import Dataset
@@ -38,7 +38,9 @@ class TrainState:
   """Everything a run needs to continue bit-exactly: a plain pytree, checkpointed whole.
 
   step: int32 []; params: trainable variables; model_state: the model's other collections (e.g. batch_stats,
-  EMA codebooks); opt_state: optax state; rng: raw uint32 [2] key from which each step's key is folded.
+  EMA codebooks); opt_state: optax state; rng: raw uint32 [2] key from which each step's key is folded;
+  ema_params: the Polyak average of params (config.ema_decay > 0), else None; adversary: the
+  discriminator's `adversarial.AdversaryState` (config.adversarial), else None.
   """
 
   step: jax.Array
@@ -46,6 +48,21 @@ class TrainState:
   model_state: Any
   opt_state: Any
   rng: jax.Array
+  ema_params: Any = None
+  adversary: Any = None
+
+
+def evaluation_state(state: TrainState) -> TrainState:
+  """The state evaluators, reconstructions, code caches and samplers use: params replaced by ema_params
+  when the run keeps a weight EMA, else `state` itself."""
+  return state if state.ema_params is None else state.replace(params=state.ema_params)
+
+
+def ema_update(ema: Any, params: Any, decay: float, step: jax.Array) -> Any:
+  """ema * d + params * (1 - d) with d = min(decay, (1 + step) / (10 + step)) (latent-diffusion's LitEma:
+  the average forgets its start quickly), in float32."""
+  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step)).astype(jnp.float32)
+  return jax.tree.map(lambda e, p: e * d + p.astype(e.dtype) * (1.0 - d), ema, params)
 
 
 def run_once(fn: Callable, *args: Any) -> Any:
@@ -73,9 +90,16 @@ def init_fn(model: nn.Module) -> Callable[[Any, jax.Array], Any]:
 
 
 def create_train_state(
-  model: nn.Module, tx: optax.GradientTransformation, example_x: jax.Array, seed: int
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  example_x: jax.Array,
+  seed: int,
+  *,
+  ema: bool = False,
+  adversary: adversarial.Adversary | None = None,
 ) -> TrainState:
-  """Initialises parameters from `seed` with an example input [batch, ...]; not pmapped (one copy)."""
+  """Initialises parameters from `seed` with an example input [batch, ...]; not pmapped (one copy). `ema`:
+  keep a weight average (starting at the initial params); `adversary`: initialise its discriminator."""
   root = jax.random.PRNGKey(seed)
   init_key, state_key = jax.random.split(root)
   keys = jax.random.split(init_key, 1 + len(RNG_STREAMS))
@@ -88,6 +112,8 @@ def create_train_state(
     model_state=variables,
     opt_state=tx.init(params),
     rng=state_key,
+    ema_params=jax.tree.map(jnp.array, params) if ema else None,
+    adversary=None if adversary is None else adversarial.init_state(adversary, example_x, seed),
   )
 
 
@@ -147,12 +173,14 @@ def train_step(
   batch: Mapping[str, jax.Array],
   *,
   model: nn.Module,
-  objective: Objective,
+  objective: losses.Objective,
   tx: optax.GradientTransformation,
   learning_rate: optax.Schedule,
   trainable: Callable[[Any], Any] | None = None,
   trim_fraction: float = 0.0,
   trim_after: int = 0,
+  ema_decay: float = 0.0,
+  adversary: adversarial.Adversary | None = None,
   axis_name: str = parallel.AXIS,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step on this device's share of the global batch.
@@ -169,24 +197,45 @@ def train_step(
       trainable parameters, the ones the optimizer updates and clips.
     trim_fraction, trim_after: from step `trim_after` on, the loss is the mean over the global batch
       without its `trim_fraction` largest per-example losses (`trim_weights`); the terms stay plain means.
+    ema_decay: with state.ema_params, the decay of the weight average (`ema_update`) updated after the
+      step.
+    adversary: a discriminator trained beside the model (`ae_jax.training.adversarial`: the order of the
+      two updates, the adaptive weight).
   Returns:
     (new state, metrics: "loss", one entry per loss term, "grad_norm" (and "grad_norm/<module>",
-    "param_norm/<module>" per top-level module), "learning_rate", "nonfinite").
+    "param_norm/<module>" per top-level module), "learning_rate", "nonfinite"; with an adversary
+    "adaptive_weight" and the discriminator's "disc/loss", "disc/<term>", "disc/logits_real",
+    "disc/logits_fake", "disc/grad_norm").
   """
   rng = step_rng(state, axis_name)
 
-  def loss_fn(params):
+  def forward(params):
     outputs, model_state = apply_model(model, params, state.model_state, batch, train=True, rng=rng)
     model_metrics = outputs.pop("metrics", {})
-    total, terms = objective(outputs, batch, state.step)
-    loss = total.mean()
-    if trim_fraction:
-      weights, kept = trim_weights(total, state.step, trim_fraction, trim_after, axis_name)
-      devices = jax.lax.psum(1, axis_name)
-      loss = jnp.sum(weights * total) * devices / kept  # pmean over devices: the global trimmed mean
-    return loss, ({k: v.mean() for k, v in terms.items()}, model_metrics, model_state)
+    if adversary is not None:
+      outputs["disc_fake"] = adversarial.fake_logits(adversary, state.adversary, outputs["recon"])
+    return objective.terms(outputs, batch), (outputs, model_metrics, model_state)
 
-  (loss, (terms, model_metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  extra: dict[str, jax.Array] = {}
+  if adversary is None:
+
+    def loss_fn(params):
+      terms, (_, model_metrics, model_state) = forward(params)
+      total = objective.weighted_sum(terms, state.step, objective.weights)
+      loss = total.mean()
+      if trim_fraction:
+        weights, kept = trim_weights(total, state.step, trim_fraction, trim_after, axis_name)
+        devices = jax.lax.psum(1, axis_name)
+        loss = jnp.sum(weights * total) * devices / kept  # pmean over devices: the global trimmed mean
+      return loss, ({k: v.mean() for k, v in terms.items()}, model_metrics, model_state)
+
+    (loss, (terms, model_metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params
+    )
+  else:
+    grads, loss, terms, model_metrics, model_state, extra, recon = adversarial.generator_gradients(
+      forward, state, objective, adversary, axis_name
+    )
   grads, loss, terms, model_metrics = jax.lax.pmean((grads, loss, terms, model_metrics), axis_name)
   # Models that keep statistics sync them across devices themselves (named axis: BatchNorm, EMA codebooks);
   # averaging the float statistics here makes the copies agree for any that do not.
@@ -194,22 +243,30 @@ def train_step(
     lambda v: jax.lax.pmean(v, axis_name) if jnp.issubdtype(v.dtype, jnp.floating) else v, model_state
   )
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
   new_state = state.replace(
-    step=state.step + 1,
-    params=optax.apply_updates(state.params, updates),
-    model_state=model_state,
-    opt_state=opt_state,
+    step=state.step + 1, params=new_params, model_state=model_state, opt_state=opt_state
   )
+  if state.ema_params is not None:
+    new_state = new_state.replace(ema_params=ema_update(state.ema_params, new_params, ema_decay, state.step))
   if trainable is not None:
     grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable(state.params))
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  if adversary is not None:
+    disc_state, disc_metrics, disc_finite = adversarial.discriminator_step(
+      adversary, state.adversary, batch, recon, state.step, axis_name
+    )
+    new_state = new_state.replace(adversary=disc_state)
+    extra.update(disc_metrics)
+    finite = finite & disc_finite
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
   bad_input = jax.lax.pmax(nonfinite_input(batch), axis_name)
   metrics = {
     "loss": loss,
     **terms,
     **model_metrics,
+    **extra,
     "grad_norm": grad_norm,
     **module_norms(grads, "grad_norm"),
     **module_norms(state.params, "param_norm"),
@@ -310,8 +367,9 @@ def freeze_patterns(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 def objective_constants(config: ml_collections.ConfigDict, dataset: Dataset) -> dict[str, float]:
   """Dataset constants the configured loss terms read from the batch (`losses.needed_constants`): the
-  training variance `data_variance` (nmse) and the training split's length `dataset_size` (the β-TCVAE
-  terms), each only when a term in config.loss needs it."""
+  training variance `data_variance` (nmse), the training split's length `dataset_size` (the β-TCVAE
+  terms) and the pixel range [`pixel_low`, `pixel_high`] in model units (the images' 0 and 1 under the
+  dataset's `to_unit`: the LPIPS terms), each only when a term in config.loss needs it."""
   needed = losses.needed_constants(config.loss)
   constants = {}
   if "data_variance" in needed:
@@ -324,6 +382,15 @@ def objective_constants(config: ml_collections.ConfigDict, dataset: Dataset) -> 
     constants["data_variance"] = dataset.info.variance
   if "dataset_size" in needed:
     constants["dataset_size"] = len(dataset.split("train"))
+  if "pixel_low" in needed or "pixel_high" in needed:
+    if dataset.info.to_unit is None:
+      term = next(n for n in config.loss if "pixel_low" in losses.CONSTANTS.get(n, ()))
+      raise ConfigError(
+        f"config.loss.{term} compares images, but dataset '{dataset.name}' has no pixel range (its examples "
+        "are not images); remove the term"
+      )
+    zero, one = (float(dataset.info.to_unit(v)) for v in (0.0, 1.0))  # to_unit is affine: x -> a x + b
+    constants["pixel_low"], constants["pixel_high"] = -zero / (one - zero), (1.0 - zero) / (one - zero)
   return constants
 
 
