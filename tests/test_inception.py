@@ -490,6 +490,10 @@ def test_evaluators_without_the_weights_are_refused_when_built(kind, tiny_config
   assert "\n" not in message and "$AE_JAX_INCEPTION" in message and str(cache) in message
 
 
+# The network applied directly, compiled once for the evaluator tests' reference features (the same shapes).
+_direct_apply = jax.jit(inception.InceptionV3().apply)
+
+
 def test_rfid_evaluator_is_the_frechet_distance_of_the_pool_features(tiny_config, variables, monkeypatch):
   """With random Inception weights injected: the rfid of a tiny model's 3 test images (2 batches of 2 over
   2 devices, the last padded) is frechet_distance of the features of the clipped [0, 1] reconstructions and
@@ -514,7 +518,7 @@ def test_rfid_evaluator_is_the_frechet_distance_of_the_pool_features(tiny_config
   x = stack_examples(exp.dataset.split("test"), exp.dataset.info, range(3))["x"]
   recon = outputs.reconstruct(exp.model, exp.state, x)["recon"]
   unit = [np.clip(np.asarray(exp.dataset.info.to_unit(np.asarray(a, np.float32))), 0, 1) for a in (x, recon)]
-  pool = np.asarray(jax.jit(inception.InceptionV3().apply)(variables, np.concatenate(unit))["pool"])
+  pool = np.asarray(_direct_apply(variables, np.concatenate(unit))["pool"])
   want = frechet_distance(*feature_statistics(pool[3:]), *feature_statistics(pool[:3]))
   assert want > 0
   np.testing.assert_allclose(result.metrics["rfid"], want, rtol=1e-4)
@@ -545,6 +549,6 @@ def test_fid_evaluator_scores_the_drawn_samples_against_the_split(tiny_config, v
   x = stack_examples(exp.dataset.split("test"), exp.dataset.info, range(3))["x"]
   to_unit = exp.dataset.info.to_unit
   unit = [np.clip(np.asarray(to_unit(np.asarray(a, np.float32))), 0, 1) for a in (x, drawn[0].images)]
-  pool = np.asarray(jax.jit(inception.InceptionV3().apply)(variables, np.concatenate(unit))["pool"])
+  pool = np.asarray(_direct_apply(variables, np.concatenate(unit))["pool"])
   want = frechet_distance(*feature_statistics(pool[3:]), *feature_statistics(pool[:3]))
   np.testing.assert_allclose(result.metrics["fid"], want, rtol=1e-4)
