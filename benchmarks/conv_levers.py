@@ -4,9 +4,11 @@ convolutions run, against the PyTorch baseline timed in the same process.
     python -m benchmarks.conv_levers                         # every lever, 2 rounds
     python -m benchmarks.conv_levers --levers baseline,onednn --rounds 3 --out DIR
 
-Levers (`LEVERS`): XLA:CPU flags (oneDNN, XNNPACK, fast math), bfloat16 compute (config.dtype), and two
-rewrites of every flax convolution, each checked against `lax.conv_general_dilated` before timing: shifted
-slices and one matmul ("im2col", `patches_conv`) and channels-first layout ("nchw", `nchw_conv`). Each
+Levers (`LEVERS`): XLA:CPU flags (oneDNN, XNNPACK, fast math; the YNNPACK and oneDNN library-fusion
+types, `--xla_cpu_experimental_{ynn,onednn}_fusion_type`, each value they take: `FUSION_TYPES`), bfloat16
+compute (config.dtype), and two rewrites of every flax convolution, each checked against
+`lax.conv_general_dilated` before timing: shifted slices and one matmul ("im2col", `patches_conv`) and
+channels-first layout ("nchw", `nchw_conv`). Each
 (round, lever) is a fresh process, so each flag takes effect and nothing is shared; in it the ae-jax step
 (the vqvae comparison's counterpart config of `benchmarks.measure.COMPARISONS`, as `benchmarks.run` times
 it) and the PyTorch baseline (`torch_models`, --threads threads) are timed interleaved A B A B, and the
@@ -48,6 +50,17 @@ LEVERS: dict[str, tuple[str, dict[str, Any], str | None]] = {
   "im2col": ("", {}, "im2col"),
   "nchw": ("", {}, "nchw"),
 }
+# The library-fusion flags of this jaxlib (0.10): each takes a comma-separated list of LibraryFusionType
+# names, which replaces the default list, or +name / -name items, which edit it. The names it accepts
+# (the enum xla.DebugOptions.LibraryFusionType; anything else stops the process with "Illegal value"):
+FUSION_TYPES = ("dot", "eltwise", "reduce", "individual_dot", "individual_convolution")
+# YNNPACK's default list holds individual_dot (the shipped step's dots are YNN fusions); "ynn_all" adds
+# every other type to it. The oneDNN list is read only with --xla_cpu_use_onednn=true (alone it changes
+# nothing in the compiled step), so each oneDNN lever sets both.
+YNN, ONEDNN = "--xla_cpu_experimental_ynn_fusion_type", "--xla_cpu_experimental_onednn_fusion_type"
+LEVERS.update({f"ynn_{t}": (f"{YNN}={t}", {}, None) for t in FUSION_TYPES})
+LEVERS["ynn_all"] = (f"{YNN}=" + ",".join(f"+{t}" for t in FUSION_TYPES if t != "individual_dot"), {}, None)
+LEVERS.update({f"onednn_{t}": (f"--xla_cpu_use_onednn=true {ONEDNN}={t}", {}, None) for t in FUSION_TYPES})
 
 
 def patches_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, **kw):

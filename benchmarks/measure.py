@@ -45,8 +45,22 @@ class Spec(NamedTuple):
   arg: str | None = None
   overrides: tuple[tuple[str, Any], ...] = ()
   shape: tuple[int, ...] | None = None
+  smoke: tuple[tuple[str, Any], ...] = ()  # dotted overrides of a --smoke run: a tiny shape, the same paths
 
 
+# The VQGAN of a --smoke run: its step's code paths (the taming blocks but Down/Upsample, the EMA codebook,
+# LPIPS's VGG unchanged, the PatchGAN with BatchNorm, the adaptive weight) at a size that compiles fast.
+VQGAN_TINY = (
+  ("model.ch", 8),
+  ("model.ch_mult", (1,)),
+  ("model.norm_groups", 4),
+  ("model.attn_resolutions", ()),
+  ("model.z_channels", 4),
+  ("model.quantizer.num_codes", 16),
+  ("model.quantizer.code_dim", 4),
+  ("adversarial.discriminator.ndf", 8),
+  ("adversarial.discriminator.n_layers", 1),
+)
 MODELS: dict[str, Spec] = {
   "mlp_ae": Spec("mlp_ae_fashion_mnist"),
   "conv_ae": Spec("conv_ae_fashion_mnist"),
@@ -60,8 +74,10 @@ MODELS: dict[str, Spec] = {
     m: Spec("lstm_anomaly", f"power_demand,model={m}", shape=(84, 1))
     for m in ("lstm_ae_repeat", "lstm_ae_stacked", "lstm_encdec_ad", "lstm_ae_seq")
   },
+  "vqgan_cifar10": Spec("vqgan_cifar10", smoke=VQGAN_TINY),
 }
 VQ_UNIFORM = (("model.quantizer.codebook_init", "uniform"), ("model.quantizer.dead_code_threshold", 0.0))
+DISC_NOW = (("adversarial.start", 0),)
 LSTM_ECG5000, CONSTANT = "ecg5000,model=lstm_ae_stacked", (("optimizer.schedule", "constant"),)
 
 
@@ -93,6 +109,9 @@ COMPARISONS: tuple[Comparison, ...] = (
     "lstm_ae_stacked", "lstm_ae_stacked", 32, "lstm_ae_stacked", LSTM_ECG5000, CONSTANT, shape=(140, 1)
   ),
   Comparison("seq_vae_conv", "seq_vae_conv", 64, "seq_vae_conv"),
+  # the discriminator active from step 0 (as the baseline: after taming's disc_start); the shipped config
+  # (k-means++ codebook, re-seeding, start 2,000) in the same rounds: its step computes the same either way
+  Comparison("vqgan", "vqgan", 32, "vqgan_cifar10", overrides=(*VQ_UNIFORM, *DISC_NOW), shipped_too=True),
 )
 
 # x [batch, ...] of ae-jax (channels last, a torch tensor) -> the baseline's layout (torch_models' docstring)
@@ -102,6 +121,7 @@ TORCH_LAYOUT: dict[str, Callable[[Any], Any]] = {
   "vqvae": lambda x: x.permute(0, 3, 1, 2),
   "lstm_ae_stacked": lambda x: x,
   "seq_vae_conv": lambda x: x.permute(0, 2, 1),
+  "vqgan": lambda x: x.permute(0, 3, 1, 2),
 }
 STANDIN = "benchmark_standin"
 
@@ -150,11 +170,28 @@ def example_shape(config_data: ml_collections.ConfigDict, shape: tuple[int, ...]
   return tuple(example_spec(config_data, shape).shape)
 
 
-def check_counterpart(config: ml_collections.ConfigDict, comparison: Comparison) -> None:
-  """Raises if `config` builds another model than torch_models.JAX_COUNTERPARTS names for the baseline."""
-  from benchmarks.torch_models import JAX_COUNTERPARTS
+def _baseline_module(name: str) -> Any:
+  """The module of PyTorch baseline `name`: torch_vqgan (the VQGAN step) or torch_models (the others)."""
+  from benchmarks import torch_models, torch_vqgan
 
-  name, options, shape = JAX_COUNTERPARTS[comparison.baseline]
+  return torch_vqgan if name in torch_vqgan.NAMES else torch_models
+
+
+def make_baseline(comparison: Comparison, config: ml_collections.ConfigDict) -> Any:
+  """The comparison's PyTorch baseline at config.batch_size; the VQGAN's built from `config` itself
+  (`torch_vqgan.options_from_config`: its architecture, losses and optimizers)."""
+  module = _baseline_module(comparison.baseline)
+  if module.__name__.endswith("torch_vqgan"):
+    shape = example_shape(config.data, comparison.shape or MODELS[comparison.model].shape)
+    return module.make(config.batch_size, module.options_from_config(config, shape))
+  return module.make(comparison.baseline, config.batch_size)
+
+
+def check_counterpart(config: ml_collections.ConfigDict, comparison: Comparison) -> None:
+  """Raises if `config` builds another model than torch_models.JAX_COUNTERPARTS (torch_vqgan's for the
+  VQGAN) names for the baseline; the VQGAN's losses and optimizers must be the baseline's defaults."""
+  module = _baseline_module(comparison.baseline)
+  name, options, shape = module.JAX_COUNTERPARTS[comparison.baseline]
   flat = {
     f"{k}.{sub}" if isinstance(v, dict) else k: x
     for k, v in options.items()
@@ -166,6 +203,10 @@ def check_counterpart(config: ml_collections.ConfigDict, comparison: Comparison)
   example = example_shape(config.data, comparison.shape or MODELS[comparison.model].shape)
   if config.model.name != name or different or tuple(example) != tuple(shape):
     raise ValueError(f"{baseline}: the ae-jax config differs from its counterpart ({different}, {example})")
+  if (
+    hasattr(module, "options_from_config") and module.options_from_config(config, example) != module.Options()
+  ):
+    raise ValueError(f"{baseline}: the ae-jax config's losses or optimizers differ from the baseline's")
 
 
 def _get_path(config: ml_collections.ConfigDict, dotted: str) -> Any:
@@ -473,6 +514,14 @@ def time_torch(baseline: Any, n: int) -> list[float]:
   return times
 
 
+def torch_checkpoint(baseline: Any) -> dict[str, Any]:
+  """What the PyTorch loop saves: the baseline's model and optimizer (the VQGAN's: both players, both
+  optimizers and its weight EMA)."""
+  if hasattr(baseline, "checkpoint_state"):
+    return baseline.checkpoint_state()
+  return {"model": baseline.model.state_dict(), "optimizer": baseline.optimizer.state_dict()}
+
+
 def time_torch_loop(baseline: Any, bench: Bench, steps: int) -> dict[str, Any]:
   """A plain PyTorch training loop over the bench's training records and preprocessing: a DataLoader
   (shuffled, in the main process) of its examples, each batch put in the baseline's layout, one step, the
@@ -500,8 +549,7 @@ def time_torch_loop(baseline: Any, bench: Bench, steps: int) -> dict[str, Any]:
       if step % config.log_every == 0 or step == steps:
         float(loss)
       if every and step % every == 0:
-        state = {"model": baseline.model.state_dict(), "optimizer": baseline.optimizer.state_dict()}
-        torch.save(state, os.path.join(workdir, "checkpoint.pt"))
+        torch.save(torch_checkpoint(baseline), os.path.join(workdir, "checkpoint.pt"))
       if step == 1:
         start = time.perf_counter()
   return {"ms": 1e3 * (time.perf_counter() - start) / (steps - 1), "timed_steps": steps - 1}

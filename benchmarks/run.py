@@ -41,13 +41,15 @@ How each number is measured:
   end (step, pipeline and trainer runs; PyTorch is never imported there).
 * input pipeline: batches per second of `pipeline.train_batches` + `parallel.stack_steps` + placement on
   the devices (waited for), alone, and its ratio to the step rate (above 1: the pipeline keeps up).
-* PyTorch: each baseline (`benchmarks/torch_models.py`) against its ae-jax counterpart
-  (`measure.COMPARISONS`: the same batch, Adam, loss; `torch_models.thread_setup(--threads)`, while XLA
-  uses every core it sees) in one worker, interleaved A B A B: each round times n steps of each (each
-  synchronised), medians over all; the vqvae ratio is against codebook_init=uniform, dead_code_threshold=0
-  (the baseline's codebook), and the shipped config is timed in the same rounds. The loop ratio
-  interleaves trainer runs with a plain PyTorch loop of as many steps over the same records and
-  preprocessing: a shuffled DataLoader in the main process, a step, the loss read every log_every,
+* PyTorch: each baseline (`benchmarks/torch_models.py`; the VQGAN's, `benchmarks/torch_vqgan.py`, is
+  built from the config it is timed against) against its ae-jax counterpart (`measure.COMPARISONS`: the
+  same batch, Adam, loss; `torch_models.thread_setup(--threads)`, while XLA uses every core it sees) in
+  one worker, interleaved A B A B: each round times n steps of each (each synchronised), medians over all;
+  the vqvae and vqgan ratios are against codebook_init=uniform, dead_code_threshold=0 (the baselines'
+  codebook; vqgan: with the discriminator on from step 0), and the shipped config is timed in the same
+  rounds. With --smoke a model's Spec.smoke overrides give it a tiny shape (vqgan_cifar10), both sides.
+  The loop ratio interleaves trainer runs with a plain PyTorch loop of as many steps over the same records
+  and preprocessing: a shuffled DataLoader in the main process, a step, the loss read every log_every,
   torch.save of model and optimizer every checkpoint_every; ms per step after its first.
 * --device-count N: the step (K=1) in a worker with N simulated CPU devices (XLA_FLAGS set before jax is
   imported) at the same global batch; pmap overhead = its time / the one-device time - 1.

@@ -14,10 +14,13 @@ from typing import Any
 
 
 def _config(name: str, s: dict[str, Any], cmp: Any = None, **overrides: Any) -> tuple[Any, str]:
-  """A model's shipped config (or a comparison's), with the smoke batch and intervals; (config, data used)."""
+  """A model's shipped config (or a comparison's), with the smoke batch, intervals and shape (Spec.smoke);
+  (config, data used)."""
   from benchmarks import measure
 
   config = measure.comparison_config(cmp) if cmp else measure.shipped_config(name, overrides=overrides)
+  for key, value in measure.MODELS[cmp.model if cmp else name].smoke if s["smoke"] else ():
+    measure.set_path(config, key, value)  # a tiny shape of the same model (no timing claims)
   if s["batch"]:
     config.batch_size = s["batch"]
   for key, value in (s["intervals"] or {}).items():
@@ -97,12 +100,13 @@ def run_compare(label: str, s: dict[str, Any]) -> dict[str, Any]:
   configs = {"counterpart": _config(cmp.model, s, cmp)}
   if cmp.shipped_too:
     configs["shipped"] = _config(cmp.model, s, batch_size=cmp.batch)
-  measure.check_counterpart(configs["counterpart"][0], cmp)
+  tiny = s["smoke"] and measure.MODELS[cmp.model].smoke  # then the full-size config is the one checked
+  measure.check_counterpart(measure.comparison_config(cmp) if tiny else configs["counterpart"][0], cmp)
   benches = {v: measure.build(c) for v, (c, _) in configs.items()}
   timers = {v: measure.StepTimer(b, 1) for v, b in benches.items()}
   ones = {v: [t.call(), t.call()][1] for v, t in timers.items()}  # compile, then one warm step
   bench = benches["counterpart"]
-  baseline = torch_models.make(cmp.baseline, bench.config.batch_size)
+  baseline = measure.make_baseline(cmp, bench.config)
   ones["torch"] = measure.time_torch(baseline, 2)[1]
   plans = {v: measure.plan(one, s["budget"], s["rounds"], s["steps"]) for v, one in ones.items()}
   samples: dict[str, list] = {v: [] for v in ones}
@@ -141,11 +145,12 @@ def run_gpu(entry: str, s: dict[str, Any]) -> dict[str, Any]:
       row["step"] = measure.time_step(bench, 1, s["steps"], s["rounds"], s["budget"])
       row["loop"], row["loop_kind"] = _median(_timed_loops(bench, row["step"]["ms"], 1, s)), "trainer"
       if cmp:
-        from benchmarks import torch_models
-
-        baseline = torch_models.make(cmp.baseline, batch)
-        baseline.model.cuda()
-        baseline.inputs = baseline.inputs.cuda()
+        baseline = measure.make_baseline(cmp, config)
+        if hasattr(baseline, "to"):  # the VQGAN's: both players, LPIPS and the weight EMA
+          baseline.to("cuda")
+        else:
+          baseline.model.cuda()
+          baseline.inputs = baseline.inputs.cuda()
         measure.time_torch(baseline, 2)
         row["torch_step"] = measure.summary_ms([measure.time_torch(baseline, s["steps"])])
     except Exception as e:  # noqa: BLE001 - a batch too large for the GPU is reported, not fatal

@@ -204,3 +204,91 @@ def test_the_convolution_rewrites_compute_the_convolution():
 
   assert conv_levers._check_rewritten_convs() < 1e-4
   assert set(conv_levers.LEVERS) >= {"baseline", "onednn", "bfloat16", "im2col", "nchw"}
+  for t in conv_levers.FUSION_TYPES:  # every value of both library-fusion flags
+    assert conv_levers.LEVERS[f"ynn_{t}"][0] == f"--xla_cpu_experimental_ynn_fusion_type={t}"
+    assert conv_levers.LEVERS[f"onednn_{t}"][0].endswith(f"--xla_cpu_experimental_onednn_fusion_type={t}")
+
+
+def _tiny_vqgan_config():
+  """The vqgan comparison's config at the smoke run's tiny shape (measure.VQGAN_TINY)."""
+  config = measure.comparison_config(next(c for c in measure.COMPARISONS if c.label == "vqgan"))
+  for key, value in measure.MODELS["vqgan_cifar10"].smoke:
+    measure.set_path(config, key, value)
+  return config
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="the PyTorch VQGAN needs torch")
+def test_the_pytorch_vqgan_is_built_from_the_config_it_is_timed_against():
+  """torch_vqgan's step is read from the ae-jax config: the comparison's config gives the defaults (the
+  architecture, losses and optimizers of vqgan_cifar10), the shipped one is refused (its k-means++ codebook
+  and re-seeding are not the baseline's), the parameter counts are ae-jax's (full size and the smoke run's
+  tiny shape), LPIPS holds ae-jax's weights, and one step updates both players."""
+  import torch
+
+  from ae_jax.metrics import lpips
+  from ae_jax.models import get_model
+  from ae_jax.runner.bottleneck import inspect_model
+  from benchmarks import torch_vqgan
+
+  torch.set_num_threads(1)
+  name, options, shape = torch_vqgan.JAX_COUNTERPARTS["vqgan"]
+  cmp = next(c for c in measure.COMPARISONS if c.label == "vqgan")
+  assert torch_vqgan.options_from_config(measure.comparison_config(cmp)) == torch_vqgan.Options()
+  with pytest.raises(ValueError, match="codebook_init=uniform"):
+    torch_vqgan.options_from_config(measure.shipped_config("vqgan_cifar10"))
+  full = torch_vqgan.VQGANWithDiscriminator(torch_vqgan.Options())
+  jax_full = inspect_model(get_model(name, input_shape=shape, **options), shape).total_params
+  assert sum(p.numel() for p in full.vqgan.parameters()) == jax_full == 4_129_923
+  assert sum(p.numel() for p in full.discriminator.parameters()) == 2_765_633  # as ae-jax's patch_gan
+
+  tiny = _tiny_vqgan_config()
+  b = torch_vqgan.make(2, torch_vqgan.options_from_config(tiny), seed=1)
+  tiny_model = {k: v for k, v in tiny.model.to_dict().items() if k != "name"}
+  assert (
+    b.num_params == inspect_model(get_model("vqgan", input_shape=shape, **tiny_model), shape).total_params
+  )
+
+  x = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+  y = np.clip(x + 0.3 * np.random.default_rng(1).standard_normal(x.shape), -1, 1).astype(np.float32)
+  with torch.no_grad():
+    nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))  # noqa: E731
+    theirs = b.lpips(nchw(x), nchw(y)).numpy().reshape(-1)
+  ours = np.asarray(jax.jit(lpips.distance)(lpips.load_params("vgg"), x, y))
+  np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-7)
+  assert not any(p.requires_grad for p in b.lpips.parameters())
+
+  before = {k: v.clone() for k, v in b.model.state_dict().items()}
+  losses = [float(b.step()) for _ in range(2)]
+  after = b.model.state_dict()
+  changed = lambda prefix: any(  # noqa: E731
+    not torch.equal(before[k], after[k]) for k in before if k.startswith(prefix) and "running" not in k
+  )
+  assert all(np.isfinite(losses)) and changed("vqgan.") and changed("discriminator.")
+  assert 0 < float(b.last["adaptive_weight"]) < 1e4 and np.isfinite(float(b.last["d_loss"]))
+  assert set(b.checkpoint_state()) == {"model", "optimizer", "disc_optimizer", "ema"}
+
+
+@pytest.mark.slow
+def test_smoke_run_of_the_vqgan_and_its_pytorch_step(tmp_path):
+  """`benchmarks.run --smoke --models vqgan_cifar10`: the VQGAN at its tiny smoke shape (measure.VQGAN_TINY:
+  one level, LPIPS's VGG, a one-layer PatchGAN) through every measurement, and the PyTorch VQGAN of the
+  same tiny shape beside the counterpart and the shipped config."""
+  done = _suite(["--smoke", "--models", "vqgan_cifar10"], tmp_path)
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  report = json.loads((tmp_path / "benchmark.json").read_text())
+  assert not report["errors"] and sorted(report["models"]) == ["vqgan_cifar10"]
+  m = report["models"]["vqgan_cifar10"]
+  assert m["step"]["1"]["flops"] > 0 and m["pipeline"]["batches_per_s"] > 0
+  from ae_jax.models import get_model
+  from ae_jax.runner.bottleneck import inspect_model
+
+  tiny = {k: v for k, v in _tiny_vqgan_config().model.to_dict().items() if k != "name"}
+  assert (
+    m["params"]
+    == inspect_model(get_model("vqgan", input_shape=(32, 32, 3), **tiny), (32, 32, 3)).total_params
+  )
+  if HAVE_TORCH:
+    c = report["comparisons"]["vqgan"]
+    assert set(c["step"]) == {"counterpart", "shipped", "torch"} and c["ratio_loop"] > 0
+    assert c["params"]["jax"] == c["params"]["torch"] == m["params"]
+    assert "| vqgan |" in (tmp_path / "benchmark.md").read_text()
