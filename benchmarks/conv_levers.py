@@ -64,30 +64,17 @@ LEVERS.update({f"onednn_{t}": (f"--xla_cpu_use_onednn=true {ONEDNN}={t}", {}, No
 
 
 def patches_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, **kw):
-  """`lax.conv_general_dilated` for NHWC inputs and HWIO kernels without dilation or groups, as shifted
-  strided slices of the padded input concatenated on channels ([B, H', W', kh * kw * C]) and one matmul
-  with the kernel reshaped to [kh * kw * C, O]."""
-  import jax.numpy as jnp
-  from jax import lax
+  """`lax.conv_general_dilated` for NHWC inputs and HWIO kernels without dilation or groups, as
+  `ae_jax.models.layers.patches_conv` (shifted strided slices and one matmul)."""
+  from ae_jax.models.layers import patches_conv as library_patches_conv
 
   if any(d not in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
     raise NotImplementedError("patches_conv: dilation")
   if kw.get("feature_group_count", 1) != 1:
     raise NotImplementedError("patches_conv: feature groups")
-  kh, kw_, cin, cout = rhs.shape
   if isinstance(padding, str):
-    padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw_), window_strides, padding)
-  x = jnp.pad(lhs, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-  sh, sw = window_strides
-  oh, ow = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw_) // sw + 1
-  cols = [
-    x[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :]
-    for i in range(kh)
-    for j in range(kw_)
-  ]
-  patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
-  y = jnp.dot(patches.reshape(-1, kh * kw_ * cin), rhs.reshape(kh * kw_ * cin, cout).astype(patches.dtype))
-  return y.reshape(lhs.shape[0], oh, ow, cout)
+    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+  return library_patches_conv(lhs, rhs, window_strides, padding)
 
 
 def nchw_conv(lhs, rhs, window_strides, padding, **kw):

@@ -458,3 +458,24 @@ def test_encode_decode_agree_with_call(name):
   other = jax.jit(lambda v, z: model.apply(v, z + 1.0, method="decode"))(variables, code)
   assert not np.allclose(other, recon, atol=1e-4)
   chex.assert_shape(recon, (B, 28, 28, 1))
+
+
+@pytest.mark.parametrize(
+  "side, kernel, stride, pad", [(2, 3, 1, 1), (4, 3, 1, 1), (8, 4, 2, 1), (5, 4, 1, 1), (16, 3, 1, 1)]
+)
+def test_small_spatial_conv_is_lax_convolution(side, kernel, stride, pad):
+  """nn.Conv with `layers.small_spatial_conv` (one matmul where the output has <= 16 positions) computes
+  the convolution lax computes, gradients included, to float32 rounding."""
+  from flax import linen as nn
+
+  from ae_jax.models import layers
+
+  x = jax.random.normal(jax.random.PRNGKey(side), (3, side, side, 5))
+  plain = nn.Conv(7, (kernel, kernel), stride, pad)
+  small = nn.Conv(7, (kernel, kernel), stride, pad, conv_general_dilated=layers.small_spatial_conv)
+  variables = plain.init(jax.random.PRNGKey(1), x)
+  np.testing.assert_allclose(small.apply(variables, x), plain.apply(variables, x), atol=2e-6)
+  grads = [
+    jax.grad(lambda v, x, m=m: m.apply(v, x).sum(), argnums=(0, 1))(variables, x) for m in (small, plain)
+  ]
+  chex.assert_trees_all_close(grads[0], grads[1], atol=2e-5)

@@ -47,6 +47,7 @@ from flax import linen as nn
 
 from ae_jax import losses
 from ae_jax.core.errors import ConfigError
+from ae_jax.models.layers import small_spatial_conv
 
 NETS = ("vgg", "alex")
 # Channels of the five taps of each trunk (as the official code's `chns`).
@@ -96,7 +97,16 @@ class VGG16Trunk(nn.Module):
       if s:
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
       for i, width in enumerate(widths):
-        x = nn.relu(nn.Conv(width, (3, 3), padding=1, dtype=self.dtype, name=f"conv{s + 1}_{i + 1}")(x))
+        x = nn.relu(
+          nn.Conv(
+            width,
+            (3, 3),
+            padding=1,
+            dtype=self.dtype,
+            name=f"conv{s + 1}_{i + 1}",
+            conv_general_dilated=small_spatial_conv,
+          )(x)
+        )
       taps.append(x)
     return taps
 
@@ -113,7 +123,17 @@ class AlexNetTrunk(nn.Module):
     for name, width, k, stride, pad, pool in ALEX_CONVS:
       if pool:
         x = nn.max_pool(x, (3, 3), strides=(2, 2))
-      x = nn.relu(nn.Conv(width, (k, k), strides=stride, padding=pad, dtype=self.dtype, name=name)(x))
+      x = nn.relu(
+        nn.Conv(
+          width,
+          (k, k),
+          strides=stride,
+          padding=pad,
+          dtype=self.dtype,
+          name=name,
+          conv_general_dilated=small_spatial_conv,
+        )(x)
+      )
       taps.append(x)
     return taps
 

@@ -28,6 +28,7 @@ from flax import linen as nn
 from ae_jax.core.errors import ConfigError
 from ae_jax.core.registry import DISCRIMINATORS
 from ae_jax.models.interface import ModelSpec
+from ae_jax.models.layers import small_spatial_conv
 
 NORMS = ("batch", "none")
 
@@ -71,7 +72,14 @@ class PatchDiscriminator(nn.Module):
 
     def conv(h: jax.Array, features: int, stride: int, bias: bool) -> jax.Array:
       return nn.Conv(
-        features, (4, 4), stride, ((1, 1), (1, 1)), use_bias=bias, dtype=self.dtype, kernel_init=kernel_init
+        features,
+        (4, 4),
+        stride,
+        ((1, 1), (1, 1)),
+        use_bias=bias,
+        dtype=self.dtype,
+        kernel_init=kernel_init,
+        conv_general_dilated=small_spatial_conv,  # its last layers run at a few pixels
       )(h)
 
     def normalise(h: jax.Array) -> jax.Array:

@@ -177,3 +177,53 @@ def conv_transpose(
   if upsample != "transpose":
     raise ValueError(f"conv_transpose takes upsample 'subpixel' or 'transpose', got '{upsample}'")
   return nn.ConvTranspose(features, kernel_size, strides, padding=padding, dtype=dtype, name=name)
+
+
+# Output positions (H' x W') up to which `small_spatial_conv` computes a convolution as one matmul: XLA:CPU's
+# convolution kernels run at a few GFLOP/s on maps of 4x4 pixels and less (a 3x3 convolution, 512 -> 512
+# channels at 2x2 pixels: 2.2 GFLOP/s against 95-194 at 32x32 to 4x4; docs/speed.md), a matmul at full rate.
+SMALL_SPATIAL = 16
+NHWC_HWIO = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # lax's dimension numbers of flax's NHWC convolutions
+
+
+def patches_conv(
+  lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Sequence[tuple[int, int]]
+) -> jax.Array:
+  """A 2-D convolution of NHWC `lhs` with an HWIO kernel `rhs` (no dilation, no groups) as the shifted,
+  strided slices of the padded input concatenated on channels ([B, H', W', kh kw C]) times the kernel
+  reshaped to [kh kw C, O]: the same function as `lax.conv_general_dilated` (float rounding aside)."""
+  kh, kw, cin, cout = rhs.shape
+  x = jnp.pad(lhs, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  sh, sw = window_strides
+  oh, ow = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+  cols = [
+    x[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :]
+    for i in range(kh)
+    for j in range(kw)
+  ]
+  patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+  y = jnp.dot(patches.reshape(-1, kh * kw * cin), rhs.reshape(kh * kw * cin, cout).astype(patches.dtype))
+  return y.reshape(lhs.shape[0], oh, ow, cout)
+
+
+def small_spatial_conv(lhs: jax.Array, rhs: jax.Array, window_strides, padding, **options) -> jax.Array:
+  """`lax.conv_general_dilated` for `nn.Conv(conv_general_dilated=...)` on NHWC inputs that computes
+  convolutions with at most SMALL_SPATIAL output positions as `patches_conv` (the others, and any with
+  dilation, groups or another layout, as lax does)."""
+  dims = options.get("dimension_numbers")
+  nhwc = dims is not None and (dims.lhs_spec, dims.rhs_spec, dims.out_spec) == NHWC_HWIO
+  plain = (
+    nhwc
+    and all(d == 1 for d in (*(options.get("lhs_dilation") or ()), *(options.get("rhs_dilation") or ())))
+    and options.get("feature_group_count", 1) == 1
+    and options.get("batch_group_count", 1) == 1
+  )
+  if lhs.ndim == 4 and plain:
+    pads = padding
+    if isinstance(padding, str):
+      pads = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+    oh = (lhs.shape[1] + sum(pads[0]) - rhs.shape[0]) // window_strides[0] + 1
+    ow = (lhs.shape[2] + sum(pads[1]) - rhs.shape[1]) // window_strides[1] + 1
+    if oh * ow <= SMALL_SPATIAL:
+      return patches_conv(lhs, rhs, window_strides, pads)
+  return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **options)
