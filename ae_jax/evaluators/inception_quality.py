@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -214,36 +213,12 @@ def _build_rfid(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Conte
 def _build_fid(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
   from ae_jax import data
   from ae_jax.data.dataset import stack_examples
-  from ae_jax.generation import generate, samplers
 
   variables = _weights(name, sec)
-  prior = samplers.is_prior_run(ctx.config)
-  if not prior:
-    samplers.check_latent_prior(ctx.config, sec.prior, f"config.evals.{name}.prior", ctx.workdir or "this")
-  options = generate.SampleOptions(
-    sec.temperature, sec.top_k, sec.top_p, sec.steps, sec.choice_temperature, sec.label
-  )
-
-  scratch: list[str] = []  # a run that writes no files caches its mixtures in one temporary folder
-
-  def workdir() -> str:
-    if ctx.workdir is not None:
-      return ctx.workdir
-    if not scratch:
-      scratch.append(tempfile.mkdtemp(prefix="ae_jax_fid_"))
-    return scratch[0]
+  draw = samples.sample_drawer(name, sec, ctx, "ae_jax_fid_")
 
   def evaluate(rstate, step: int, final: bool) -> evaluators.Result:
-    run = samples.run_of(ctx, parallel.unreplicate(rstate), step, workdir())
-    drawn = samplers.draw(
-      run,
-      int(sec.num),
-      seed=int(sec.seed),
-      options=options if prior else None,
-      latent_prior=None if prior else sec.prior,
-      components=int(sec.components),
-      covariance=sec.covariance,
-    )
+    drawn = draw(rstate, step)
     dataset = data.get_dataset(drawn.source.config.data)
     reference = dataset.split(sec.split)
     n = min(len(drawn.images), len(reference))

@@ -18,6 +18,7 @@ cache folder, default $XDG_CACHE_HOME/ae_jax/feature_networks, else ~/.cache/ae_
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 
 import ml_collections
 import numpy as np
@@ -45,7 +46,13 @@ def run_of(ctx: evaluators.Context, state, step: int, workdir: str) -> stage_one
   )
 
 
-def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
+def sample_drawer(
+  name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context, prefix: str
+) -> Callable:
+  """`draw(rstate, step) -> samplers.Drawn`: `sec.num` images of the evaluated state, drawn as the section's
+  DRAW_OPTIONS say (a prior run's sampling options, or a density over an autoencoder's codes, checked here,
+  before training). A run that writes no files caches its mixtures in one temporary folder (`prefix`),
+  made when first needed."""
   from ae_jax.generation import generate
 
   prior = samplers.is_prior_run(ctx.config)
@@ -54,20 +61,18 @@ def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
   options = generate.SampleOptions(
     sec.temperature, sec.top_k, sec.top_p, sec.steps, sec.choice_temperature, sec.label
   )
-  # a run that writes no files caches its mixtures in one temporary folder, made when first needed
   scratch: list[str] = []
 
   def workdir() -> str:
     if ctx.workdir is not None:
       return ctx.workdir
     if not scratch:
-      scratch.append(tempfile.mkdtemp(prefix="ae_jax_samples_"))
+      scratch.append(tempfile.mkdtemp(prefix=prefix))
     return scratch[0]
 
-  def evaluate(rstate, step: int, final: bool) -> evaluators.Result:
-    run = run_of(ctx, parallel.unreplicate(rstate), step, workdir())
-    drawn = samplers.draw(
-      run,
+  def draw(rstate, step: int) -> samplers.Drawn:
+    return samplers.draw(
+      run_of(ctx, parallel.unreplicate(rstate), step, workdir()),
       int(sec.num),
       seed=int(sec.seed),
       options=options if prior else None,
@@ -75,6 +80,15 @@ def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
       components=int(sec.components),
       covariance=sec.covariance,
     )
+
+  return draw
+
+
+def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
+  draw = sample_drawer(name, sec, ctx, "ae_jax_samples_")
+
+  def evaluate(rstate, step: int, final: bool) -> evaluators.Result:
+    drawn = draw(rstate, step)
     quality = samplers.score(
       drawn, feature_steps=sec.feature_steps, feature_cache=sec.feature_cache, reference_split=sec.split
     )
