@@ -39,34 +39,31 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
 
 from ae_jax.core.errors import ConfigError
 from ae_jax.core.registry import QUANTIZERS
 from ae_jax.models.interface import register
 from ae_jax.models.layers import check_input_shape
-from ae_jax.models.taming_blocks import Decoder, Encoder, architecture_options, check_architecture, conv
+from ae_jax.models.taming_blocks import (
+  ArchitectureOptions,
+  Decoder,
+  Encoder,
+  architecture_options,
+  check_architecture,
+  conv,
+)
 from ae_jax.models.vqvae import VQVAE
 
 LOGVAR_RANGE = (-30.0, 20.0)  # latent-diffusion's clamp of the posterior log-variance
 LAST_LAYER = ("decoder", "conv_out", "kernel")
 
 
-class _TamingAutoencoder(nn.Module):
-  """The options and the encoder/decoder of both models; subclasses add their bottleneck."""
+class _TamingAutoencoder(ArchitectureOptions):
+  """The encoder/decoder options (`taming_blocks.ArchitectureOptions`, with `resolution` 0: the input
+  height) and the encoder/decoder of both models; subclasses add their bottleneck."""
 
-  input_shape: Sequence[int] = (256, 256, 3)
-  ch: int = 128
-  ch_mult: Sequence[int] = (1, 1, 2, 2, 4)
-  num_res_blocks: int = 2
-  attn_resolutions: Sequence[int] = (16,)
   resolution: int = 0
-  z_channels: int = 256
-  dropout: float = 0.0
-  resamp_with_conv: bool = True
-  norm_groups: int = 32
-  mid_attention: bool = True
-  dtype: jnp.dtype = jnp.float32
+  input_shape: Sequence[int] = (256, 256, 3)
 
   last_layer: ClassVar[tuple[str, ...]] = LAST_LAYER
   model_name: ClassVar[str] = ""

@@ -229,7 +229,7 @@ class Mid(nn.Module):
     return ResnetBlock(c, self.dropout, self.norm_groups, self.dtype, name="block_2")(x, train)
 
 
-class _Options(nn.Module):
+class ArchitectureOptions(nn.Module):
   """The options the encoder and decoder share (the reference's `ddconfig`)."""
 
   ch: int = 128
@@ -253,7 +253,7 @@ class _Options(nn.Module):
     return Level(out, blocks, attention, resample, *options, name=name)
 
 
-class Encoder(_Options):
+class Encoder(ArchitectureOptions):
   """[B, H, W, C] -> [B, H/f, W/f, z_channels] (2 z_channels with double_z), f = 2^(len(ch_mult) - 1)."""
 
   double_z: bool = False
@@ -269,7 +269,7 @@ class Encoder(_Options):
     return conv(2 * self.z_channels if self.double_z else self.z_channels, 3, self.dtype, "conv_out")(h)
 
 
-class Decoder(_Options):
+class Decoder(ArchitectureOptions):
   """z [B, h, w, z_channels] -> [B, h f, w f, out_ch] (linear output), f = 2^(len(ch_mult) - 1)."""
 
   out_ch: int = 3
@@ -285,8 +285,8 @@ class Decoder(_Options):
 
 
 def architecture_options(model: nn.Module) -> dict:
-  """The `_Options` fields of a model that holds them (VQGAN, KLAutoencoder), with `resolution` resolved
-  (0: the input height) and sequences as tuples: the keyword arguments of Encoder and Decoder."""
+  """The `ArchitectureOptions` fields of a model that holds them (VQGAN, KLAutoencoder), with `resolution`
+  resolved (0: the input height) and sequences as tuples: the keyword arguments of Encoder and Decoder."""
   fields = (
     "ch",
     "num_res_blocks",
