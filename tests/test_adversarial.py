@@ -291,3 +291,19 @@ def test_a_checkpoint_of_the_five_field_state_restores(tmp_path):
   restored = checkpoint.Checkpointer(str(tmp_path), keep=3, async_save=False).restore(3, target, {})
   assert int(restored.step) == 3 and restored.ema_params is None and restored.adversary is None
   np.testing.assert_array_equal(restored.params["w"], np.arange(4.0))
+
+
+@pytest.mark.parametrize("term", ["gan_hinge", "gan_nonsaturating", "disc_hinge", "disc_vanilla", "disc_r1"])
+def test_adversarial_terms_have_finite_gradients_at_the_edges(term):
+  """Logits at the hinge's kinks (+-1), at 0 and at +-1e4 (softplus saturated), and a zero R1 gradient:
+  every term and its gradient are finite, under jit."""
+  logits = jnp.array([-1e4, -1.0, 0.0, 1.0, 1e4]).reshape(5, 1, 1, 1)
+  spec = losses.LOSSES[term]
+
+  def total(real, fake, r1):
+    return spec({"disc_real": real, "disc_fake": fake, "r1": r1}, {}).sum()
+
+  value = jax.jit(total)(logits, -logits, jnp.zeros(5))
+  grads = jax.jit(jax.grad(total, argnums=(0, 1, 2)))(logits, -logits, jnp.zeros(5))
+  assert np.isfinite(float(value))
+  assert all(np.all(np.isfinite(np.asarray(g))) for g in grads)
