@@ -1,5 +1,8 @@
 """Anomaly detection from reconstruction errors: scores and thresholds (`scores`), error vectors
-(`reconstruction`), the procedure for trained models (`detect`) and its plots (`plot`)."""
+(`reconstruction`), the procedure for trained models (`detect`) and its plots (`plot`). Discords after a
+normal prefix, the UCR anomaly archive's protocol: its file format and scoring rule (`ucr`), nearest-window
+distances and the matrix profile (`matrix_profile`), a window autoencoder trained on the prefix
+(`window_ae`) and the detector that combines them (`prefix_detector`)."""
 
 from ae_jax.anomaly.detect import AnomalyReport, check_options, detect, threshold_and_test, top_discords
 from ae_jax.anomaly.reconstruction import (
