@@ -27,7 +27,6 @@ import datetime
 import functools
 import io
 import itertools
-import json
 import os
 import shlex
 import statistics
@@ -35,10 +34,11 @@ import sys
 import tarfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks import report as report_module
 
 SIZES = ((64, 64), (256, 256), (256, 128))  # (stored JPEG side, model input side)
 LEVERS = ((1, 0), (2, 0), (0, 1), (0, 2))  # (num_threads, num_workers)
@@ -224,14 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     **{k: v for k, v in options.items() if k in ("batch", "batches", "rounds", "num_records", "warmup")},
     **result,
   }
-  out = Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "decode_images.json").write_text(json.dumps(report, indent=1))
-  text = markdown(result)
-  (out / "decode_images.md").write_text(text)
-  print(f"{report['command']} ({report['date']}, {result['cores']} cores, {result['images']})")
-  print(f"load average at start / end: {load_start[0]:.2f} / {report['load_average']['end'][0]:.2f}")
-  print(text)
+  headline = f"{report['command']} ({report['date']}, {result['cores']} cores, {result['images']})"
+  report_module.write_standalone(args.out, "decode_images", report, markdown(result), headline)
   return 0
 
 

@@ -136,3 +136,19 @@ def markdown(report: dict[str, Any], s: dict[str, Any]) -> str:
     lines += ["## GPU (ms per step)", "", *_table(GPU_COLUMNS, rows)]
   notes = report["notes"] + [f"FAILED {item} (traceback in benchmark.json)" for item in report["errors"]]
   return "\n".join([*lines, "## Notes", "", *(f"- {n}" for n in notes)]) + "\n"
+
+
+def write_standalone(out: str, name: str, report: dict[str, Any], text: str, headline: str) -> None:
+  """Writes OUT/NAME.json (`report`) and OUT/NAME.md (`text`, a Markdown table) of a benchmark run on its
+  own, and prints `headline`, the load average at its start and end (report["load_average"]) and `text`."""
+  import json
+  from pathlib import Path
+
+  folder = Path(out)
+  folder.mkdir(parents=True, exist_ok=True)
+  (folder / f"{name}.json").write_text(json.dumps(report, indent=1))
+  (folder / f"{name}.md").write_text(text)
+  load = report["load_average"]
+  print(headline)
+  print(f"load average at start / end: {load['start'][0]:.2f} / {load['end'][0]:.2f}")
+  print(text)

@@ -6,12 +6,18 @@ evaluators' files as WORKDIR/eval_<step>_<name>.png (the run's own results.json 
     python -m experiments.evaluate --workdir runs/conv_ae --step 2000 --only test
     python -m experiments.evaluate --workdir runs/vqvae_cifar10 --add quality:image_quality \
         --config.evals.quality.split=test --config.evals.test.max_examples=1000
+    python -m experiments.evaluate --workdir runs/vqvae_cifar10 --add rfid:rfid --only rfid \
+        --inception_weights ~/pt_inception-2015-12-05-6726825d.pth
 
 The config is the one the run saved with its checkpoint; `--config.KEY=VALUE` overrides any of it (an
 evaluator's options included), `--add NAME:TYPE` (or `--config.evals.NAME=TYPE`, see
 `ae_jax.runner.config.complete_config`) adds an evaluator section with its defaults first, and `--only
 NAME,NAME`
-runs just those. A workdir without a checkpoint stops with one `error:` line.
+runs just those. `--inception_weights PATH` gives pytorch-fid's Inception weights file (or its folder) to
+every `fid`, `rfid` and `inception_score` section (their `weights` option; without it they look in
+$AE_JAX_INCEPTION and the caches, `ae_jax.metrics.inception_weights`); a path that is not the file, or the
+flag without such a section, stops with one `error:` line. A workdir without a checkpoint stops with one
+`error:` line too.
 """
 
 from __future__ import annotations
@@ -31,8 +37,19 @@ flags.DEFINE_list("only", [], "Run only these evaluators (names in config.evals)
 flags.DEFINE_multi_string(
   "add", [], "NAME:TYPE[:SPLIT]: add an evaluator section with its defaults.", flag_values=FLAGS
 )
+flags.DEFINE_string(
+  "inception_weights",
+  None,
+  "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or its folder), for the fid, rfid and "
+  "inception_score sections.",
+  flag_values=FLAGS,
+)
 flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize().", flag_values=FLAGS)
-USAGE = "python -m experiments.evaluate --workdir DIR [--step N | --best] [--only A,B] [--add NAME:TYPE]"
+USAGE = (
+  "python -m experiments.evaluate --workdir DIR [--step N | --best] [--only A,B] [--add NAME:TYPE] "
+  "[--inception_weights PATH]"
+)
+INCEPTION_TYPES = ("fid", "rfid", "inception_score")  # the evaluators that read --inception_weights
 
 
 def saved_config(argv: list[str]):
@@ -48,7 +65,7 @@ def saved_config(argv: list[str]):
     name, eq, value = arg.lstrip("-").partition("=")
     if name in ("best", "nobest") and not eq:
       values["best"] = ["false" if name == "nobest" else "true"]
-    elif name in ("workdir", "step", "best", "add"):
+    elif name in ("workdir", "step", "best", "add", "inception_weights"):
       values.setdefault(name, []).append(value if eq else (args.pop(0) if args else ""))
   if "workdir" not in values:
     raise ConfigError(f"--workdir is required ({USAGE})")
@@ -61,6 +78,15 @@ def saved_config(argv: list[str]):
     if not type_:
       raise DataError(f"--add={spec}: use NAME:TYPE[:SPLIT]")
     config.evals[name] = evaluators.section(type_, split=split[0] if split else "test")
+  if "inception_weights" in values:
+    inception = [name for name, sec in config.evals.items() if sec.get("type") in INCEPTION_TYPES]
+    if not inception:
+      raise ConfigError(
+        f"--inception_weights: the run has no {'/'.join(INCEPTION_TYPES)} evaluator to give it to; add one, "
+        "e.g. --add fid:fid or --add rfid:rfid"
+      )
+    for name in inception:
+      config.evals[name].weights = os.path.expanduser(values["inception_weights"][-1])
   return config
 
 

@@ -4,6 +4,7 @@ continuous codes of an autoencoder or VAE run (`--prior`) and decodes them throu
     python -m experiments.sample --workdir runs/prior_ar --num 64 [--seed 0] [--temperature 1.0] \
         [--top_k 0] [--top_p 1.0] [--label C|all] [--out DIR]
     python -m experiments.sample --workdir runs/prior_maskgit --num 64 --steps 8 [--choice_temperature 4.5]
+    python -m experiments.sample --workdir runs/prior_ar_conditional --num 100 --label all --guidance 3
 
 Writes OUT/samples.png (a grid of the first 256 decoded images) and OUT/samples.npz (codes [N, *grid] int32,
 tokens [N, L], images [N, H, W, C] float32 in the stage one's model range, labels, and the options), OUT
@@ -26,7 +27,19 @@ training codes (Ghosh et al. 2020; cached in WORKDIR/latent_priors/), `--prior=n
 N(0, I) (`ae_jax.generation.latent`). A sequence VAE with a latent per frame (seq_vae_conv) draws each frame's
 code independently from either and decodes spectrograms [N, T, F], shown as pictures in samples.png.
 `--quality` scores image samples against the test split in a feature network's space
-(`ae_jax.metrics.sample_quality`), with the train-vs-test floor, into OUT/quality.json.
+(`ae_jax.metrics.sample_quality`), with the train-vs-test floor, into OUT/quality.json, and, when the FID
+Inception weights are here (`--inception_weights PATH`, else $AE_JAX_INCEPTION, else the caches or a
+download), in Inception space too: FID with its floor, Inception Score and precision/recall
+(`ae_jax.evaluators.inception_features`), printed side by side with the feature network's numbers and
+written under "inception" in quality.json. Weights named by the flag or the variable that do not load stop
+the command with one `error:` line before sampling; weights found nowhere leave a note saying where to
+put the file, and the feature network's numbers.
+
+    python -m experiments.sample --workdir runs/prior_diffusion_conv_ae --steps 32
+
+A diffusion prior over an autoencoder's or VAE's codes (prior_diffusion.py) is a run of its own, sampled
+through its workdir like the priors over tokens; it reads --steps (ODE steps) only, and `--prior=diffusion`
+on the autoencoder's workdir is one error line naming the priors trained on it.
 """
 
 from __future__ import annotations
@@ -50,7 +63,9 @@ flags.DEFINE_integer("top_k", 0, "Keep the k most probable codes (0: all).", fla
 flags.DEFINE_float(
   "top_p", 1.0, "Nucleus sampling: the smallest set of codes with this mass (1: all).", flag_values=FLAGS
 )
-flags.DEFINE_integer("steps", 8, "MaskGIT: decoding iterations.", flag_values=FLAGS)
+flags.DEFINE_integer(
+  "steps", 8, "MaskGIT: decoding iterations; a diffusion prior: ODE (Heun) steps.", flag_values=FLAGS
+)
 flags.DEFINE_float(
   "choice_temperature",
   4.5,
@@ -63,14 +78,22 @@ flags.DEFINE_string(
   "Class-conditional priors: the class of every sample, or 'all' for the classes in turn (i % classes).",
   flag_values=FLAGS,
 )
+flags.DEFINE_float(
+  "guidance",
+  1.0,
+  "Classifier-free guidance W of a class-conditional prior trained with config.model.class_dropout > 0: "
+  "the logits uncond + W (cond - uncond) before temperature and filters (1: none, 0: the null class).",
+  flag_values=FLAGS,
+)
 flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/samples).", flag_values=FLAGS)
 flags.DEFINE_integer("per_device", 16, "Samples drawn at once on each device.", flag_values=FLAGS)
 flags.DEFINE_enum(
   "prior",
   None,
-  ["mixture", "normal"],
+  ["mixture", "normal", "diffusion"],
   "For an autoencoder or VAE run (not a prior run): sample its codes from a Gaussian mixture fitted on its "
-  "training codes (mixture) or from a VAE's prior N(0, I) (normal), and decode them.",
+  "training codes (mixture) or from a VAE's prior N(0, I) (normal), and decode them. A diffusion prior is a "
+  "run of its own (prior_diffusion.py): sample its workdir (--prior=diffusion is accepted there).",
   flag_values=FLAGS,
 )
 flags.DEFINE_integer("components", 10, "--prior=mixture: mixture components.", flag_values=FLAGS)
@@ -101,9 +124,16 @@ flags.DEFINE_integer(
   "experiments/configs/feature_network.py).",
   flag_values=FLAGS,
 )
+flags.DEFINE_string(
+  "inception_weights",
+  None,
+  "--quality: pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or its folder) for the Inception space "
+  "(default: $AE_JAX_INCEPTION, the caches, or a download).",
+  flag_values=FLAGS,
+)
 flags.mark_flags_as_required(["workdir"], flag_values=FLAGS)
 # the flags of generate.SampleOptions' fields, which only runs of a prior over codes take
-SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "steps", "choice_temperature", "label")
+SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "steps", "choice_temperature", "label", "guidance")
 GRID_IMAGES = 256  # at most this many samples in samples.png
 USAGE = (
   "python -m experiments.sample --workdir PRIOR_WORKDIR --num N [--seed S] [--temperature T] ..., or "
@@ -129,7 +159,7 @@ def sample(argv: list[str]) -> None:
 
   from ae_jax.core import visualize, workdir
   from ae_jax.core.errors import ConfigError
-  from ae_jax.generation import generate, samplers, stage_one
+  from ae_jax.generation import diffusion_sampler, generate, samplers, stage_one
 
   if len(argv) > 1:
     raise ConfigError(f"unexpected arguments {argv[1:]} ({USAGE})")
@@ -139,22 +169,42 @@ def sample(argv: list[str]) -> None:
   # before sampling: an --out that is a file, or a folder that cannot be written, is refused
   out = workdir.prepare(FLAGS.out or os.path.join(run.workdir, "samples"), flag="--out")
   options = generate.SampleOptions(
-    FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.steps, FLAGS.choice_temperature, FLAGS.label
+    FLAGS.temperature,
+    FLAGS.top_k,
+    FLAGS.top_p,
+    FLAGS.steps,
+    FLAGS.choice_temperature,
+    FLAGS.label,
+    FLAGS.guidance,
   )
   if samplers.is_prior_run(run.config):
-    if FLAGS.prior is not None:
+    diffusion = diffusion_sampler.is_diffusion_run(run.config)
+    if FLAGS.prior is not None and not (diffusion and FLAGS.prior == "diffusion"):
       raise ConfigError(
         f"--prior is for autoencoder and VAE runs; {run.workdir} is a prior run: drop --prior"
       )
     given = [name for name in SAMPLING_FLAGS if FLAGS[name].present]
-    generate.check_options(run, options, FLAGS.num, given=given)
+    if diffusion:
+      diffusion_sampler.check_options(run, FLAGS.steps, FLAGS.num, given=given)
+    else:
+      generate.check_options(run, options, FLAGS.num, given=given)
   else:
+    if FLAGS.prior == "diffusion":
+      samplers.check_latent_prior(run.config, FLAGS.prior, workdir=run.workdir)
     for name in SAMPLING_FLAGS:
       if FLAGS[name].present and FLAGS.prior is not None:
         raise ConfigError(f"--{name} is for runs of a prior over codes, not --prior={FLAGS.prior}")
   why_not = samplers.quality_unavailable(run.config.data) if FLAGS.quality else None
   if why_not:
     raise ConfigError(f"--quality: dataset '{run.config.data.name}': {why_not}; drop --quality")
+  if FLAGS.inception_weights is not None and not FLAGS.quality:
+    raise ConfigError("--inception_weights is for --quality's Inception space: add --quality")
+  if FLAGS.quality:  # before sampling: weights asked for that do not load are one error
+    from ae_jax.evaluators import inception_features
+
+    inception_variables, inception_note = inception_features.weights_for_quality(
+      FLAGS.inception_weights, FLAGS.num
+    )
   start = time.perf_counter()
   with tqdm.tqdm(
     total=FLAGS.num, unit="image", desc="sampling", disable=not samplers.is_prior_run(run.config)
@@ -186,9 +236,16 @@ def sample(argv: list[str]) -> None:
   )
   if FLAGS.quality:
     quality = samplers.score(drawn, feature_steps=FLAGS.feature_steps, feature_cache=FLAGS.feature_cache)
-    samplers.write_quality(out, quality, files.sample_id)
+    inception = (
+      None if inception_variables is None else inception_features.score_drawn(drawn, inception_variables)
+    )
+    samplers.write_quality(out, {**quality, "inception": inception}, files.sample_id)
     n = int(quality["num_samples"])
     print(f"sample quality ({n:,} samples vs {n:,} test images): " + samplers.describe(quality))
+    print(
+      "\n".join(inception_features.report_lines(inception, quality))
+      + (f"\n{inception_note}" if inception_note else "")
+    )
 
 
 def main(argv: list[str]) -> None:

@@ -1,11 +1,12 @@
-r"""One markdown table row per finished run, from what each workdir holds (results.json, metrics.jsonl and
-the config saved with its latest checkpoint).
+r"""One markdown table row per finished run, from what each workdir holds (results.json, the evaluations
+`experiments.evaluate` wrote of the same step, metrics.jsonl and the config saved with its latest checkpoint).
 
     python -m experiments.table runs/vq_ema runs/vq_rotation \
         --columns "test NMSE=test/nmse,codes used=codebook/codes_used,bits=bits,ms/step=ms_per_step"
 
-A column is LABEL=KEY (or just KEY; KEY|KEY2 takes the first a run has): a key of results.json, or one
-of the derived values
+A column is LABEL=KEY (or just KEY; KEY|KEY2 takes the first a run has): a key of results.json or of
+WORKDIR/eval_<step>.json for the run's final step (evaluators added afterwards with `experiments.evaluate
+--add`; results.json's value wins where both have a key), or one of the derived values
   bits         bits per example of a quantized model's code (positions x sum of log2 K, as
   ae_jax.runner.bottleneck)
   ms_per_step  median over the logged intervals of global batch / examples_per_sec: training wall time
@@ -36,10 +37,23 @@ def ms_per_step(workdir: str, global_batch: int) -> float | None:
   return statistics.median(rates) if rates else None
 
 
-def row_values(workdir: str, keys: list[str]) -> dict[str, Any]:
-  """The value of every key for one run (None where the run has none)."""
+def final_results(workdir: str) -> dict[str, Any]:
+  """results.json of a finished run, completed by WORKDIR/eval_<step>.json of the same step if it exists
+  (keys results.json lacks: evaluators added after training)."""
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
+  later = os.path.join(workdir, f"eval_{results.get('step')}.json")
+  if os.path.exists(later):
+    with open(later) as f:
+      added = json.load(f)
+    if added.get("step", results.get("step")) == results.get("step"):
+      results = {**added, **results}
+  return results
+
+
+def row_values(workdir: str, keys: list[str]) -> dict[str, Any]:
+  """The value of every key for one run (None where the run has none)."""
+  results = final_results(workdir)
   values: dict[str, Any] = {
     k: next((results[a] for a in k.split("|") if a in results), None) for k in keys if k not in DERIVED
   }

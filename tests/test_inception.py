@@ -472,7 +472,7 @@ def _no_weights_anywhere(monkeypatch, tmp_path) -> Path:
   return tmp_path / "cache" / "ae_jax" / inception_weights.FILE_NAME
 
 
-@pytest.mark.parametrize("kind", ["rfid", "fid"])
+@pytest.mark.parametrize("kind", ["rfid", "fid", "inception_score"])
 def test_evaluators_without_the_weights_are_refused_when_built(kind, tiny_config, tmp_path, monkeypatch):
   """No weights and no download: building the evaluator (before training) raises one ConfigError naming
   $AE_JAX_INCEPTION and the cache path; the model is never run."""
@@ -524,14 +524,20 @@ def test_rfid_evaluator_is_the_frechet_distance_of_the_pool_features(tiny_config
   np.testing.assert_allclose(result.metrics["rfid"], want, rtol=1e-4)
 
 
-def test_fid_evaluator_scores_the_drawn_samples_against_the_split(tiny_config, variables, monkeypatch):
-  """With random Inception weights injected: the fid of 3 images an autoencoder draws (a mixture over its
-  training codes) is frechet_distance of the features of those images and of the first 3 test images."""
+def test_fid_evaluator_scores_the_drawn_samples_against_the_split(
+  tiny_config, variables, monkeypatch, tmp_path
+):
+  """With random Inception weights injected: the fid evaluator's numbers for 3 images an autoencoder draws
+  (a mixture over its training codes) are those computed here with the network directly: the Fréchet
+  distance to the first 3 test images, the floor (the first 3 training images to the same test images), the
+  Inception Score of the samples' bias-free logits and k-NN precision/recall on the pool features; a
+  second evaluation reads the split's features from the reference cache and gives the same numbers."""
   from ae_jax import data, evaluators
   from ae_jax.core import parallel
   from ae_jax.data.dataset import stack_examples
   from ae_jax.evaluators import inception_quality
   from ae_jax.generation import samplers
+  from ae_jax.metrics.sample_metrics import inception_score, precision_recall
   from ae_jax.runner import experiment
 
   monkeypatch.setattr(inception_quality, "load_weights", lambda path, allow_download: variables)
@@ -540,15 +546,32 @@ def test_fid_evaluator_scores_the_drawn_samples_against_the_split(tiny_config, v
   monkeypatch.setattr(samplers, "draw", lambda *a, **k: drawn.append(draw(*a, **k)) or drawn[-1])
   tiny_config.data = data.data_config("synthetic", shape=(8, 8, 1), num_train=16, num_test=4)
   exp = experiment.setup(tiny_config)
-  section = evaluators.section("fid", num=3, batch_size=2, components=2)
-  result = evaluators.EVALUATORS["fid"].build("fid", section, exp.context())(
-    parallel.replicate(exp.state, jax.local_devices()[:2]), 0, True
-  )
+  options = dict(num=3, batch_size=2, components=2, k=2, splits=3, reference_cache=str(tmp_path / "ref"))
+  evaluate = evaluators.EVALUATORS["fid"].build("fid", evaluators.section("fid", **options), exp.context())
+  rstate = parallel.replicate(exp.state, jax.local_devices()[:2])
+  result = evaluate(rstate, 0, True)
   assert result.metrics["num_images"] == 3 and len(drawn) == 1 and drawn[0].images.shape == (3, 8, 8, 1)
+  assert result.metrics["reference_cached"] == 0.0
 
-  x = stack_examples(exp.dataset.split("test"), exp.dataset.info, range(3))["x"]
-  to_unit = exp.dataset.info.to_unit
-  unit = [np.clip(np.asarray(to_unit(np.asarray(a, np.float32))), 0, 1) for a in (x, drawn[0].images)]
-  pool = np.asarray(_direct_apply(variables, np.concatenate(unit))["pool"])
-  want = frechet_distance(*feature_statistics(pool[3:]), *feature_statistics(pool[:3]))
-  np.testing.assert_allclose(result.metrics["fid"], want, rtol=1e-4)
+  info = exp.dataset.info
+  x = stack_examples(exp.dataset.split("test"), info, range(3))["x"]
+  train = stack_examples(exp.dataset.split("train"), info, range(3))["x"]
+  unit = [
+    np.clip(np.asarray(info.to_unit(np.asarray(a, np.float32))), 0, 1) for a in (x, drawn[0].images, train)
+  ]
+  out = _direct_apply(variables, np.concatenate(unit[:2]))  # 6 images: compiled once for the rfid test too
+  pool, logits = np.asarray(out["pool"]), np.asarray(out["logits_unbiased"])
+  real, fake = pool[:3], pool[3:]
+  floor = np.asarray(_direct_apply(variables, np.concatenate([unit[2], unit[0]]))["pool"])[:3]
+  want = {
+    "fid": frechet_distance(*feature_statistics(fake), *feature_statistics(real)),
+    "fid_floor": frechet_distance(*feature_statistics(floor), *feature_statistics(real)),
+    **inception_score(logits[3:], splits=3),
+    **precision_recall(real, fake, k=2),
+  }
+  for key, value in want.items():
+    np.testing.assert_allclose(result.metrics[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+  again = evaluate(rstate, 1, True)
+  assert again.metrics["reference_cached"] == 1.0
+  for key in want:
+    np.testing.assert_allclose(again.metrics[key], result.metrics[key], rtol=1e-6, err_msg=key)

@@ -66,7 +66,7 @@ def test_temperature_zero_draws_the_argmax_at_every_position():
   variables, _ = _init(model)
   logits_fn = lambda t, y: model.apply(variables, t, y, method="logits")  # noqa: E731
   options = generate.SampleOptions(temperature=0.0)
-  tokens = jax.jit(lambda key: model.draw(logits_fn, key, None, options))(jax.random.PRNGKey(1))
+  tokens = jax.jit(lambda key: model.draw(variables, key, None, options))(jax.random.PRNGKey(1))
   np.testing.assert_array_equal(tokens[0], np.argmax(logits_fn(tokens, None)[0], axis=-1))
 
 

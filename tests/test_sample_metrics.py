@@ -8,7 +8,12 @@ import scipy.linalg
 from scipy.spatial.distance import cdist
 
 from ae_jax.core.errors import ConfigError, DataError
-from ae_jax.metrics.sample_metrics import feature_statistics, frechet_distance, precision_recall
+from ae_jax.metrics.sample_metrics import (
+  feature_statistics,
+  frechet_distance,
+  inception_score,
+  precision_recall,
+)
 
 
 def _random_cov(rng, dim, rank=None):
@@ -101,9 +106,24 @@ def test_precision_recall_chunks_match_brute_force(chunk):
   want = _brute_force_precision_recall(real, fake, k=3)
   got = precision_recall(real, fake, k=3, chunk=chunk)
   assert 0.1 < want["precision"] < 0.99 and 0.1 < want["recall"] < 0.99  # a case with something to count
-  # Float32 distances: a point exactly on a ball's border could flip; allow one point each way.
-  assert abs(got["precision"] - want["precision"]) <= 1 / 250
-  assert abs(got["recall"] - want["recall"]) <= 1 / 400
+  assert got == want  # float64 distances: no point of random data lies within rounding of a ball's border
+
+
+def test_precision_recall_of_tight_clusters_far_from_the_origin():
+  """Two real clusters at +-1000 in 16 dimensions (spread 0.01) and fakes of which 20 lie in them and 180
+  are shifted by 0.25 in every coordinate (1.0 away, 100 spreads): the expanded |a|^2 + |b|^2 - 2ab loses
+  every distance inside a cluster to rounding in float32 (which scored precision and recall 1.0); the
+  result must be the brute-force float64 one, precision 0.07."""
+  rng = np.random.default_rng(0)
+  centres = np.stack([np.full(16, 1000.0), np.full(16, -1000.0)])
+  real = centres[rng.integers(2, size=200)] + 0.01 * rng.standard_normal((200, 16))
+  near = centres[rng.integers(2, size=20)] + 0.01 * rng.standard_normal((20, 16))
+  far = centres[rng.integers(2, size=180)] + 0.25 + 0.01 * rng.standard_normal((180, 16))
+  fake = np.concatenate([near, far])
+  want = _brute_force_precision_recall(real, fake, k=3)
+  assert want == {"precision": 0.07, "recall": 0.865}
+  assert precision_recall(real, fake, k=3) == want
+  assert precision_recall(real.astype(np.float32), fake.astype(np.float32), k=3) == want
 
 
 def test_precision_recall_bad_arguments():
@@ -114,3 +134,49 @@ def test_precision_recall_bad_arguments():
     precision_recall(np.zeros((10, 2)), np.zeros((10, 3)))
   with pytest.raises(DataError, match="NaN"):
     precision_recall(np.full((10, 2), np.nan), np.zeros((10, 2)))
+
+
+def _torch_fidelity_isc(logits: np.ndarray, splits: int, rng_seed: int = 2020) -> tuple[float, float]:
+  """torch-fidelity's isc_features_to_metric (metric_isc.py), written out with torch: shuffle by
+  RandomState(rng_seed), float64 softmax, consecutive splits, exp of the mean KL, mean and np.std."""
+  import torch
+
+  feature = torch.from_numpy(logits)[np.random.RandomState(rng_seed).permutation(len(logits))].double()
+  n = len(logits)
+  p, log_p = feature.softmax(dim=1), feature.log_softmax(dim=1)
+  scores = []
+  for i in range(splits):
+    p_chunk, log_p_chunk = (
+      p[i * n // splits : (i + 1) * n // splits],
+      log_p[i * n // splits : (i + 1) * n // splits],
+    )
+    q = p_chunk.mean(dim=0, keepdim=True)
+    scores.append((p_chunk * (log_p_chunk - torch.log(q))).sum(dim=1).mean().exp().item())
+  return float(np.mean(scores)), float(np.std(scores))
+
+
+def test_inception_score_closed_forms():
+  """Logits a * onehot(c) over C = 4 classes, each split holding the 4 classes once (no shuffle): p(y) is
+  uniform and every example's KL is q log(qC) + (C - 1) r log(rC), q = e^a / (e^a + C - 1), r = 1 / (e^a + C
+  - 1), so IS = exp of it in every split (std 0); uniform logits score 1; a point mass per class scores C."""
+  c, a = 4, 2.0
+  logits = a * np.tile(np.eye(c), (10, 1))  # 40 examples, split i = examples 4i..4i+3
+  q, r = np.exp(a) / (np.exp(a) + c - 1), 1.0 / (np.exp(a) + c - 1)
+  want = np.exp(q * np.log(q * c) + (c - 1) * r * np.log(r * c))
+  got = inception_score(logits, splits=10, shuffle_seed=None)
+  np.testing.assert_allclose(got["inception_score"], want, rtol=1e-12)
+  assert got["inception_score_std"] < 1e-12
+  assert inception_score(np.zeros((20, 1008)), splits=10)["inception_score"] == 1.0
+  point = inception_score(1e4 * np.tile(np.eye(c), (10, 1)), splits=10, shuffle_seed=None)  # exp(-1e4) = 0
+  np.testing.assert_allclose(point["inception_score"], c, rtol=1e-12)
+
+
+def test_inception_score_is_torch_fidelitys():
+  """Random logits [103, 1008] (N not a multiple of the 10 splits), shuffled with torch-fidelity's seed."""
+  logits = np.random.default_rng(7).standard_normal((103, 1008)) * 3.0
+  got = inception_score(logits.astype(np.float32), splits=10)
+  want = _torch_fidelity_isc(logits.astype(np.float32).astype(np.float64), splits=10)
+  np.testing.assert_allclose([got["inception_score"], got["inception_score_std"]], want, rtol=1e-10)
+  assert got["inception_score_std"] > 0
+  with pytest.raises(ConfigError, match="splits"):
+    inception_score(logits[:5], splits=10)

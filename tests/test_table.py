@@ -24,3 +24,13 @@ def test_a_row_holds_the_results_and_the_derived_values(tiny_config, tmp_path):
   assert text[0] == "| run | MSE | none | steps | ms/step | bits |" and text[2].startswith("| run_a | ")
   assert text[2].endswith(" | – |")
   assert table.main([str(tmp_path / "nothing"), "--columns", "x"]) == 1
+
+
+def test_evaluations_added_to_the_final_step_join_the_row_and_the_results_win(tmp_path):
+  run = tmp_path / "run_b"
+  run.mkdir()
+  (run / "results.json").write_text(json.dumps({"step": 400, "test/mse": 0.5, "quality/psnr": 20.0}))
+  (run / "eval_400.json").write_text(json.dumps({"step": 400, "lpips/lpips": 0.25, "test/mse": 9.0}))
+  (run / "eval_300.json").write_text(json.dumps({"step": 300, "rfd/rfd": 7.0}))  # another step: not read
+  values = table.row_values(str(run), ["test/mse", "lpips/lpips", "rfd/rfd"])
+  assert values == {"test/mse": 0.5, "lpips/lpips": 0.25, "rfd/rfd": None}

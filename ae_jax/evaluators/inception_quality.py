@@ -1,5 +1,6 @@
-"""The `fid` and `rfid` evaluators: Fréchet Inception Distance in the space of the FID Inception network
-(`ae_jax.metrics.inception`, pytorch-fid's weights), the numbers papers print.
+"""The `fid`, `inception_score` and `rfid` evaluators: Fréchet Inception Distance, Inception Score and
+precision/recall in the space of the FID Inception network (`ae_jax.metrics.inception`, pytorch-fid's
+weights), the numbers papers print.
 
     config.evals.rfid = evaluators.section("rfid", split="test")            # the tokenizer number
     config.evals.fid = evaluators.section("fid", split="test", num=10000)   # samples against the split
@@ -7,7 +8,12 @@
 rfid: the reconstructions of `split` (all of it, or its first `max_examples`) against the same images.
 fid: `num` images the run generates (as the `sample_quality` evaluator draws them: a prior run's tokens
 through its stage one, an autoencoder's or VAE's codes from `prior`) against as many images of `split`
-(of the stage one's dataset for a prior run).
+(of the stage one's dataset for a prior run), with the floor (as many training images against the same
+split images, `floor`), the samples' Inception Score (`splits`) and k-NN precision/recall (`k`) on the
+pool features (`inception_features.score_samples`). The split's and the training images' features are
+cached with a fingerprint of the images and the protocol (`reference_cache`: the folder, default
+$XDG_CACHE_HOME/ae_jax/fid_reference; `ae_jax.metrics.inception_reference`).
+inception_score: the Inception Score of `num` generated images alone (no real images).
 
 Images are mapped to [0, 1] by the dataset's `to_unit` and clipped there, then given to the network under
 `inception.PROTOCOL` (pytorch-fid's: bilinear F.interpolate to 299x299, align_corners=False, float32, no
@@ -23,8 +29,10 @@ Weights: the `weights` option (a file or folder), else $AE_JAX_INCEPTION, else t
 they are absent the evaluator is refused when it is built, before any training or computation, with one
 ConfigError naming $AE_JAX_INCEPTION and the cache path.
 
-Metrics: `fid` or `rfid`, `num_images` (images on each side) and `images_per_second`. Single-process runs
-only (the features are gathered on the host).
+Metrics: rfid: `rfid`, `num_images`, `images_per_second`; fid: `fid`, `fid_floor`, `inception_score`,
+`inception_score_std`, `precision`, `recall`, `num_images`, `images_per_second`, `reference_cached`;
+inception_score: `inception_score`, `inception_score_std`, `num_images`, `images_per_second`. Single-process
+runs only (the features are gathered on the host).
 """
 
 from __future__ import annotations
@@ -45,8 +53,8 @@ from ae_jax.core import parallel
 from ae_jax.core.errors import ConfigError
 from ae_jax.data import resolve
 from ae_jax.data.pipeline import eval_batches
-from ae_jax.evaluators import batches, samples
-from ae_jax.metrics import inception, inception_weights
+from ae_jax.evaluators import batches, inception_features, samples
+from ae_jax.metrics import inception, inception_weights, sample_metrics
 from ae_jax.metrics.sample_metrics import feature_statistics, frechet_distance
 from ae_jax.training.outputs import Progress
 
@@ -62,16 +70,6 @@ def _unit(x: jax.Array, to_unit: Callable) -> jax.Array:
   return jnp.clip(to_unit(x.astype(jnp.float32)), 0.0, 1.0)
 
 
-def _pool(variables: Any, images: jax.Array) -> jax.Array:
-  return inception.InceptionV3().apply(variables, images)["pool"]
-
-
-@functools.lru_cache(maxsize=16)
-def _pmapped_pool(to_unit: Callable, devices: tuple) -> Callable:
-  """(replicated variables, images [D, b, H, W, C] in model units) -> pool features [D, b, 2048]."""
-  return jax.pmap(lambda v, x: _pool(v, _unit(x, to_unit)), axis_name=parallel.AXIS, devices=devices)
-
-
 @functools.lru_cache(maxsize=16)
 def _pmapped_recon_pool(model: Any, to_unit: Callable, devices: tuple) -> Callable:
   """(replicated state, replicated variables, batch) -> (pool of the inputs, pool of the reconstructions)."""
@@ -79,62 +77,10 @@ def _pmapped_recon_pool(model: Any, to_unit: Callable, devices: tuple) -> Callab
   def fn(state, variables, batch):
     recon = batches.model_outputs(model, state, batch)["recon"]
     both = jnp.concatenate([_unit(batch["x"], to_unit), _unit(recon, to_unit)])
-    real, fake = jnp.split(_pool(variables, both), 2)
+    real, fake = jnp.split(inception.InceptionV3().apply(variables, both)["pool"], 2)
     return real, fake
 
   return jax.pmap(fn, axis_name=parallel.AXIS, devices=devices)
-
-
-class _Throughput:
-  """Seconds spent in the forward passes and the images they saw; the first call (which compiles) counts
-  only when it is the only one."""
-
-  def __init__(self) -> None:
-    self.first: tuple[float, int] | None = None
-    self.seconds, self.images = 0.0, 0
-
-  def add(self, seconds: float, images: int) -> None:
-    if self.first is None:
-      self.first = (seconds, images)
-    else:
-      self.seconds, self.images = self.seconds + seconds, self.images + images
-
-  @property
-  def per_second(self) -> float:
-    seconds, images = (self.seconds, self.images) if self.images else (self.first or (0.0, 0))
-    return images / seconds if seconds > 0 else float("nan")
-
-
-def pool_features(
-  images: np.ndarray,
-  rvariables: Any,
-  to_unit: Callable,
-  *,
-  batch_size: int,
-  label: str,
-  throughput: _Throughput | None = None,
-) -> np.ndarray:
-  """Pool features [N, 2048] float32 of images [N, H, W, C] in model units, `batch_size` at a time over the
-  devices `rvariables` (replicated) live on; the last batch padded by repetition."""
-  devices = parallel.devices_of(rvariables)
-  per = max(1, -(-batch_size // len(devices)))
-  fn = _pmapped_pool(to_unit, devices)
-  out, progress = [], Progress(label, len(images))
-  for start in range(0, len(images), per * len(devices)):
-    chunk = images[start : start + per * len(devices)]
-    padded = np.concatenate([chunk, np.repeat(chunk[-1:], per * len(devices) - len(chunk), axis=0)])
-    begin = time.perf_counter()
-    pool = np.asarray(
-      jax.device_get(
-        fn(rvariables, parallel.shard(padded.reshape(len(devices), per, *chunk.shape[1:]), devices))
-      )
-    )
-    if throughput is not None:
-      throughput.add(time.perf_counter() - begin, len(padded))
-    out.append(pool.reshape(-1, pool.shape[-1])[: len(chunk)])
-    progress.update(start + len(chunk))
-  progress.close()
-  return np.concatenate(out)
 
 
 def reconstruction_features(
@@ -142,7 +88,7 @@ def reconstruction_features(
   rvariables: Any,
   ctx: evaluators.Context,
   sec: ml_collections.ConfigDict,
-  throughput: _Throughput,
+  throughput: inception_features.Throughput,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Pool features of the images of `sec.split` and of their reconstructions: two [N, 2048] float32."""
   devices = parallel.devices_of(rstate)
@@ -185,7 +131,9 @@ def _weights(name: str, sec: ml_collections.ConfigDict) -> Any:
   return load_weights(sec.weights, bool(sec.download))  # absent or damaged: refused now, before training
 
 
-def _result(metric: str, fid: float, n: int, throughput: _Throughput, what: str) -> evaluators.Result:
+def _result(
+  metric: str, fid: float, n: int, throughput: inception_features.Throughput, what: str
+) -> evaluators.Result:
   rate = throughput.per_second
   log.info("%s: %.1f images/s through the network (%s)", metric, rate, what)
   return evaluators.Result(
@@ -203,7 +151,7 @@ def _build_rfid(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Conte
     devices = parallel.devices_of(rstate)
     if devices not in replicated:
       replicated[devices] = parallel.replicate(variables, devices)
-    throughput = _Throughput()
+    throughput = inception_features.Throughput()
     real, fake = reconstruction_features(rstate, replicated[devices], ctx, sec, throughput)
     return _result("rfid", _fid(real, fake), len(real), throughput, f"reconstructions of {sec.split}")
 
@@ -212,26 +160,73 @@ def _build_rfid(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Conte
 
 def _build_fid(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
   from ae_jax import data
-  from ae_jax.data.dataset import stack_examples
 
+  need = max(2, int(sec.k) + 1, int(sec.splits))
+  if int(sec.k) < 1 or int(sec.splits) < 1 or int(sec.num) < need:
+    raise ConfigError(
+      f"config.evals.{name}: needs k >= 1, splits >= 1 and num >= max(2, k + 1, splits) = {need} samples, "
+      f"got k={sec.k}, splits={sec.splits}, num={sec.num}"
+    )
   variables = _weights(name, sec)
+  digest = inception_features.variables_digest(variables)
   draw = samples.sample_drawer(name, sec, ctx, "ae_jax_fid_")
 
   def evaluate(rstate, step: int, final: bool) -> evaluators.Result:
     drawn = draw(rstate, step)
-    dataset = data.get_dataset(drawn.source.config.data)
-    reference = dataset.split(sec.split)
-    n = min(len(drawn.images), len(reference))
-    if n < 2:
-      raise ConfigError(f"config.evals.{name}: FID needs at least 2 images on each side, got {n}")
-    rvariables = parallel.replicate(variables, parallel.devices_of(rstate))
-    throughput = _Throughput()
-    common = {"batch_size": int(sec.batch_size), "throughput": throughput}
-    to_unit = dataset.info.to_unit
-    fake = pool_features(drawn.images[:n], rvariables, to_unit, label="fid on samples", **common)
-    real_images = stack_examples(reference, dataset.info, range(n))["x"]
-    real = pool_features(real_images, rvariables, to_unit, label=f"fid on {sec.split}", **common)
-    return _result("fid", _fid(real, fake), n, throughput, f"{drawn.what} against {sec.split}")
+    data_config = drawn.source.config.data
+    quality = inception_features.score_samples(
+      drawn.images,
+      data.get_dataset(data_config),
+      data_config.name,
+      parallel.replicate(variables, parallel.devices_of(rstate)),
+      digest,
+      split=sec.split,
+      floor=bool(sec.floor),
+      k=int(sec.k),
+      splits=int(sec.splits),
+      batch_size=int(sec.batch_size),
+      reference_cache=sec.reference_cache,
+    )
+    n, rate = int(quality["num_images"]), quality["images_per_second"]
+    log.info("fid: %.1f images/s through the network", rate)
+    metrics = {k: float(v) for k, v in quality.items() if k != "protocol"}
+    line = f"{name}: {inception_features.describe(quality)} ({n:,} images, {drawn.what} against {sec.split}; "
+    return evaluators.Result(
+      metrics, {"protocol": inception.PROTOCOL}, lines=[line + f"{rate:.1f} images/s; {inception.PROTOCOL})"]
+    )
+
+  return evaluate
+
+
+def _build_inception_score(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
+  from ae_jax import data
+
+  if not 1 <= int(sec.splits) <= int(sec.num):
+    raise ConfigError(
+      f"config.evals.{name}: needs 1 <= splits <= num, got splits={sec.splits}, num={sec.num}"
+    )
+  variables = _weights(name, sec)
+  draw = samples.sample_drawer(name, sec, ctx, "ae_jax_is_")
+
+  def evaluate(rstate, step: int, final: bool) -> evaluators.Result:
+    drawn = draw(rstate, step)
+    to_unit = data.get_dataset(drawn.source.config.data).info.to_unit
+    throughput = inception_features.Throughput()
+    _, logits = inception_features.network_outputs(
+      inception_features.unit_images(drawn.images, to_unit),
+      parallel.replicate(variables, parallel.devices_of(rstate)),
+      batch_size=int(sec.batch_size),
+      label="Inception Score",
+      throughput=throughput,
+    )
+    score = sample_metrics.inception_score(logits, splits=int(sec.splits))
+    n, rate = len(logits), throughput.per_second
+    metrics = {**score, "num_images": float(n), "images_per_second": rate}
+    line = (
+      f"{name}: Inception Score {score['inception_score']:.3f} +- {score['inception_score_std']:.3f} ({n:,} "
+      f"images, {drawn.what}; {int(sec.splits)} splits; {rate:.1f} images/s; {inception.PROTOCOL})"
+    )
+    return evaluators.Result(metrics, {"protocol": inception.PROTOCOL}, lines=[line])
 
   return evaluate
 
@@ -272,8 +267,25 @@ evaluators.register(
   evaluators.EvaluatorSpec(
     name="fid",
     build=_build_fid,
-    options={**_COMMON, **samples.DRAW_OPTIONS},
+    options={
+      **_COMMON,
+      **samples.DRAW_OPTIONS,
+      "reference_cache": ml_collections.config_dict.placeholder(str),
+      "floor": True,
+      "k": 3,
+      "splits": 10,
+    },
     needs=_samples_scorable,
-    description="Fréchet Inception Distance of images the run generates to a split's images",
+    description="Fréchet Inception Distance, its train-vs-split floor, Inception Score and precision/recall "
+    "in Inception space of images the run generates",
+  )
+)
+evaluators.register(
+  evaluators.EvaluatorSpec(
+    name="inception_score",
+    build=_build_inception_score,
+    options={**_COMMON, **samples.DRAW_OPTIONS, "splits": 10},
+    needs=_samples_scorable,
+    description="Inception Score of images the run generates",
   )
 )

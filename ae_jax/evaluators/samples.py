@@ -8,11 +8,12 @@ Metrics: frechet_feature_distance, precision, recall, floor_frechet_feature_dist
 images against the same split images: what a perfect generator scores), class_accuracy (class-conditional
 samples: the feature network's accuracy on the classes they were drawn for), num_samples.
 
-Options: num, seed; a prior run's temperature, top_k, top_p, steps, choice_temperature and label (a class,
-or "all" for the classes in turn); an autoencoder's or VAE's prior ("mixture" over its training codes, with
-components and covariance; "normal": a VAE's N(0, I)); feature_steps and feature_cache (the feature
-network's training steps, default the dataset's shipped network (`feature_network.settings_for`), and its
-cache folder, default $XDG_CACHE_HOME/ae_jax/feature_networks, else ~/.cache/ae_jax/feature_networks).
+Options: num, seed; a prior run's temperature, top_k, top_p, steps, choice_temperature, label (a class, or
+"all" for the classes in turn) and guidance (classifier-free guidance W; 1: none); an autoencoder's or VAE's
+prior ("mixture" over its training codes, with components and covariance; "normal": a VAE's N(0, I));
+feature_steps and feature_cache (the feature network's training steps, default the dataset's shipped network
+(`feature_network.settings_for`), and its cache folder, default $XDG_CACHE_HOME/ae_jax/feature_networks,
+else ~/.cache/ae_jax/feature_networks).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def sample_drawer(
   if not prior:
     samplers.check_latent_prior(ctx.config, sec.prior, f"config.evals.{name}.prior", ctx.workdir or "this")
   options = generate.SampleOptions(
-    sec.temperature, sec.top_k, sec.top_p, sec.steps, sec.choice_temperature, sec.label
+    sec.temperature, sec.top_k, sec.top_p, sec.steps, sec.choice_temperature, sec.label, sec.guidance
   )
   scratch: list[str] = []
 
@@ -110,6 +111,7 @@ DRAW_OPTIONS = {
   "steps": 8,
   "choice_temperature": 4.5,
   "label": ml_collections.config_dict.placeholder(str),
+  "guidance": 1.0,
   "prior": "mixture",
   "components": 10,
   "covariance": "full",

@@ -6,6 +6,9 @@ samplers that draw from a run (samplers.py): the second stage after a VQ-VAE or 
 * `MaskGITTransformer` (maskgit.py): a bidirectional masked-token transformer (Chang et al. 2022), its
   training masks (`random_mask`, `masked_token_loss`) and iterative parallel decoding (`maskgit_decode`).
 * `fit_gaussian_mixture` (mixture.py): ex-post density estimation of continuous latents (Ghosh et al. 2020).
+* `diffusion_prior` (denoisers.py): a flow-matching prior over an autoencoder's or VAE's standardised codes
+  (the `latent_codes` dataset, latent_codes.py), its noising path and ODE sampler (diffusion.py), drawn
+  through its frozen stage one by diffusion_sampler.py.
 
 Both transformers share one trunk (trunk.py) and one set of logit filters (sampling.py).
 """

@@ -20,8 +20,11 @@ Each metric is a function of its loss term's per-example mean, `term_metrics(mea
 to its batch's mean, and the `losses` evaluator to the term's exact mean over the split (padding excluded),
 so test/bits_per_code is always test/code_nll / (L ln 2).
 
-`num_classes > 0` makes either class-conditional (labels [B] in [0, num_classes)); `logits(tokens,
-labels)` is the transformer alone, what the samplers (`sample_autoregressive`, `maskgit_decode`) call.
+`num_classes > 0` makes either class-conditional (labels [B] in [0, num_classes)); `class_dropout` p > 0
+trains it for classifier-free guidance (a label replaced by the null class, label id num_classes, with
+probability p: `transformer.drop_labels`). `logits(tokens, labels)` is the transformer alone, what the
+samplers (`sample_autoregressive`, `maskgit_decode`) call; `draw(variables, key, labels, options)` one
+sample (the AR prior's through its key/value cache, `sample_cached`), with guidance W = options.guidance.
 """
 
 from __future__ import annotations
@@ -45,11 +48,12 @@ from ae_jax.generation import (
   token_nll,
 )
 from ae_jax.generation.maskgit import MASK_SCHEDULES, fixed_mask
+from ae_jax.generation.transformer import check_guidance, sample_cached, with_guidance, zero_cache
 from ae_jax.generation.trunk import TrunkOptions
 from ae_jax.models import interface
 
 # The sampling options an autoregressive prior reads (generate.SampleOptions' fields).
-AUTOREGRESSIVE_OPTIONS = ("temperature", "top_k", "top_p", "label")
+AUTOREGRESSIVE_OPTIONS = ("temperature", "top_k", "top_p", "label", "guidance")
 
 
 def _seq_len(model: str, input_shape: Sequence[int]) -> int:
@@ -68,6 +72,7 @@ class _TransformerPrior(TrunkOptions):
   vocab_size: int = 512
   input_shape: Sequence[int] = (49,)
   num_classes: int = 0
+  class_dropout: float = 0.0
 
   def _options(self) -> dict:
     if self.vocab_size < 2:
@@ -76,7 +81,11 @@ class _TransformerPrior(TrunkOptions):
       )
     seq_len = _seq_len(type(self).__name__, self.input_shape)
     return dict(
-      vocab_size=self.vocab_size, seq_len=seq_len, num_classes=self.num_classes, **self.trunk_options()
+      vocab_size=self.vocab_size,
+      seq_len=seq_len,
+      num_classes=self.num_classes,
+      class_dropout=self.class_dropout,
+      **self.trunk_options(),
     )
 
   def logits(self, tokens: jax.Array, labels: jax.Array | None = None, train: bool = False) -> jax.Array:
@@ -114,10 +123,19 @@ class Autoregressive:
     kwargs = {"labels": labels} if self.num_classes else {}
     return self(x, train=False, **kwargs)["code_nll"]
 
-  def draw(self, logits_fn, key: jax.Array, labels: jax.Array | None, options) -> jax.Array:
-    """One sequence [1, L], position by position (`sample_autoregressive`)."""
+  def draw(self, variables: Any, key: jax.Array, labels: jax.Array | None, options) -> jax.Array:
+    """One sequence [1, L], position by position (`draw_recompute`)."""
+    return self.draw_recompute(variables, key, labels, options)
+
+  def draw_recompute(self, variables: Any, key: jax.Array, labels: jax.Array | None, options) -> jax.Array:
+    """One sequence [1, L] by `sample_autoregressive` (L full forward passes of `logits`), with guidance
+    W = options.guidance (`with_guidance`)."""
+    # a prior without the option (docs/extending.md's) has no null class
+    dropout = getattr(self, "class_dropout", 0.0)
+    check_guidance(type(self).__name__, options.guidance, self.num_classes, dropout)
+    logits_fn = lambda tokens, y: self.apply(variables, tokens, y, method="logits")  # noqa: E731
     return sample_autoregressive(
-      logits_fn,
+      with_guidance(logits_fn, options.guidance, self.num_classes),
       key,
       1,
       seq_len=int(self.input_shape[0]),
@@ -135,6 +153,46 @@ class ARPrior(Autoregressive, _TransformerPrior):
 
   def setup(self) -> None:
     self.transformer = ARTransformer(**self._options(), name="transformer")
+
+  def init_cache(self, batch: int) -> None:
+    """Creates the zero key/value cache of `batch` sequences (`ARTransformer.init_cache`)."""
+    self.transformer.init_cache(batch)
+
+  def decode_step(self, ids: jax.Array, position: jax.Array) -> jax.Array:
+    """ids [B] at `position` -> logits [B, K] through the cache (`ARTransformer.decode_step`)."""
+    return self.transformer.decode_step(ids, position)
+
+  def start_ids(self, labels: jax.Array | None, batch: int) -> jax.Array:
+    """The ids fed at position 0: int32 [batch] (`ARTransformer.start_ids`)."""
+    return self.transformer.start_ids(labels, batch)
+
+  def draw(self, variables: Any, key: jax.Array, labels: jax.Array | None, options) -> jax.Array:
+    """One sequence [1, L] through the key/value cache (`sample_cached`: the same tokens as
+    `draw_recompute`); with guidance W != 1 the conditional and null-class passes share one cache of batch
+    2."""
+    check_guidance(type(self).__name__, options.guidance, self.num_classes, self.class_dropout)
+    if options.guidance != 1.0:
+      labels = jnp.concatenate([labels, jnp.full_like(labels, self.num_classes)])
+    batch = 1 if labels is None else labels.shape[0]
+    cache = zero_cache(lambda: self.apply(variables, batch, method="init_cache", mutable=["cache"]))
+
+    def step(cache: Any, ids: jax.Array, t: jax.Array) -> tuple[jax.Array, Any]:
+      logits, mutated = self.apply(
+        {**variables, "cache": cache}, ids, t, method="decode_step", mutable=["cache"]
+      )
+      return logits, mutated["cache"]
+
+    return sample_cached(
+      step,
+      cache,
+      key,
+      self.apply(variables, labels, batch, method="start_ids"),
+      seq_len=int(self.input_shape[0]),
+      temperature=options.temperature,
+      top_k=options.top_k,
+      top_p=options.top_p,
+      guidance=options.guidance,
+    )
 
 
 @interface.register("maskgit_prior", ("code_prior", "conditional"))
@@ -155,10 +213,13 @@ class MaskGITPrior(_TransformerPrior):
     mask = fixed_mask(index, x.shape[-1], float(settings["mask_ratio"]), int(settings["mask_seed"]))
     return self(x, train=False, labels=labels, token_mask=mask)["masked_code_xent"]
 
-  def draw(self, logits_fn, key: jax.Array, labels: jax.Array | None, options) -> jax.Array:
-    """One sequence [1, L] by iterative parallel decoding (`maskgit_decode`, `options.steps` iterations)."""
+  def draw(self, variables: Any, key: jax.Array, labels: jax.Array | None, options) -> jax.Array:
+    """One sequence [1, L] by iterative parallel decoding (`maskgit_decode`, `options.steps` iterations),
+    with guidance W = options.guidance (`with_guidance`)."""
+    check_guidance(type(self).__name__, options.guidance, self.num_classes, self.class_dropout)
+    logits_fn = lambda tokens, y: self.apply(variables, tokens, y, method="logits")  # noqa: E731
     return maskgit_decode(
-      logits_fn,
+      with_guidance(logits_fn, options.guidance, self.num_classes),
       key,
       1,
       seq_len=int(self.input_shape[0]),

@@ -6,10 +6,10 @@
     images = tokenizer_of(prior).decode_codes(tokens)
 
 Example i is drawn from its own key fold_in(PRNGKey(seed), i), `per_device` examples at a time on each
-local device (one vmapped sampler per example, the prior's `draw`: `sample_autoregressive`, or
-`maskgit_decode` with `steps` iterations), so the samples of a seed do not depend on how many devices
-share the work: each device runs the same program on the same examples' keys (tested on 1 and 8
-devices).
+local device (one vmapped sampler per example, the prior's `draw`: `sample_cached` for the AR
+transformer, `sample_autoregressive` for the PixelCNN, or `maskgit_decode` with `steps` iterations), so
+the samples of a seed do not depend on how many devices share the work: each device runs the same program
+on the same examples' keys (tested on 1 and 8 devices).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from ae_jax.core import parallel
 from ae_jax.core.errors import ConfigError
 from ae_jax.generation import stage_one
 from ae_jax.generation.sampling import check_sampling_options
+from ae_jax.generation.transformer import check_guidance
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +36,8 @@ class SampleOptions:
   """How to draw: temperature (< 1e-5: greedy), top_k (0: off), top_p (1: off); MaskGIT's decoding
   iterations `steps` and `choice_temperature`; `label` (class-conditional priors: the class of every
   sample, or "all" for the classes in turn, sample i of class i % num_classes; None for unconditional
-  ones)."""
+  ones); `guidance` W, classifier-free guidance of a prior trained with class_dropout > 0 (the logits
+  uncond + W (cond - uncond); 1: the conditional prior, 0: the null-class prior)."""
 
   temperature: float = 1.0
   top_k: int = 0
@@ -43,6 +45,7 @@ class SampleOptions:
   steps: int = 8
   choice_temperature: float = 4.5
   label: int | str | None = None
+  guidance: float = 1.0
 
   def labels(self, index: np.ndarray, num_classes: int) -> np.ndarray:
     """The class of samples `index` int [n]: int32 [n] (-1: unconditional)."""
@@ -51,6 +54,20 @@ class SampleOptions:
     if self.label == "all":
       return (index % num_classes).astype(np.int32)
     return np.full(index.shape, int(self.label), np.int32)
+
+
+def refuse_unread(prior: stage_one.Run, given: Collection[str], num: int) -> None:
+  """ConfigError (one line) for a sampling option the user set (`given`: `SampleOptions` field names) that
+  this prior's model does not read (its class attribute `sampling_options`), or for num < 1."""
+  reads = type(prior.model).sampling_options
+  unused = [name for name in given if name not in reads]
+  if unused:
+    raise ConfigError(
+      f"--{unused[0]} is not an option of this prior ('{prior.config.model.name}'); it reads "
+      + ", ".join(f"--{n}" for n in reads)
+    )
+  if num < 1:
+    raise ConfigError(f"--num must be >= 1, got {num}")
 
 
 def check_options(
@@ -64,14 +81,7 @@ def check_options(
     raise ConfigError(
       f"{prior.workdir} is a '{prior.config.model.name}' run, not a prior over codes ({', '.join(priors)})"
     )
-  unused = [name for name in given if name not in model.sampling_options]
-  if unused:
-    raise ConfigError(
-      f"--{unused[0]} is not an option of this prior ('{prior.config.model.name}'); it reads "
-      + ", ".join(f"--{n}" for n in model.sampling_options)
-    )
-  if num < 1:
-    raise ConfigError(f"--num must be >= 1, got {num}")
+  refuse_unread(prior, given, num)
   if options.temperature < 0:
     raise ConfigError(f"--temperature must be >= 0 (0: greedy), got {options.temperature}")
   check_sampling_options(options.temperature, options.top_k, options.top_p)
@@ -88,6 +98,13 @@ def check_options(
       raise ConfigError(f"--label must be a class id or 'all', got '{options.label}'")
     if not 0 <= int(options.label) < model.num_classes:
       raise ConfigError(f"--label must be in [0, {model.num_classes}) or 'all', got {options.label}")
+  check_guidance(
+    prior.config.model.name,
+    options.guidance,
+    model.num_classes,
+    getattr(model, "class_dropout", 0.0),
+    given="guidance" in given,
+  )
 
 
 def _sampler(model: Any, options: SampleOptions) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
@@ -96,8 +113,7 @@ def _sampler(model: Any, options: SampleOptions) -> Callable[[Any, jax.Array, ja
 
   def one(variables: Any, key: jax.Array, label: jax.Array) -> jax.Array:
     labels = label[None] if model.num_classes else None
-    logits_fn = lambda tokens, y: model.apply(variables, tokens, y, method="logits")  # noqa: E731
-    return model.draw(logits_fn, key, labels, options)[0]
+    return model.draw(variables, key, labels, options)[0]
 
   return lambda variables, keys, labels: jax.vmap(one, in_axes=(None, 0, 0))(variables, keys, labels)
 

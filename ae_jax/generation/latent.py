@@ -176,15 +176,27 @@ def fit_mixture(
   max_examples: int | None = None,
 ) -> GaussianMixture:
   """The Gaussian mixture over the run's training codes: read from its cache (`mixture_path`) when
-  there, else fitted and written there (a cache that cannot be written costs a warning)."""
+  there, else fitted and written there with its convergence (EM steps, converged, mean log-likelihood,
+  starts; a cache from before the fit recorded its starts, fitted from one seeding, is refitted; a cache
+  that cannot be written costs a warning)."""
   path = mixture_path(codec.run, components, covariance, seed, max_examples)
   if os.path.exists(path):
     with np.load(path) as f:
-      return GaussianMixture(f["weights"], f["means"], f["covariances"])
+      if "starts" in f:
+        fit = {k: f[k].item() for k in ("converged", "iterations", "log_likelihood", "starts")}
+        return GaussianMixture(f["weights"], f["means"], f["covariances"], **fit)
   codes = training_codes(codec, max_examples)
   mixture = fit_gaussian_mixture(codes, components, covariance=covariance, seed=seed)
   log.info(
-    "latent prior: %d-component %s Gaussian mixture fitted on %d codes", components, covariance, len(codes)
+    "latent prior: %d-component %s Gaussian mixture fitted on %d codes (best of %d starts: %.4g nats per "
+    "code, %d EM steps, %s)",
+    components,
+    covariance,
+    len(codes),
+    mixture.starts,
+    mixture.log_likelihood,
+    mixture.iterations,
+    "converged" if mixture.converged else "not converged",
   )
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -194,6 +206,10 @@ def fit_mixture(
         weights=mixture.weights,
         means=mixture.means,
         covariances=mixture.covariances,
+        converged=mixture.converged,
+        iterations=mixture.iterations,
+        log_likelihood=mixture.log_likelihood,
+        starts=mixture.starts,
       )
     os.replace(path + ".tmp", path)
   except OSError as e:

@@ -3,7 +3,9 @@ over code sequences, trained to predict masked tokens and sampled by iterative p
 
 Tokens are ids in [0, K); the mask token is id K (`mask_id = vocab_size`). A class-conditional model
 (`num_classes > 0`) prepends one class token (id K + 1 + label) to the sequence, as the reference
-implementation (github google-research/maskgit) does, and drops its output.
+implementation (github google-research/maskgit) does, and drops its output; with `class_dropout` p > 0 the
+label is the null class (label num_classes, one more embedding) with probability p in training, for
+classifier-free guidance (`transformer.with_guidance`).
 
 Mask schedule gamma(r), the fraction of the L tokens that is masked at ratio r in [0, 1] (the reference's
 `mask_schedule.schedule`): cosine cos(pi/2 r) (the paper's choice), linear 1 - r (the reference's
@@ -34,7 +36,14 @@ from flax import linen as nn
 
 from ae_jax.core.errors import ConfigError, did_you_mean
 from ae_jax.generation.sampling import check_sampling_options, sample_logits
-from ae_jax.generation.transformer import ApplyFn, check_labels, check_tokens, logits_of
+from ae_jax.generation.transformer import (
+  ApplyFn,
+  check_class_dropout,
+  check_labels,
+  check_tokens,
+  drop_labels,
+  logits_of,
+)
 from ae_jax.generation.trunk import SequenceTransformer, TokenPrior
 
 MASK_SCHEDULES = ("cosine", "linear", "square")
@@ -123,7 +132,8 @@ class MaskGITTransformer(TokenPrior):
   """Bidirectional transformer: tokens [B, L] with ids in [0, K] (K = the mask token) -> {"logits":
   [B, L, K] float32} over the K real tokens at every position.
 
-  Embedding table: the K tokens, the mask token, then one token per class (`num_classes > 0`).
+  Embedding table: the K tokens, the mask token, then one token per class (`num_classes > 0`), then the
+  null class's (class_dropout > 0).
   """
 
   @property
@@ -137,11 +147,14 @@ class MaskGITTransformer(TokenPrior):
   ) -> dict[str, jax.Array]:
     check_tokens("maskgit", tokens, self.seq_len)
     check_labels("maskgit", labels, self.num_classes, tokens.shape[0])
+    check_class_dropout("maskgit", self.class_dropout, self.num_classes)
     ids = tokens.astype(jnp.int32)
     if labels is not None:
+      if train and self.class_dropout > 0:
+        labels = drop_labels(self.make_rng("dropout"), labels, self.class_dropout, self.num_classes)
       ids = jnp.concatenate([(self.vocab_size + 1 + labels.astype(jnp.int32))[:, None], ids], axis=1)
     logits = SequenceTransformer(
-      num_embeddings=self.vocab_size + 1 + self.num_classes,
+      num_embeddings=self.vocab_size + 1 + self.num_classes + (1 if self.class_dropout > 0 else 0),
       num_outputs=self.vocab_size,
       max_len=self.seq_len + (1 if self.num_classes else 0),
       causal=False,

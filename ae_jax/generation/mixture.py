@@ -2,12 +2,21 @@
 Gaussian mixture fitted by EM to a trained autoencoder's latent codes, to sample new codes for its decoder.
 
 p(x) = sum_k w_k N(x; mu_k, C_k), C_k full [D, D] or diagonal [D]. `fit_gaussian_mixture` runs EM in numpy
-float64: k-means++ seeding from `seed` (deterministic), one hard assignment to the nearest seed and an
-M-step give the starting parameters; then E-steps (responsibilities by log-sum-exp) and M-steps until the
-mean log-likelihood improves by less than `tol` nats or `iterations` EM steps ran. `reg` is added to every
-variance (the diagonal of C_k), so a component that collapses onto one point, or is left with no point,
-keeps a positive-definite covariance: log-densities stay finite. Weights are N_k / N with N_k >= 1e-10;
-a component left with no point keeps its last mean (its k-means++ seed at first).
+float64 from `starts` starting points and keeps the fit of the highest mean log-likelihood (sklearn's
+GaussianMixture keeps the best of `n_init`, default 1, each start one k-means run, as each start here).
+Each start: k-means++ seeding (Arthur and Vassilvitskii 2007), then Lloyd's k-means iterations (at most
+`kmeans_iterations`, until no point changes cluster), then an M-step on that hard assignment; then E-steps
+(responsibilities by log-sum-exp) and M-steps until the mean log-likelihood improves by less than `tol`
+nats or `iterations` EM steps ran. The starts draw their seedings one after another from one numpy
+Generator of `seed`, so the first of several starts is the one start of `starts=1`, and a fit is
+deterministic for a seed. `reg` is added to every variance (the diagonal of C_k), so a component that
+collapses onto one point, or is left with no point, keeps a positive-definite covariance: log-densities
+stay finite. Weights are N_k / N with N_k >= 1e-10; a component left with no point keeps its last mean (its
+k-means centre at first).
+
+A fit records its convergence: `converged` and `iterations` (EM steps) of the start kept, its mean
+log-likelihood on the fitted points and the number of starts (`ae_jax.generation.latent` caches them with
+the mixture).
 
 Log-densities (nats) use the Cholesky factor of each C_k: log N(x; mu, C) = -0.5 (|L^-1 (x - mu)|^2
 + log det C + D log 2 pi). The project's Gaussian log-densities (`ae_jax.losses.divergences`) are float32 jax
@@ -58,13 +67,17 @@ def _cholesky(cov: np.ndarray) -> np.ndarray:
 class GaussianMixture:
   """A fitted mixture (float64 numpy arrays): weights [k] (sum 1), means [k, D], covariances [k, D, D]
   ("full") or [k, D] ("diag", variances). `converged`: the last EM step improved the mean
-  log-likelihood by less than tol; `iterations`: EM steps run."""
+  log-likelihood by less than tol; `iterations`: EM steps run; `log_likelihood`: the mean log-likelihood
+  (nats per point) of the fitted points under this mixture (nan when unknown); `starts`: how many starts
+  the fit kept the best of."""
 
   weights: np.ndarray
   means: np.ndarray
   covariances: np.ndarray
   converged: bool = False
   iterations: int = 0
+  log_likelihood: float = float("nan")
+  starts: int = 1
 
   @property
   def covariance(self) -> str:
@@ -135,6 +148,28 @@ def _kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.nda
   return np.stack(centers)
 
 
+def _nearest(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+  """Index of the nearest centre of each point: x [N, D], centers [k, D] -> [N] int."""
+  return np.argmin(np.stack([np.sum((x - c) ** 2, axis=1) for c in centers], axis=1), axis=1)
+
+
+def _kmeans(x: np.ndarray, centers: np.ndarray, iterations: int) -> tuple[np.ndarray, np.ndarray]:
+  """Lloyd's k-means from `centers` [k, D]: at most `iterations` steps of moving each centre to the mean
+  of its points and reassigning every point to its nearest centre, until no assignment changes; a centre
+  left with no point stays where it is. Returns (centers [k, D], each point's centre [N])."""
+  labels = _nearest(x, centers)
+  for _ in range(iterations):
+    counts = np.bincount(labels, minlength=len(centers))
+    sums = np.zeros_like(centers)
+    np.add.at(sums, labels, x)
+    centers = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centers)
+    new = _nearest(x, centers)
+    if np.array_equal(new, labels):
+      break
+    labels = new
+  return centers, labels
+
+
 def _m_step(
   x: np.ndarray, resp: np.ndarray, previous_means: np.ndarray, covariance: str, reg: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -154,34 +189,17 @@ def _m_step(
   return weights, means, covs
 
 
-def fit_gaussian_mixture(
+def _em(
   x: np.ndarray,
-  num_components: int,
-  *,
-  covariance: str = "full",
-  iterations: int = 100,
-  tol: float = 1e-6,
-  seed: int = 0,
-  reg: float = 1e-6,
+  centers: np.ndarray,
+  labels: np.ndarray,
+  covariance: str,
+  iterations: int,
+  tol: float,
+  reg: float,
 ) -> GaussianMixture:
-  """Fits a k-component Gaussian mixture to points x [N, D] by EM (module docstring); deterministic for a
-  seed. `tol` in nats per point; `reg` > 0 is added to every variance."""
-  if covariance not in COVARIANCES:
-    raise ConfigError(
-      f"mixture: unknown covariance '{covariance}'; {did_you_mean(covariance, COVARIANCES)}"
-      f"choose one of {list(COVARIANCES)}"
-    )
-  if num_components < 1 or iterations < 0 or not reg > 0:
-    raise ConfigError(
-      f"mixture: needs num_components >= 1, iterations >= 0 and reg > 0, got num_components="
-      f"{num_components}, iterations={iterations}, reg={reg}"
-    )
-  x = _check_points(x, "fit_gaussian_mixture")
-  rng = np.random.default_rng(seed)
-  centers = _kmeans_plus_plus(x, num_components, rng)
-  nearest = np.argmin(np.stack([np.sum((x - c) ** 2, axis=1) for c in centers], axis=1), axis=1)
-  resp = np.eye(num_components)[nearest]
-  weights, means, covs = _m_step(x, resp, centers, covariance, reg)
+  """EM from the M-step of the hard assignment `labels` [N] to `centers` [k, D] (module docstring)."""
+  weights, means, covs = _m_step(x, np.eye(len(centers))[labels], centers, covariance, reg)
   previous, converged, steps = -np.inf, False, 0
   while steps < iterations:
     steps += 1
@@ -194,4 +212,43 @@ def fit_gaussian_mixture(
       converged = True
       break
     previous = mean_ll
-  return GaussianMixture(weights, means, covs, converged=converged, iterations=steps)
+  fitted = GaussianMixture(weights, means, covs, converged=converged, iterations=steps)
+  return dataclasses.replace(fitted, log_likelihood=float(np.mean(fitted.log_prob(x))))
+
+
+def fit_gaussian_mixture(
+  x: np.ndarray,
+  num_components: int,
+  *,
+  covariance: str = "full",
+  iterations: int = 100,
+  tol: float = 1e-6,
+  seed: int = 0,
+  reg: float = 1e-6,
+  starts: int = 3,
+  kmeans_iterations: int = 300,
+) -> GaussianMixture:
+  """Fits a k-component Gaussian mixture to points x [N, D] by EM from `starts` k-means starts, keeping
+  the one of the highest mean log-likelihood (module docstring); deterministic for a seed. `tol` in nats
+  per point; `reg` > 0 is added to every variance; `kmeans_iterations` >= 0 Lloyd steps at most per
+  start."""
+  if covariance not in COVARIANCES:
+    raise ConfigError(
+      f"mixture: unknown covariance '{covariance}'; {did_you_mean(covariance, COVARIANCES)}"
+      f"choose one of {list(COVARIANCES)}"
+    )
+  if num_components < 1 or iterations < 0 or not reg > 0 or starts < 1 or kmeans_iterations < 0:
+    raise ConfigError(
+      f"mixture: needs num_components >= 1, iterations >= 0, reg > 0, starts >= 1 and kmeans_iterations "
+      f">= 0, got num_components={num_components}, iterations={iterations}, reg={reg}, starts={starts}, "
+      f"kmeans_iterations={kmeans_iterations}"
+    )
+  x = _check_points(x, "fit_gaussian_mixture")
+  rng = np.random.default_rng(seed)
+  best = None
+  for _ in range(starts):
+    centers, labels = _kmeans(x, _kmeans_plus_plus(x, num_components, rng), kmeans_iterations)
+    fitted = _em(x, centers, labels, covariance, iterations, tol, reg)
+    if best is None or fitted.log_likelihood > best.log_likelihood:
+      best = fitted
+  return dataclasses.replace(best, starts=starts)

@@ -7,20 +7,24 @@ left in its row, and the vertical stack feeds the horizontal one, so there is no
 kernels make the first layer exclude the position itself ("A") and the later ones include their input
 at that position ("B"), which depends only on earlier positions; so logits[:, t] depends only on
 tokens[:, :t] (tested). Each layer is gated, tanh(a) * sigmoid(b), with a per-class bias in both stacks
-when class-conditional (`num_classes > 0`); the horizontal stack is residual after the first layer. A
-1x1 head gives logits over the K codes, in float32 whatever the compute dtype.
+when class-conditional (`num_classes > 0`; `class_dropout` p > 0 adds a null class, trained in place of
+the label with probability p, for classifier-free guidance); the horizontal stack is residual after the
+first layer. A 1x1 head gives logits over the K codes, in float32 whatever the compute dtype.
 
     x [B, L] int32 (L = h * w) -> {"logits" [B, L, K] float32, "code_nll" [B] nats, "metrics":
     {"bits_per_code"}}
 
 `grid` is the stage one's code grid (h, w), set by experiments/configs/prior_pixelcnn.py; a residual VQ's
 grid x stages (several tokens per position) is refused: `ar_prior` models it. Sampling is position by
-position through `sample_autoregressive` (L forward passes).
+position through `sample_autoregressive` (L forward passes), row by row: the positions of row i run the
+network over the first i + 1 rows only (nothing reads a later row): (h + 1) / 2h of the FLOPs, though
+not of the time on a CPU, where a pass's cost hardly follows its size (docs/generation.md measures it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +33,15 @@ from flax import linen as nn
 
 from ae_jax.core.errors import ConfigError
 from ae_jax.generation.code_priors import Autoregressive
-from ae_jax.generation.transformer import check_labels, check_tokens
+from ae_jax.generation.transformer import (
+  check_class_dropout,
+  check_guidance,
+  check_labels,
+  check_tokens,
+  drop_labels,
+  sample_autoregressive,
+  with_guidance,
+)
 from ae_jax.models import interface
 
 
@@ -73,7 +85,7 @@ class GatedLayer(nn.Module):
 class PixelCNNPrior(Autoregressive, nn.Module):
   """Gated PixelCNN over the code grid (module docstring): x [B, L] int32 -> {"logits" [B, L, K],
   "code_nll" [B] nats, "metrics": {"bits_per_code"}}. Options: vocab_size K, grid (h, w), features C per
-  stack, num_layers, kernel_size (odd), head_features, num_classes."""
+  stack, num_layers, kernel_size (odd), head_features, num_classes, class_dropout."""
 
   vocab_size: int = 512
   grid: Sequence[int] = ()
@@ -82,6 +94,7 @@ class PixelCNNPrior(Autoregressive, nn.Module):
   kernel_size: int = 5
   head_features: int = 256
   num_classes: int = 0
+  class_dropout: float = 0.0
   input_shape: Sequence[int] = (49,)
   dtype: jnp.dtype = jnp.float32
 
@@ -106,21 +119,51 @@ class PixelCNNPrior(Autoregressive, nn.Module):
       )
     return grid[0], grid[1]
 
-  @nn.compact
-  def logits(self, tokens: jax.Array, labels: jax.Array | None = None, train: bool = False) -> jax.Array:
-    """Logits [B, L, K] float32 of tokens [B, L] (logits[:, t] reads tokens[:, :t]); labels [B] are
-    used by a class-conditional prior and ignored by an unconditional one."""
+  def draw(self, variables: Any, key: jax.Array, labels: jax.Array | None, options) -> jax.Array:
+    """One sequence [1, L] row by row: the positions of row i read the first i + 1 rows only
+    (`sample_autoregressive` with blocks = h, about half the FLOPs of `draw_recompute`, the same tokens),
+    with guidance W = options.guidance (`with_guidance`)."""
+    check_guidance(type(self).__name__, options.guidance, self.num_classes, self.class_dropout)
     rows, cols = self._check()
+    logits_fn = lambda t, y: self.apply(variables, t, y, rows=t.shape[1] // cols, method="logits")  # noqa: E731
+    return sample_autoregressive(
+      with_guidance(logits_fn, options.guidance, self.num_classes),
+      key,
+      1,
+      seq_len=rows * cols,
+      temperature=options.temperature,
+      top_k=options.top_k,
+      top_p=options.top_p,
+      labels=labels,
+      blocks=rows,
+    )
+
+  @nn.compact
+  def logits(
+    self, tokens: jax.Array, labels: jax.Array | None = None, train: bool = False, rows: int | None = None
+  ) -> jax.Array:
+    """Logits [B, L, K] float32 of tokens [B, L] (logits[:, t] reads tokens[:, :t]); labels [B] are
+    used by a class-conditional prior and ignored by an unconditional one. `rows` r: tokens [B, r w] of the
+    first r rows of the grid only, logits [B, r w, K] (equal to the full grid's there: nothing reads a
+    later row)."""
+    height, cols = self._check()
+    rows = height if rows is None else rows
+    if not 1 <= rows <= height:
+      raise ConfigError(f"pixelcnn_prior: rows must be in [1, {height}] (the grid's), got {rows}")
     labels = labels if self.num_classes else None
     check_tokens("pixelcnn_prior", tokens, rows * cols)
     check_labels("pixelcnn_prior", labels, self.num_classes, tokens.shape[0])
+    check_class_dropout("pixelcnn_prior", self.class_dropout, self.num_classes)
+    if labels is not None and train and self.class_dropout > 0:
+      labels = drop_labels(self.make_rng("dropout"), labels, self.class_dropout, self.num_classes)
+    classes = self.num_classes + (1 if self.class_dropout > 0 else 0)  # the null class last
     x = nn.Embed(self.vocab_size, self.features, name="embed")(tokens.astype(jnp.int32))
     x = x.reshape(tokens.shape[0], rows, cols, self.features).astype(self.dtype)
     v = h = x
     for i in range(self.num_layers):
       bias = None
       if labels is not None:
-        bias = nn.Embed(self.num_classes, 2 * self.features, name=f"class_bias_{i}")(labels.astype(jnp.int32))
+        bias = nn.Embed(classes, 2 * self.features, name=f"class_bias_{i}")(labels.astype(jnp.int32))
       v, h = GatedLayer(self.features, self.kernel_size, i == 0, self.dtype, name=f"layer_{i}")(v, h, bias)
     y = nn.Conv(self.head_features, (1, 1), dtype=self.dtype, name="head_hidden")(nn.relu(h))
     y = nn.Conv(self.vocab_size, (1, 1), dtype=jnp.float32, name="head")(nn.relu(y).astype(jnp.float32))

@@ -10,6 +10,9 @@
 * An autoencoder run (the "autoencoding" ability) or a VAE: codes from a Gaussian mixture fitted on its
   training codes (`latent_prior="mixture"`, cached in WORKDIR/latent_priors) or from a VAE's prior N(0, I)
   (`latent_prior="normal"`), decoded by its decoder (`ae_jax.generation.latent`).
+* A diffusion prior run (`diffusion_prior`, trained on the `latent_codes` of an autoencoder or VAE): codes
+  from its ODE sampler with `options.steps` steps (`diffusion_sampler.sample_codes`), decoded by that stage
+  one's decoder.
 
 `write_samples` writes OUT/samples.npz and OUT/samples.png as one unit (`workdir.write_together`): both are
 written to temporary files of their own first, then, under a lock on OUT, the earlier samples.png and
@@ -71,8 +74,9 @@ class Drawn:
 
 
 def is_prior_run(config: Any) -> bool:
-  """Whether a run's config is a stage-two prior's (it trained on the `codes` dataset)."""
-  return config.data.get("name") == "codes"
+  """Whether a run's config is a stage-two prior's (it trained on the `codes` dataset, or on the
+  `latent_codes` of an autoencoder or VAE: a diffusion prior)."""
+  return config.data.get("name") in ("codes", "latent_codes")
 
 
 def quality_unavailable(data_config: Any) -> str | None:
@@ -82,6 +86,10 @@ def quality_unavailable(data_config: Any) -> str | None:
 
   if data_config.name == "codes":
     return None
+  if data_config.name == "latent_codes":  # a diffusion prior's samples are its stage one's
+    step = int(data_config.tokenizer_step) or None
+    _, saved = stage_one.saved_config(data_config.tokenizer_workdir, step, data_config.tokenizer_best)
+    data_config = saved.data
   shape = data.example_spec(data_config).shape
   if len(shape) == 3:
     return None
@@ -98,6 +106,10 @@ def check_latent_prior(
 
   name = config.model.name
   vae = latent.LatentCodec.is_vae(name, workdir)
+  if latent_prior == "diffusion":
+    from ae_jax.generation import diffusion_sampler
+
+    raise ConfigError(diffusion_sampler.train_one_first(workdir, option))
   if latent_prior not in LATENT_PRIORS:
     raise ConfigError(
       f"{workdir} is a '{name}' run: choose how its codes are drawn with {option}=mixture (a Gaussian "
@@ -130,10 +142,15 @@ def draw(
   if num < 1:
     raise ConfigError(f"the number of samples must be >= 1, got {num}")
   if is_prior_run(run.config):
-    if latent_prior is not None:
+    from ae_jax.generation import diffusion_sampler
+
+    diffusion = diffusion_sampler.is_diffusion_run(run.config)
+    if latent_prior is not None and not (diffusion and latent_prior == "diffusion"):
       raise ConfigError(
         f"a latent prior ('{latent_prior}') is for autoencoder and VAE runs; {run.workdir} is a prior run"
       )
+    if diffusion:
+      return _draw_diffusion(run, num, seed, options, progress)
     return _draw_tokens(run, num, seed, options, per_device, progress)
   return _draw_latents(run, num, seed, latent_prior, components, covariance)
 
@@ -157,12 +174,23 @@ def _draw_tokens(run, num, seed, options, per_device, progress) -> Drawn:
     top_k=options.top_k,
     top_p=options.top_p,
     steps=options.steps,
+    guidance=options.guidance,
     prior_step=run.step,
     stage_one=np.str_(tokenizer.fingerprint),
   )
   what = f"prior step {run.step}, stage one {tokenizer.fingerprint}"
   conditional = labels if labels.min() >= 0 else None
   return Drawn(tokenizer.decode_codes(codes), conditional, arrays, tokenizer.run, what)
+
+
+def _draw_diffusion(run, num, seed, options, progress) -> Drawn:
+  from ae_jax.generation import diffusion_sampler, generate
+
+  steps = (options or generate.SampleOptions()).steps
+  codes, codec = diffusion_sampler.sample_codes(run, num, seed=seed, steps=steps, progress=progress)
+  arrays = dict(codes=codes, steps=steps, prior_step=run.step, stage_one=np.str_(codec.run.fingerprint))
+  what = f"diffusion prior step {run.step}, {steps} ODE steps, stage one {codec.run.fingerprint}"
+  return Drawn(codec.decode(codes), None, arrays, codec.run, what)
 
 
 def _draw_latents(run, num, seed, latent_prior, components, covariance) -> Drawn:

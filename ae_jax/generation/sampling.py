@@ -70,6 +70,13 @@ def sample_logits(
   return jnp.where(temperature < GREEDY_TEMPERATURE, greedy, drawn).astype(jnp.int32)
 
 
+def guide_logits(cond: jax.Array, uncond: jax.Array, guidance: float | jax.Array) -> jax.Array:
+  """Classifier-free guidance on logits (LlamaGen's and MUSE's form): uncond + W (cond - uncond), float32
+  [..., K]. W = 0 gives `uncond` exactly, W = 1 `cond` (up to rounding)."""
+  cond, uncond = jnp.asarray(cond, jnp.float32), jnp.asarray(uncond, jnp.float32)
+  return uncond + jnp.asarray(guidance, jnp.float32) * (cond - uncond)
+
+
 def check_sampling_options(temperature: float | jax.Array, top_k: int, top_p: float) -> None:
   """Raises ConfigError for a negative top_k or a top_p outside [0, 1] (a concrete temperature < 0 is
   greedy, like 0)."""

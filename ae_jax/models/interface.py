@@ -26,9 +26,13 @@ Protocol the model class implements (a test checks every registered model agains
   (the loss term it trains with), `score` ("nll": `eval_nats` is the exact -log p(x); "masked_xent": a masked-
   token cross-entropy, not a likelihood) and `sampling_options` (the `generate.SampleOptions` fields it
   reads); `logits(tokens, labels, train)`; `eval_nats(x, index, labels, settings) -> [B]` nats per example
-  (what the `prior_likelihood` evaluator sums; `settings` its config section); and `draw(logits_fn, key,
-  labels, options) -> tokens [1, L]`, one sample through `logits_fn(tokens, labels)` (plain Python on the
+  (what the `prior_likelihood` evaluator sums; `settings` its config section); and `draw(variables, key,
+  labels, options) -> tokens [1, L]`, one sample of the model with these variables (plain Python on the
   unbound module, jittable).
+* "code_flow": a prior over continuous codes x [B, *code_shape] (an autoencoder's or VAE's standardised
+  codes, `ae_jax.generation.latent_codes`) given by a velocity field: `velocity(x_t, t [B]) -> [B,
+  *code_shape]` (its ODE from t = 1, N(0, I), to t = 0 carries noise onto the codes,
+  `ae_jax.generation.diffusion`); class attributes `objective` and `sampling_options`, as "code_prior".
 * "quantized": the outputs hold integer "indices" [B, ...] (one token per latent position and codebook) and
   `codebooks() -> tuple[int, ...]` gives the size of each codebook a position is coded with (one entry per
   residual stage), so a position carries sum(log2 K) bits.
@@ -90,12 +94,17 @@ class CodePrior(Protocol):
     self, x: jax.Array, index: jax.Array, labels: jax.Array | None, settings: Any
   ) -> jax.Array: ...
 
-  def draw(
-    self, logits_fn: Callable, key: jax.Array, labels: jax.Array | None, options: Any
-  ) -> jax.Array: ...
+  def draw(self, variables: Any, key: jax.Array, labels: jax.Array | None, options: Any) -> jax.Array: ...
 
 
 SCORES = ("nll", "masked_xent")  # what a code prior's eval_nats measures
+
+
+@runtime_checkable
+class CodeFlow(Protocol):
+  sampling_options: tuple[str, ...]
+
+  def velocity(self, x: jax.Array, t: jax.Array, train: bool = False) -> jax.Array: ...
 
 
 @runtime_checkable
@@ -148,6 +157,7 @@ ABILITIES: dict[str, type] = {
   "frame_latents": FrameLatents,
   "quantized": Quantized,
   "code_prior": CodePrior,
+  "code_flow": CodeFlow,
 }
 
 
