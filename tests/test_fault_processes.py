@@ -23,8 +23,15 @@ CONFIG = "tests/tiny_experiment.py"
 ENV = process_env(2, PYTHONUNBUFFERED="1")
 
 
+def _sigint_default() -> None:
+  # a run started from a shell that ignores SIGINT (`make test &` without job control) would pass the
+  # ignore on to the command, which then never sees the Ctrl-C these tests send: start it as a terminal would
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _main(workdir, arg, **popen):
   command = [sys.executable, "-m", "experiments.main", f"--config={CONFIG}:{arg}", f"--workdir={workdir}"]
+  popen.setdefault("preexec_fn", _sigint_default)
   return subprocess.Popen(
     command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
   )
