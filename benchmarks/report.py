@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 COMPARE_COLUMNS = tuple(
@@ -141,9 +143,6 @@ def markdown(report: dict[str, Any], s: dict[str, Any]) -> str:
 def write_standalone(out: str, name: str, report: dict[str, Any], text: str, headline: str) -> None:
   """Writes OUT/NAME.json (`report`) and OUT/NAME.md (`text`, a Markdown table) of a benchmark run on its
   own, and prints `headline`, the load average at its start and end (report["load_average"]) and `text`."""
-  import json
-  from pathlib import Path
-
   folder = Path(out)
   folder.mkdir(parents=True, exist_ok=True)
   (folder / f"{name}.json").write_text(json.dumps(report, indent=1))

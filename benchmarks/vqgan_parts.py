@@ -23,15 +23,15 @@ import argparse
 import copy
 import dataclasses
 import datetime
-import json
 import os
 import shlex
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
+
+from benchmarks import report as report_module
 
 
 def _timed(fn: Callable[[], Any], n: int) -> list[float]:
@@ -146,15 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     command=shlex.join(["python", "-m", "benchmarks.vqgan_parts", *argv]),
     load_average={"start": load_start, "end": os.getloadavg()},
   )
-  out = Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "vqgan_parts.json").write_text(json.dumps(result, indent=1))
-  text = markdown(result)
-  (out / "vqgan_parts.md").write_text(text)
-  print(
-    f"{result['command']} ({result['date']}); load average {load_start[0]:.2f} -> {os.getloadavg()[0]:.2f}"
-  )
-  print(text)
+  headline = f"{result['command']} ({result['date']})"
+  report_module.write_standalone(args.out, "vqgan_parts", result, markdown(result), headline)
   return 0
 
 
