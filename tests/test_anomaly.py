@@ -1,6 +1,7 @@
 """Anomaly scoring against numpy and brute-force references, and the whole procedure on synthetic files."""
 
 import itertools
+import json
 import math
 import os
 
@@ -12,6 +13,7 @@ from flax import linen as nn
 from ae_jax import anomaly, data, evaluators
 from ae_jax.data import series_file
 from ae_jax.data.dataset import Dataset
+from ae_jax.data.series_segments import dominant_period
 from ae_jax.runner.config import default_config
 from ae_jax.training.train import create_train_state
 
@@ -323,3 +325,95 @@ def test_unsupervised_discords_carry_the_time_column(tmp_path):
   assert d["start"] < 210 and 200 < d["end"]  # the spike
   assert (d["start_time"], d["last_time"]) == (str(times[d["start"]]), str(times[d["end"] - 1]))
   assert f"({d['start_time']} to {d['last_time']})" in report.summary
+
+
+def _prefix_dataset(tmp_path, values, interval, **options):
+  np.savetxt(tmp_path / "s.txt", values)
+  (tmp_path / "labels.json").write_text(__import__("json").dumps([list(interval)]))
+  c = data.data_config(
+    "series_file", path=str(tmp_path / "s.txt"), labels=str(tmp_path / "labels.json"), **options
+  )
+  return data.get_dataset(c)
+
+
+@pytest.mark.parametrize("where", ["middle", "end"])
+def test_after_a_prefix_the_planted_spike_is_the_top_discord_by_the_ucr_rule(tmp_path, where):
+  """The stand-in's error grows with |x|: a spike after the prefix is the best discord, scored by the
+  archive's rule, also when it ends the series; nothing in the prefix is reported."""
+  t = np.arange(1500)
+  values = np.sin(2 * np.pi * t / 40) + 0.05 * np.random.default_rng(0).normal(size=1500)
+  interval = (1000, 1020) if where == "middle" else (1480, 1500)
+  values[interval[0] : interval[1]] += 3.0
+  dataset = _prefix_dataset(tmp_path, values[:, None], interval, train_end="800", window=20)
+  model, state = _stand_in()
+  report = anomaly.detect(model, state, _anomaly_options(top_k=3), dataset, str(tmp_path / "a.png"))
+  m = report.metrics
+  best = m["discords"][0]
+  assert best["start"] < interval[1] and interval[0] < best["end"]
+  assert all(d["start"] >= 800 - 20 for d in m["discords"]) and m["num_points"] == 700
+  assert (m["top1"], m["topk"], m["intervals_found"]) == (1.0, 1.0, 1.0)
+  assert "after the normal prefix" in report.summary and "top-1 1, top-3 1" in report.summary
+  assert "window 20 = config.data.window" in report.summary and os.path.getsize(report.plot) > 10_000
+
+
+def test_prefix_detectors_added_to_the_model_find_a_flat_segment(tmp_path):
+  """A stand-in that reconstructs every window exactly scores every point alike, so alone it cannot
+  name the flat stretch; the matrix profile added by `methods` finds it, and the window is the prefix's
+  period when none is given."""
+  t = np.arange(1500)
+  values = np.sin(2 * np.pi * t / 40) + 0.02 * np.random.default_rng(1).normal(size=1500)
+  values[1100:1160] = values[1100]
+  dataset = _prefix_dataset(tmp_path, values[:, None], (1100, 1160), train_end="800", window=0)
+  assert dataset.anomaly.window == 40
+  model, state = _stand_in()
+  state = state.replace(params={"a": np.float32(1.0)})  # recon = x
+  alone = anomaly.detect(model, state, _anomaly_options(top_k=1), dataset)
+  added = anomaly.detect(model, state, _anomaly_options(top_k=1, methods="mp,mp_prefix"), dataset)
+  assert alone.metrics["top1"] == 0.0 and added.metrics["top1"] == 1.0
+  assert "mahalanobis + mp,mp_prefix; window 40 = the dominant period" in added.summary
+
+
+def test_prefix_detector_methods_are_checked_against_the_dataset(tmp_path):
+  t = np.arange(600.0)
+  np.savetxt(tmp_path / "s.txt", np.sin(t / 5))
+  whole = data.get_dataset(data.data_config("series_file", path=str(tmp_path / "s.txt"), window=20))
+  with pytest.raises(ValueError, match="unknown \\['matrix'\\]"):
+    anomaly.check_options(_anomaly_options(methods="matrix"), "config.evals.a")
+  with pytest.raises(ValueError, match="methods needs a normal prefix: set config.data.train_end"):
+    anomaly.check_options(_anomaly_options(methods="mp"), "config.evals.a", whole.anomaly)
+  np.savetxt(tmp_path / "two.txt", np.column_stack([np.sin(t / 5), np.cos(t / 5)]))
+  two = data.get_dataset(
+    data.data_config("series_file", path=str(tmp_path / "two.txt"), window=20, train_end="400")
+  )
+  with pytest.raises(ValueError, match="methods scores univariate series"):
+    anomaly.check_options(_anomaly_options(methods="mp"), "config.evals.a", two.anomaly)
+
+
+@pytest.mark.training
+def test_prefix_protocol_trains_on_the_prefix_and_names_the_anomaly_after_it(tmp_path):
+  """The whole archive protocol through the trainer (lstm_anomaly.py:series,mode=prefix with a small MLP):
+  the window from the prefix's period, training on the prefix only, and the one anomaly after it as the
+  best discord by the archive's rule."""
+  from ae_jax.models import model_config
+  from ae_jax.runner import loop
+  from experiments.configs import lstm_anomaly
+
+  values, _ = _planted_series(n=1600, seed=2)
+  values = values[:, 0] - np.where((np.arange(1600) >= 300) & (np.arange(1600) < 324), 3.0, 0.0)  # clean
+  values[1200:1224] += 3.0
+  np.savetxt(tmp_path / "series.txt", values)
+  (tmp_path / "labels.json").write_text("[[1200, 1224]]")
+  config = lstm_anomaly.get_config("series,mode=prefix")
+  config.model = model_config("mlp_ae", hidden=(32,), code_dim=6, output_act="identity")
+  config.data.update(path=str(tmp_path / "series.txt"), labels=str(tmp_path / "labels.json"), train_end="800")
+  config.update(dict(batch_size=32, total_steps=300, log_every=100, checkpoint_every=0))
+  config.evals.validation.every = 100
+  summary = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  details, metrics = summary["results"].details, summary["metrics"]
+  assert metrics["anomaly/top1"] == 1.0, details["anomaly/discords"]
+  assert all(d["start"] >= 800 - 39 for d in details["anomaly/discords"])
+  window = dominant_period(values[:800], high=400)  # 39: the periods 40 and 13 share the lag 39
+  rule = "the dominant period of series.txt's prefix, 800 points"
+  assert f"window {window} = {rule}" in "\n".join(summary["results"].lines)
+  saved = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert (saved["anomaly/window"], saved["anomaly/window_rule"]) == (window, rule)

@@ -15,6 +15,7 @@ from ae_jax.anomaly import prefix_detector, ucr
 from ae_jax.anomaly.matrix_profile import nearest_distances
 from ae_jax.anomaly.window_ae import WindowAEOptions, WindowAutoencoder
 from ae_jax.core.errors import ConfigError, DataError, DataNotFoundError
+from ae_jax.data.series_segments import dominant_period
 from experiments import anomaly_benchmark
 
 FAST = prefix_detector.DetectorOptions(ae=WindowAEOptions(steps=60, batch=64))
@@ -70,7 +71,7 @@ def test_read_series_both_layouts_and_bad_input(tmp_path):
 
 
 def test_dominant_period_of_a_sine():
-  assert ucr.dominant_period(_sine(2000, 37)) in (36, 37, 38)
+  assert dominant_period(_sine(2000, 37)) in (36, 37, 38)
 
 
 # ----------------------------------------------------------------------------- the matrix profile

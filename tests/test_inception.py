@@ -524,6 +524,22 @@ def test_rfid_evaluator_is_the_frechet_distance_of_the_pool_features(tiny_config
   np.testing.assert_allclose(result.metrics["rfid"], want, rtol=1e-4)
 
 
+def _setup_drawing(tiny_config, variables, monkeypatch):
+  """A tiny experiment on 8x8 synthetic images whose Inception evaluators use `variables`, and the list
+  every samplers.draw call appends its result to."""
+  from ae_jax import data
+  from ae_jax.evaluators import inception_quality
+  from ae_jax.generation import samplers
+  from ae_jax.runner import experiment
+
+  monkeypatch.setattr(inception_quality, "load_weights", lambda path, allow_download: variables)
+  drawn = []
+  draw = samplers.draw
+  monkeypatch.setattr(samplers, "draw", lambda *a, **k: drawn.append(draw(*a, **k)) or drawn[-1])
+  tiny_config.data = data.data_config("synthetic", shape=(8, 8, 1), num_train=16, num_test=4)
+  return experiment.setup(tiny_config), drawn
+
+
 def test_fid_evaluator_scores_the_drawn_samples_against_the_split(
   tiny_config, variables, monkeypatch, tmp_path
 ):
@@ -532,20 +548,12 @@ def test_fid_evaluator_scores_the_drawn_samples_against_the_split(
   distance to the first 3 test images, the floor (the first 3 training images to the same test images), the
   Inception Score of the samples' bias-free logits and k-NN precision/recall on the pool features; a
   second evaluation reads the split's features from the reference cache and gives the same numbers."""
-  from ae_jax import data, evaluators
+  from ae_jax import evaluators
   from ae_jax.core import parallel
   from ae_jax.data.dataset import stack_examples
-  from ae_jax.evaluators import inception_quality
-  from ae_jax.generation import samplers
   from ae_jax.metrics.sample_metrics import inception_score, precision_recall
-  from ae_jax.runner import experiment
 
-  monkeypatch.setattr(inception_quality, "load_weights", lambda path, allow_download: variables)
-  drawn = []
-  draw = samplers.draw
-  monkeypatch.setattr(samplers, "draw", lambda *a, **k: drawn.append(draw(*a, **k)) or drawn[-1])
-  tiny_config.data = data.data_config("synthetic", shape=(8, 8, 1), num_train=16, num_test=4)
-  exp = experiment.setup(tiny_config)
+  exp, drawn = _setup_drawing(tiny_config, variables, monkeypatch)
   options = dict(num=3, batch_size=2, components=2, k=2, splits=3, reference_cache=str(tmp_path / "ref"))
   evaluate = evaluators.EVALUATORS["fid"].build("fid", evaluators.section("fid", **options), exp.context())
   rstate = parallel.replicate(exp.state, jax.local_devices()[:2])
@@ -575,3 +583,44 @@ def test_fid_evaluator_scores_the_drawn_samples_against_the_split(
   assert again.metrics["reference_cached"] == 1.0
   for key in want:
     np.testing.assert_allclose(again.metrics[key], result.metrics[key], rtol=1e-6, err_msg=key)
+
+
+def test_inception_score_evaluator_is_the_score_of_the_drawn_samples_logits(
+  tiny_config, variables, monkeypatch
+):
+  """With random Inception weights injected: the inception_score evaluator's score for 6 drawn images in 2
+  splits (batches of 4 over 2 devices, the last padded) is sample_metrics.inception_score of their
+  bias-free logits computed here with the network directly."""
+  from ae_jax import evaluators
+  from ae_jax.core import parallel
+  from ae_jax.metrics.sample_metrics import inception_score
+
+  exp, drawn = _setup_drawing(tiny_config, variables, monkeypatch)
+  section = evaluators.section("inception_score", num=6, batch_size=4, components=2, splits=2)
+  result = evaluators.EVALUATORS["inception_score"].build("is", section, exp.context())(
+    parallel.replicate(exp.state, jax.local_devices()[:2]), 0, True
+  )
+  assert result.metrics["num_images"] == 6 and len(drawn) == 1
+  unit = np.clip(np.asarray(exp.dataset.info.to_unit(np.asarray(drawn[0].images, np.float32))), 0, 1)
+  logits = np.asarray(_direct_apply(variables, unit)["logits_unbiased"])  # 6 images, as the other tests
+  want = inception_score(logits, splits=2)
+  assert want["inception_score"] > 1.002 and want["inception_score_std"] > 1e-4  # random weights: near 1
+  got = result.metrics
+  np.testing.assert_allclose(got["inception_score"] - 1, want["inception_score"] - 1, rtol=1e-3)
+  np.testing.assert_allclose(got["inception_score_std"], want["inception_score_std"], rtol=1e-3)
+  assert f"Inception Score {want['inception_score']:.3f}" in result.lines[0]
+
+
+def test_the_inception_speed_benchmark_counts_the_networks_flops(tmp_path):
+  """benchmarks.inception_speed --smoke writes its report; the compiled network's FLOPs per image are
+  Inception v3's published 5.7 G multiply-adds at 299 x 299 (11.4 GFLOPs, within 10%), whatever the
+  input size, so the fraction of the matmul peak it reports means what it says."""
+  import json
+
+  from benchmarks import inception_speed
+
+  assert inception_speed.main(["--smoke", "--out", str(tmp_path)]) == 0
+  report = json.loads((tmp_path / "inception_speed.json").read_text())
+  (row,) = report["rows"].values()
+  assert 10.3e9 < row["flops_per_image"] < 12.6e9 and row["images_per_s"] > 0
+  assert "s for 10,000 images" in (tmp_path / "inception_speed.md").read_text()

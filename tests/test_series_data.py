@@ -237,3 +237,64 @@ def test_a_window_longer_than_the_series_says_so_with_the_numbers(tmp_path):
     ConfigError, match="train_ranges: the longest range is 40 points, shorter than .*window=50"
   ):
     data.get_dataset(c)
+
+
+def test_after_a_prefix_the_model_trains_on_the_prefix_and_only_the_rest_is_scored(tmp_path):
+  """train_end: the prefix's first 80% trains, its last 20% validates, the points after it are scored;
+  window 0 takes the dominant period of the first column's prefix (sin(t / 7): 2 pi 7 = 44 points)."""
+  values = _series()
+  labels = np.zeros(600, int)
+  labels[100:110] = 1  # a labelled stretch inside the prefix: no training window may contain it
+  np.savetxt(tmp_path / "s.txt", np.column_stack([values, labels]))
+  c = data.data_config("series_file", path=str(tmp_path / "s.txt"), label_column="2", train_end="400")
+  assert data.split_roles(c) == ("train", "validation")
+  assert data.example_spec(c).shape == (44, 2)
+  dataset = data.get_dataset(c)
+  splits = dataset.anomaly
+  assert splits.prefix and not splits.supervised and splits.window == 44
+  assert "dominant period of s.txt's prefix (its first column), 400 points" in splits.window_rule
+  (train,), (validation,), (score,) = (splits.segments[r] for r in ("train", "validation", "score"))
+  assert [(s.lo, s.hi) for s in (train, validation, score)] == [(0, 320), (320, 400), (400, 600)]
+  train_mean = values[:320].mean(axis=0)  # normalised with the training points' statistics
+  np.testing.assert_allclose(score.values[:320].mean(axis=0), 0.0, atol=1e-5)
+  assert not np.allclose(train_mean, 0.0, atol=1e-3)
+  starts = [a for a in range(0, 320 - 44 + 1) if not labels[a : a + 44].any()]  # stride 1
+  assert len(dataset.splits["train"]) == len(starts)
+  np.testing.assert_allclose(dataset.splits["train"][0]["x"], score.values[:44], atol=1e-6)
+  assert len(dataset.splits["validation"]) > 0
+
+
+@pytest.mark.parametrize(
+  "options, match",
+  [
+    ({"train_end": "600"}, "must lie inside the series"),
+    ({"train_end": "100", "window": 50}, "fewer than a window of 50"),
+    ({"train_end": "400", "validation_share": 1.0}, "validation_share must lie strictly between 0 and 1"),
+    ({"train_end": "x.txt:400"}, "cannot read 'x.txt:400'"),
+    ({"train_end": "400", "train_ranges": "0:100"}, "train_end .* or the \\*_ranges, not both"),
+    ({"window": 0}, "0 picks the dominant period"),
+  ],
+)
+def test_bad_prefix_options_are_one_clear_error(tmp_path, options, match):
+  np.savetxt(tmp_path / "s.txt", _series())
+  c = data.data_config("series_file", path=str(tmp_path / "s.txt"), **{"window": 10, **options})
+  with pytest.raises(ConfigError, match=match):
+    data.get_dataset(c)
+
+
+def test_train_end_per_file_and_downsampled(tmp_path):
+  np.savetxt(tmp_path / "a.txt", _series(600))
+  np.savetxt(tmp_path / "b.txt", _series(800, seed=1))
+  paths = f"{tmp_path / 'a.txt'},{tmp_path / 'b.txt'}"
+  c = data.data_config(
+    "series_file", path=paths, window=12, downsample=2, train_end="a.txt:400,b.txt:600", validation_share=0.25
+  )
+  splits = data.get_dataset(c).anomaly
+  assert [(s.series, s.lo, s.hi) for s in splits.segments["score"]] == [
+    ("a.txt", 200, 300),
+    ("b.txt", 300, 400),
+  ]
+  assert [(s.lo, s.hi) for s in splits.segments["validation"]] == [(150, 200), (225, 300)]
+  assert splits.window_rule == "config.data.window"
+  with pytest.raises(ConfigError, match="name every file"):
+    data.get_dataset(data.data_config("series_file", path=paths, window=12, train_end="a.txt:400"))

@@ -34,6 +34,13 @@ also the times of their first and last points). With labels, the points inside t
 predicted anomalies (precision, recall, F-beta, and ROC-AUC of the point scores), and each labelled
 interval counts as found when a discord overlaps it.
 
+After a normal prefix (`config.data.train_end`, the UCR anomaly archive's protocol): the error model is
+fitted on the prefix's held-out end (normal points the model did not train on), only the points after the
+prefix are scored, and the top-k discords after it are reported; with labels also how many labelled
+intervals the best discord (top-1) or any of the k (top-k) finds by the archive's rule (its centre within
+100 rows of the interval). `methods` adds the profiles of `prefix_detector` (the matrix profile, the
+window autoencoder's latent discords, ...) to the model's, each divided by its largest value.
+
 Everything but the reconstruction is numpy; `detect` runs the whole procedure for a trained model.
 """
 
@@ -46,8 +53,15 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
+from ae_jax.anomaly import prefix_detector, ucr
 from ae_jax.anomaly.plot import save_anomaly_plot, save_discord_plot
-from ae_jax.anomaly.reconstruction import position_scale, sequence_scores, unit_errors, window_errors
+from ae_jax.anomaly.reconstruction import (
+  UnitErrors,
+  position_scale,
+  sequence_scores,
+  unit_errors,
+  window_errors,
+)
 from ae_jax.anomaly.scores import SCORES, best_threshold, fit_gaussian, precision_recall_fbeta, roc_auc
 from ae_jax.core.errors import ConfigError
 from ae_jax.data.dataset import Dataset
@@ -66,8 +80,19 @@ class AnomalyReport:
   summary: str
 
 
-def check_options(a: ml_collections.ConfigDict, where: str = "config.evals.anomaly") -> None:
-  """Raises ConfigError for anomaly options that cannot work (before any training)."""
+def check_options(
+  a: ml_collections.ConfigDict, where: str = "config.evals.anomaly", splits: AnomalySplits | None = None
+) -> None:
+  """Raises ConfigError for anomaly options that cannot work (before any training); with the dataset's
+  `splits`, also for options its mode cannot use."""
+  methods = [m for m in str(a.get("methods", "")).split(",") if m]
+  unknown = [m for m in methods if m not in prefix_detector.METHODS]
+  if unknown:
+    raise ConfigError(f"{where}.methods: unknown {unknown}; choose from {list(prefix_detector.METHODS)}")
+  if methods and splits is not None and not splits.prefix:
+    raise ConfigError(f"{where}.methods needs a normal prefix: set config.data.train_end, or methods=''")
+  if methods and splits is not None and splits.segments["score"][0].values.shape[1] != 1:
+    raise ConfigError(f"{where}.methods scores univariate series; pick one column (config.data.columns)")
   if a.score not in SCORES:
     raise ConfigError(f"unknown {where}.score '{a.score}'; choose one of {sorted(SCORES)}")
   if not 0.0 <= a.shrinkage <= 1.0 or a.beta <= 0 or a.stride < 1 or a.batch_size < 1:
@@ -191,6 +216,44 @@ def _unsupervised(reconstruct, a, splits: AnomalySplits, name: str, path: str | 
   keep = norms <= np.quantile(norms, 1.0 - a.contamination) if a.contamination else np.ones(len(norms), bool)
   gaussian = fit_gaussian(units.errors[keep], a.shrinkage)
   scores = SCORES[a.score](units.errors, gaussian)
+  return _discords_report(a, splits, units, scores, f"{name}, unsupervised, {a.score}", path)
+
+
+def _after_prefix(reconstruct, a, splits: AnomalySplits, name: str, path: str | None) -> AnomalyReport:
+  """The UCR archive's protocol: the error model is fitted on the prefix's held-out end (normal points the
+  model did not train on), and only the points after the prefix are scored; with `methods`, the
+  prefix detectors' profiles are added to the model's (each divided by its largest value)."""
+  held = window_errors(splits.segments["validation"], reconstruct, splits.window, a.stride)
+  scale = position_scale(held) if a.normalise_positions else None
+  gaussian = fit_gaussian(unit_errors(held, "point", scale).errors, a.shrinkage)
+  units = unit_errors(
+    window_errors(splits.segments["score"], reconstruct, splits.window, a.stride), "point", scale
+  )
+  scores = SCORES[a.score](units.errors, gaussian)
+  methods = tuple(m for m in str(a.methods).split(",") if m)
+  if methods:
+    options = prefix_detector.DetectorOptions(methods=methods, window=splits.window)
+    combined = []
+    for seg, part in units.parts:
+      own = scores[part] / max(float(np.max(scores[part])), 1e-12)
+      values = seg.values[:, 0].astype(np.float64)
+      profile = prefix_detector.score_profile(values, seg.lo, splits.window, options)[seg.lo : seg.hi]
+      combined.append(own + np.nan_to_num(profile, nan=0.0))
+    scores = np.concatenate(combined)
+  how = f"{a.score}" + (f" + {','.join(methods)}" if methods else "")
+  head = f"{name}, after the normal prefix, {how}; window {splits.window} = {splits.window_rule}"
+  report = _discords_report(a, splits, units, scores, head, path)
+  report.metrics.update({"window": float(splits.window), "window_rule": splits.window_rule})
+  return report
+
+
+def _discords_report(
+  a, splits: AnomalySplits, units: UnitErrors, scores: np.ndarray, head: str, path: str | None
+) -> AnomalyReport:
+  """The top-k discords of point scores [N] over the units' segments, and with labels how many labelled
+  intervals they find (in the prefix mode also by the UCR archive's rule: the centre of the best discord,
+  or of any of the k, within its slack of the interval)."""
+  segments = [seg for seg, _ in units.parts]
   per_segment = [scores[part] for _, part in units.parts]
   found = top_discords(segments, per_segment, splits.window, a.top_k)
   f = splits.downsample
@@ -201,9 +264,7 @@ def _unsupervised(reconstruct, a, splits: AnomalySplits, name: str, path: str | 
     + (f" ({d['start_time']} to {d['last_time']})" if "start_time" in d else "")
     for d in discords
   ]
-  summary = (
-    f"anomaly detection ({name}, unsupervised, {a.score}): top {len(discords)} discords\n" + "\n".join(lines)
-  )
+  summary = f"anomaly detection ({head}): top {len(discords)} discords\n" + "\n".join(lines)
   if splits.labelled:
     predicted = np.zeros(len(scores), bool)
     for i, lo, hi, _ in found:
@@ -214,18 +275,27 @@ def _unsupervised(reconstruct, a, splits: AnomalySplits, name: str, path: str | 
     if not math.isnan(auc):
       metrics["roc_auc"] = auc
     hits = []
-    for (seg, part), seg_scores in zip(units.parts, per_segment, strict=True):
-      del seg_scores
+    for index, (seg, part) in enumerate(units.parts):
+      own = [(lo, hi) for i, lo, hi, _ in found if i == index]
       for lo, hi in _intervals(units.labels[part]):
-        hit = any(segments[i] is seg and d_lo < hi and lo < d_hi for i, d_lo, d_hi, _ in found)
-        hits.append(
-          {"series": seg.series, "start": (seg.lo + lo) * f, "end": (seg.lo + hi) * f, "found": hit}
-        )
+        hit = {"series": seg.series, "start": (seg.lo + lo) * f, "end": (seg.lo + hi) * f}
+        hit["found"] = any(d_lo < hi and lo < d_hi for d_lo, d_hi in own)
+        if splits.prefix:
+          slack = -(-ucr.SLACK // f)
+          right = [ucr.is_correct((d_lo + d_hi) // 2, lo, hi, slack) for d_lo, d_hi in own]
+          hit.update({"top1": bool(right[:1] and right[0]), "topk": any(right)})
+        hits.append(hit)
     metrics.update({"intervals": hits, "intervals_found": float(sum(h["found"] for h in hits))})
+    summary += f"\n  labelled intervals found {sum(h['found'] for h in hits)}/{len(hits)}"
+    if splits.prefix:
+      metrics.update({k: float(sum(h[k] for h in hits)) for k in ("top1", "topk")})
+      summary += (
+        f" (UCR rule, within {ucr.SLACK} rows: top-1 {sum(h['top1'] for h in hits)}, top-{a.top_k} "
+        f"{sum(h['topk'] for h in hits)})"
+      )
     summary += (
-      f"\n  labelled intervals found {sum(h['found'] for h in hits)}/{len(hits)}; per point: precision "
-      f"{counts['precision']:.3f} recall {counts['recall']:.3f} F{a.beta:g} {counts['fbeta']:.3f} "
-      f"ROC-AUC {auc:.3f}"
+      f"; per point: precision {counts['precision']:.3f} recall {counts['recall']:.3f} F{a.beta:g} "
+      f"{counts['fbeta']:.3f} ROC-AUC {auc:.3f}"
     )
   plot = (
     None if path is None else save_discord_plot(path, units, scores, found, splits, summary.split(":")[0])
@@ -248,5 +318,5 @@ def detect(
     return reconstruct_batches(model, state, windows, options.batch_size)["recon"]
 
   splits = dataset.anomaly
-  run = _semi_supervised if splits.supervised else _unsupervised
+  run = _semi_supervised if splits.supervised else _after_prefix if splits.prefix else _unsupervised
   return run(reconstruct, options, splits, dataset.name, plot_path)

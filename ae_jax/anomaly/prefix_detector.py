@@ -2,8 +2,8 @@
 nothing but the series' values and `train_end`, and name the top non-overlapping candidates.
 
 The window is `window` points, or when 0 the dominant autocorrelation period of the prefix
-(`ucr.dominant_period`). Each method gives every query window (start >= train_end) a score; larger is
-more anomalous:
+(`series_segments.dominant_period`). Each method gives every query window (start >= train_end) a score;
+larger is more anomalous:
   mp          z-normalised distance to the nearest window of the whole series, trivial matches left out
               (the matrix profile's discord: the archive's baseline)
   mp_prefix   z-normalised distance to the nearest window of the prefix (an AB-join against normal data)
@@ -25,6 +25,7 @@ from ae_jax.anomaly import ucr
 from ae_jax.anomaly.matrix_profile import nearest_distances
 from ae_jax.anomaly.window_ae import WindowAEOptions, WindowAutoencoder, latent_discords
 from ae_jax.core.errors import ConfigError
+from ae_jax.data.series_segments import dominant_period
 
 METHODS = ("mp", "mp_prefix", "mp_raw", "ae_error", "ae_latent")
 
@@ -66,7 +67,7 @@ def choose_window(values: np.ndarray, train_end: int, options: DetectorOptions) 
   """(window in points, the phrase saying how it was chosen)."""
   if options.window:
     return options.window, "given"
-  return ucr.dominant_period(values[:train_end], high=options.max_window), "dominant period of the prefix"
+  return dominant_period(values[:train_end], high=options.max_window), "dominant period of the prefix"
 
 
 def _method_scores(
@@ -88,15 +89,12 @@ def _method_scores(
   return latent_discords(codes, model.errors_and_codes(0, train_end - m + 1)[1])
 
 
-def detect_after_prefix(
-  values: np.ndarray, train_end: int, options: DetectorOptions = DetectorOptions()
-) -> Detection:
-  """Runs the detector on values [n] with the normal prefix values[:train_end] (nothing after it trains
-  the autoencoder). Raises ConfigError when the prefix or the series is too short for the window."""
-  options.check()
-  values = np.asarray(values, np.float64)
-  m, rule = choose_window(values, train_end, options)
-  lengths = sorted({max(int(round(m * s)), 4) for s in options.scales})
+def score_profile(values: np.ndarray, train_end: int, window: int, options: DetectorOptions) -> np.ndarray:
+  """The combined score per point [n] of values [n] (float64) with the normal prefix values[:train_end] and
+  the window in points: each method's and length's window scores placed at the windows' centres, divided by
+  their largest value, summed; NaN before the first query window's centre. Raises ConfigError when the
+  prefix or the series is too short for the longest window."""
+  lengths = sorted({max(int(round(window * s)), 4) for s in options.scales})
   if train_end < 2 * max(lengths) or len(values) - train_end < max(lengths):
     raise ConfigError(
       f"a window of {max(lengths)} points needs a prefix of at least {2 * max(lengths)} points and as many "
@@ -110,6 +108,18 @@ def detect_after_prefix(
       centre = train_end + length // 2
       total[centre : centre + len(s)] += np.nan_to_num(s / max(top, 1e-12), nan=0.0, posinf=1.0)
   scores = np.full(len(values), np.nan)
-  first = train_end + m // 2
+  first = train_end + window // 2
   scores[first:] = total[first:]
-  return Detection(m, rule, scores, ucr.top_indices(scores, options.top_k, m, start=first))
+  return scores
+
+
+def detect_after_prefix(
+  values: np.ndarray, train_end: int, options: DetectorOptions = DetectorOptions()
+) -> Detection:
+  """Runs the detector on values [n] with the normal prefix values[:train_end] (nothing after it trains
+  the autoencoder). Raises ConfigError when the prefix or the series is too short for the window."""
+  options.check()
+  values = np.asarray(values, np.float64)
+  m, rule = choose_window(values, train_end, options)
+  scores = score_profile(values, train_end, m, options)
+  return Detection(m, rule, scores, ucr.top_indices(scores, options.top_k, m, start=train_end + m // 2))

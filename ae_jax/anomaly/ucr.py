@@ -93,17 +93,3 @@ def top_indices(scores: np.ndarray, k: int, exclusion: int, start: int = 0) -> l
     out.append(i)
     s[max(i - exclusion + 1, 0) : i + exclusion] = -np.inf
   return out
-
-
-def dominant_period(values: np.ndarray, low: int = 8, high: int = 1000) -> int:
-  """The dominant period of values [n] in points: the lag in [low, high] (at most n / 3) of the highest
-  local maximum of the autocorrelation (FFT, mean removed); `low` when there is none."""
-  x = np.asarray(values, np.float64) - np.mean(values)
-  n = len(x)
-  high = max(min(high, n // 3), low + 2)
-  spectrum = np.fft.rfft(x, 2 * n)
-  acf = np.fft.irfft(spectrum * np.conj(spectrum))[: high + 2]
-  acf = acf / (acf[0] + 1e-12)
-  lags = np.arange(low, high + 1)
-  peaks = lags[(acf[lags] > acf[lags - 1]) & (acf[lags] >= acf[lags + 1])]
-  return int(peaks[np.argmax(acf[peaks])]) if len(peaks) else low

@@ -14,7 +14,7 @@ its first point's) and normalised with the mean and standard deviation of the tr
 ranges and intervals, count a file's data rows from 0 (a header is not a row); messages about a file's
 content name its 1-based line numbers instead, as an editor shows them.
 
-Two modes:
+Three modes:
 * semi-supervised: index ranges per role, in rows of the original files ("lo:hi", several joined with
   ",", "FILE:lo:hi" with several files): `train_ranges` (their anomaly-free windows train the model),
   `validation_ranges` (normal points: monitor training and `keep_best`, and fit the error model),
@@ -22,58 +22,44 @@ Two modes:
   ranges) and `test_ranges` (only reported).
 * unsupervised (no ranges given): every window of every series trains the model, and every point is
   scored afterwards (`ae_jax.anomaly`: top-k discords).
+* after a normal prefix (`train_end`, the UCR anomaly archive's protocol): the rows before train_end are
+  normal; the first 1 - `validation_share` of them train the model, the rest are the validation split
+  (monitoring, and the error model), and only the rows from train_end on are scored (top-k discords after
+  the prefix). With `window = 0` the window is the dominant autocorrelation period of the first file's
+  prefix (at most `max_window` points), and the outputs say so.
 `layout = "windows"` reads a file whose rows are whole windows (UCR format, e.g. ECG5000: a class column
 and the values), split per role by `normal_fractions` / `anomalous_fractions` of the normal / anomalous
 rows (seeded by `split_seed`).
 
 The trainer's splits are windows {"x" [window, d], "label"}: train (anomaly-free windows of the train
-ranges, every `stride` points), validation (anomaly-free windows of the validation ranges, a quarter
-window apart) and test (every window of the test ranges, a quarter window apart).
+ranges or the prefix, every `stride` points), validation (anomaly-free windows of the validation ranges or
+the prefix's held-out end, a quarter window apart) and test (every window of the test ranges, a quarter
+window apart).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
 
 from ae_jax.core.errors import ConfigError, DataError
 from ae_jax.data import dataset, series_table, sources
+from ae_jax.data.series_segments import (  # noqa: F401 (re-exported: the series_file API)
+  AnomalySplits,
+  Segment,
+  all_windows,
+  dominant_period,
+  downsample,
+  interval_labels,
+  normal_windows,
+  windows,
+)
 
 ROLES = ("train", "validation", "threshold", "test")
 LAYOUTS = ("series", "windows")
-
-
-@dataclasses.dataclass(frozen=True)
-class Segment:
-  """Points [lo, hi) of one normalised series: values [n, d] and labels [n] (True = anomalous) of the whole
-  series, so windows that score the segment's points can reach past its ends (no edge effect there)."""
-
-  series: str
-  role: str
-  values: np.ndarray
-  labels: np.ndarray
-  lo: int
-  hi: int
-  times: np.ndarray | None = None  # [n] datetime64 or float64 (config.data.time_column), or None
-
-
-@dataclasses.dataclass(frozen=True)
-class AnomalySplits:
-  """Segments by role (ROLES, plus "score" in unsupervised mode), the window length and training stride,
-  the unit that is scored ("point": each point, from the windows that cover it; "window": each segment is
-  one window, e.g. a beat), the downsampling factor, and whether the ranges were given (semi-supervised)."""
-
-  segments: dict[str, list[Segment]]
-  window: int
-  stride: int
-  unit: str
-  downsample: int = 1
-  supervised: bool = True
-  labelled: bool = True
 
 
 SERIES_OPTIONS = {
@@ -90,70 +76,22 @@ SERIES_OPTIONS = {
   "time_column": "",
   "labels": "",  # JSON of anomalous intervals: [[start, end), ...] or {file name: [...]}; "": none
   "label_ends": "half_open",  # half_open: start <= i < end | open: start < i < end
-  "window": 0,  # points per window (series layout; required)
+  "window": 0,  # points per window (series layout; 0 only with train_end: the dominant period of the prefix)
   "stride": 1,  # between training windows
   "downsample": 1,  # block means of this many points
   "train_ranges": "",
   "validation_ranges": "",
   "threshold_ranges": "",
   "test_ranges": "",
+  # the UCR archive's protocol: rows before this are normal ("N", or "FILE:N,..." per file); the model trains
+  # on them and the anomaly evaluator scores only the rows after them
+  "train_end": "",
+  "validation_share": 0.2,  # train_end mode: the last share of each prefix held out (monitoring, error model)
+  "max_window": 400,  # train_end mode with window=0: the longest period the automatic window takes
   "normal_fractions": (0.6, 0.1, 0.1, 0.2),  # windows layout: normal rows per role (ROLES order)
   "anomalous_fractions": (0.0, 0.0, 0.3, 0.7),  # windows layout: anomalous rows per role
   "split_seed": 0,
 }
-
-
-def interval_labels(n: int, intervals: Sequence[Sequence[int]], ends: str = "half_open") -> np.ndarray:
-  """Point labels [n] (bool) from anomalous intervals: lo <= i < hi ("half_open") or lo < i < hi ("open")."""
-  labels = np.zeros(n, bool)
-  for lo, hi in intervals:
-    labels[lo + (ends == "open") : hi] = True
-  return labels
-
-
-def downsample(values: np.ndarray, labels: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
-  """Block means of values [n, d] and block-wise `any` of labels [n]; a partial last block is dropped."""
-  if factor == 1:
-    return values, labels
-  n = len(values) // factor * factor
-  return (
-    values[:n].reshape(n // factor, factor, -1).mean(axis=1),
-    labels[:n].reshape(n // factor, factor).any(axis=1),
-  )
-
-
-def windows(
-  values: np.ndarray, length: int, stride: int, lo: int = 0, hi: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-  """The windows [W, length, d] of values [n, d] that overlap points [lo, hi) (default: all), starting at
-  lo + k * stride (k may be negative), plus one ending at hi - 1 or the series' end, so every point is
-  covered (stride <= length); returns (windows, start indices [W]). Windows may reach past lo and hi but
-  stay inside the series; none when n < length."""
-  n, hi = len(values), len(values) if hi is None else hi
-  if n < length:
-    return np.zeros((0, length, values.shape[1]), values.dtype), np.zeros(0, np.int64)
-  last = min(hi - 1, n - length)
-  starts = np.arange(lo - (length - 1) // stride * stride, last + 1, stride)
-  starts = starts[starts >= 0]
-  if starts[-1] != last:
-    starts = np.append(starts, last)
-  return np.stack([values[a : a + length] for a in starts]), starts
-
-
-def normal_windows(segments: Sequence[Segment], length: int, stride: int) -> np.ndarray:
-  """Windows [W, length, d] inside `segments` that contain no anomalous point."""
-  out = [np.zeros((0, length, segments[0].values.shape[1]), np.float32)] if segments else []
-  for s in segments:
-    w, starts = windows(s.values[s.lo : s.hi], length, stride)
-    bad = np.array([s.labels[s.lo + a : s.lo + a + length].any() for a in starts], bool)
-    out.append(w[~bad])
-  return np.concatenate(out).astype(np.float32)
-
-
-def all_windows(segments: Sequence[Segment], length: int, stride: int) -> np.ndarray:
-  """Every window [W, length, d] inside `segments`."""
-  parts = [windows(s.values[s.lo : s.hi], length, stride)[0] for s in segments]
-  return np.concatenate(parts).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -197,8 +135,12 @@ def _parse_ranges(text: str, files: list[str], what: str) -> list[tuple[str, int
 
 
 def _series_splits(data: ml_collections.ConfigDict) -> AnomalySplits:
-  if int(data.window) < 2:
-    raise ConfigError("config.data.window (points per window) must be at least 2 for series_file")
+  after_prefix = str(data.train_end) != ""
+  if int(data.window) < 2 and not (after_prefix and int(data.window) == 0):
+    raise ConfigError(
+      "config.data.window (points per window) must be at least 2 for series_file (0 picks the dominant "
+      "period of the normal prefix, with config.data.train_end)"
+    )
   paths = [sources.resolve_path(p, data, "config.data.path") for p in _split_list(data.path)]
   names = [p.name for p in paths]
   if len(set(names)) != len(names):
@@ -219,15 +161,20 @@ def _series_splits(data: ml_collections.ConfigDict) -> AnomalySplits:
     )
   ranges = {role: _parse_ranges(data[f"{role}_ranges"], names, f"{role}_ranges") for role in ROLES}
   supervised = any(ranges.values())
-  if supervised and not (ranges["train"] and ranges["validation"] and ranges["test"]):
+  if after_prefix and supervised:
+    raise ConfigError("config.data: give train_end (a normal prefix) or the *_ranges, not both")
+  window, rule = int(data.window), "config.data.window"
+  if after_prefix:
+    ranges, window, rule = _prefix_ranges(data, series, names)
+  elif supervised and not (ranges["train"] and ranges["validation"] and ranges["test"]):
     raise ConfigError(
       "config.data: give train_ranges, validation_ranges and test_ranges (threshold_ranges optional), or "
       "none of them for unsupervised scoring of the whole series"
     )
-  if not supervised:
-    _check_window_fits(series, int(data.window), factor)
+  if not supervised and not after_prefix:
+    _check_window_fits(series, window, factor)
     ranges = {"train": [(n, 0, len(series[n][0]) * factor) for n in names]}
-  elif not ranges["threshold"]:
+  elif supervised and not ranges["threshold"]:
     ranges["threshold"] = ranges["validation"]
   train = np.concatenate([series[f][0][lo // factor : hi // factor] for f, lo, hi in ranges["train"]])
   mean, std = train.mean(axis=0), train.std(axis=0) + 1e-8
@@ -241,11 +188,73 @@ def _series_splits(data: ml_collections.ConfigDict) -> AnomalySplits:
         )
       normalised = ((values - mean) / std).astype(np.float32)
       segments[role].append(Segment(file, role, normalised, labels, lo // factor, hi // factor, times[file]))
-  if not supervised:
+  if not supervised and not after_prefix:
     segments["score"] = [dataclasses.replace(s, role="score") for s in segments["train"]]
   return AnomalySplits(
-    segments, int(data.window), int(data.stride), "point", factor, supervised=supervised, labelled=labelled
+    segments,
+    window,
+    int(data.stride),
+    "point",
+    factor,
+    supervised=supervised,
+    labelled=labelled,
+    prefix=after_prefix,
+    window_rule=rule,
   )
+
+
+def _parse_train_end(text: str, files: list[str]) -> dict[str, int]:
+  """'N' (every file) or 'FILE:N,...' (each file named) -> {file: rows before which the series is normal}."""
+  items = _split_list(text)
+  if len(items) == 1 and items[0].isdigit():
+    return {f: int(items[0]) for f in files}
+  out = {}
+  for item in items:
+    file, _, rows = item.rpartition(":")
+    if file not in files or not rows.isdigit():
+      raise ConfigError(
+        f"config.data.train_end: cannot read {item!r}; use 'N' (every file) or 'FILE:N' with FILE in {files}"
+      )
+    out[file] = int(rows)
+  if set(out) != set(files):
+    raise ConfigError(f"config.data.train_end names {sorted(out)}; name every file of {files}")
+  return out
+
+
+def _prefix_ranges(
+  data: ml_collections.ConfigDict, series: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str]
+) -> tuple[dict[str, list[tuple[str, int, int]]], int, str]:
+  """Ranges (rows) by role for the train_end mode: train and validation within each normal prefix, "score"
+  after it; and the window (points) with the phrase saying how it was chosen."""
+  factor, share = int(data.downsample), float(data.validation_share)
+  if not 0.0 < share < 1.0:
+    raise ConfigError(f"config.data.validation_share must lie strictly between 0 and 1, got {share}")
+  ends = {f: rows // factor for f, rows in _parse_train_end(str(data.train_end), names).items()}
+  window, rule = int(data.window), "config.data.window"
+  if window == 0:
+    first = series[names[0]][0][: ends[names[0]], 0]
+    window = dominant_period(first, high=int(data.max_window))
+    column = " (its first column)" if series[names[0]][0].shape[1] > 1 else ""
+    rule = f"the dominant period of {names[0]}'s prefix{column}, {len(first)} points"
+  ranges: dict[str, list[tuple[str, int, int]]] = {"train": [], "validation": [], "score": []}
+  for f in names:
+    end, n = ends[f], len(series[f][0])
+    held = int(round(end * share))
+    if not 0 < end < n:
+      raise ConfigError(
+        f"config.data.train_end for {f} is {end * factor} rows; it must lie inside the series "
+        f"({n * factor} rows) so that rows after it are scored"
+      )
+    if min(end - held, held) < window:
+      raise ConfigError(
+        f"config.data.train_end: {f}'s prefix of {end} points splits into {end - held} training and {held} "
+        f"validation points, fewer than a window of {window} in one of them; shorten config.data.window or "
+        "change config.data.validation_share"
+      )
+    ranges["train"].append((f, 0, (end - held) * factor))
+    ranges["validation"].append((f, (end - held) * factor, end * factor))
+    ranges["score"].append((f, end * factor, n * factor))
+  return ranges, window, rule
 
 
 def _check_window_fits(series: dict[str, tuple[np.ndarray, np.ndarray]], window: int, factor: int) -> None:
@@ -264,7 +273,13 @@ def _no_windows(segments: list[Segment], length: int, role: str, splits: Anomaly
   """Why the train / validation segments hold no anomaly-free window of `length` points."""
   longest = max(s.hi - s.lo for s in segments)
   after = f" after downsample={splits.downsample}" if splits.downsample > 1 else ""
-  where = f"config.data.{role}_ranges" if splits.supervised else "the series"
+  where = (
+    f"config.data.{role}_ranges"
+    if splits.supervised
+    else "the prefix before config.data.train_end"
+    if splits.prefix
+    else "the series"
+  )
   if longest < length:
     return ConfigError(
       f"{where}: the longest range is {longest} points{after}, shorter than config.data.window={length}; "
@@ -325,6 +340,9 @@ def _example(data: ml_collections.ConfigDict) -> dataset.ExampleSpec:
   if not paths:
     raise ConfigError("config.data.path is empty: name the series file(s) (CSV, text or .npy)")
   columns = _split_list(data.columns)
+  if data.layout == "series" and int(data.window) == 0:  # the window comes from the data (or an error)
+    splits = _series_splits(data)
+    return dataset.ExampleSpec((splits.window, splits.segments["train"][0].values.shape[1]))
   if data.layout == "series" and columns:
     return dataset.ExampleSpec((int(data.window), len(columns)))
   table = series_table.read_table(sources.resolve_path(paths[0], data, "config.data.path"), peek=True)
@@ -338,7 +356,7 @@ def _example(data: ml_collections.ConfigDict) -> dataset.ExampleSpec:
 def _roles(data: ml_collections.ConfigDict) -> tuple[str, ...]:
   if data.layout == "windows" or data.train_ranges:
     return ("train", "validation", "test")
-  return ("train",)
+  return ("train", "validation") if str(data.train_end) else ("train",)
 
 
 def windows_source(w: np.ndarray) -> sources.ArraySource:
@@ -352,8 +370,9 @@ def load(data: ml_collections.ConfigDict) -> dataset.Dataset:
   seg, length = splits.segments, splits.window
   eval_stride = max(length // 4, 1) if splits.unit == "point" else length
   split_sources = {"train": windows_source(normal_windows(seg["train"], length, splits.stride))}
-  if splits.supervised:
+  if splits.supervised or splits.prefix:
     split_sources["validation"] = windows_source(normal_windows(seg["validation"], length, eval_stride))
+  if splits.supervised:
     split_sources["test"] = windows_source(all_windows(seg["test"], length, eval_stride))
   if splits.unit == "window" and not len(split_sources["train"]):
     raise DataError("layout='windows': no row trains the model; raise config.data.normal_fractions[0]")

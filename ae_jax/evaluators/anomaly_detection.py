@@ -1,6 +1,7 @@
 """The `anomaly` evaluator: reconstruction-error anomaly detection on a series dataset's own segments
-(`ae_jax.anomaly`), semi-supervised (threshold on the threshold split, report on the test split) or
-unsupervised (top-k discords). Writes WORKDIR/<name>.png (`Context.output_path`)."""
+(`ae_jax.anomaly`), semi-supervised (threshold on the threshold split, report on the test split),
+unsupervised (top-k discords), or after a normal prefix (top-k discords after it, the UCR archive's
+rule). Writes WORKDIR/<name>.png (`Context.output_path`)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,15 @@ OPTIONS = {
   "normalise_positions": True,  # divide errors by their mean at each window position first
   "batch_size": 512,
   "contamination": 0.05,  # unsupervised: share of points with the largest errors left out of the fit
-  "top_k": 3,  # unsupervised: discords reported
+  "top_k": 3,  # unsupervised and after a prefix: discords reported
+  # after a normal prefix (config.data.train_end): prefix_detector methods added to the model's score,
+  # e.g. "mp,ae_latent" (univariate series); "": the model's reconstruction errors alone
+  "methods": "",
 }
 
 
 def _build(name: str, sec: ml_collections.ConfigDict, ctx: evaluators.Context):
-  anomaly.check_options(sec, f"config.evals.{name}")
+  anomaly.check_options(sec, f"config.evals.{name}", ctx.dataset.anomaly)
   if ctx.config.model.get("vocab_size", 0):
     raise ConfigError("anomaly detection scores real-valued reconstructions: set config.model.vocab_size=0")
 

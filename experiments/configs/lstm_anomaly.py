@@ -15,7 +15,16 @@ r"""LSTM autoencoders for anomaly detection (Malhotra et al. 2016, EncDec-AD): d
 `series` is your own series (`series_file`, ae_jax/data/series_file.py), scored unsupervised: trained on the
 whole series with the 5% largest training errors left out of the loss after 1,000 steps, then the top
 discords are reported. `series,mode=supervised` with --config.data.{train,validation,threshold,test}_ranges
-follows the semi-supervised protocol below instead.
+follows the semi-supervised protocol below instead. `series,mode=prefix` with --config.data.train_end=N is
+the UCR anomaly archive's protocol: the rows before N are normal and train the model (their last 20% are
+the validation split: early stopping and the error model), only the rows after N are scored, and the
+window is the dominant period of the prefix unless --config.data.window is given (results.json and
+log.txt say which); --config.evals.anomaly.methods=mp,ae_latent adds ae-jax's prefix detectors (see
+docs/anomaly.md) to the model's score.
+
+    python -m experiments.main --workdir runs/ad_prefix \
+        --config experiments/configs/lstm_anomaly.py:series,mode=prefix \
+        --config.data.path=my_sensor.csv --config.data.columns=temperature --config.data.train_end=20000
 
 The argument is the data set, optionally followed by `,model=NAME` for another family (lstm_ae_repeat,
 lstm_ae_stacked, lstm_ae_seq; default lstm_encdec_ad), e.g. `lstm_anomaly.py:ecg5000,model=lstm_ae_repeat`.
@@ -46,7 +55,8 @@ SETTINGS = {
 }
 # The arguments the config sweep test checks: every data set, and every family on one of them.
 ARGS = (*SETTINGS, *(f"power_demand,model={m}" for m in ("lstm_ae_seq", "lstm_ae_repeat", "lstm_ae_stacked")))
-# (`series,mode=supervised` needs ranges, which the sweep test's stand-in file does not give)
+# (`series,mode=supervised` and `mode=prefix` need ranges or train_end, which the sweep test's stand-in
+# file does not give)
 # The width option of each family.
 WIDTH = {
   "lstm_encdec_ad": "hidden",
@@ -60,10 +70,11 @@ def get_config(arg: str = "power_demand"):
   args = parse_arg(arg, dataset="power_demand", model="lstm_encdec_ad", mode="unsupervised")
   name, model = args.dataset, args.model
   unsupervised = name == "series" and args.mode == "unsupervised"
-  if name not in SETTINGS or model not in WIDTH or args.mode not in ("unsupervised", "supervised"):
+  prefix = name == "series" and args.mode == "prefix"
+  if name not in SETTINGS or model not in WIDTH or args.mode not in ("unsupervised", "supervised", "prefix"):
     raise ConfigError(
-      f"lstm_anomaly.py:{arg}: use DATASET[,model=NAME][,mode=supervised] with DATASET in {list(SETTINGS)} "
-      f"and NAME in {list(WIDTH)}"
+      f"lstm_anomaly.py:{arg}: use DATASET[,model=NAME][,mode=supervised|prefix] with DATASET in "
+      f"{list(SETTINGS)} and NAME in {list(WIDTH)}"
     )
   batch, steps, width, anomaly_options = SETTINGS[name]
   config = default_config()
@@ -78,6 +89,8 @@ def get_config(arg: str = "power_demand"):
     config.data = data_config("series_file", window=64, stride=4)
     if unsupervised:
       config.trim.update(fraction=0.05, after=1000)  # robust to the unlabelled anomalies it trains on
+    if prefix:
+      config.data.window = 0  # the dominant period of the normal prefix, unless given
   else:
     config.data = shipped_series.preset(name)  # a series_file config: files, columns, labels, window, ranges
   config.batch_size = batch
@@ -92,7 +105,10 @@ def get_config(arg: str = "power_demand"):
     del config.evals["test"]  # the whole series trains the model; the discords are the result
   else:  # early stopping on the normal validation split (vN1), as in the paper
     config.evals.validation = evaluators.section("losses", split="validation", every=500, baseline=False)
-    config.evals.test.update(every=0, baseline=False)
+    if prefix:
+      del config.evals["test"]  # the rows after the prefix are what the anomaly evaluator scores
+    else:
+      config.evals.test.update(every=0, baseline=False)
     config.keep_best = "validation/loss"
   config.checkpoint_every = 1000
   config.evals.anomaly = evaluators.section("anomaly", **anomaly_options)
