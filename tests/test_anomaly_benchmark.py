@@ -77,14 +77,15 @@ def test_dominant_period_of_a_sine():
 # ----------------------------------------------------------------------------- the matrix profile
 
 
-def _brute_force(values, m, query, reference, exclusion, normalise):
-  """Nearest-window distances by a double loop in float64, STUMPY's conventions for constant windows."""
+def _brute_force(values, m, query, reference, exclusion, normalise, left=False):
+  """Nearest-window distances by a double loop in float64, STUMPY's conventions for constant windows;
+  `left`: only windows that start before the query's."""
   w = np.lib.stride_tricks.sliding_window_view(values, m)
   tol = 1e-8 * max(np.abs(w).max(), 1.0)
   out = np.full(query[1] - query[0], np.inf)
   for i in range(*query):
     for j in range(*reference):
-      if abs(i - j) < exclusion:
+      if abs(i - j) < exclusion or (left and j > i):
         continue
       a, b = w[i], w[j]
       if not normalise:
@@ -97,15 +98,17 @@ def _brute_force(values, m, query, reference, exclusion, normalise):
   return out
 
 
-@pytest.mark.parametrize("normalise", [True, False])
-def test_nearest_distances_equal_brute_force(normalise):
+@pytest.mark.parametrize("normalise, left", [(True, False), (False, False), (True, True)])
+def test_nearest_distances_equal_brute_force(normalise, left):
   v = 100.0 + _sine(90, 11, seed=1, noise=0.1)  # an offset: the standardisation must not lose precision
   v[50:62] = v[50]  # a flat segment: constant windows
   m = 8
   for query, reference in [((0, 83), (0, 83)), ((40, 83), (0, 35))]:
-    got = nearest_distances(v, m, query, reference, exclusion=2, normalise=normalise)
-    want = _brute_force(v, m, query, reference, 2, normalise)
+    got = nearest_distances(v, m, query, reference, exclusion=2, normalise=normalise, left=left)
+    want = _brute_force(v, m, query, reference, 2, normalise, left)
     np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3)
+    if left and query[0] == 0:
+      assert np.isinf(got[:2]).all() and np.isfinite(got[2:]).all()  # nothing allowed before window 2
 
 
 # ----------------------------------------------------------------------------- the prefix protocol

@@ -38,8 +38,8 @@ def _standardise(w: np.ndarray, normalise: bool) -> tuple[np.ndarray, np.ndarray
   ), constant
 
 
-@functools.partial(jax.jit, static_argnames=("normalise",))
-def _block_min(q, q_const, q_start, r, r_const, r_start, exclusion, normalise: bool):
+@functools.partial(jax.jit, static_argnames=("normalise", "left"))
+def _block_min(q, q_const, q_start, r, r_const, r_start, exclusion, normalise: bool, left: bool):
   """Squared distance of each query row [B, m] to its nearest allowed reference row [R, m]: [B]."""
   m = q.shape[1]
   dots = q @ r.T
@@ -50,6 +50,8 @@ def _block_min(q, q_const, q_start, r, r_const, r_start, exclusion, normalise: b
   else:
     d2 = jnp.sum(q * q, 1)[:, None] + jnp.sum(r * r, 1)[None, :] - 2.0 * dots
   trivial = jnp.abs(q_start[:, None] - r_start[None, :]) < exclusion
+  if left:  # only windows that start before the query (and do not overlap it by more than allowed)
+    trivial = trivial | (r_start[None, :] > q_start[:, None])
   return jnp.min(jnp.where(trivial, jnp.inf, jnp.maximum(d2, 0.0)), axis=1)
 
 
@@ -60,13 +62,16 @@ def nearest_distances(
   reference: tuple[int, int] | None = None,
   exclusion: int | None = None,
   normalise: bool = True,
+  left: bool = False,
 ) -> np.ndarray:
   """Distance of each query window to its nearest reference window: [q_hi - q_lo] (float64).
 
   values [n]; windows of `m` points are named by their start. `query` and `reference` are half-open
   ranges of window starts (default: all n - m + 1 windows, the self-join matrix profile). Reference windows
   that start fewer than `exclusion` points (default ceil(m / 4), STUMPY's) from a query window are left
-  out; a query window without any allowed reference gets inf.
+  out; a query window without any allowed reference gets inf. `left`: only reference windows that start
+  before the query window count (the left matrix profile: a window's distance to the past, which a
+  repeated anomaly after it cannot hide; Lu et al. 2022, DAMP).
   """
   w = sliding_windows(values, m)
   q_lo, q_hi = query if query is not None else (0, len(w))
@@ -83,6 +88,6 @@ def nearest_distances(
     pad = _BLOCK - (hi - lo)  # one compiled shape for every block
     q = np.pad(rows[lo:hi], ((0, pad), (0, 0)))
     qc = np.pad(constant[lo:hi], (0, pad))
-    d2 = _block_min(q, qc, jnp.arange(lo, lo + _BLOCK), r, r_const, r_start, exclusion, normalise)
+    d2 = _block_min(q, qc, jnp.arange(lo, lo + _BLOCK), r, r_const, r_start, exclusion, normalise, left)
     out.append(np.asarray(d2)[: hi - lo])
   return np.sqrt(np.concatenate(out).astype(np.float64))

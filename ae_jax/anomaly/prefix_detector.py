@@ -6,6 +6,8 @@ The window is `window` points, or when 0 the dominant autocorrelation period of 
 larger is more anomalous:
   mp          z-normalised distance to the nearest window of the whole series, trivial matches left out
               (the matrix profile's discord: the archive's baseline)
+  mp_left     z-normalised distance to the nearest earlier window, prefix included (the left matrix profile,
+              as DAMP: a repeated anomaly does not hide the first occurrence)
   mp_prefix   z-normalised distance to the nearest window of the prefix (an AB-join against normal data)
   mp_raw      the same without z-normalisation (level and amplitude count)
   ae_error    reconstruction error of a window autoencoder trained on the prefix (`window_ae`)
@@ -27,7 +29,7 @@ from ae_jax.anomaly.window_ae import WindowAEOptions, WindowAutoencoder, latent_
 from ae_jax.core.errors import ConfigError
 from ae_jax.data.series_segments import dominant_period
 
-METHODS = ("mp", "mp_prefix", "mp_raw", "ae_error", "ae_latent")
+METHODS = ("mp", "mp_left", "mp_prefix", "mp_raw", "ae_error", "ae_latent")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +77,8 @@ def _method_scores(
 ) -> np.ndarray:
   """Scores [n - m + 1 - train_end] of the windows starting at train_end.. for one method and length m."""
   last = len(values) - m + 1
-  if method == "mp":
-    return nearest_distances(values, m, query=(train_end, last))
+  if method in ("mp", "mp_left"):
+    return nearest_distances(values, m, query=(train_end, last), left=method == "mp_left")
   if method in ("mp_prefix", "mp_raw"):
     ref = (0, train_end - m + 1)
     return nearest_distances(
