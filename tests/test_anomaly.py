@@ -417,3 +417,23 @@ def test_prefix_protocol_trains_on_the_prefix_and_names_the_anomaly_after_it(tmp
   assert f"window {window} = {rule}" in "\n".join(summary["results"].lines)
   saved = json.loads((tmp_path / "run" / "results.json").read_text())
   assert (saved["anomaly/window"], saved["anomaly/window_rule"]) == (window, rule)
+
+
+def test_after_a_prefix_each_series_is_scored_by_its_own_best_discords(tmp_path):
+  """Two series sharing a model, top_k=1: the reported discord is the larger spike's, yet each series'
+  interval counts by the archive's rule against that series' own best discord, as the archive scores
+  every series alone."""
+  t = np.arange(1500)
+  for name, height in (("a.txt", 6.0), ("b.txt", 3.0)):
+    values = np.sin(2 * np.pi * t / 40)
+    values[1000:1020] += height
+    np.savetxt(tmp_path / name, values)
+  (tmp_path / "labels.json").write_text('{"a.txt": [[1000, 1020]], "b.txt": [[1000, 1020]]}')
+  paths = f"{tmp_path / 'a.txt'},{tmp_path / 'b.txt'}"
+  c = data.data_config(
+    "series_file", path=paths, labels=str(tmp_path / "labels.json"), train_end="800", window=20
+  )
+  model, state = _stand_in()
+  report = anomaly.detect(model, state, _anomaly_options(top_k=1), data.get_dataset(c))
+  assert [d["series"] for d in report.metrics["discords"]] == ["a.txt"]
+  assert report.metrics["top1"] == 2.0 and report.metrics["intervals_found"] == 1.0

@@ -37,9 +37,10 @@ interval counts as found when a discord overlaps it.
 After a normal prefix (`config.data.train_end`, the UCR anomaly archive's protocol): the error model is
 fitted on the prefix's held-out end (normal points the model did not train on), only the points after the
 prefix are scored, and the top-k discords after it are reported; with labels also how many labelled
-intervals the best discord (top-1) or any of the k (top-k) finds by the archive's rule (its centre within
-100 rows of the interval). `methods` adds the profiles of `prefix_detector` (the matrix profile, the
-window autoencoder's latent discords, ...) to the model's, each divided by its largest value.
+intervals the best discord of their series (top-1) or any of its k best (top-k) finds by the archive's
+rule (the discord's centre within 100 rows of the interval). `methods` adds the profiles of
+`prefix_detector` (the matrix profile, the window autoencoder's latent discords, ...) to the model's, each
+divided by its largest value.
 
 Everything but the reconstruction is numpy; `detect` runs the whole procedure for a trained model.
 """
@@ -280,9 +281,10 @@ def _discords_report(
       for lo, hi in _intervals(units.labels[part]):
         hit = {"series": seg.series, "start": (seg.lo + lo) * f, "end": (seg.lo + hi) * f}
         hit["found"] = any(d_lo < hi and lo < d_hi for d_lo, d_hi in own)
-        if splits.prefix:
+        if splits.prefix:  # this series' own top k, as the archive scores each series alone
+          mine = top_discords([seg], [per_segment[index]], splits.window, a.top_k)
           slack = -(-ucr.SLACK // f)
-          right = [ucr.is_correct((d_lo + d_hi) // 2, lo, hi, slack) for d_lo, d_hi in own]
+          right = [ucr.is_correct((d_lo + d_hi) // 2, lo, hi, slack) for _, d_lo, d_hi, _ in mine]
           hit.update({"top1": bool(right[:1] and right[0]), "topk": any(right)})
         hits.append(hit)
     metrics.update({"intervals": hits, "intervals_found": float(sum(h["found"] for h in hits))})
