@@ -1,7 +1,7 @@
 r"""The UCR Time Series Anomaly Archive benchmark: the prefix detector on every series of a folder.
 
     python -m experiments.anomaly_benchmark --folder ../shared/data/ucr-dev --out runs/ucr_dev.md
-    python -m experiments.anomaly_benchmark --folder DIR --methods mp          # the matrix profile alone
+    python -m experiments.anomaly_benchmark --folder DIR --methods mp --scales 1   # the matrix profile alone
 
 Each file `<name>_<train_end>_<begin>_<end>.txt` (one value per line, or space-separated) is scored with
 nothing but its values and train_end (`ae_jax.anomaly.prefix_detector`, the same options for every
