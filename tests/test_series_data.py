@@ -255,6 +255,7 @@ def test_after_a_prefix_the_model_trains_on_the_prefix_and_only_the_rest_is_scor
   assert "dominant period of s.txt's prefix (its first column), 400 points" in splits.window_rule
   (train,), (validation,), (score,) = (splits.segments[r] for r in ("train", "validation", "score"))
   assert [(s.lo, s.hi) for s in (train, validation, score)] == [(0, 320), (320, 400), (400, 600)]
+  assert len(validation.values) == 400 and len(score.values) == 600  # no window of the prefix passes 400
   train_mean = values[:320].mean(axis=0)  # normalised with the training points' statistics
   np.testing.assert_allclose(score.values[:320].mean(axis=0), 0.0, atol=1e-5)
   assert not np.allclose(train_mean, 0.0, atol=1e-3)
