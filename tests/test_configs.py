@@ -104,6 +104,10 @@ def test_shipped_configs_parse_their_arguments_with_parse_arg():
     with pytest.raises(ConfigError, match=hint):
       module.get_config(arg)
   assert lstm_anomaly.get_config("ecg5000,model=lstm_ae_seq").model.name == "lstm_ae_seq"
+  with pytest.raises(ConfigError, match="mode=prefix is for your own series"):
+    lstm_anomaly.get_config("power_demand,mode=prefix")  # a preset keeps its protocol: not ignored
+  prefix = lstm_anomaly.get_config("series,mode=prefix")
+  assert prefix.data.window == 0 and "test" not in prefix.evals and prefix.keep_best == "validation/loss"
   assert iwae_mnist.get_config("k=5").model.num_samples == 5
   rvq = vqvae_cifar10.get_config("rvq,num_codes=8,quantizer_dropout=false")  # the argument beats the preset
   q = rvq.model.quantizer

@@ -76,6 +76,11 @@ def get_config(arg: str = "power_demand"):
       f"lstm_anomaly.py:{arg}: use DATASET[,model=NAME][,mode=supervised|prefix] with DATASET in "
       f"{list(SETTINGS)} and NAME in {list(WIDTH)}"
     )
+  if args.mode != "unsupervised" and name != "series":
+    raise ConfigError(
+      f"lstm_anomaly.py:{arg}: mode={args.mode} is for your own series ('series'); the presets have their "
+      "protocol: drop ',mode=...'"
+    )
   batch, steps, width, anomaly_options = SETTINGS[name]
   config = default_config()
   config.model = model_config(model, **{WIDTH[model]: width})
