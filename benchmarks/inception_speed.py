@@ -22,7 +22,6 @@ import os
 import shlex
 import statistics
 import sys
-import time
 from typing import Any
 
 import jax
@@ -50,12 +49,7 @@ def measure(batches: tuple[int, ...], rounds: int, matmul_size: int) -> dict[str
     flops[b] = float(cost.get("flops", float("nan"))) / b
     calls[b] = lambda c=compiled, x=images: c(variables, x)
     jax.block_until_ready(calls[b]())
-  times: dict[int, list[float]] = {b: [] for b in batches}
-  for _ in range(rounds):
-    for b, call in calls.items():
-      start = time.perf_counter()
-      jax.block_until_ready(call())
-      times[b].append(time.perf_counter() - start)
+  times = measure_module.interleaved_seconds(calls, rounds)
   peak = measure_module.matmul_peak(matmul_size, 5)
   rows = {}
   for b in batches:

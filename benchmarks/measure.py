@@ -22,7 +22,7 @@ import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -494,6 +494,18 @@ def matmul_peak(n: int, repeats: int) -> dict[str, Any]:
     times.append(time.perf_counter() - start)
   seconds = statistics.median(times)
   return {"n": n, "repeats": repeats, "ms": 1e3 * seconds, "flops_per_s": 2 * n**3 / seconds}
+
+
+def interleaved_seconds(calls: Mapping[Any, Callable[[], Any]], rounds: int) -> dict[Any, list[float]]:
+  """{key: [seconds]} of `rounds` rounds that each run every call of `calls` once, in turn (interleaved, so
+  load that comes and goes falls on all of them), each waited for with jax.block_until_ready."""
+  times: dict[Any, list[float]] = {key: [] for key in calls}
+  for _ in range(rounds):
+    for key, call in calls.items():
+      start = time.perf_counter()
+      jax.block_until_ready(call())
+      times[key].append(time.perf_counter() - start)
+  return times
 
 
 def peak_rss_mb() -> float:

@@ -34,13 +34,13 @@ import os
 import shlex
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from benchmarks import measure as measure_module
 from benchmarks import report as report_module
 
 GRIDS = {"cifar10": ((8, 8), 512), "fashion_mnist": ((7, 7), 256)}  # (code grid, stage one's K)
@@ -124,12 +124,7 @@ def measure(per_device: int, rounds: int, smoke: bool) -> dict[str, Any]:
     for call in calls.values():  # compile, and one untimed run
       jax.block_until_ready(call())
       jax.block_until_ready(call())
-    times: dict[str, list[float]] = {case: [] for case in calls}
-    for _ in range(rounds):
-      for case, call in calls.items():
-        start = time.perf_counter()
-        jax.block_until_ready(call())
-        times[case].append(time.perf_counter() - start)
+    times = measure_module.interleaved_seconds(calls, rounds)
     rows = {
       case: {
         "ms_per_image": 1e3 * statistics.median(t) / per_device,
