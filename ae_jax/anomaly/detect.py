@@ -81,12 +81,17 @@ class AnomalyReport:
   summary: str
 
 
+def _methods(a: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The prefix detector methods the `methods` option names ("mp,ae_latent" -> ("mp", "ae_latent"))."""
+  return tuple(m for m in str(a.get("methods", "")).split(",") if m)
+
+
 def check_options(
   a: ml_collections.ConfigDict, where: str = "config.evals.anomaly", splits: AnomalySplits | None = None
 ) -> None:
   """Raises ConfigError for anomaly options that cannot work (before any training); with the dataset's
   `splits`, also for options its mode cannot use."""
-  methods = [m for m in str(a.get("methods", "")).split(",") if m]
+  methods = _methods(a)
   unknown = [m for m in methods if m not in prefix_detector.METHODS]
   if unknown:
     raise ConfigError(f"{where}.methods: unknown {unknown}; choose from {list(prefix_detector.METHODS)}")
@@ -231,7 +236,7 @@ def _after_prefix(reconstruct, a, splits: AnomalySplits, name: str, path: str | 
     window_errors(splits.segments["score"], reconstruct, splits.window, a.stride), "point", scale
   )
   scores = SCORES[a.score](units.errors, gaussian)
-  methods = tuple(m for m in str(a.methods).split(",") if m)
+  methods = _methods(a)
   if methods:
     options = prefix_detector.DetectorOptions(methods=methods, window=splits.window)
     combined = []

@@ -178,16 +178,16 @@ def _series_splits(data: ml_collections.ConfigDict) -> AnomalySplits:
     ranges["threshold"] = ranges["validation"]
   train = np.concatenate([series[f][0][lo // factor : hi // factor] for f, lo, hi in ranges["train"]])
   mean, std = train.mean(axis=0), train.std(axis=0) + 1e-8
+  normalised = {f: ((values - mean) / std).astype(np.float32) for f, (values, _) in series.items()}
   segments: dict[str, list[Segment]] = {role: [] for role in ranges}
   for role, items in ranges.items():
     for file, lo, hi in items:
-      values, labels = series[file]
+      values, labels = normalised[file], series[file][1]
       if hi // factor > len(values):
         raise ConfigError(
           f"config.data.{role}_ranges: {file}:{lo}:{hi} ends past the series ({len(values) * factor} rows)"
         )
-      normalised = ((values - mean) / std).astype(np.float32)
-      segments[role].append(Segment(file, role, normalised, labels, lo // factor, hi // factor, times[file]))
+      segments[role].append(Segment(file, role, values, labels, lo // factor, hi // factor, times[file]))
   if not supervised and not after_prefix:
     segments["score"] = [dataclasses.replace(s, role="score") for s in segments["train"]]
   if after_prefix:  # the prefix's windows end at train_end: nothing after it fits the error model either
