@@ -85,6 +85,14 @@ flags.DEFINE_float(
   "the logits uncond + W (cond - uncond) before temperature and filters (1: none, 0: the null class).",
   flag_values=FLAGS,
 )
+flags.DEFINE_enum(
+  "guidance_schedule",
+  "constant",
+  ["constant", "linear"],
+  "How --guidance varies over the sampling order of an autoregressive prior: constant W, or linear from 1 "
+  "at the first position to W at the last (MUSE's and VAR's schedule).",
+  flag_values=FLAGS,
+)
 flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/samples).", flag_values=FLAGS)
 flags.DEFINE_integer("per_device", 16, "Samples drawn at once on each device.", flag_values=FLAGS)
 flags.DEFINE_enum(
@@ -133,7 +141,16 @@ flags.DEFINE_string(
 )
 flags.mark_flags_as_required(["workdir"], flag_values=FLAGS)
 # the flags of generate.SampleOptions' fields, which only runs of a prior over codes take
-SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "steps", "choice_temperature", "label", "guidance")
+SAMPLING_FLAGS = (
+  "temperature",
+  "top_k",
+  "top_p",
+  "steps",
+  "choice_temperature",
+  "label",
+  "guidance",
+  "guidance_schedule",
+)
 GRID_IMAGES = 256  # at most this many samples in samples.png
 USAGE = (
   "python -m experiments.sample --workdir PRIOR_WORKDIR --num N [--seed S] [--temperature T] ..., or "
@@ -176,6 +193,7 @@ def sample(argv: list[str]) -> None:
     FLAGS.choice_temperature,
     FLAGS.label,
     FLAGS.guidance,
+    FLAGS.guidance_schedule,
   )
   if samplers.is_prior_run(run.config):
     diffusion = diffusion_sampler.is_diffusion_run(run.config)

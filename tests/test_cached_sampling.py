@@ -90,10 +90,12 @@ def test_the_cached_sampler_draws_the_tokens_of_the_full_recompute(case, num_cla
 
 
 def test_the_guided_cached_sampler_draws_the_tokens_of_the_guided_full_recompute():
-  """Guidance W = 2.5: the cached sampler's shared cond/null cache against two full passes per step."""
+  """Guidance (constant W, and the linear schedule): the cached sampler's shared cond/null cache against
+  two full passes per step."""
   model, variables = _prior(CLASSES, class_dropout=0.1)
   labels = jnp.arange(KEYS, dtype=jnp.int32) % CLASSES
-  for options in (dict(temperature=1.0, guidance=2.5), dict(temperature=0.0, guidance=4.0, top_k=3)):
+  linear = dict(temperature=1.0, guidance=3.0, guidance_schedule="linear", top_p=0.9)
+  for options in (dict(temperature=1.0, guidance=2.5), dict(temperature=0.0, guidance=4.0, top_k=3), linear):
     cached, recomputed = _both(model, variables, labels, generate.SampleOptions(**options))
     np.testing.assert_array_equal(cached, recomputed)
 

@@ -1,7 +1,8 @@
 """Classifier-free guidance of the class-conditional priors (ar_prior, maskgit_prior, pixelcnn_prior): label
 dropout to a learned null class in training (`class_dropout`), and sampling from uncond + W (cond - uncond):
-W = 0 is the null-class prior, W = 1 the conditional one; priors that never learned the null class are
-refused with one clear error, and `experiments.sample --guidance` works end to end."""
+W = 0 is the null-class prior, W = 1 the conditional one; the linear schedule's weight at each position is
+the closed form's; priors that never learned the null class are refused with one clear error, and
+`experiments.sample --guidance` works end to end."""
 
 import dataclasses
 import os
@@ -15,7 +16,7 @@ from ae_jax.core.errors import ConfigError
 from ae_jax.generation import generate, stage_one
 from ae_jax.generation.code_priors import ARPrior, MaskGITPrior
 from ae_jax.generation.pixelcnn_prior import PixelCNNPrior
-from ae_jax.generation.sampling import guide_logits
+from ae_jax.generation.sampling import guidance_weights, guide_logits, sample_logits
 from ae_jax.generation.transformer import check_guidance, drop_labels
 from tests.conftest import train_tiny_vqvae
 
@@ -50,6 +51,46 @@ def test_the_guided_logits_are_uncond_plus_w_times_cond_minus_uncond():
   np.testing.assert_array_equal(guide_logits(cond, uncond, 0.0), uncond)
   np.testing.assert_allclose(guide_logits(cond, uncond, 1.0), cond, rtol=1e-7)
   np.testing.assert_allclose(guide_logits(cond, uncond, 3.0), [[2.5, -12.0, 3.5]], rtol=1e-7)
+
+
+def test_the_guidance_schedules_weights_are_their_closed_forms():
+  np.testing.assert_array_equal(guidance_weights(2.5, "constant", 4), [2.5] * 4)
+  np.testing.assert_allclose(guidance_weights(3.0, "linear", 5), [1.0, 1.5, 2.0, 2.5, 3.0], rtol=1e-7)
+  np.testing.assert_allclose(guidance_weights(0.0, "linear", 3), [1.0, 0.5, 0.0], atol=1e-7)
+  np.testing.assert_array_equal(guidance_weights(4.0, "linear", 1), [4.0])
+  with pytest.raises(ConfigError, match="guidance schedule must be one of"):
+    guidance_weights(2.0, "cosine", 4)
+
+
+def _hand_guided(model, variables, labels, guidance: float, temperature: float) -> np.ndarray:
+  """Position by position with the model's full logits, the weight 1 + (W - 1) t / (L - 1) written out:
+  the reference of the linear schedule (the samplers' keys: fold_in(key of the example, t))."""
+  keys = jax.random.split(jax.random.PRNGKey(7), KEYS)
+  tokens = jnp.zeros((KEYS, L), jnp.int32)
+  nulls = jnp.full_like(labels, C)
+  for t in range(L):
+    cond = model.apply(variables, tokens, labels, method="logits")[:, t]
+    uncond = model.apply(variables, tokens, nulls, method="logits")[:, t]
+    w = 1.0 + (guidance - 1.0) * t / (L - 1)
+    guided = uncond + w * (cond - uncond)
+    one = lambda k, g, t=t: sample_logits(jax.random.fold_in(k, t), g[None], temperature, 0, 1.0)[0]  # noqa: E731
+    draw = jax.vmap(one)
+    tokens = tokens.at[:, t].set(draw(keys, guided))
+  return np.asarray(tokens)
+
+
+@pytest.mark.parametrize("name", ["ar", "ar_recompute", "pixelcnn"])
+def test_the_linear_guidance_schedule_draws_the_hand_written_reference(name):
+  model, variables = _build(name.split("_")[0])
+  method = model.draw_recompute if name == "ar_recompute" else None
+  labels = jnp.arange(KEYS, dtype=jnp.int32) % C
+  for temperature, guidance in ((1.0, 3.0), (0.0, 4.0), (1.0, 0.0)):
+    options = dict(temperature=temperature, guidance=guidance, guidance_schedule="linear")
+    drawn = _draw(model, variables, labels, method, **options)
+    np.testing.assert_array_equal(drawn, _hand_guided(model, variables, labels, guidance, temperature))
+  constant = _draw(model, variables, labels, method, guidance=3.0)
+  linear = _draw(model, variables, labels, method, guidance=3.0, guidance_schedule="linear")
+  assert (linear != constant).any()  # the schedule changes the samples
 
 
 def test_label_dropout_replaces_labels_by_the_null_class_at_its_rate():
@@ -162,6 +203,17 @@ def test_sample_cli_guides_a_prior_trained_with_class_dropout(tmp_path):
   run = stage_one.load_run(prior)
   options = generate.SampleOptions(label="all", guidance=2.5)
   np.testing.assert_array_equal(generate.sample_tokens(run, 4, options=options, per_device=2), tokens)
+  scheduled = tmp_path / "scheduled"
+  cli("--num=4", "--label=all", "--guidance=2.5", "--guidance_schedule=linear", f"--out={scheduled}")
+  with np.load(scheduled / "samples.npz") as f:
+    assert str(f["guidance_schedule"]) == "linear"
+    linear = dataclasses.replace(options, guidance_schedule="linear")
+    np.testing.assert_array_equal(generate.sample_tokens(run, 4, options=linear, per_device=2), f["tokens"])
+  with pytest.raises(ConfigError, match="ramps the weight from 1 to --guidance W: pass W != 1"):
+    cli("--num=2", "--label=0", "--guidance_schedule=linear", f"--out={out}")
+  maskgit = dataclasses.replace(run, model=MaskGITPrior(vocab_size=K, input_shape=(L,), **TRUNK))
+  with pytest.raises(ConfigError, match="--guidance_schedule is not an option of this prior"):
+    generate.refuse_unread(maskgit, ["guidance", "guidance_schedule"], 4)
   with pytest.raises(ConfigError, match="--steps is not an option of this prior"):
     cli("--num=2", "--label=0", "--steps=4", f"--out={out}")
   no_null = dataclasses.replace(run, model=run.model.clone(class_dropout=0.0))  # as if trained without

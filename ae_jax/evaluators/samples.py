@@ -9,7 +9,8 @@ images against the same split images: what a perfect generator scores), class_ac
 samples: the feature network's accuracy on the classes they were drawn for), num_samples.
 
 Options: num, seed; a prior run's temperature, top_k, top_p, steps, choice_temperature, label (a class, or
-"all" for the classes in turn) and guidance (classifier-free guidance W; 1: none); an autoencoder's or VAE's
+"all" for the classes in turn), guidance (classifier-free guidance W; 1: none) and guidance_schedule
+("constant" or "linear"); an autoencoder's or VAE's
 prior ("mixture" over its training codes, with components and covariance; "normal": a VAE's N(0, I));
 feature_steps and feature_cache (the feature network's training steps, default the dataset's shipped network
 (`feature_network.settings_for`), and its cache folder, default $XDG_CACHE_HOME/ae_jax/feature_networks,
@@ -60,7 +61,14 @@ def sample_drawer(
   if not prior:
     samplers.check_latent_prior(ctx.config, sec.prior, f"config.evals.{name}.prior", ctx.workdir or "this")
   options = generate.SampleOptions(
-    sec.temperature, sec.top_k, sec.top_p, sec.steps, sec.choice_temperature, sec.label, sec.guidance
+    sec.temperature,
+    sec.top_k,
+    sec.top_p,
+    sec.steps,
+    sec.choice_temperature,
+    sec.label,
+    sec.guidance,
+    sec.guidance_schedule,
   )
   scratch: list[str] = []
 
@@ -112,6 +120,7 @@ DRAW_OPTIONS = {
   "choice_temperature": 4.5,
   "label": ml_collections.config_dict.placeholder(str),
   "guidance": 1.0,
+  "guidance_schedule": "constant",
   "prior": "mixture",
   "components": 10,
   "covariance": "full",

@@ -53,7 +53,7 @@ from ae_jax.generation.trunk import TrunkOptions
 from ae_jax.models import interface
 
 # The sampling options an autoregressive prior reads (generate.SampleOptions' fields).
-AUTOREGRESSIVE_OPTIONS = ("temperature", "top_k", "top_p", "label", "guidance")
+AUTOREGRESSIVE_OPTIONS = ("temperature", "top_k", "top_p", "label", "guidance", "guidance_schedule")
 
 
 def _seq_len(model: str, input_shape: Sequence[int]) -> int:
@@ -134,11 +134,12 @@ class Autoregressive:
     dropout = getattr(self, "class_dropout", 0.0)
     check_guidance(type(self).__name__, options.guidance, self.num_classes, dropout)
     logits_fn = lambda tokens, y: self.apply(variables, tokens, y, method="logits")  # noqa: E731
+    seq_len = int(self.input_shape[0])
     return sample_autoregressive(
-      with_guidance(logits_fn, options.guidance, self.num_classes),
+      with_guidance(logits_fn, options.guidance, self.num_classes, options.guidance_schedule, seq_len),
       key,
       1,
-      seq_len=int(self.input_shape[0]),
+      seq_len=seq_len,
       temperature=options.temperature,
       top_k=options.top_k,
       top_p=options.top_p,
@@ -192,6 +193,7 @@ class ARPrior(Autoregressive, _TransformerPrior):
       top_k=options.top_k,
       top_p=options.top_p,
       guidance=options.guidance,
+      guidance_schedule=options.guidance_schedule,
     )
 
 
@@ -205,7 +207,8 @@ class MaskGITPrior(_TransformerPrior):
 
   objective = "masked_code_xent"
   score = "masked_xent"
-  sampling_options = (*AUTOREGRESSIVE_OPTIONS, "steps", "choice_temperature")
+  # the guidance schedule follows positions in sampling order; MaskGIT decodes them in parallel
+  sampling_options = (*AUTOREGRESSIVE_OPTIONS[:-1], "steps", "choice_temperature")
 
   def eval_nats(self, x: jax.Array, index: jax.Array, labels: jax.Array | None, settings) -> jax.Array:
     """The cross-entropy [B] in nats per masked code at the fixed mask of `settings.mask_ratio` and

@@ -27,7 +27,7 @@ from ae_jax import models
 from ae_jax.core import parallel
 from ae_jax.core.errors import ConfigError
 from ae_jax.generation import stage_one
-from ae_jax.generation.sampling import check_sampling_options
+from ae_jax.generation.sampling import GUIDANCE_SCHEDULES, check_sampling_options
 from ae_jax.generation.transformer import check_guidance
 
 
@@ -37,7 +37,9 @@ class SampleOptions:
   iterations `steps` and `choice_temperature`; `label` (class-conditional priors: the class of every
   sample, or "all" for the classes in turn, sample i of class i % num_classes; None for unconditional
   ones); `guidance` W, classifier-free guidance of a prior trained with class_dropout > 0 (the logits
-  uncond + W (cond - uncond); 1: the conditional prior, 0: the null-class prior)."""
+  uncond + W (cond - uncond); 1: the conditional prior, 0: the null-class prior) and its
+  `guidance_schedule` over the sampling order ("constant", or "linear" from 1 at the first position to W
+  at the last: `sampling.guidance_weights`; the autoregressive priors)."""
 
   temperature: float = 1.0
   top_k: int = 0
@@ -46,6 +48,7 @@ class SampleOptions:
   choice_temperature: float = 4.5
   label: int | str | None = None
   guidance: float = 1.0
+  guidance_schedule: str = "constant"
 
   def labels(self, index: np.ndarray, num_classes: int) -> np.ndarray:
     """The class of samples `index` int [n]: int32 [n] (-1: unconditional)."""
@@ -98,6 +101,12 @@ def check_options(
       raise ConfigError(f"--label must be a class id or 'all', got '{options.label}'")
     if not 0 <= int(options.label) < model.num_classes:
       raise ConfigError(f"--label must be in [0, {model.num_classes}) or 'all', got {options.label}")
+  if options.guidance_schedule not in GUIDANCE_SCHEDULES:
+    raise ConfigError(
+      f"--guidance_schedule must be one of {list(GUIDANCE_SCHEDULES)}, got '{options.guidance_schedule}'"
+    )
+  if options.guidance_schedule != "constant" and options.guidance == 1.0:
+    raise ConfigError("--guidance_schedule linear ramps the weight from 1 to --guidance W: pass W != 1")
   check_guidance(
     prior.config.model.name,
     options.guidance,

@@ -127,7 +127,7 @@ class PixelCNNPrior(Autoregressive, nn.Module):
     rows, cols = self._check()
     logits_fn = lambda t, y: self.apply(variables, t, y, rows=t.shape[1] // cols, method="logits")  # noqa: E731
     return sample_autoregressive(
-      with_guidance(logits_fn, options.guidance, self.num_classes),
+      with_guidance(logits_fn, options.guidance, self.num_classes, options.guidance_schedule, rows * cols),
       key,
       1,
       seq_len=rows * cols,

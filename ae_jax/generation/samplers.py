@@ -175,6 +175,7 @@ def _draw_tokens(run, num, seed, options, per_device, progress) -> Drawn:
     top_p=options.top_p,
     steps=options.steps,
     guidance=options.guidance,
+    guidance_schedule=np.str_(options.guidance_schedule),
     prior_step=run.step,
     stage_one=np.str_(tokenizer.fingerprint),
   )

@@ -72,9 +72,29 @@ def sample_logits(
 
 def guide_logits(cond: jax.Array, uncond: jax.Array, guidance: float | jax.Array) -> jax.Array:
   """Classifier-free guidance on logits (LlamaGen's and MUSE's form): uncond + W (cond - uncond), float32
-  [..., K]. W = 0 gives `uncond` exactly, W = 1 `cond` (up to rounding)."""
+  [..., K]; W a number or an array that broadcasts against [...] (one weight per position: pass it with a
+  trailing axis of 1). W = 0 gives `uncond` exactly, W = 1 `cond` (up to rounding)."""
   cond, uncond = jnp.asarray(cond, jnp.float32), jnp.asarray(uncond, jnp.float32)
   return uncond + jnp.asarray(guidance, jnp.float32) * (cond - uncond)
+
+
+# How the guidance weight varies over a sequence's positions (the prior's sampling order).
+GUIDANCE_SCHEDULES = ("constant", "linear")
+
+
+def guidance_weights(guidance: float, schedule: str, length: int) -> jax.Array:
+  """The guidance weight of each of `length` positions in sampling order: float32 [length].
+
+  "constant": W everywhere. "linear": from 1 (the conditional prior) at the first position to W at the
+  last, 1 + (W - 1) t / (length - 1), the linearly increasing weight of MUSE and VAR: the first tokens,
+  which fix the layout, are drawn without the push towards the class that costs diversity.
+  """
+  if schedule not in GUIDANCE_SCHEDULES:
+    raise ConfigError(f"guidance schedule must be one of {list(GUIDANCE_SCHEDULES)}, got '{schedule}'")
+  if schedule == "constant" or length == 1:
+    return jnp.full((length,), guidance, jnp.float32)
+  ramp = jnp.arange(length, dtype=jnp.float32) / (length - 1)
+  return 1.0 + (jnp.float32(guidance) - 1.0) * ramp
 
 
 def check_sampling_options(temperature: float | jax.Array, top_k: int, top_p: float) -> None:

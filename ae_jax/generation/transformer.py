@@ -33,7 +33,12 @@ import jax
 import jax.numpy as jnp
 
 from ae_jax.core.errors import ConfigError
-from ae_jax.generation.sampling import check_sampling_options, guide_logits, sample_logits
+from ae_jax.generation.sampling import (
+  check_sampling_options,
+  guidance_weights,
+  guide_logits,
+  sample_logits,
+)
 from ae_jax.generation.trunk import SequenceTransformer, TokenPrior
 
 # apply_fn(tokens [N, L] int32, labels [N] int32 | None) -> logits [N, L, K] (or {"logits": ...}).
@@ -118,18 +123,23 @@ def drop_labels(rng: jax.Array, labels: jax.Array, class_dropout: float, null_la
   return jnp.where(jax.random.bernoulli(rng, class_dropout, labels.shape), null_label, labels)
 
 
-def with_guidance(apply_fn: ApplyFn, guidance: float, null_label: int) -> ApplyFn:
+def with_guidance(
+  apply_fn: ApplyFn, guidance: float, null_label: int, schedule: str = "constant", seq_len: int = 1
+) -> ApplyFn:
   """`apply_fn` with classifier-free guidance: (tokens [N, L], labels [N]) -> logits [N, L, K] =
-  uncond + W (cond - uncond), both passes in one call of batch 2N (labels, then `null_label`s).
-  W = 1 returns `apply_fn` itself (the conditional prior, one pass)."""
+  uncond + W_t (cond - uncond) at each position t, both passes in one call of batch 2N (labels, then
+  `null_label`s); W_t from `sampling.guidance_weights(guidance, schedule, seq_len)` (a prefix of l <=
+  seq_len positions reads the first l). W = 1 returns `apply_fn` itself (the conditional prior, one pass)."""
   if guidance == 1.0:
     return apply_fn
+  weights = guidance_weights(guidance, schedule, seq_len if schedule != "constant" else 1)
 
   def guided(tokens: jax.Array, labels: jax.Array | None) -> jax.Array:
     nulls = jnp.full_like(labels, null_label)
     both = logits_of(apply_fn(jnp.concatenate([tokens, tokens]), jnp.concatenate([labels, nulls])))
     cond, uncond = jnp.split(both, 2)
-    return guide_logits(cond, uncond, guidance)
+    w = weights[0] if schedule == "constant" else weights[: cond.shape[1], None]
+    return guide_logits(cond, uncond, w)
 
   return guided
 
@@ -254,6 +264,7 @@ def sample_cached(
   top_k: int = 0,
   top_p: float = 1.0,
   guidance: float = 1.0,
+  guidance_schedule: str = "constant",
 ) -> jax.Array:
   """Draws sequences through a key/value cache, one position per step: int32 [num, seq_len].
 
@@ -261,9 +272,11 @@ def sample_cached(
   0..t (`ARTransformer.decode_step`); `cache` is its zero cache of batch B; `start_ids` [B] the ids fed at
   position 0. Without guidance (W = 1) B = num; with guidance B = 2 num, the first num rows conditional and
   the last num their null-class twins (the same tokens fed to both), and position t is drawn from
-  uncond + W (cond - uncond). Position t is drawn with key fold_in(rng, t) by `sample_logits`, as in
+  uncond + W_t (cond - uncond), W_t = `guidance_weights(guidance, guidance_schedule, seq_len)[t]`.
+  Position t is drawn with key fold_in(rng, t) by `sample_logits`, as in
   `sample_autoregressive`, so both give the same tokens for the same model and rng. Jittable (a
-  lax.fori_loop; `seq_len`, `top_k`, `top_p` and `guidance` are static), deterministic for an rng.
+  lax.fori_loop; `seq_len`, `top_k`, `top_p`, `guidance` and its schedule are static), deterministic for an
+  rng.
   """
   check_sampling_options(temperature, top_k, top_p)
   rows = start_ids.shape[0]
@@ -271,11 +284,13 @@ def sample_cached(
   if guidance != 1.0 and rows % 2:
     raise ConfigError(f"sample_cached: guidance needs 2 x num start ids (cond, then null), got {rows}")
 
+  weights = guidance_weights(guidance, guidance_schedule, seq_len)
+
   def body(t: jax.Array, carry: tuple[Any, jax.Array, jax.Array]) -> tuple[Any, jax.Array, jax.Array]:
     cache, ids, tokens = carry
     logits, cache = step_fn(cache, ids, t)
     if guidance != 1.0:
-      logits = guide_logits(logits[:num], logits[num:], guidance)
+      logits = guide_logits(logits[:num], logits[num:], weights[t])
     token = sample_logits(jax.random.fold_in(rng, t), logits, temperature, top_k, top_p)
     ids = jnp.concatenate([token, token]) if guidance != 1.0 else token
     return cache, ids, jax.lax.dynamic_update_index_in_dim(tokens, token, t, axis=1)
