@@ -76,7 +76,7 @@ def load_folder(folder: str, exclude: list[str], options: prefix_detector.Detect
       continue
     s = ucr.read_series(path)
     m, rule = prefix_detector.choose_window(s.values, s.train_end, options)
-    longest = max(max(int(round(m * k)), 4) for k in options.scales)
+    longest = max(prefix_detector.window_lengths(m, options.scales))
     if s.train_end < 2 * longest or len(s.values) - s.train_end < longest:
       raise DataError(
         f"{s.name}: a window of {longest} points needs a prefix of {2 * longest} points and as many after "

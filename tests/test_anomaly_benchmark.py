@@ -74,6 +74,17 @@ def test_dominant_period_of_a_sine():
   assert dominant_period(_sine(2000, 37)) in (36, 37, 38)
 
 
+def test_dominant_period_is_not_taken_by_one_stretch_of_a_large_slow_wave():
+  """A pulse every 50 points, and in one stretch of 1,600 of the 16,000 points a wave of period 360 and
+  ten times the amplitude (an ECG's breathing in one part of the record): one autocorrelation over the
+  series peaks near 360; the mean of the chunks' autocorrelations keeps the period of the whole series."""
+  t = np.arange(16_000)
+  v = np.exp(-0.5 * ((t % 50) - 10) ** 2 / 4.0) + 0.05 * np.random.default_rng(0).normal(size=len(t))
+  v[4000:5600] += 10 * np.sin(2 * np.pi * t[4000:5600] / 360)
+  assert dominant_period(v, high=400) == 50
+  assert dominant_period(v[4000:5600], high=400) in range(350, 371)  # the stretch alone: its own wave
+
+
 # ----------------------------------------------------------------------------- the matrix profile
 
 
@@ -149,13 +160,18 @@ def test_window_longer_than_the_prefix_is_an_error():
 # ----------------------------------------------------------------------------- the command
 
 
-def test_command_on_two_series(tmp_path, capsys):
+def write_two_series(folder) -> None:
+  """A spike after a prefix of 400 points (one value per line), and a damped stretch after 300 (one line)."""
   v = _sine(1200, 30, seed=5)
   v[900:915] += 1.5
-  _write(tmp_path, "001_spike_400_900_915.txt", v)
+  _write(folder, "001_spike_400_900_915.txt", v)
   w = _sine(1000, 20, seed=6)
   w[700:740] = w[700:740] * 0.2
-  _write(tmp_path, "002_damped_300_700_740.txt", w, one_line=True)
+  _write(folder, "002_damped_300_700_740.txt", w, one_line=True)
+
+
+def test_command_on_two_series(tmp_path, capsys):
+  write_two_series(tmp_path)
   out = tmp_path / "table.json"
   result = anomaly_benchmark.run(["--folder", str(tmp_path), "--steps", "60", "--out", str(out)])
   assert result["series"] == 2 and result["top1"] == 2 and result["top3"] == 2

@@ -10,11 +10,14 @@ larger is more anomalous:
               as DAMP: a repeated anomaly does not hide the first occurrence)
   mp_prefix   z-normalised distance to the nearest window of the prefix (an AB-join against normal data)
   mp_raw      the same without z-normalisation (level and amplitude count)
+  mp_diff     mp_prefix on the first difference of the series (a change of slope, noise or a missing
+              beat that keeps the window's overall shape)
   ae_error    reconstruction error of a window autoencoder trained on the prefix (`window_ae`)
   ae_latent   distance of the window's code to the nearest prefix code (a discord in the latent space)
-With several methods or `scales` (window lengths as multiples of the window), each score profile is
-placed at its windows' centres and divided by its largest value over the query windows, and the profiles
-are summed: a location wins when several views agree it is unusual.
+With several methods or `scales` (window lengths as multiples of the window), each (method, length) view's
+scores are placed at its windows' centres and divided by their largest value over the query windows
+(`view_profiles`), and the views are summed (`combine`): a location wins when several views agree it is
+unusual.
 """
 
 from __future__ import annotations
@@ -29,18 +32,19 @@ from ae_jax.anomaly.window_ae import WindowAEOptions, WindowAutoencoder, latent_
 from ae_jax.core.errors import ConfigError
 from ae_jax.data.series_segments import dominant_period
 
-METHODS = ("mp", "mp_left", "mp_prefix", "mp_raw", "ae_error", "ae_latent")
+METHODS = ("mp", "mp_left", "mp_prefix", "mp_raw", "mp_diff", "ae_error", "ae_latent")
 
 
 @dataclasses.dataclass(frozen=True)
 class DetectorOptions:
   """What is scored and how (see the module docstring)."""
 
-  # the best top-1 and top-3 of the measured sums on the archive's development series (docs/anomaly.md)
-  methods: tuple[str, ...] = ("mp_prefix", "ae_latent")
+  # the best top-1 and top-3 of every sum of up to 4 methods at 1, 3 or 4 lengths on the archive's
+  # development series (`experiments.anomaly_sweep`, docs/anomaly.md)
+  methods: tuple[str, ...] = ("mp_left", "mp_diff", "ae_latent")
   window: int = 0  # points; 0: the dominant period of the prefix
   max_window: int = 400  # the longest period the automatic rule picks
-  scales: tuple[float, ...] = (0.5, 1.0, 2.0)
+  scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
   top_k: int = 3
   ae: WindowAEOptions = WindowAEOptions()
 
@@ -73,47 +77,85 @@ def choose_window(values: np.ndarray, train_end: int, options: DetectorOptions) 
   return dominant_period(values[:train_end], high=options.max_window), "dominant period of the prefix"
 
 
-def _method_scores(
-  values: np.ndarray, train_end: int, m: int, method: str, ae: WindowAEOptions
-) -> np.ndarray:
-  """Scores [n - m + 1 - train_end] of the windows starting at train_end.. for one method and length m."""
+def window_lengths(window: int, scales: tuple[float, ...]) -> list[int]:
+  """The window lengths in points of `scales` x `window` (at least 4 points each), one per scale."""
+  return [max(int(round(window * s)), 4) for s in scales]
+
+
+def _view_scores(values: np.ndarray, train_end: int, m: int, methods: list[str], ae) -> dict[str, np.ndarray]:
+  """Scores [n - m + 1 - train_end] of the windows of length m starting at train_end.. for each method (the
+  autoencoder's two methods share one trained model)."""
   last = len(values) - m + 1
-  if method in ("mp", "mp_left"):
-    return nearest_distances(values, m, query=(train_end, last), left=method == "mp_left")
-  if method in ("mp_prefix", "mp_raw"):
-    ref = (0, train_end - m + 1)
-    return nearest_distances(
-      values, m, query=(train_end, last), reference=ref, normalise=method == "mp_prefix"
+  prefix_windows = (0, train_end - m + 1)
+  out: dict[str, np.ndarray] = {}
+  for method in methods:
+    if method in ("mp", "mp_left"):
+      out[method] = nearest_distances(values, m, query=(train_end, last), left=method == "mp_left")
+    elif method in ("mp_prefix", "mp_raw"):
+      normalise = method == "mp_prefix"
+      out[method] = nearest_distances(
+        values, m, query=(train_end, last), reference=prefix_windows, normalise=normalise
+      )
+    elif method == "mp_diff":  # the first window of the difference starts at point 1 (no made-up step)
+      diff = np.diff(values, prepend=values[0])
+      out[method] = nearest_distances(diff, m, query=(train_end, last), reference=(1, prefix_windows[1]))
+  if {"ae_error", "ae_latent"} & set(methods):
+    model = WindowAutoencoder(values, train_end, m, ae)
+    errors, codes = model.errors_and_codes(train_end, last)
+    if "ae_error" in methods:
+      out["ae_error"] = errors
+    if "ae_latent" in methods:
+      out["ae_latent"] = latent_discords(codes, model.errors_and_codes(*prefix_windows)[1])
+  return out
+
+
+def check_lengths(n: int, train_end: int, lengths: list[int]) -> None:
+  """Raises ConfigError when the prefix (train_end points) or the rest of a series of n points is too short
+  for the longest window."""
+  longest = max(lengths)
+  if train_end < 2 * longest or n - train_end < longest:
+    raise ConfigError(
+      f"a window of {longest} points needs a prefix of at least {2 * longest} points and as many "
+      f"after it (prefix {train_end}, series {n}); pass a shorter window or smaller scales"
     )
-  model = WindowAutoencoder(values, train_end, m, ae)
-  errors, codes = model.errors_and_codes(train_end, last)
-  if method == "ae_error":
-    return errors
-  return latent_discords(codes, model.errors_and_codes(0, train_end - m + 1)[1])
+
+
+def view_profiles(
+  values: np.ndarray, train_end: int, window: int, options: DetectorOptions
+) -> dict[tuple[str, int], np.ndarray]:
+  """Every (method, window length in points) view of values [n] (float64) with the normal prefix
+  values[:train_end], for the lengths of `options.scales` (scales that round to one length give one
+  view): the window scores placed at the windows' centres and divided by their largest value, 0
+  elsewhere: [n] float64 each. Raises ConfigError when the prefix or the series is too short for the
+  longest window."""
+  lengths = list(dict.fromkeys(window_lengths(window, options.scales)))
+  check_lengths(len(values), train_end, lengths)
+  views = {}
+  for length in lengths:
+    for method, s in _view_scores(values, train_end, length, list(options.methods), options.ae).items():
+      top = np.max(s[np.isfinite(s)]) if np.isfinite(s).any() else 1.0
+      placed = np.zeros(len(values))
+      centre = train_end + length // 2
+      placed[centre : centre + len(s)] = np.nan_to_num(s / max(top, 1e-12), nan=0.0, posinf=1.0)
+      views[(method, length)] = placed
+  return views
+
+
+def combine(views: list[np.ndarray], train_end: int, window: int) -> np.ndarray:
+  """The sum of view profiles [n] each, NaN before the first query window's centre (train_end +
+  window // 2): the combined score per point [n]."""
+  total = np.sum(views, axis=0)
+  total[: train_end + window // 2] = np.nan
+  return total
 
 
 def score_profile(values: np.ndarray, train_end: int, window: int, options: DetectorOptions) -> np.ndarray:
   """The combined score per point [n] of values [n] (float64) with the normal prefix values[:train_end] and
-  the window in points: each method's and length's window scores placed at the windows' centres, divided by
-  their largest value, summed; NaN before the first query window's centre. Raises ConfigError when the
-  prefix or the series is too short for the longest window."""
-  lengths = sorted({max(int(round(window * s)), 4) for s in options.scales})
-  if train_end < 2 * max(lengths) or len(values) - train_end < max(lengths):
-    raise ConfigError(
-      f"a window of {max(lengths)} points needs a prefix of at least {2 * max(lengths)} points and as many "
-      f"after it (prefix {train_end}, series {len(values)}); pass a shorter window or smaller scales"
-    )
-  total = np.zeros(len(values))
-  for length in lengths:
-    for method in options.methods:
-      s = _method_scores(values, train_end, length, method, options.ae)
-      top = np.max(s[np.isfinite(s)]) if np.isfinite(s).any() else 1.0
-      centre = train_end + length // 2
-      total[centre : centre + len(s)] += np.nan_to_num(s / max(top, 1e-12), nan=0.0, posinf=1.0)
-  scores = np.full(len(values), np.nan)
-  first = train_end + window // 2
-  scores[first:] = total[first:]
-  return scores
+  the window in points: the sum of every method's and length's view (`view_profiles`); NaN before the
+  first query window's centre. Raises ConfigError when the prefix or the series is too short for the
+  longest window."""
+  views = view_profiles(values, train_end, window, options)
+  return combine(list(views.values()), train_end, window)
 
 
 def detect_after_prefix(

@@ -95,15 +95,30 @@ def all_windows(segments: Sequence[Segment], length: int, stride: int) -> np.nda
   return np.concatenate(parts).astype(np.float32)
 
 
+def _autocorrelation(x: np.ndarray, lags: int) -> np.ndarray:
+  """The autocorrelation [lags + 1] of x (FFT, mean removed, 1 at lag 0)."""
+  x = np.asarray(x, np.float64) - np.mean(x)
+  spectrum = np.fft.rfft(x, 2 * len(x))
+  acf = np.fft.irfft(spectrum * np.conj(spectrum))[: lags + 1]
+  return acf / (acf[0] + 1e-12)
+
+
 def dominant_period(values: np.ndarray, low: int = 8, high: int = 1000) -> int:
   """The dominant period of values [n] in points: the lag in [low, high] (at most n / 3) of the highest
-  local maximum of the autocorrelation (FFT, mean removed); `low` when there is none."""
-  x = np.asarray(values, np.float64) - np.mean(values)
+  local maximum of the autocorrelation; `low` when there is none.
+
+  The autocorrelation is the mean of those of consecutive chunks of 4 x high points (the whole series when
+  it is shorter than two chunks), as Welch averages spectra: a baseline that wanders over the series (an
+  ECG's breathing, a sensor's drift) would otherwise dominate one long autocorrelation and hide the
+  period of the shape that repeats.
+  """
+  x = np.asarray(values, np.float64)
   n = len(x)
   high = max(min(high, n // 3), low + 2)
-  spectrum = np.fft.rfft(x, 2 * n)
-  acf = np.fft.irfft(spectrum * np.conj(spectrum))[: high + 2]
-  acf = acf / (acf[0] + 1e-12)
+  chunk = 4 * high
+  starts = range(0, n - chunk + 1, chunk) if n >= 2 * chunk else [0]
+  size = chunk if n >= 2 * chunk else n
+  acf = np.mean([_autocorrelation(x[a : a + size], high + 1) for a in starts], axis=0)
   lags = np.arange(low, high + 1)
   peaks = lags[(acf[lags] > acf[lags - 1]) & (acf[lags] >= acf[lags + 1])]
   return int(peaks[np.argmax(acf[peaks])]) if len(peaks) else low
