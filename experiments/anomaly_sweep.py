@@ -5,10 +5,11 @@ r"""Which sum of the prefix detector's views finds the most UCR anomalies, and h
 Every (method, scale) view of every series (`prefix_detector.view_profiles`) is computed once; then every
 sum of up to `--max_methods` of the `--methods` at each of the `--scale_sets` is scored by the archive's
 rule (top-1 and top-3, `ae_jax.anomaly.ucr`), exactly as `experiments.anomaly_benchmark` scores one such
-sum (tested: the same locations). Prints the best sums (most top-1, then most top-3; ties go to the sum
-listed first: fewer methods, then fewer lengths) and the leave-one-series-out estimate of choosing the best
-sum this way: each series is scored by the sum that is best on the other series, so the estimate does not
-count the choice's fit to that series. --out (JSON) holds every sum's per-series results.
+sum (tested: the same hits per series). Prints the best sums (most top-1, then most top-3; ties go to the
+sum listed first: fewer methods, then the scale sets' order) and the leave-one-series-out estimate of
+choosing the best sum this way: each series is scored by the sum that is best on the other series, so
+the estimate does not count the choice's fit to that series. --out (JSON) holds every sum's per-series
+results.
 """
 
 from __future__ import annotations
