@@ -86,8 +86,8 @@ def guidance_weights(guidance: float, schedule: str, length: int) -> jax.Array:
   """The guidance weight of each of `length` positions in sampling order: float32 [length].
 
   "constant": W everywhere. "linear": from 1 (the conditional prior) at the first position to W at the
-  last, 1 + (W - 1) t / (length - 1), the linearly increasing weight of MUSE and VAR: the first tokens,
-  which fix the layout, are drawn without the push towards the class that costs diversity.
+  last, 1 + (W - 1) t / (length - 1), the linearly increasing weight of MUSE and VAR: the first tokens are
+  drawn close to the conditional prior, with less of the push towards the class that costs diversity.
   """
   if schedule not in GUIDANCE_SCHEDULES:
     raise ConfigError(f"guidance schedule must be one of {list(GUIDANCE_SCHEDULES)}, got '{schedule}'")
