@@ -76,12 +76,12 @@ def load_folder(folder: str, exclude: list[str], options: prefix_detector.Detect
       continue
     s = ucr.read_series(path)
     m, rule = prefix_detector.choose_window(s.values, s.train_end, options)
-    longest = max(prefix_detector.window_lengths(m, options.scales))
-    if s.train_end < 2 * longest or len(s.values) - s.train_end < longest:
-      raise DataError(
-        f"{s.name}: a window of {longest} points needs a prefix of {2 * longest} points and as many after "
-        f"it (train_end {s.train_end}, {len(s.values)} points); pass a shorter --window or --max_window"
-      )
+    lengths = prefix_detector.window_lengths(m, options.scales)
+    fix = "pass a shorter --window or --max_window, or smaller --scales"
+    try:
+      prefix_detector.check_lengths(len(s.values), s.train_end, lengths, fix=fix)
+    except ConfigError as e:
+      raise DataError(f"{s.name}: {e}") from None
     out.append((s, m, rule))
   if not out:
     raise DataError(f"--exclude {','.join(exclude)} leaves no series of {folder}")

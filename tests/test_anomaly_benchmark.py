@@ -187,6 +187,10 @@ def test_command_checks_every_series_before_compute(tmp_path):
     anomaly_benchmark.run(["--folder", str(tmp_path)])
   with pytest.raises(ConfigError, match="--scales"):
     anomaly_benchmark.run(["--folder", str(tmp_path), "--scales", "a,b"])
+  (tmp_path / "002_short_9000_9100_9200.txt").unlink()
+  too_long = r"001_ok.*a window of 240 points needs a prefix of at least 480.*--scales"
+  with pytest.raises(DataError, match=too_long):
+    anomaly_benchmark.run(["--folder", str(tmp_path), "--window", "120", "--scales", "1,2"])
 
 
 @pytest.mark.slow

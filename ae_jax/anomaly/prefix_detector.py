@@ -109,14 +109,16 @@ def _view_scores(values: np.ndarray, train_end: int, m: int, methods: list[str],
   return out
 
 
-def check_lengths(n: int, train_end: int, lengths: list[int]) -> None:
-  """Raises ConfigError when the prefix (train_end points) or the rest of a series of n points is too short
-  for the longest window."""
+def check_lengths(
+  n: int, train_end: int, lengths: list[int], fix: str = "pass a shorter window or smaller scales"
+) -> None:
+  """Raises ConfigError (ending with `fix`) when the prefix (train_end points) or the rest of a series of n
+  points is too short for the longest window."""
   longest = max(lengths)
   if train_end < 2 * longest or n - train_end < longest:
     raise ConfigError(
       f"a window of {longest} points needs a prefix of at least {2 * longest} points and as many "
-      f"after it (prefix {train_end}, series {n}); pass a shorter window or smaller scales"
+      f"after it (prefix {train_end}, series {n}); {fix}"
     )
 
 
