@@ -124,22 +124,28 @@ def drop_labels(rng: jax.Array, labels: jax.Array, class_dropout: float, null_la
 
 
 def with_guidance(
-  apply_fn: ApplyFn, guidance: float, null_label: int, schedule: str = "constant", seq_len: int = 1
+  apply_fn: ApplyFn,
+  guidance: float,
+  null_label: int,
+  schedule: str = "constant",
+  seq_len: int | None = None,
 ) -> ApplyFn:
   """`apply_fn` with classifier-free guidance: (tokens [N, L], labels [N]) -> logits [N, L, K] =
   uncond + W_t (cond - uncond) at each position t, both passes in one call of batch 2N (labels, then
   `null_label`s); W_t from `sampling.guidance_weights(guidance, schedule, seq_len)` (a prefix of l <=
-  seq_len positions reads the first l). W = 1 returns `apply_fn` itself (the conditional prior, one pass)."""
+  seq_len positions reads the first l; the constant schedule needs no seq_len). W = 1 returns `apply_fn`
+  itself (the conditional prior, one pass)."""
   if guidance == 1.0:
     return apply_fn
-  weights = guidance_weights(guidance, schedule, seq_len if schedule != "constant" else 1)
+  if seq_len is None and schedule != "constant":
+    raise ConfigError(f"with_guidance: the '{schedule}' guidance schedule needs the sequence length")
+  weights = guidance_weights(guidance, schedule, seq_len or 1)  # one weight broadcasts to every position
 
   def guided(tokens: jax.Array, labels: jax.Array | None) -> jax.Array:
     nulls = jnp.full_like(labels, null_label)
     both = logits_of(apply_fn(jnp.concatenate([tokens, tokens]), jnp.concatenate([labels, nulls])))
     cond, uncond = jnp.split(both, 2)
-    w = weights[0] if schedule == "constant" else weights[: cond.shape[1], None]
-    return guide_logits(cond, uncond, w)
+    return guide_logits(cond, uncond, weights[: cond.shape[1], None])
 
   return guided
 
