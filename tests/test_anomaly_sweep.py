@@ -1,6 +1,7 @@
 """The prefix detector's views and their sums: a sum of precomputed views is the detector's score for those
-options, `mp_diff` ignores a slow drift, the sweep command scores each sum as the benchmark does, and the
-leave-one-series-out selection against a hand count."""
+options, `mp_diff` ignores a slow drift and `mp_diff_raw` sees a louder stretch of the same shape, the
+sweep command scores each sum as the benchmark does, and the leave-one-series-out selection against a hand
+count."""
 
 from __future__ import annotations
 
@@ -46,6 +47,19 @@ def test_mp_diff_ignores_a_slow_drift_that_moves_the_matrix_profile():
   assert np.abs(drifted[("mp_prefix", 30)] - plain[("mp_prefix", 30)]).max() > 0.05
 
 
+def test_mp_diff_raw_finds_a_louder_stretch_that_z_normalising_the_difference_hides():
+  """A smooth 1.8x swell of the amplitude around point 1130 keeps every window's shape: the z-normalised
+  difference (`mp_diff`) sees nothing above its noise, the raw difference peaks there."""
+  t = np.arange(1500)
+  v = _sine(1500, 30, seed=3) * (1 + 0.8 * np.exp(-(((t - 1130) / 40.0) ** 2)))
+  options = prefix_detector.DetectorOptions(methods=("mp_diff", "mp_diff_raw"), scales=(1.0,))
+  views = prefix_detector.view_profiles(v, 500, 30, options)
+  query = slice(515, 1470)
+  raw, shape = views[("mp_diff_raw", 30)], views[("mp_diff", 30)]
+  assert abs(int(np.argmax(raw)) - 1130) <= 15 and raw.max() > 3 * np.median(raw[query])
+  assert shape[1080:1180].max() < 1.5 * np.median(shape[query])
+
+
 def test_leave_one_out_chooses_the_best_sum_on_the_other_series():
   top1 = np.array([[1, 1, 0, 0], [1, 0, 1, 1], [0, 1, 1, 0]], bool)
   top3 = np.array([[1, 1, 1, 0], [1, 0, 1, 1], [1, 1, 1, 1]], bool)
@@ -66,6 +80,8 @@ def test_the_sweep_scores_a_sum_as_the_benchmark_does(tmp_path, capsys):
     [*args, "--max_methods", "3", "--scale_sets", "1|0.25,0.5,1,2", "--out", str(out)]
   )
   assert len(result["sums"]) == 7 * 2 and json.loads(out.read_text())["best"] == result["best"]
+  most = result["sums"][result["most_top3"]]
+  assert sum(most["top3"]) == max(sum(r["top3"]) for r in result["sums"].values())
   for methods, scales in (("mp_left,mp_diff,ae_latent", "0.25,0.5,1,2"), ("mp_diff", "1")):
     bench = anomaly_benchmark.run(
       ["--folder", str(tmp_path), "--steps", "60", "--methods", methods, "--scales", scales]

@@ -12,6 +12,8 @@ larger is more anomalous:
   mp_raw      the same without z-normalisation (level and amplitude count)
   mp_diff     mp_prefix on the first difference of the series (a change of slope, noise or a missing
               beat that keeps the window's overall shape)
+  mp_diff_raw mp_raw on the first difference: the size of the changes counts (added noise or a steeper
+              ramp that z-normalising the difference scales away)
   ae_error    reconstruction error of a window autoencoder trained on the prefix (`window_ae`)
   ae_latent   distance of the window's code to the nearest prefix code (a discord in the latent space)
 With several methods or `scales` (window lengths as multiples of the window), each (method, length) view's
@@ -32,7 +34,7 @@ from ae_jax.anomaly.window_ae import WindowAEOptions, WindowAutoencoder, latent_
 from ae_jax.core.errors import ConfigError
 from ae_jax.data.series_segments import dominant_period
 
-METHODS = ("mp", "mp_left", "mp_prefix", "mp_raw", "mp_diff", "ae_error", "ae_latent")
+METHODS = ("mp", "mp_left", "mp_prefix", "mp_raw", "mp_diff", "mp_diff_raw", "ae_error", "ae_latent")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,9 +98,11 @@ def _view_scores(values: np.ndarray, train_end: int, m: int, methods: list[str],
       out[method] = nearest_distances(
         values, m, query=(train_end, last), reference=prefix_windows, normalise=normalise
       )
-    elif method == "mp_diff":  # the first window of the difference starts at point 1 (no made-up step)
+    elif method in ("mp_diff", "mp_diff_raw"):  # the difference's windows start at point 1 (no made-up step)
       diff = np.diff(values, prepend=values[0])
-      out[method] = nearest_distances(diff, m, query=(train_end, last), reference=(1, prefix_windows[1]))
+      out[method] = nearest_distances(
+        diff, m, query=(train_end, last), reference=(1, prefix_windows[1]), normalise=method == "mp_diff"
+      )
   if {"ae_error", "ae_latent"} & set(methods):
     model = WindowAutoencoder(values, train_end, m, ae)
     errors, codes = model.errors_and_codes(train_end, last)
