@@ -12,8 +12,8 @@ larger is more anomalous:
   mp_raw      the same without z-normalisation (level and amplitude count)
   mp_diff     mp_prefix on the first difference of the series (a change of slope, noise or a missing
               beat that keeps the window's overall shape)
-  mp_diff_raw mp_raw on the first difference: the size of the changes counts (added noise or a steeper
-              ramp that z-normalising the difference scales away)
+  mp_diff_raw mp_raw on the first difference: the size of the changes counts (added noise, or a louder
+              stretch of the same shape, that z-normalising the difference scales away)
   ae_error    reconstruction error of a window autoencoder trained on the prefix (`window_ae`)
   ae_latent   distance of the window's code to the nearest prefix code (a discord in the latent space)
 With several methods or `scales` (window lengths as multiples of the window), each (method, length) view's
@@ -90,6 +90,7 @@ def _view_scores(values: np.ndarray, train_end: int, m: int, methods: list[str],
   last = len(values) - m + 1
   prefix_windows = (0, train_end - m + 1)
   out: dict[str, np.ndarray] = {}
+  diff = np.diff(values, prepend=values[0])  # one copy for both difference views (O(n), cheap)
   for method in methods:
     if method in ("mp", "mp_left"):
       out[method] = nearest_distances(values, m, query=(train_end, last), left=method == "mp_left")
@@ -99,7 +100,6 @@ def _view_scores(values: np.ndarray, train_end: int, m: int, methods: list[str],
         values, m, query=(train_end, last), reference=prefix_windows, normalise=normalise
       )
     elif method in ("mp_diff", "mp_diff_raw"):  # the difference's windows start at point 1 (no made-up step)
-      diff = np.diff(values, prepend=values[0])
       out[method] = nearest_distances(
         diff, m, query=(train_end, last), reference=(1, prefix_windows[1]), normalise=method == "mp_diff"
       )
